@@ -1,0 +1,82 @@
+"""The project's one exception family.
+
+Every error a user can cause (bad config, missing model, unreadable source,
+runtime not installed, ...) is an :class:`EdgeproofError`.  Libraries raise
+them; only :mod:`agent.cli` turns them into a message and an exit code.
+"""
+
+from __future__ import annotations
+
+
+class EdgeproofError(Exception):
+    """Base class: a problem the user can understand and usually fix."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        if self.hint:
+            return f"{self.message}\n  fix: {self.hint}"
+        return self.message
+
+
+class ConfigError(EdgeproofError):
+    """A config, profile or model card file is invalid."""
+
+    exit_code = 2
+
+
+class KeyFileError(EdgeproofError):
+    """A key file is missing, malformed or has unsafe permissions."""
+
+    exit_code = 3
+
+
+class ModelError(EdgeproofError):
+    """A model file is missing, corrupt, or does not match its card."""
+
+    exit_code = 4
+
+
+class BackendUnavailableError(EdgeproofError):
+    """An inference backend or execution provider cannot be used here."""
+
+    exit_code = 5
+
+
+class SourceError(EdgeproofError):
+    """An input source (camera, file, URL, folder) cannot be read."""
+
+    exit_code = 6
+
+
+class QuantizationRefusedError(EdgeproofError):
+    """A quantized model did not meet its accuracy bar and was not written."""
+
+    exit_code = 7
+
+
+class ProtocolError(EdgeproofError):
+    """A message is malformed, oversized, wrongly signed or out of chain."""
+
+    exit_code = 8
+
+    def __init__(self, message: str, *, reason: str = "malformed", hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.reason = reason
+
+
+class TransportError(EdgeproofError):
+    """The broker cannot be reached or refused us."""
+
+    exit_code = 9
+
+
+class StorageError(EdgeproofError):
+    """Local state (outbox, database) cannot be written or read."""
+
+    exit_code = 10

@@ -1,0 +1,206 @@
+"""Model cards: one TOML file per model, describing how to feed and read it.
+
+A card names the model file and its sha256 (checked at load), its license and
+provenance, the input tensor (shape, layout, dtype, quantization, colour
+order, resize mode, normalisation) and how to decode the outputs.  A card that
+does not fit its model file is refused by the backend with a message saying
+what differs (see :func:`agent.inference.backends.base.check_card_against`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from agent.errors import ConfigError, ModelError
+from agent.validation import Strict, load_toml
+
+Dtype = Literal["float32", "float16", "uint8", "int8"]
+Layout = Literal["NCHW", "NHWC"]
+
+
+class Quantization(Strict):
+    """Affine quantization of a tensor: real = scale * (q - zero_point)."""
+
+    scale: Annotated[float, Field(gt=0)]
+    zero_point: int
+
+
+class InputSpec(Strict):
+    name: str
+    shape: list[Annotated[int, Field(ge=1)]]
+    layout: Layout = "NCHW"
+    dtype: Dtype = "float32"
+    color: Literal["RGB", "BGR", "GRAY"] = "RGB"
+    resize: Literal["letterbox", "stretch"] = "stretch"
+    # x = (pixel * scale - mean) / std, per channel, before quantization.
+    scale: float = 1.0
+    mean: list[float] = Field(default_factory=lambda: [0.0, 0.0, 0.0])
+    std: list[float] = Field(default_factory=lambda: [1.0, 1.0, 1.0])
+    quantization: Quantization | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> InputSpec:
+        if len(self.shape) != 4:
+            raise ValueError(f"input shape must have 4 dimensions (batch first), got {self.shape}")
+        channels = self.channels
+        if channels not in (1, 3):
+            raise ValueError(f"input has {channels} channels for layout {self.layout}; expected 1 or 3")
+        for name, values in (("mean", self.mean), ("std", self.std)):
+            if len(values) not in (1, channels):
+                raise ValueError(f"{name} needs 1 or {channels} values, got {len(values)}")
+        if any(s == 0 for s in self.std):
+            raise ValueError("std must not contain 0")
+        if self.dtype in ("uint8", "int8") and self.quantization is None and (
+            self.scale != 1.0 or any(self.mean) or any(s != 1 for s in self.std)
+        ):
+            raise ValueError(
+                f"a {self.dtype} input with normalisation needs [input.quantization] scale and zero_point"
+            )
+        return self
+
+    @property
+    def channels(self) -> int:
+        return self.shape[1] if self.layout == "NCHW" else self.shape[3]
+
+    @property
+    def height(self) -> int:
+        return self.shape[2] if self.layout == "NCHW" else self.shape[1]
+
+    @property
+    def width(self) -> int:
+        return self.shape[3] if self.layout == "NCHW" else self.shape[2]
+
+
+class OutputSpec(Strict):
+    name: str
+    shape: list[Annotated[int, Field(ge=1)]]
+    dtype: Dtype = "float32"
+    quantization: Quantization | None = None
+
+
+class ClassificationDecoder(Strict):
+    kind: Literal["classification"]
+    top_k: Annotated[int, Field(ge=1, le=100)] = 5
+    labels: str | None = None  # file beside the card, one label per line
+    softmax: bool = True  # apply softmax to logits before scoring
+    output: Annotated[int, Field(ge=0)] = 0
+
+
+class YoloDecoder(Strict):
+    """YOLO-style detections: (1, 4 + classes, N) or (1, N, 4 + classes), cx/cy/w/h in input pixels."""
+
+    kind: Literal["yolo"]
+    labels: str | None = None
+    output: Annotated[int, Field(ge=0)] = 0
+    transposed: bool = False  # True when the tensor is (1, N, 4 + classes)
+    max_detections: Annotated[int, Field(ge=1)] = 100
+
+
+class AnchorsDecoder(Strict):
+    """SSD/BlazeFace anchor boxes: a regressor and a score output per anchor."""
+
+    kind: Literal["anchors"]
+    labels: str | None = None
+    boxes_output: Annotated[int, Field(ge=0)] = 0
+    scores_output: Annotated[int, Field(ge=0)] = 1
+    strides: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [8, 16, 16, 16])
+    anchor_offset: float = 0.5
+    box_scale: Annotated[float, Field(gt=0)] = 128.0
+    sigmoid: bool = True
+    max_detections: Annotated[int, Field(ge=1)] = 100
+
+
+class RawDecoder(Strict):
+    """Any other model: report output shapes and summary statistics."""
+
+    kind: Literal["raw"]
+
+
+DecoderSpec = Annotated[
+    ClassificationDecoder | YoloDecoder | AnchorsDecoder | RawDecoder, Field(discriminator="kind")
+]
+
+
+class Thresholds(Strict):
+    score: Annotated[float, Field(ge=0, le=1)] = 0.25
+    iou: Annotated[float, Field(ge=0, le=1)] = 0.45
+
+
+class ModelCard(Strict):
+    id: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
+    version: str
+    format: Literal["onnx", "tflite"]
+    file: str
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    license: str
+    source: str
+    produced_by: str = ""  # the exact command that produced the file
+    description: str = ""
+    model_class: str = "classifier-small"  # key into a profile's throughput bounds
+    backend: Literal["onnx", "litert"] | None = None  # default follows format
+    input: InputSpec
+    outputs: list[OutputSpec] = Field(min_length=1)
+    decoder: DecoderSpec
+    thresholds: Thresholds = Field(default_factory=Thresholds)
+
+    @property
+    def backend_key(self) -> str:
+        if self.backend is not None:
+            return self.backend
+        return "onnx" if self.format == "onnx" else "litert"
+
+
+class LoadedCard:
+    """A validated card together with where it lives on disk."""
+
+    def __init__(self, card: ModelCard, path: Path) -> None:
+        self.card = card
+        self.path = path
+
+    @property
+    def model_path(self) -> Path:
+        return (self.path.parent / self.card.file).resolve()
+
+    def labels(self) -> list[str] | None:
+        name = getattr(self.card.decoder, "labels", None)
+        if not name:
+            return None
+        label_path = self.path.parent / name
+        try:
+            lines = label_path.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise ConfigError(f"{self.path}: decoder.labels file {label_path} cannot be read: {exc}") from exc
+        return [line.strip() for line in lines if line.strip()]
+
+    def read_verified_model(self) -> bytes:
+        """The model bytes, after checking they exist and match the card's sha256."""
+        path = self.model_path
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError as exc:
+            raise ModelError(
+                f"model file {path} named by card {self.path} does not exist",
+                hint="check 'file' in the card, or restore the model file",
+            ) from exc
+        except OSError as exc:
+            raise ModelError(f"model file {path} cannot be read: {exc}") from exc
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != self.card.sha256:
+            raise ModelError(
+                f"model file {path} has sha256 {digest}, but card {self.path} expects {self.card.sha256}",
+                hint="the file is corrupt or was replaced; restore it, or update sha256 in the card "
+                "if the change is intended",
+            )
+        return data
+
+
+def load_card(path: Path | str) -> LoadedCard:
+    """Read and validate a model card file."""
+    card_path = Path(path)
+    if card_path.is_dir():
+        raise ConfigError(f"{card_path} is a directory; pass a model card file (models/*.toml)")
+    return LoadedCard(load_toml(ModelCard, card_path), card_path)
