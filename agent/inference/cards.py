@@ -54,8 +54,10 @@ class InputSpec(Strict):
                 raise ValueError(f"{name} needs 1 or {channels} values, got {len(values)}")
         if any(s == 0 for s in self.std):
             raise ValueError("std must not contain 0")
-        if self.dtype in ("uint8", "int8") and self.quantization is None and (
-            self.scale != 1.0 or any(self.mean) or any(s != 1 for s in self.std)
+        if (
+            self.dtype in ("uint8", "int8")
+            and self.quantization is None
+            and (self.scale != 1.0 or any(self.mean) or any(s != 1 for s in self.std))
         ):
             raise ValueError(
                 f"a {self.dtype} input with normalisation needs [input.quantization] scale and zero_point"

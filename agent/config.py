@@ -1,0 +1,149 @@
+"""The agent's TOML config, validated once into typed models.
+
+Unknown keys are refused with the file, the key path, the line and the nearest
+valid key.  Environment variables override single keys:
+``EDGEPROOF_<SECTION>__<KEY>=value`` (value parsed as a TOML value when it
+parses, else taken as a string), e.g. ``EDGEPROOF_MQTT__PORT=8883``.
+Relative paths are resolved against the config file's folder.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
+
+from agent.errors import ConfigError
+from agent.transport.settings import MqttSettings, OutboxSettings
+from agent.validation import Strict, parse_mapping, read_toml, suggest
+
+ENV_PREFIX = "EDGEPROOF_"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def default_models_dir() -> Path:
+    here = REPO_ROOT / "models"
+    return here if here.is_dir() else Path("/usr/share/edgeproof/models")
+
+
+class DeviceSettings(Strict):
+    key: str = "device-key.json"
+    state_dir: str = "state"
+    profile: str = "auto"  # a firmware profile id, or "auto" to detect
+    owner_wallet: str = ""  # base58 Solana address that receives rewards
+
+
+class InferenceSettings(Strict):
+    model: str = str(default_models_dir() / "efficientnet-lite0-int8.toml")
+    source: str = "synthetic:640x480"
+    loop: bool = True  # loop video files and image folders
+    backend: Literal["", "onnx", "litert"] = ""  # empty: follow the model card
+    threads: Annotated[int, Field(ge=0, le=64)] = 0  # 0: from the profile
+    onnx_providers: list[str] = Field(default_factory=list)  # empty: from the profile
+    litert_delegates: list[str] = Field(default_factory=list)
+    max_fps: Annotated[float, Field(ge=0)] = 5.0  # 0: as fast as the hardware allows
+
+
+class ProofSettings(Strict):
+    window_s: Annotated[int, Field(ge=5, le=86_400)] = 60
+    heartbeat_s: Annotated[int, Field(ge=1, le=3_600)] = 30
+
+
+class MetricsSettings(Strict):
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65_535)] = 9108
+
+
+class AgentConfig(Strict):
+    device: DeviceSettings = Field(default_factory=DeviceSettings)
+    inference: InferenceSettings = Field(default_factory=InferenceSettings)
+    proofs: ProofSettings = Field(default_factory=ProofSettings)
+    mqtt: MqttSettings = Field(default_factory=MqttSettings)
+    outbox: OutboxSettings = Field(default_factory=OutboxSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+
+
+def _env_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def apply_env(data: dict[str, Any], env: Mapping[str, str]) -> list[str]:
+    """Merge EDGEPROOF_SECTION__KEY variables into ``data``; returns the keys applied."""
+    applied = []
+    sections = list(AgentConfig.model_fields)
+    for name, raw in sorted(env.items()):
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        parts = name[len(ENV_PREFIX) :].lower().split("__")
+        if parts[0] not in sections:
+            near = suggest(parts[0], sections)
+            raise ConfigError(
+                f"environment variable {name}: unknown section '{parts[0]}'",
+                hint=f"did you mean {ENV_PREFIX}{near.upper()}__...?"
+                if near
+                else f"sections: {', '.join(sections)}",
+            )
+        target = data
+        for part in parts[:-1]:
+            node = target.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"environment variable {name}: '{part}' is not a table")
+            target = node
+        target[parts[-1]] = _env_value(raw)
+        applied.append(".".join(parts))
+    return applied
+
+
+def _resolve(base: Path, value: str) -> str:
+    if not value or value.startswith(("synthetic", "rtsp://", "http://", "https://")) or value.isdigit():
+        return value
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else (base / path).resolve())
+
+
+def _resolve_paths(config: AgentConfig, base: Path) -> AgentConfig:
+    device = config.device.model_copy(
+        update={
+            "key": _resolve(base, config.device.key),
+            "state_dir": _resolve(base, config.device.state_dir),
+        }
+    )
+    inference = config.inference.model_copy(
+        update={
+            "model": _resolve(base, config.inference.model),
+            "source": _resolve(base, config.inference.source),
+        }
+    )
+    outbox_path = config.outbox.path
+    outbox = config.outbox.model_copy(
+        update={"path": _resolve(Path(device.state_dir), outbox_path) if outbox_path else ""}
+    )
+    return config.model_copy(update={"device": device, "inference": inference, "outbox": outbox})
+
+
+def load_config(path: Path | str | None, env: Mapping[str, str] | None = None) -> AgentConfig:
+    """Read, override from the environment, validate and resolve paths."""
+    environ = os.environ if env is None else env
+    if path is None:
+        data: dict[str, Any] = {}
+        text = None
+        origin = "(defaults)"
+        base = Path.cwd()
+    else:
+        config_path = Path(path)
+        data, text = read_toml(config_path)
+        origin = str(config_path)
+        base = config_path.resolve().parent
+    applied = apply_env(data, environ)
+    if applied:
+        origin += " + environment (" + ", ".join(applied) + ")"
+    config = parse_mapping(AgentConfig, data, origin=origin, source=text)
+    return _resolve_paths(config, base)

@@ -1,0 +1,1 @@
+"""Local inference: model cards, backends, preprocessing, decoders, sources."""

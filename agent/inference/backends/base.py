@@ -1,0 +1,124 @@
+"""The one contract every inference backend implements.
+
+A backend is created from a verified model card and the settings that came
+from the firmware profile (and config overrides).  It reports the execution
+provider or delegate that actually runs, and exposes the bare runtime call so
+benchmarks can compare the agent's path against it on the same session.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+
+from agent.errors import ModelError
+from agent.inference.cards import LoadedCard
+
+Array = np.ndarray
+
+
+@dataclass(frozen=True)
+class BackendSettings:
+    threads: int = 2
+    onnx_providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    litert_delegates: tuple[str, ...] = ("xnnpack",)
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: tuple[int | str | None, ...]
+    dtype: str
+
+
+@dataclass
+class BackendInfo:
+    backend: str
+    runtime: str  # e.g. "onnxruntime 1.31.1"
+    provider: str  # what actually runs, e.g. CPUExecutionProvider, xnnpack
+    threads: int
+    skipped: list[str] = field(default_factory=list)  # requested but unavailable, with reason
+
+
+class Backend(abc.ABC):
+    key: ClassVar[str]
+
+    def __init__(self, loaded: LoadedCard, settings: BackendSettings) -> None:
+        self.loaded = loaded
+        self.settings = settings
+
+    @property
+    @abc.abstractmethod
+    def info(self) -> BackendInfo: ...
+
+    @abc.abstractmethod
+    def inputs(self) -> list[TensorInfo]: ...
+
+    @abc.abstractmethod
+    def outputs(self) -> list[TensorInfo]: ...
+
+    @abc.abstractmethod
+    def run(self, tensor: Array) -> list[Array]:
+        """Run one inference on a preprocessed input tensor; outputs in card order."""
+
+    @abc.abstractmethod
+    def bare_call(self) -> Callable[[Array], object]:
+        """The plain runtime call (``session.run`` / ``invoke``) for the bare benchmark loop."""
+
+
+def _dims_match(card_shape: Sequence[int], model_shape: Sequence[int | str | None]) -> bool:
+    if len(card_shape) != len(model_shape):
+        return False
+    return all(
+        not isinstance(m, int) or m <= 0 or m == c for c, m in zip(card_shape, model_shape, strict=True)
+    )
+
+
+def check_card_against(loaded: LoadedCard, inputs: list[TensorInfo], outputs: list[TensorInfo]) -> None:
+    """Refuse a card that does not describe its model, listing every difference."""
+    card = loaded.card
+    problems: list[str] = []
+    if len(inputs) != 1:
+        problems.append(
+            f"model has {len(inputs)} inputs ({', '.join(i.name for i in inputs)}); cards describe 1"
+        )
+    else:
+        model_in = inputs[0]
+        if model_in.name != card.input.name:
+            problems.append(f"input name: card says '{card.input.name}', model has '{model_in.name}'")
+        if not _dims_match(card.input.shape, model_in.shape):
+            problems.append(f"input shape: card says {card.input.shape}, model has {list(model_in.shape)}")
+        if model_in.dtype != card.input.dtype:
+            problems.append(f"input dtype: card says {card.input.dtype}, model has {model_in.dtype}")
+    if len(outputs) != len(card.outputs):
+        problems.append(
+            f"outputs: card lists {len(card.outputs)}, model has {len(outputs)} "
+            f"({', '.join(o.name for o in outputs)})"
+        )
+    else:
+        by_name = {o.name: o for o in outputs}
+        for index, spec in enumerate(card.outputs):
+            model_out = by_name.get(spec.name)
+            if model_out is None:
+                problems.append(
+                    f"outputs[{index}] name: card says '{spec.name}', model has "
+                    f"{', '.join(repr(o.name) for o in outputs)}"
+                )
+                continue
+            if not _dims_match(spec.shape, model_out.shape):
+                problems.append(
+                    f"output '{spec.name}' shape: card says {spec.shape}, model has {list(model_out.shape)}"
+                )
+            if model_out.dtype != spec.dtype:
+                problems.append(
+                    f"output '{spec.name}' dtype: card says {spec.dtype}, model has {model_out.dtype}"
+                )
+    if problems:
+        raise ModelError(
+            f"card {loaded.path} does not match model {loaded.model_path}:\n  - " + "\n  - ".join(problems),
+            hint="fix the card to describe the model (names, shapes and dtypes above)",
+        )

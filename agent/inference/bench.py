@@ -1,0 +1,204 @@
+"""`edgeproof bench`: the agent's inference path against the bare runtime, in one run.
+
+Throughput: the bare loop (plain ``session.run`` / ``invoke``) and the agent
+path (backend wrapper + the per-inference SHA-256 commitments a proof needs)
+run on the same session, the same preprocessed tensors and the same threads,
+interleaved in blocks so drift and noise hit both alike.
+
+Memory: two child processes run the same number of frames, one with only
+numpy + the runtime (``bare_worker.py``), one through the agent package; each
+reports its peak RSS.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent.errors import EdgeproofError
+from agent.inference.backends.base import BackendSettings
+from agent.inference.pipeline import Pipeline, input_digest, output_digest
+from agent.inference.sources import synthetic_frame
+from agent.protocol.merkle import MerkleBuilder
+
+DISTINCT_TENSORS = 16
+
+
+@dataclass
+class BenchResult:
+    model: str
+    backend: str
+    provider: str
+    threads: int
+    frames: int
+    bare_fps: float
+    agent_fps: float
+    ratio: float
+    bare_peak_rss_mb: float | None
+    agent_peak_rss_mb: float | None
+    rss_delta_mb: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def prepared_inputs(pipeline: Pipeline, count: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(tensor, resized) pairs from deterministic synthetic frames."""
+    pairs = []
+    for index in range(count):
+        prepared = pipeline.preprocess(synthetic_frame(640, 480, seed=1, index=index))
+        pairs.append((prepared.tensor, prepared.resized))
+    return pairs
+
+
+def agent_loop(pipeline: Pipeline, pairs: list[tuple[np.ndarray, np.ndarray]], frames: int) -> float:
+    """Seconds for ``frames`` inferences on the agent path."""
+    run = pipeline.backend.run
+    inputs, outputs_root = MerkleBuilder(), MerkleBuilder()
+    start = time.perf_counter()
+    for i in range(frames):
+        tensor, resized = pairs[i % len(pairs)]
+        outputs = run(tensor)
+        inputs.add(input_digest(resized))
+        outputs_root.add(output_digest(outputs))
+    inputs.root()
+    outputs_root.root()
+    return time.perf_counter() - start
+
+
+def bare_loop(pipeline: Pipeline, pairs: list[tuple[np.ndarray, np.ndarray]], frames: int) -> float:
+    call = pipeline.backend.bare_call()
+    start = time.perf_counter()
+    for i in range(frames):
+        call(pairs[i % len(pairs)][0])
+    return time.perf_counter() - start
+
+
+def measure_throughput(
+    pipeline: Pipeline, frames: int, blocks: int = 10, progress: Any = None
+) -> tuple[float, float]:
+    """(bare fps, agent fps), interleaving blocks of bare and agent runs."""
+    pairs = prepared_inputs(pipeline, min(DISTINCT_TENSORS, max(frames, 1)))
+    warm = min(20, frames)
+    bare_loop(pipeline, pairs, warm)
+    agent_loop(pipeline, pairs, warm)
+    per_block = max(1, frames // blocks)
+    bare_s = agent_s = 0.0
+    done = 0
+    block = 0
+    while done < frames:
+        n = min(per_block, frames - done)
+        if block % 2 == 0:  # alternate which goes first
+            bare_s += bare_loop(pipeline, pairs, n)
+            agent_s += agent_loop(pipeline, pairs, n)
+        else:
+            agent_s += agent_loop(pipeline, pairs, n)
+            bare_s += bare_loop(pipeline, pairs, n)
+        done += n
+        block += 1
+        if progress is not None:
+            progress.advance(n)
+    return frames / bare_s, frames / agent_s
+
+
+def _peak_rss_kb() -> int:
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
+def measure_rss(card_path: str, pipeline: Pipeline, frames: int) -> tuple[float, float]:
+    """(bare peak RSS MB, agent peak RSS MB) from two child processes."""
+    info = pipeline.backend.info
+    pairs = prepared_inputs(pipeline, DISTINCT_TENSORS)
+    with tempfile.TemporaryDirectory(prefix="edgeproof-bench-") as tmp:
+        tensors = Path(tmp) / "tensors.npy"
+        np.save(tensors, np.stack([t for t, _ in pairs]))
+        worker = Path(__file__).with_name("bare_worker.py")
+        bare = _child(
+            [
+                sys.executable,
+                str(worker),
+                info.backend,
+                str(pipeline.loaded.model_path),
+                str(tensors),
+                str(info.threads),
+                info.provider,
+                str(frames),
+            ]
+        )
+        agent = _child(
+            [
+                sys.executable,
+                "-m",
+                "agent.inference.bench",
+                card_path,
+                info.backend,
+                str(info.threads),
+                info.provider,
+                str(frames),
+            ]
+        )
+    return bare["peak_rss_kb"] / 1024, agent["peak_rss_kb"] / 1024
+
+
+def _child(argv: list[str]) -> dict[str, Any]:
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=1800, check=False)
+    if proc.returncode != 0:
+        raise EdgeproofError(
+            f"benchmark worker failed ({' '.join(argv[:3])}...): {proc.stderr.strip()[-500:]}"
+        )
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+def run_bench(
+    card_path: str, settings: BackendSettings, frames: int, *, rss: bool = True, progress: Any = None
+) -> BenchResult:
+    pipeline = Pipeline.open(card_path, settings)
+    bare_fps, agent_fps = measure_throughput(pipeline, frames, progress=progress)
+    bare_mb = agent_mb = delta = None
+    if rss:
+        bare_mb, agent_mb = measure_rss(card_path, pipeline, min(frames, 200))
+        delta = agent_mb - bare_mb
+    info = pipeline.backend.info
+    return BenchResult(
+        model=pipeline.loaded.card.id,
+        backend=info.backend,
+        provider=info.provider,
+        threads=info.threads,
+        frames=frames,
+        bare_fps=round(bare_fps, 2),
+        agent_fps=round(agent_fps, 2),
+        ratio=round(agent_fps / bare_fps, 4),
+        bare_peak_rss_mb=None if bare_mb is None else round(bare_mb, 1),
+        agent_peak_rss_mb=None if agent_mb is None else round(agent_mb, 1),
+        rss_delta_mb=None if delta is None else round(delta, 1),
+    )
+
+
+def _agent_worker(argv: list[str]) -> None:
+    """Child process: the agent path only, reporting its peak RSS."""
+    card_path, backend, threads, provider, frames = argv
+    settings = BackendSettings(
+        threads=int(threads),
+        onnx_providers=(provider,),
+        litert_delegates=(provider if provider != "builtin" else "none",),
+    )
+    pipeline = Pipeline.open(card_path, settings, backend)
+    pairs = prepared_inputs(pipeline, DISTINCT_TENSORS)
+    n = int(frames)
+    agent_loop(pipeline, pairs, min(10, n))
+    seconds = agent_loop(pipeline, pairs, n)
+    print(json.dumps({"fps": n / seconds, "peak_rss_kb": _peak_rss_kb()}))
+
+
+if __name__ == "__main__":
+    _agent_worker(sys.argv[1:])
