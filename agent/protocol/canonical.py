@@ -1,0 +1,136 @@
+"""Canonical JSON: the exact bytes that are signed and hashed.
+
+``canonical(obj)`` is ``json.dumps(obj, sort_keys=True, separators=(",", ":"),
+ensure_ascii=False).encode("utf-8")`` applied to a value made only of
+
+* ``dict`` with ``str`` keys, ``list`` (or ``tuple``, encoded as a list),
+* ``str`` (valid Unicode: no lone surrogates; no normalisation is applied),
+* ``int`` in ``[-2**63, 2**64 - 1]`` (so every value fits an i64 or a u64),
+* ``bool`` and ``None``.
+
+Floats are refused everywhere (also NaN and infinities): quantities are
+integers in fixed units (ms, µs, basis points, micro-units).  Every refusal is a
+:class:`~agent.errors.ProtocolError` whose message names the dotted path of the
+offending value, e.g. ``body.latency_us.p50: float not allowed (got 1.5) ...``.
+
+:func:`parse_json` is the strict reader for the wire: UTF-8 only, duplicate
+keys refused, floats/NaN refused, nesting bounded.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from agent.errors import ProtocolError
+
+#: Prefix of every signed message (the signing domain).
+DOMAIN = b"edgeproof/v1:"
+
+INT_MIN = -(2**63)
+INT_MAX = 2**64 - 1
+#: Maximum nesting of objects/lists (the envelope itself is depth 1).
+MAX_DEPTH = 8
+
+
+def _path(parts: tuple[str | int, ...]) -> str:
+    text = ""
+    for part in parts:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else part
+    return text or "(top level)"
+
+
+def check_value(obj: Any, path: tuple[str | int, ...] = ()) -> None:
+    """Raise ProtocolError(reason="malformed") unless ``obj`` is canonical-encodable."""
+    if len(path) > MAX_DEPTH:
+        raise ProtocolError(f"{_path(path)}: nested deeper than {MAX_DEPTH} levels", reason="malformed")
+    if obj is None or isinstance(obj, bool):
+        return
+    if isinstance(obj, int):
+        if not INT_MIN <= obj <= INT_MAX:
+            raise ProtocolError(
+                f"{_path(path)}: integer out of range (got {obj}); allowed -2**63 .. 2**64-1",
+                reason="malformed",
+            )
+        return
+    if isinstance(obj, float):
+        raise ProtocolError(
+            f"{_path(path)}: float not allowed (got {obj!r}); use integers (ms, µs, basis points, micro-units)",
+            reason="malformed",
+        )
+    if isinstance(obj, str):
+        try:
+            obj.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ProtocolError(
+                f"{_path(path)}: string is not valid Unicode ({exc.reason})", reason="malformed"
+            ) from exc
+        return
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            if not isinstance(key, str):
+                raise ProtocolError(
+                    f"{_path(path)}: object key {key!r} is a {type(key).__name__}; keys must be strings",
+                    reason="malformed",
+                )
+            check_value(key, (*path, key))
+            check_value(value, (*path, key))
+        return
+    if isinstance(obj, list | tuple):
+        for index, value in enumerate(obj):
+            check_value(value, (*path, index))
+        return
+    raise ProtocolError(f"{_path(path)}: {type(obj).__name__} is not a JSON value", reason="malformed")
+
+
+def canonical(obj: Any) -> bytes:
+    """The canonical UTF-8 JSON encoding of ``obj`` (see module doc)."""
+    check_value(obj)
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _refuse_float(text: str) -> Any:
+    raise ProtocolError(
+        f"float not allowed (got {text}); use integers (ms, µs, basis points, micro-units)",
+        reason="malformed",
+    )
+
+
+def _refuse_constant(text: str) -> Any:
+    raise ProtocolError(f"{text} is not valid JSON", reason="malformed")
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ProtocolError(f"duplicate key {key!r}", reason="malformed")
+        out[key] = value
+    return out
+
+
+def parse_json(data: bytes | str) -> Any:
+    """Strictly parse wire JSON: UTF-8, no floats/NaN, no duplicate keys, bounded nesting."""
+    if isinstance(data, bytes | bytearray):
+        try:
+            text = bytes(data).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ProtocolError(f"not UTF-8: {exc.reason} at byte {exc.start}", reason="malformed") from exc
+    else:
+        text = data
+    try:
+        obj = json.loads(
+            text,
+            parse_float=_refuse_float,
+            parse_constant=_refuse_constant,
+            object_pairs_hook=_no_duplicates,
+        )
+    except json.JSONDecodeError as exc:
+        raise ProtocolError(f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+    except RecursionError as exc:
+        raise ProtocolError("not JSON: nested too deeply") from exc
+    check_value(obj)
+    return obj

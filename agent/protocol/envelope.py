@@ -1,0 +1,298 @@
+"""Signed envelopes: build, encode, verify with only the public key they carry.
+
+Wire form (canonical JSON, see :mod:`agent.protocol.canonical`)::
+
+    {"body":{...},"dev":"<base58 pubkey>","kind":"proof","prev":"<hex64>","seq":7,"sig":"<base58>","ts":1700000000000,"v":1}
+
+* ``dev`` is the *signer's* ed25519 public key (a device, or the coordinator for
+  beacon/challenge/verdict/voucher).
+* signed bytes = ``DOMAIN + canonical(envelope without "sig")``;
+  ``sig`` = ed25519 signature of the signed bytes, base58.
+* ``envelope_hash`` = SHA-256 hex of the signed bytes; a chained envelope's
+  ``prev`` is the hash of the signer's previous chained envelope.  The first
+  chained envelope has ``seq`` 1 and ``prev`` = 64 zeros.  Side-band kinds
+  (``status``) carry the signer's current chain head ``(seq, hash)`` and do not
+  advance it (``seq`` 0 / zero ``prev`` before the first chained envelope).
+* the whole canonical wire encoding (with ``sig``) must fit :data:`MAX_BYTES`
+  of its kind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import pydantic
+from solders.keypair import Keypair
+from solders.pubkey import Pubkey
+from solders.signature import Signature
+
+from agent.errors import ProtocolError
+from agent.protocol.canonical import DOMAIN, canonical, check_value, parse_json
+from agent.protocol.messages import BODIES, ORIGIN, SIDEBAND_KINDS, body_to_dict
+from agent.validation import Strict
+
+VERSION = 1
+GENESIS_PREV = "0" * 64
+ENVELOPE_KEYS = frozenset({"v", "kind", "dev", "seq", "ts", "prev", "body", "sig"})
+SEQ_MAX = 2**63 - 1
+TS_MAX = 2**53 - 1
+
+#: Maximum size in bytes of the canonical wire encoding (envelope with ``sig``) per kind.
+MAX_BYTES: dict[str, int] = {
+    "beacon": 1024,
+    "heartbeat": 2048,
+    "proof": 8192,
+    "challenge": 1024,
+    "challenge_response": 2048,
+    "verdict": 2048,
+    "claim": 1024,
+    "voucher": 4096,
+    "receipt": 1024,
+    "status": 1024,
+    "deploy": 1024,
+}
+#: Raw input larger than this is refused before parsing (the largest per-kind bound).
+MAX_WIRE_BYTES = max(MAX_BYTES.values())
+
+_HEX = frozenset("0123456789abcdef")
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A verified (or freshly built) envelope."""
+
+    kind: str
+    dev: str
+    seq: int
+    ts: int
+    prev: str
+    body: Strict
+    sig: str
+    #: The envelope as a JSON mapping (exactly what was signed, plus ``sig``).
+    raw: dict[str, Any]
+    #: SHA-256 hex of the signed bytes (the next chained envelope's ``prev``).
+    hash: str
+    v: int = VERSION
+
+    @property
+    def wire(self) -> bytes:
+        """The canonical wire encoding (what a device publishes)."""
+        return canonical(self.raw)
+
+    @property
+    def pubkey(self) -> Pubkey:
+        return Pubkey.from_string(self.dev)
+
+    @property
+    def sideband(self) -> bool:
+        return self.kind in SIDEBAND_KINDS
+
+    @property
+    def origin(self) -> str:
+        return ORIGIN[self.kind]
+
+
+def _unsigned(env: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in env.items() if k != "sig"}
+
+
+def signed_bytes(env: dict[str, Any]) -> bytes:
+    """``DOMAIN + canonical(env without "sig")``: the bytes that are signed and hashed."""
+    return DOMAIN + canonical(_unsigned(env))
+
+
+def envelope_hash(env: dict[str, Any] | Envelope) -> str:
+    """SHA-256 hex of the signed bytes of ``env``."""
+    if isinstance(env, Envelope):
+        return env.hash
+    return hashlib.sha256(signed_bytes(env)).hexdigest()
+
+
+def validate_body(kind: str, body: Any) -> Strict:
+    """Validate a body mapping (or model) for ``kind``; ProtocolError(reason="schema") names every problem."""
+    model = BODIES.get(kind)
+    if model is None:
+        raise ProtocolError(f"unknown kind {kind!r} (known: {', '.join(BODIES)})", reason="unknown_kind")
+    if isinstance(body, model):
+        return body
+    if isinstance(body, Strict):
+        raise ProtocolError(
+            f"{kind}: body is a {type(body).__name__}, expected {model.__name__}", reason="schema"
+        )
+    try:
+        return model.model_validate(body)
+    except pydantic.ValidationError as exc:
+        raise ProtocolError(f"{kind}: {_describe(exc)}", reason="schema") from exc
+
+
+def _describe(exc: pydantic.ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in ("body", *err["loc"]))
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        if err["type"] == "missing":
+            msg = "required key is missing"
+        parts.append(f"{loc}: {msg}")
+    return "; ".join(parts)
+
+
+def _check_chain_fields(kind: str, seq: int, prev: str) -> None:
+    if kind in SIDEBAND_KINDS:
+        first = seq == 0
+        if first != (prev == GENESIS_PREV):
+            raise ProtocolError(
+                f"{kind}: seq 0 and prev of 64 zeros go together (side-band envelope before any chained one)",
+                reason="schema",
+            )
+        return
+    if seq < 1:
+        raise ProtocolError(f"{kind}: seq must be >= 1 (got {seq})", reason="schema")
+    if (seq == 1) != (prev == GENESIS_PREV):
+        raise ProtocolError(
+            f"{kind}: seq 1 and prev of 64 zeros go together (got seq {seq})", reason="schema"
+        )
+
+
+def build_envelope(
+    signer: Keypair, kind: str, body: Strict | dict[str, Any], *, seq: int, prev: str, ts: int
+) -> Envelope:
+    """Validate ``body`` for ``kind``, sign, and return the envelope (pure: no state)."""
+    model = validate_body(kind, body)
+    if type(seq) is not int or not 0 <= seq <= SEQ_MAX:
+        raise ProtocolError(f"seq must be an integer 0..2**63-1 (got {seq!r})", reason="schema")
+    if type(ts) is not int or not 0 <= ts <= TS_MAX:
+        raise ProtocolError(f"ts must be an integer number of ms (got {ts!r})", reason="schema")
+    if not (isinstance(prev, str) and len(prev) == 64 and set(prev) <= _HEX):
+        raise ProtocolError(f"prev must be 64 lower-case hex characters (got {prev!r})", reason="schema")
+    _check_chain_fields(kind, seq, prev)
+    body_dict = body_to_dict(model)
+    unsigned: dict[str, Any] = {
+        "v": VERSION,
+        "kind": kind,
+        "dev": str(signer.pubkey()),
+        "seq": seq,
+        "ts": ts,
+        "prev": prev,
+        "body": body_dict,
+    }
+    to_sign = DOMAIN + canonical(unsigned)
+    sig = str(signer.sign_message(to_sign))
+    raw = {**unsigned, "sig": sig}
+    env = Envelope(
+        kind=kind,
+        dev=unsigned["dev"],
+        seq=seq,
+        ts=ts,
+        prev=prev,
+        body=model,
+        sig=sig,
+        raw=raw,
+        hash=hashlib.sha256(to_sign).hexdigest(),
+    )
+    size = len(env.wire)
+    if size > MAX_BYTES[kind]:
+        raise ProtocolError(
+            f"{kind}: envelope is {size} bytes, over the {MAX_BYTES[kind]}-byte bound", reason="oversized"
+        )
+    return env
+
+
+def encode(env: Envelope | dict[str, Any]) -> bytes:
+    """Canonical wire bytes of an envelope."""
+    return env.wire if isinstance(env, Envelope) else canonical(env)
+
+
+def _field(env: dict[str, Any], key: str, kind: type) -> Any:
+    value = env[key]
+    if type(value) is not kind:
+        raise ProtocolError(
+            f"{key}: expected {kind.__name__}, got {type(value).__name__}", reason="malformed"
+        )
+    return value
+
+
+def verify_envelope(data: bytes | str | dict[str, Any], *, expected_signer: str | None = None) -> Envelope:
+    """Parse and fully verify an envelope using only the public key in ``dev``.
+
+    Checks, in order: raw size, strict JSON, envelope keys and types, known kind,
+    canonical size bound of the kind, the signer (if ``expected_signer``), the
+    signature, the body schema and the seq/prev genesis rule.  Raises
+    :class:`ProtocolError` with ``reason`` one of ``oversized``, ``malformed``,
+    ``unknown_kind``, ``bad_signature``, ``unknown_device``, ``schema``.
+    Chain continuity is not checked here (see :mod:`agent.protocol.chain`).
+    """
+    if isinstance(data, dict):
+        env = data
+        check_value(env)
+    else:
+        size = len(data.encode("utf-8") if isinstance(data, str) else data)
+        if size > MAX_WIRE_BYTES:
+            raise ProtocolError(
+                f"message is {size} bytes, over the {MAX_WIRE_BYTES}-byte limit", reason="oversized"
+            )
+        env = parse_json(data)
+    if not isinstance(env, dict):
+        raise ProtocolError(f"envelope must be a JSON object, got {type(env).__name__}", reason="malformed")
+    missing = sorted(ENVELOPE_KEYS - env.keys())
+    if missing:
+        raise ProtocolError(f"envelope is missing {', '.join(missing)}", reason="malformed")
+    extra = sorted(env.keys() - ENVELOPE_KEYS)
+    if extra:
+        raise ProtocolError(f"envelope has unknown keys {', '.join(extra)}", reason="malformed")
+    if _field(env, "v", int) != VERSION:
+        raise ProtocolError(
+            f"unsupported protocol version {env['v']} (this agent speaks v{VERSION})", reason="malformed"
+        )
+    kind = _field(env, "kind", str)
+    if kind not in BODIES:
+        raise ProtocolError(f"unknown kind {kind!r}", reason="unknown_kind")
+    dev = _field(env, "dev", str)
+    seq = _field(env, "seq", int)
+    ts = _field(env, "ts", int)
+    prev = _field(env, "prev", str)
+    body = _field(env, "body", dict)
+    sig_text = _field(env, "sig", str)
+    if not 0 <= seq <= SEQ_MAX:
+        raise ProtocolError(f"seq out of range (got {seq})", reason="malformed")
+    if not 0 <= ts <= TS_MAX:
+        raise ProtocolError(f"ts out of range (got {ts})", reason="malformed")
+    if len(prev) != 64 or not set(prev) <= _HEX:
+        raise ProtocolError("prev must be 64 lower-case hex characters", reason="malformed")
+    wire_size = len(canonical(env))
+    if wire_size > MAX_BYTES[kind]:
+        raise ProtocolError(
+            f"{kind}: envelope is {wire_size} bytes, over the {MAX_BYTES[kind]}-byte bound",
+            reason="oversized",
+        )
+    try:
+        pubkey = Pubkey.from_string(dev)
+        if str(pubkey) != dev:
+            raise ValueError("not canonical base58")
+    except ValueError as exc:
+        raise ProtocolError(f"dev is not a base58 public key: {exc}", reason="malformed") from exc
+    if expected_signer is not None and dev != expected_signer:
+        raise ProtocolError(f"{kind} signed by {dev}, expected {expected_signer}", reason="unknown_device")
+    try:
+        sig = Signature.from_string(sig_text)
+        if str(sig) != sig_text:
+            raise ValueError("not canonical base58")
+    except ValueError as exc:
+        raise ProtocolError(f"sig is not a base58 signature: {exc}", reason="malformed") from exc
+    to_sign = signed_bytes(env)
+    if not sig.verify(pubkey, to_sign):
+        raise ProtocolError(f"{kind} seq {seq}: signature does not verify for {dev}", reason="bad_signature")
+    model = validate_body(kind, body)
+    _check_chain_fields(kind, seq, prev)
+    return Envelope(
+        kind=kind,
+        dev=dev,
+        seq=seq,
+        ts=ts,
+        prev=prev,
+        body=model,
+        sig=sig_text,
+        raw=env,
+        hash=hashlib.sha256(to_sign).hexdigest(),
+    )

@@ -1,0 +1,349 @@
+"""Body schemas: one strict, bounded pydantic model per message kind.
+
+Privacy guarantee (a property of these schemas, tested in
+``tests/unit/test_protocol_messages.py``): no field of any message a device
+sends can carry raw frames, crops, embeddings or per-frame outputs.  Every
+string is short and has a restricted alphabet or a fixed format (hex digests,
+base58 keys, identifiers), every list and mapping has a small maximum length,
+every number is a bounded integer, there are no free-form blobs (no bytes, no
+base64 fields in device messages), unknown keys are refused, and each kind has
+an encoded-size bound enforced on the whole envelope (see
+:data:`agent.protocol.envelope.MAX_BYTES`).  A work proof carries only
+*commitments* (Merkle roots over tensor digests) and *aggregates* (counts,
+latency percentiles, health).
+
+All quantities are integers in fixed units: ms (timestamps), µs (latency),
+basis points (1/100 of a percent: 0..10000), milli-°C, token base units.
+Strict mode means ``true`` is not accepted where an integer is expected and
+``1`` is not accepted where a boolean is expected.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, Field, StringConstraints, model_validator
+from solders.pubkey import Pubkey
+from solders.signature import Signature
+
+from agent.validation import Strict
+
+# --- field types ---------------------------------------------------------------------------------
+
+U32_MAX = 2**32 - 1
+U64_MAX = 2**64 - 1
+#: Largest integer exactly representable in an IEEE double (JavaScript safe integer).
+SAFE_MAX = 2**53 - 1
+
+Hex64 = Annotated[str, StringConstraints(min_length=64, max_length=64, pattern=r"^[0-9a-f]{64}$")]
+Hex32 = Annotated[str, StringConstraints(min_length=32, max_length=32, pattern=r"^[0-9a-f]{32}$")]
+#: Lower-case identifier: model ids, reasons, channels, profiles.
+Ident = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
+Version = Annotated[
+    str, StringConstraints(min_length=1, max_length=32, pattern=r"^[0-9A-Za-z][0-9A-Za-z.+-]{0,31}$")
+]
+#: A class label in a summary: 1..32 characters, no control characters.
+Label = Annotated[str, StringConstraints(min_length=1, max_length=32, pattern=r"^[^\x00-\x1f\x7f]{1,32}$")]
+Ms = Annotated[int, Field(ge=0, le=SAFE_MAX)]
+U32 = Annotated[int, Field(ge=0, le=U32_MAX)]
+U64 = Annotated[int, Field(ge=0, le=U64_MAX)]
+BasisPoints = Annotated[int, Field(ge=0, le=10_000)]
+#: A sketch component: |v| <= 2**53 - 1.
+SketchInt = Annotated[int, Field(ge=-SAFE_MAX, le=SAFE_MAX)]
+
+
+def _check_pubkey(value: str) -> str:
+    try:
+        key = Pubkey.from_string(value)
+    except ValueError as exc:
+        raise ValueError(f"not a base58 public key: {exc}") from exc
+    if str(key) != value:
+        raise ValueError("public key is not in canonical base58 form")
+    return value
+
+
+def _check_signature(value: str) -> str:
+    try:
+        sig = Signature.from_string(value)
+    except ValueError as exc:
+        raise ValueError(f"not a base58 signature: {exc}") from exc
+    if str(sig) != value:
+        raise ValueError("signature is not in canonical base58 form")
+    return value
+
+
+#: A base58 ed25519 public key (32 bytes), in canonical form (32..44 characters).
+PubkeyB58 = Annotated[str, StringConstraints(min_length=32, max_length=44), AfterValidator(_check_pubkey)]
+#: A base58 ed25519 signature (64 bytes), canonical form (64..88 characters).
+SignatureB58 = Annotated[
+    str, StringConstraints(min_length=64, max_length=88), AfterValidator(_check_signature)
+]
+#: A base58 32-byte hash (e.g. a Solana blockhash).
+HashB58 = PubkeyB58
+#: Base64 (standard alphabet, padded) of a Solana transaction (packet limit 1232 bytes -> 1644 chars).
+TxBase64 = Annotated[str, StringConstraints(min_length=4, max_length=1644, pattern=r"^[A-Za-z0-9+/]+={0,2}$")]
+
+# --- shared parts --------------------------------------------------------------------------------
+
+
+class Health(Strict):
+    """Device health at the time of the message (converted to integers by the daemon)."""
+
+    cpu_bp: BasisPoints
+    mem_bp: BasisPoints
+    #: CPU temperature in milli-°C, when the platform exposes it.
+    temp_mc: Annotated[int, Field(ge=-55_000, le=150_000)] | None = None
+    #: The SoC reports thermal/under-voltage throttling.
+    throttled: bool = False
+    #: The agent itself lowered its inference rate (thermal policy).
+    rate_limited: bool = False
+    #: Why the rate was lowered, e.g. ``"thermal"``; set iff ``rate_limited``.
+    throttle_reason: Ident | None = None
+
+    @model_validator(mode="after")
+    def _reason_iff_limited(self) -> Health:
+        if self.rate_limited != (self.throttle_reason is not None):
+            raise ValueError("throttle_reason must be set exactly when rate_limited is true")
+        return self
+
+
+class Latency(Strict):
+    """Inference latency percentiles over a window, in µs (p50 <= p95 <= p99)."""
+
+    p50: U32
+    p95: U32
+    p99: U32
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Latency:
+        if not self.p50 <= self.p95 <= self.p99:
+            raise ValueError(
+                f"percentiles must satisfy p50 <= p95 <= p99 (got {self.p50}, {self.p95}, {self.p99})"
+            )
+        return self
+
+
+# --- bodies --------------------------------------------------------------------------------------
+
+MAX_SUMMARY_LABELS = 32
+MAX_WINDOW_MS = 86_400_000
+SKETCH_SIZE = 32
+
+
+class Beacon(Strict):
+    """coordinator -> all (retained): the current slot and its random nonce."""
+
+    slot: Ms
+    nonce: Hex64
+    #: Coordinator wall clock when the slot started (ms since the Unix epoch).
+    time_ms: Ms
+    #: Slot length in ms.
+    slot_ms: Annotated[int, Field(ge=1_000, le=3_600_000)]
+
+
+class Heartbeat(Strict):
+    """device -> coordinator: I am online and saw this beacon."""
+
+    beacon_slot: Ms
+    beacon_nonce: Hex64
+    uptime_s: U32
+    health: Health
+
+
+class Proof(Strict):
+    """device -> coordinator: work proof for one window (commitments and aggregates only)."""
+
+    window_start_ms: Ms
+    window_end_ms: Ms
+    model_id: Ident
+    model_sha256: Hex64
+    inferences: U32
+    #: Merkle root (RFC 6962) over SHA-256 digests of each input tensor in the window.
+    input_root: Hex64
+    #: Merkle root (RFC 6962) over SHA-256 digests of each output tensor in the window.
+    output_root: Hex64
+    #: Aggregate counts per class label over the window (at most 32 labels).
+    summary: Annotated[dict[Label, U32], Field(max_length=MAX_SUMMARY_LABELS)]
+    latency_us: Latency
+    health: Health
+    agent_version: Version
+
+    @model_validator(mode="after")
+    def _window(self) -> Proof:
+        length = self.window_end_ms - self.window_start_ms
+        if length <= 0:
+            raise ValueError("window_end_ms must be after window_start_ms")
+        if length > MAX_WINDOW_MS:
+            raise ValueError(f"window longer than {MAX_WINDOW_MS} ms")
+        return self
+
+
+class Challenge(Strict):
+    """coordinator -> device: run the model on the synthetic input of ``nonce`` before the deadline."""
+
+    #: The challenged device (a challenge for another device is refused).
+    device: PubkeyB58
+    nonce: Hex64
+    model_sha256: Hex64
+    deadline_ms: Ms
+
+
+class ChallengeResponse(Strict):
+    """device -> coordinator: the output sketch for a challenge."""
+
+    nonce: Hex64
+    model_sha256: Hex64
+    sketch: Annotated[list[SketchInt], Field(min_length=SKETCH_SIZE, max_length=SKETCH_SIZE)]
+    latency_us: U32
+
+
+class Verdict(Strict):
+    """coordinator -> device: a message was accepted or rejected, with a named reason."""
+
+    device: PubkeyB58
+    ref_kind: Ident
+    ref_seq: U64
+    ref_hash: Hex64
+    accepted: bool
+    #: Named reason (e.g. ``bad_signature``, ``replay``, ``chain_gap``, ``stale_beacon``,
+    #: ``implausible_throughput``, ``challenge_failed``, ``unknown_device``); required when rejected.
+    reason: Ident | None = None
+    detail: Annotated[str, StringConstraints(max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")] | None = None
+
+    @model_validator(mode="after")
+    def _reason(self) -> Verdict:
+        if not self.accepted and self.reason is None:
+            raise ValueError("a rejection needs a reason")
+        return self
+
+
+class Claim(Strict):
+    """device -> coordinator: pay my claimable rewards to ``owner``."""
+
+    claim_id: Hex32
+    #: The owner's wallet (the tokens go to its associated token account).
+    owner: PubkeyB58
+    #: Token base units; ``None`` = everything claimable.
+    amount: U64 | None = None
+
+
+class Voucher(Strict):
+    """coordinator -> device: a partially signed claim transaction for the device to check and sign."""
+
+    device: PubkeyB58
+    claim_id: Hex32
+    owner: PubkeyB58
+    mint: PubkeyB58
+    amount: U64
+    decimals: Annotated[int, Field(ge=0, le=18)]
+    transaction: TxBase64
+    blockhash: HashB58
+    last_valid_block_height: U64
+
+
+class Receipt(Strict):
+    """device -> coordinator: what happened to a voucher's transaction."""
+
+    claim_id: Hex32
+    signature: SignatureB58 | None = None
+    status: Literal["submitted", "confirmed", "failed", "refused"]
+    slot: U64 | None = None
+    #: Named reason for ``failed``/``refused`` (e.g. ``wrong_mint``, ``blockhash_expired``).
+    reason: Ident | None = None
+
+
+class Status(Strict):
+    """device (retained, also the MQTT last will): online/offline, active model, agent version.
+
+    A status envelope does not advance the hash chain (see docs/protocol.md).
+    """
+
+    state: Literal["online", "offline"]
+    model_id: Ident | None = None
+    model_sha256: Hex64 | None = None
+    agent_version: Version
+    profile: Ident | None = None
+
+
+DeployState = Literal[
+    "received",
+    "rejected",
+    "downloading",
+    "staged",
+    "smoke_test",
+    "activated",
+    "committed",
+    "rolled_back",
+    "failed",
+]
+
+
+class Deploy(Strict):
+    """device -> operator: rollout state of one model manifest on this device."""
+
+    channel: Ident
+    manifest_version: U64
+    model_id: Ident
+    model_sha256: Hex64
+    state: DeployState
+    #: Named reason for ``rejected``/``failed``/``rolled_back`` (e.g. ``expired``, ``hash_mismatch``).
+    reason: Ident | None = None
+    #: Download progress in basis points.
+    progress_bp: BasisPoints | None = None
+
+
+# --- registry ------------------------------------------------------------------------------------
+
+Body = (
+    Beacon
+    | Heartbeat
+    | Proof
+    | Challenge
+    | ChallengeResponse
+    | Verdict
+    | Claim
+    | Voucher
+    | Receipt
+    | Status
+    | Deploy
+)
+
+#: kind -> body model.
+BODIES: dict[str, type[Strict]] = {
+    "beacon": Beacon,
+    "heartbeat": Heartbeat,
+    "proof": Proof,
+    "challenge": Challenge,
+    "challenge_response": ChallengeResponse,
+    "verdict": Verdict,
+    "claim": Claim,
+    "voucher": Voucher,
+    "receipt": Receipt,
+    "status": Status,
+    "deploy": Deploy,
+}
+
+#: Who signs each kind: the device, the coordinator or (deploy state is read by) the operator.
+ORIGIN: dict[str, Literal["device", "coordinator"]] = {
+    "beacon": "coordinator",
+    "heartbeat": "device",
+    "proof": "device",
+    "challenge": "coordinator",
+    "challenge_response": "device",
+    "verdict": "coordinator",
+    "claim": "device",
+    "voucher": "coordinator",
+    "receipt": "device",
+    "status": "device",
+    "deploy": "device",
+}
+
+#: Kinds that do not advance the signer's hash chain (side-band: status, incl. the MQTT last will).
+SIDEBAND_KINDS = frozenset({"status"})
+
+KINDS = tuple(BODIES)
+
+
+def body_to_dict(body: Strict) -> dict[str, Any]:
+    """The JSON form of a body: ``None`` fields are omitted (absent == null)."""
+    return body.model_dump(mode="python", exclude_none=True)
