@@ -1,0 +1,33 @@
+"""MQTT transport: settings, the durable outbox and the paho-mqtt client."""
+
+from __future__ import annotations
+
+from agent.transport.backoff import Backoff, backoff_delay
+from agent.transport.outbox import (
+    KIND_PRIORITY,
+    PRIORITY_HIGH,
+    PRIORITY_LOW,
+    PRIORITY_NORMAL,
+    Outbox,
+    OutboxRow,
+    OutboxStats,
+    ParkedRow,
+)
+from agent.transport.settings import MqttSettings, OutboxSettings, OverflowPolicy, TlsSettings
+
+__all__ = [
+    "KIND_PRIORITY",
+    "PRIORITY_HIGH",
+    "PRIORITY_LOW",
+    "PRIORITY_NORMAL",
+    "Backoff",
+    "MqttSettings",
+    "Outbox",
+    "OutboxRow",
+    "OutboxSettings",
+    "OutboxStats",
+    "OverflowPolicy",
+    "ParkedRow",
+    "TlsSettings",
+    "backoff_delay",
+]

@@ -1,0 +1,730 @@
+"""Store-and-forward outbox: SQLite in WAL mode, the source of truth until the broker acks.
+
+Contract
+--------
+* :meth:`Outbox.put` commits (and, with ``synchronous=FULL``, fsyncs) the message before it
+  returns; the publisher only ever publishes rows that are committed.
+* :meth:`Outbox.pending` returns rows in insertion order (``id`` is AUTOINCREMENT, never reused).
+* :meth:`Outbox.ack` deletes a row; it is called only when the broker's PUBACK says success.
+* The file survives restarts; a reopened outbox re-sends everything still in it, in order.
+
+Durability
+----------
+``journal_mode=WAL`` with ``synchronous=FULL`` (default): the WAL is fsynced at every commit,
+so a queued envelope survives power loss, not only ``kill -9``.  The rate is low (a proof a
+minute, a heartbeat every 30 s) so the fsync costs nothing that matters; acks are deleted in
+batches.  ``synchronous=NORMAL`` is available for flash-wear-sensitive devices: it survives
+an agent crash but may lose the last commits on power loss (a lost ack only means a
+duplicate, which subscribers drop by ``(dev, seq)``).
+
+Bound and overflow
+------------------
+The outbox holds at most ``max_bytes`` of ``len(payload) + len(topic)``.  A new message that
+does not fit is handled by the policy:
+
+* ``drop_oldest_heartbeats`` (default): evict the oldest rows that are heartbeats (priority
+  LOW) or of lower priority than the new message, lowest priority first.  So a new heartbeat
+  replaces the oldest heartbeat, a proof may evict heartbeats and normal messages, and proofs
+  are never evicted.  If that is not enough, the *new* message is refused.
+* ``drop_oldest``: evict the oldest rows whatever their kind.
+* ``refuse_new``: never evict; refuse the new message.
+
+A message larger than ``max_bytes`` on its own is always refused.  Every eviction and refusal
+is counted persistently by ``(kind, reason)`` in the same transaction (see :meth:`stats`).
+
+Full disk
+---------
+``SQLITE_FULL`` ("database or disk is full") during ``put`` rolls the transaction back, evicts
+more rows by the same policy (counted with reason ``disk_full_evicted``) and retries.  If
+nothing more may be evicted the new message is refused (reason ``disk_full_refused``) and
+``put`` returns ``None``.  Only when even that cannot be written is a :class:`StorageError`
+raised; then *nothing* was written (neither the message nor the state), so the caller can keep
+running and treat the envelope as never created.
+
+Chain state
+-----------
+``put(..., state={"seq": n, "prev": h})`` writes the key/value pairs in the same transaction
+as the message, so a SIGKILL between signing and queuing cannot fork the hash chain.  The
+state is committed even when the policy refuses the message: the envelope then exists (signed,
+counted as dropped) and the next one chains to it, so the coordinator sees an honest gap
+rather than two envelopes with the same ``seq``.
+
+Broker refusals
+---------------
+A row the broker refuses (PUBACK reason code >= 0x80, e.g. "Not authorized" from an ACL) is
+moved by :meth:`park` to a ``parked`` table with the reason, counted as a drop with reason
+``rejected:<reason>``, and never re-sent (so it cannot loop).  Only the newest ``max_parked``
+parked rows are kept; they can be inspected with :meth:`parked` and put back with
+:meth:`requeue_parked` once the cause (e.g. an ACL) is fixed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.errors import StorageError
+from agent.transport.settings import OutboxSettings
+
+log = logging.getLogger(__name__)
+
+PRIORITY_LOW = 0
+PRIORITY_NORMAL = 1
+PRIORITY_HIGH = 2
+
+# Default priority per message kind; anything not listed is NORMAL.
+KIND_PRIORITY: dict[str, int] = {
+    "hb": PRIORITY_LOW,
+    "heartbeat": PRIORITY_LOW,
+    "proof": PRIORITY_HIGH,
+    "response": PRIORITY_HIGH,
+    "challenge_response": PRIORITY_HIGH,
+    "claim": PRIORITY_HIGH,
+    "receipt": PRIORITY_HIGH,
+}
+
+StateValue = int | str | None
+
+_SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    qos INTEGER NOT NULL,
+    retain INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS outbox_priority ON outbox (priority, id);
+CREATE TABLE IF NOT EXISTS drops (
+    kind TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (kind, reason)
+);
+CREATE TABLE IF NOT EXISTS state (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS parked (
+    id INTEGER PRIMARY KEY,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    qos INTEGER NOT NULL,
+    retain INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    attempts INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    parked_ms INTEGER NOT NULL
+);
+"""
+
+_COLUMNS = "id, topic, payload, qos, retain, kind, priority, size, created_ms, attempts"
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    id: int
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    kind: str
+    priority: int
+    size: int
+    created_ms: int
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class ParkedRow:
+    row: OutboxRow
+    reason: str
+    parked_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxStats:
+    depth: int
+    bytes: int
+    max_bytes: int
+    oldest_age_ms: int | None
+    # kind -> reason -> count, persistent across restarts.
+    drops: dict[str, dict[str, int]] = field(default_factory=dict)
+    parked: int = 0
+
+    @property
+    def dropped_total(self) -> int:
+        return sum(sum(reasons.values()) for reasons in self.drops.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "depth": self.depth,
+            "bytes": self.bytes,
+            "max_bytes": self.max_bytes,
+            "oldest_age_ms": self.oldest_age_ms,
+            "drops": {kind: dict(reasons) for kind, reasons in self.drops.items()},
+            "dropped_total": self.dropped_total,
+            "parked": self.parked,
+        }
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None and code == getattr(sqlite3, "SQLITE_FULL", 13):
+        return True
+    return "database or disk is full" in str(exc)
+
+
+def _row(values: tuple[Any, ...]) -> OutboxRow:
+    return OutboxRow(
+        id=values[0],
+        topic=values[1],
+        payload=bytes(values[2]),
+        qos=values[3],
+        retain=bool(values[4]),
+        kind=values[5],
+        priority=values[6],
+        size=values[7],
+        created_ms=values[8],
+        attempts=values[9],
+    )
+
+
+class _Refused(Exception):
+    """Internal: the policy refuses the new message (reason in args[0])."""
+
+
+class Outbox:
+    """A bounded, durable FIFO of MQTT messages.  Thread-safe (one lock, one connection)."""
+
+    def __init__(
+        self,
+        settings: OutboxSettings,
+        *,
+        clock_ms: Any = None,
+        max_page_count: int | None = None,
+    ) -> None:
+        """Open (or create) the outbox at ``settings.path``.
+
+        ``max_page_count`` caps the database file (in pages) as a hard size limit; tests use it
+        to simulate a full disk.  ``clock_ms`` (a ``() -> int``) replaces the wall clock in tests.
+        """
+        self.settings = settings
+        self.path = Path(settings.path)
+        self._clock_ms = clock_ms or _now_ms
+        self._lock = threading.RLock()
+        self._unsaved_drops: Counter[tuple[str, str]] = Counter()
+        self._closed = False
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(
+                str(self.path), isolation_level=None, check_same_thread=False, timeout=10.0
+            )
+        except (OSError, sqlite3.Error) as exc:
+            raise StorageError(
+                f"outbox {self.path} cannot be opened: {exc}",
+                hint="check that outbox.path is on a writable filesystem and the agent's user owns it",
+            ) from exc
+        try:
+            mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StorageError(
+                    f"outbox {self.path}: SQLite refused WAL mode (got {mode!r})",
+                    hint="put outbox.path on a local filesystem (WAL does not work on network shares)",
+                )
+            self._db.execute(f"PRAGMA synchronous={settings.synchronous}")
+            self._db.execute("PRAGMA busy_timeout=10000")
+            if max_page_count is not None:
+                self._db.execute(f"PRAGMA max_page_count={int(max_page_count)}")
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version > _SCHEMA_VERSION:
+                raise StorageError(
+                    f"outbox {self.path} has schema version {version}, newer than this agent's "
+                    f"({_SCHEMA_VERSION})",
+                    hint="upgrade the agent, or move the file away to start a fresh outbox",
+                )
+            self._db.executescript(_SCHEMA)
+            self._db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+            self._bytes = self._sum_bytes()
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise StorageError(
+                f"outbox {self.path} is not a usable SQLite database: {exc}",
+                hint="move the file away (it will be recreated) or free disk space",
+            ) from exc
+        except StorageError:
+            self._db.close()
+            raise
+
+    # ------------------------------------------------------------------ helpers
+
+    def _sum_bytes(self) -> int:
+        return int(self._db.execute("SELECT COALESCE(SUM(size), 0) FROM outbox").fetchone()[0])
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StorageError(
+                f"outbox {self.path} is closed", hint="this is a bug: use the outbox before close()"
+            )
+
+    def _rollback(self) -> None:
+        try:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+        except sqlite3.Error:
+            log.warning("outbox rollback failed", extra={"path": str(self.path)}, exc_info=True)
+
+    def _count(self, drops: Counter[tuple[str, str]]) -> None:
+        for (kind, reason), count in drops.items():
+            self._db.execute(
+                "INSERT INTO drops (kind, reason, count) VALUES (?, ?, ?) "
+                "ON CONFLICT (kind, reason) DO UPDATE SET count = count + excluded.count",
+                (kind, reason, count),
+            )
+
+    def _write_state(self, state: Mapping[str, StateValue]) -> None:
+        for key, value in state.items():
+            self._db.execute(
+                "INSERT INTO state (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, json.dumps(value)),
+            )
+
+    def _victims(self, priority: int, exclude: set[int]) -> Iterable[tuple[int, str, int]]:
+        """Rows the policy may evict for a new message of ``priority``, in eviction order."""
+        policy = self.settings.overflow
+        if policy == "refuse_new":
+            return
+        if policy == "drop_oldest":
+            query = "SELECT id, kind, size FROM outbox ORDER BY id"
+            args: tuple[int, ...] = ()
+        else:
+            query = (
+                "SELECT id, kind, size FROM outbox WHERE priority < ? OR priority = ? ORDER BY priority, id"
+            )
+            args = (priority, PRIORITY_LOW)
+        for row_id, kind, size in self._db.execute(query, args).fetchall():
+            if row_id not in exclude:
+                yield int(row_id), str(kind), int(size)
+
+    def _plan(
+        self, need: int, priority: int, exclude: set[int]
+    ) -> tuple[list[tuple[int, str, int]], int] | None:
+        """Pick victims freeing at least ``need`` bytes; None if the policy cannot free enough."""
+        chosen: list[tuple[int, str, int]] = []
+        freed = 0
+        if need <= 0:
+            return chosen, freed
+        for victim in self._victims(priority, exclude):
+            chosen.append(victim)
+            freed += victim[2]
+            if freed >= need:
+                return chosen, freed
+        return None
+
+    # ------------------------------------------------------------------ public API
+
+    def put(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        kind: str = "other",
+        priority: int | None = None,
+        state: Mapping[str, StateValue] | None = None,
+    ) -> int | None:
+        """Queue a message durably; returns its row id, or None if the overflow policy refused it.
+
+        ``state`` is written in the same transaction (and also when the message is refused).
+        Raises :class:`StorageError` only if nothing at all could be written.
+        """
+        if qos not in (0, 1, 2):
+            raise ValueError(f"qos must be 0, 1 or 2, got {qos}")
+        if not isinstance(payload, bytes | bytearray | memoryview):
+            raise TypeError(f"payload must be bytes, got {type(payload).__name__}")
+        body = bytes(payload)
+        prio = KIND_PRIORITY.get(kind, PRIORITY_NORMAL) if priority is None else priority
+        size = len(body) + len(topic.encode("utf-8"))
+        with self._lock:
+            self._check_open()
+            try:
+                return self._put_locked(topic, body, qos, retain, kind, prio, size, state)
+            except sqlite3.Error as exc:
+                self._rollback()
+                self._bytes = self._safe_sum()
+                self._unsaved_drops[(kind, "storage_error")] += 1
+                raise StorageError(
+                    f"outbox {self.path}: cannot queue a {kind} message ({size} bytes): {exc}",
+                    hint="free disk space on the outbox filesystem or lower outbox.max_bytes; "
+                    "the message and its chain state were not written",
+                ) from exc
+
+    def _safe_sum(self) -> int:
+        try:
+            return self._sum_bytes()
+        except sqlite3.Error:
+            return self._bytes
+
+    def _put_locked(
+        self,
+        topic: str,
+        body: bytes,
+        qos: int,
+        retain: bool,
+        kind: str,
+        prio: int,
+        size: int,
+        state: Mapping[str, StateValue] | None,
+    ) -> int | None:
+        max_bytes = self.settings.max_bytes
+        evict: list[tuple[int, str, int]] = []
+        refused: str | None = None
+        if size > max_bytes:
+            refused = "too_large"
+        else:
+            plan = self._plan(self._bytes + size - max_bytes, prio, set())
+            if plan is None:
+                refused = "refused_full"
+            else:
+                evict = plan[0]
+        reason_evict = "evicted_full"
+        extra_target = 0
+        disk_evict: list[tuple[int, str, int]] = []
+        while True:
+            try:
+                return self._commit_put(
+                    topic,
+                    body,
+                    qos,
+                    retain,
+                    kind,
+                    prio,
+                    size,
+                    state,
+                    evict,
+                    reason_evict,
+                    disk_evict,
+                    refused,
+                )
+            except sqlite3.OperationalError as exc:
+                self._rollback()
+                if not _is_disk_full(exc):
+                    raise
+                if refused is not None:
+                    # Even the refusal (counter + state) does not fit: give up.
+                    raise
+                # Disk full: free more room by the same policy, doubling the target each time.
+                extra_target = max(2 * extra_target, size + 4096)
+                taken = {v[0] for v in evict} | {v[0] for v in disk_evict}
+                plan = self._plan(extra_target, prio, taken)
+                if plan is None:
+                    # Take whatever the policy still allows; if nothing, refuse the new message.
+                    rest = list(self._victims(prio, taken))
+                    if rest:
+                        disk_evict.extend(rest)
+                        extra_target = 0
+                        log.warning(
+                            "outbox disk full: evicting every evictable row",
+                            extra={"path": str(self.path), "evicted": len(rest), "kind": kind},
+                        )
+                        continue
+                    refused = "disk_full_refused"
+                    evict, disk_evict = [], []
+                    log.error(
+                        "outbox disk full: refusing new message",
+                        extra={"path": str(self.path), "kind": kind, "size": size},
+                    )
+                    continue
+                disk_evict.extend(plan[0])
+                log.warning(
+                    "outbox disk full: evicting by policy",
+                    extra={"path": str(self.path), "evicted": len(plan[0]), "kind": kind},
+                )
+
+    def _commit_put(
+        self,
+        topic: str,
+        body: bytes,
+        qos: int,
+        retain: bool,
+        kind: str,
+        prio: int,
+        size: int,
+        state: Mapping[str, StateValue] | None,
+        evict: list[tuple[int, str, int]],
+        reason_evict: str,
+        disk_evict: list[tuple[int, str, int]],
+        refused: str | None,
+    ) -> int | None:
+        drops: Counter[tuple[str, str]] = Counter(self._unsaved_drops)
+        freed = 0
+        self._db.execute("BEGIN IMMEDIATE")
+        for victims, reason in ((evict, reason_evict), (disk_evict, "disk_full_evicted")):
+            for victim_id, victim_kind, victim_size in victims:
+                cur = self._db.execute("DELETE FROM outbox WHERE id = ?", (victim_id,))
+                if cur.rowcount:
+                    freed += victim_size
+                    drops[(victim_kind, reason)] += 1
+        row_id: int | None = None
+        if refused is None:
+            cur = self._db.execute(
+                "INSERT INTO outbox (topic, payload, qos, retain, kind, priority, size, created_ms) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (topic, body, qos, int(retain), kind, prio, size, self._clock_ms()),
+            )
+            row_id = cur.lastrowid
+        else:
+            drops[(kind, refused)] += 1
+        self._count(drops)
+        if state:
+            self._write_state(state)
+        self._db.execute("COMMIT")
+        self._unsaved_drops.clear()
+        self._bytes += (size if row_id is not None else 0) - freed
+        if freed or refused:
+            log.warning(
+                "outbox overflow",
+                extra={
+                    "path": str(self.path),
+                    "policy": self.settings.overflow,
+                    "evicted": len(evict) + len(disk_evict),
+                    "refused": refused,
+                    "kind": kind,
+                    "bytes": self._bytes,
+                },
+            )
+        return row_id
+
+    def pending(self, *, after_id: int = 0, limit: int | None = None) -> list[OutboxRow]:
+        """Rows not yet acknowledged, oldest first (ids greater than ``after_id``)."""
+        with self._lock:
+            self._check_open()
+            try:
+                cur = self._db.execute(
+                    f"SELECT {_COLUMNS} FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
+                    (after_id, -1 if limit is None else limit),
+                )
+                return [_row(v) for v in cur.fetchall()]
+            except sqlite3.Error as exc:
+                raise StorageError(f"outbox {self.path} cannot be read: {exc}") from exc
+
+    def ack(self, row_id: int) -> bool:
+        """Delete an acknowledged row; False if it was no longer there (evicted or acked)."""
+        return self.ack_many([row_id]) == 1
+
+    def ack_many(self, row_ids: Iterable[int]) -> int:
+        """Delete acknowledged rows in one transaction; returns how many were still there."""
+        ids = list(row_ids)
+        if not ids:
+            return 0
+        with self._lock:
+            self._check_open()
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                deleted = 0
+                freed = 0
+                for row_id in ids:
+                    got = self._db.execute(
+                        "DELETE FROM outbox WHERE id = ? RETURNING size", (row_id,)
+                    ).fetchone()
+                    if got is not None:
+                        deleted += 1
+                        freed += int(got[0])
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                raise StorageError(
+                    f"outbox {self.path}: cannot delete acknowledged rows: {exc}",
+                    hint="free disk space; the rows stay queued and will be re-sent (duplicates are harmless)",
+                ) from exc
+            self._bytes -= freed
+            return deleted
+
+    def mark_attempt(self, row_ids: Iterable[int]) -> None:
+        """Count one more publish attempt for these rows (diagnostics; best effort)."""
+        ids = list(row_ids)
+        if not ids:
+            return
+        with self._lock:
+            self._check_open()
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.executemany(
+                    "UPDATE outbox SET attempts = attempts + 1 WHERE id = ?", [(i,) for i in ids]
+                )
+                self._db.execute("COMMIT")
+            except sqlite3.Error:
+                self._rollback()
+                log.warning(
+                    "outbox: cannot record publish attempts", extra={"path": str(self.path)}, exc_info=True
+                )
+
+    def park(self, row_id: int, reason: str) -> bool:
+        """Move a row the broker refused to the parked table; it is never re-sent automatically."""
+        with self._lock:
+            self._check_open()
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                got = self._db.execute(f"SELECT {_COLUMNS} FROM outbox WHERE id = ?", (row_id,)).fetchone()
+                if got is None:
+                    self._db.execute("ROLLBACK")
+                    return False
+                row = _row(got)
+                self._db.execute("DELETE FROM outbox WHERE id = ?", (row_id,))
+                if self.settings.max_parked > 0:
+                    self._db.execute(
+                        f"INSERT OR REPLACE INTO parked ({_COLUMNS}, reason, parked_ms) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            row.id,
+                            row.topic,
+                            row.payload,
+                            row.qos,
+                            int(row.retain),
+                            row.kind,
+                            row.priority,
+                            row.size,
+                            row.created_ms,
+                            row.attempts,
+                            reason,
+                            self._clock_ms(),
+                        ),
+                    )
+                self._db.execute(
+                    "DELETE FROM parked WHERE id NOT IN (SELECT id FROM parked ORDER BY id DESC LIMIT ?)",
+                    (self.settings.max_parked,),
+                )
+                self._count(Counter({(row.kind, f"rejected:{reason}"): 1}))
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                raise StorageError(f"outbox {self.path}: cannot park row {row_id}: {exc}") from exc
+            self._bytes -= row.size
+            return True
+
+    def parked(self, limit: int = 100) -> list[ParkedRow]:
+        """The newest parked rows (refused by the broker), newest first."""
+        with self._lock:
+            self._check_open()
+            cur = self._db.execute(
+                f"SELECT {_COLUMNS}, reason, parked_ms FROM parked ORDER BY id DESC LIMIT ?", (limit,)
+            )
+            return [ParkedRow(_row(v[:10]), str(v[10]), int(v[11])) for v in cur.fetchall()]
+
+    def requeue_parked(self) -> int:
+        """Put every parked row back at the end of the outbox (after fixing e.g. the ACL)."""
+        with self._lock:
+            self._check_open()
+            rows = [p.row for p in reversed(self.parked(limit=max(self.settings.max_parked, 1)))]
+            for row in rows:
+                new_id = self.put(
+                    row.topic,
+                    row.payload,
+                    qos=row.qos,
+                    retain=row.retain,
+                    kind=row.kind,
+                    priority=row.priority,
+                )
+                if new_id is not None:
+                    self._db.execute("DELETE FROM parked WHERE id = ?", (row.id,))
+            return len(rows)
+
+    def get_state(self, key: str, default: StateValue = None) -> StateValue:
+        with self._lock:
+            self._check_open()
+            got = self._db.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
+            if got is None:
+                return default
+            value: StateValue = json.loads(got[0])
+            return value
+
+    def state(self) -> dict[str, StateValue]:
+        with self._lock:
+            self._check_open()
+            return {k: json.loads(v) for k, v in self._db.execute("SELECT key, value FROM state").fetchall()}
+
+    def set_state(self, state: Mapping[str, StateValue]) -> None:
+        """Write key/value pairs atomically (without a message)."""
+        with self._lock:
+            self._check_open()
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._write_state(state)
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                raise StorageError(
+                    f"outbox {self.path}: cannot write state: {exc}",
+                    hint="free disk space on the outbox filesystem",
+                ) from exc
+
+    def stats(self) -> OutboxStats:
+        with self._lock:
+            self._check_open()
+            depth, total, oldest = self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0), MIN(created_ms) FROM outbox"
+            ).fetchone()
+            drops: dict[str, dict[str, int]] = {}
+            counted: Counter[tuple[str, str]] = Counter(self._unsaved_drops)
+            for kind, reason, count in self._db.execute("SELECT kind, reason, count FROM drops").fetchall():
+                counted[(kind, reason)] += count
+            for (kind, reason), count in sorted(counted.items()):
+                drops.setdefault(kind, {})[reason] = count
+            parked = self._db.execute("SELECT COUNT(*) FROM parked").fetchone()[0]
+            age = None if oldest is None else max(0, self._clock_ms() - int(oldest))
+            return OutboxStats(
+                depth=int(depth),
+                bytes=int(total),
+                max_bytes=self.settings.max_bytes,
+                oldest_age_ms=age,
+                drops=drops,
+                parked=int(parked),
+            )
+
+    def __len__(self) -> int:
+        with self._lock:
+            self._check_open()
+            return int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._unsaved_drops:
+                try:
+                    self._db.execute("BEGIN IMMEDIATE")
+                    self._count(self._unsaved_drops)
+                    self._db.execute("COMMIT")
+                    self._unsaved_drops.clear()
+                except sqlite3.Error:
+                    self._rollback()
+            self._db.close()
+
+    def __enter__(self) -> Outbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
