@@ -41,20 +41,32 @@ class FrameSource(Protocol):
     def close(self) -> None: ...
 
 
+_BACKGROUNDS: dict[tuple[int, int, int], np.ndarray] = {}
+
+
+def _background(width: int, height: int, seed: int) -> np.ndarray:
+    key = (width, height, seed)
+    cached = _BACKGROUNDS.get(key)
+    if cached is None:
+        base = np.random.default_rng(seed).integers(0, 256, size=3)
+        ys = np.linspace(0, 255, height, dtype=np.float32)[:, None]
+        xs = np.linspace(0, 255, width, dtype=np.float32)[None, :]
+        cached = np.empty((height, width, 3), dtype=np.uint8)
+        cached[:, :, 0] = ((ys + base[0]) % 256).astype(np.uint8)
+        cached[:, :, 1] = ((xs + base[1]) % 256).astype(np.uint8)
+        cached[:, :, 2] = (((xs + ys) / 2 + base[2]) % 256).astype(np.uint8)
+        if len(_BACKGROUNDS) < 8:
+            _BACKGROUNDS[key] = cached
+    return cached
+
+
 def synthetic_frame(width: int, height: int, seed: int, index: int) -> np.ndarray:
-    """A deterministic BGR frame: a seeded background plus a shape that moves with ``index``."""
-    rng = np.random.default_rng([seed, index])
-    frame = np.empty((height, width, 3), dtype=np.uint8)
-    ys = np.linspace(0, 255, height, dtype=np.float32)[:, None]
-    xs = np.linspace(0, 255, width, dtype=np.float32)[None, :]
-    base = rng.integers(0, 256, size=3)
-    frame[:, :, 0] = ((ys + base[0]) % 256).astype(np.uint8)
-    frame[:, :, 1] = ((xs + base[1]) % 256).astype(np.uint8)
-    frame[:, :, 2] = (((xs + ys) / 2 + base[2]) % 256).astype(np.uint8)
+    """A deterministic BGR frame: a seeded background plus a disc that moves with ``index``."""
+    frame = _background(width, height, seed).copy()
     cx = int((index * 7 + seed) % max(width, 1))
     cy = int((index * 5 + seed) % max(height, 1))
     radius = max(4, min(width, height) // 6)
-    colour = tuple(int(c) for c in rng.integers(0, 256, size=3))
+    colour = ((index * 37 + seed) % 256, (index * 91 + 64) % 256, (index * 53 + 128) % 256)
     cv2.circle(frame, (cx, cy), radius, colour, thickness=-1)
     return frame
 
