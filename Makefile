@@ -1,0 +1,51 @@
+# edgeproof: `make demo` runs the agent end to end on embedded defaults,
+# `make test` installs everything it needs and runs lint, types and the whole suite.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint bench venv broker clean help
+
+help:
+	@echo "make demo   run the shipped models end to end on a generated clip"
+	@echo "make test   create .venv, install deps (+ mosquitto), ruff, mypy, pytest (all suites)"
+	@echo "make lint   ruff check, ruff format --check, mypy --strict"
+	@echo "make bench  benchmarks/ (ratios from one run)"
+
+$(STAMP): setup.cfg pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+# Tests start their own Mosquitto; install the broker when it is missing.
+broker:
+	@if command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto; then :; \
+	elif [ "$$(id -u)" = "0" ]; then \
+		echo "installing mosquitto (apt-get)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients >/dev/null; \
+		systemctl disable --now mosquitto >/dev/null 2>&1 || true; \
+	else \
+		echo "mosquitto is missing: run  sudo apt-get install mosquitto mosquitto-clients  then make test again"; exit 1; \
+	fi
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check agent tests benchmarks
+	$(VENV)/bin/ruff format --check agent tests benchmarks
+	$(VENV)/bin/mypy agent
+
+test: $(STAMP) broker lint
+	$(PY) -m pytest -q
+
+demo: $(STAMP)
+	$(PY) -m agent demo
+
+bench: $(STAMP)
+	@for script in benchmarks/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info
