@@ -66,7 +66,7 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -235,6 +235,7 @@ class Outbox:
         self._lock = threading.RLock()
         self._unsaved_drops: Counter[tuple[str, str]] = Counter()
         self._closed = False
+        self._listeners: list[Callable[[], None]] = []
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(
@@ -370,7 +371,7 @@ class Outbox:
         with self._lock:
             self._check_open()
             try:
-                return self._put_locked(topic, body, qos, retain, kind, prio, size, state)
+                row_id = self._put_locked(topic, body, qos, retain, kind, prio, size, state)
             except sqlite3.Error as exc:
                 self._rollback()
                 self._bytes = self._safe_sum()
@@ -380,6 +381,20 @@ class Outbox:
                     hint="free disk space on the outbox filesystem or lower outbox.max_bytes; "
                     "the message and its chain state were not written",
                 ) from exc
+            listeners = list(self._listeners) if row_id is not None else []
+        for listener in listeners:
+            listener()
+        return row_id
+
+    def add_listener(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` after each queued message is committed (e.g. to wake a publisher)."""
+        with self._lock:
+            self._listeners.append(callback)
+
+    def remove_listener(self, callback: Callable[[], None]) -> None:
+        with self._lock:
+            if callback in self._listeners:
+                self._listeners.remove(callback)
 
     def _safe_sum(self) -> int:
         try:
