@@ -53,6 +53,12 @@ class ProofSettings(Strict):
     heartbeat_s: Annotated[int, Field(ge=1, le=3_600)] = 30
 
 
+class CoordinatorSettings(Strict):
+    # base58 public key of the coordinator; beacons, challenges and verdicts signed by any
+    # other key are refused.  Empty: accept any validly signed coordinator message (demo only).
+    pubkey: str = ""
+
+
 class MetricsSettings(Strict):
     enabled: bool = False
     host: str = "127.0.0.1"
@@ -65,6 +71,7 @@ class AgentConfig(Strict):
     proofs: ProofSettings = Field(default_factory=ProofSettings)
     mqtt: MqttSettings = Field(default_factory=MqttSettings)
     outbox: OutboxSettings = Field(default_factory=OutboxSettings)
+    coordinator: CoordinatorSettings = Field(default_factory=CoordinatorSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 
 

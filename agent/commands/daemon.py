@@ -1,0 +1,83 @@
+"""`edgeproof run` (the device daemon) and `edgeproof status` (its local state)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from agent.commands.output import print_json, print_kv, print_table
+from agent.config import load_config
+from agent.device.status import pid_alive, read_status
+from agent.errors import EdgeproofError
+from agent.transport.outbox import Outbox
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    run = sub.add_parser(
+        "run",
+        help="run the device daemon (inference, proofs, heartbeats, challenges)",
+        description="Run the model continuously on the configured source; every window emit a signed work "
+        "proof, every heartbeat interval a heartbeat, answer challenges; everything goes through the durable "
+        "outbox to MQTT. SIGTERM closes the window and flushes. Under systemd: READY and watchdog pings.",
+    )
+    run.add_argument("--config", default=None, help="config file (TOML); default: embedded defaults")
+    run.add_argument("--duration", type=float, default=None, help="stop after this many seconds (demos, tests)")
+    run.set_defaults(func=run_run)
+
+    status = sub.add_parser(
+        "status",
+        help="the daemon's local state: outbox depth, last acked seq, verdicts, active model",
+        description="Read the daemon's status file and outbox (works while it runs and after it stopped).",
+    )
+    status.add_argument("--config", default=None, help="config file (TOML) naming device.state_dir")
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
+    status.set_defaults(func=run_status)
+
+
+def run_run(args: argparse.Namespace) -> int:
+    from agent.device.daemon import run_daemon
+
+    return run_daemon(load_config(args.config), duration_s=args.duration)
+
+
+def run_status(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    state_dir = Path(config.device.state_dir)
+    data: dict[str, Any] | None = read_status(state_dir)
+    if data is None:
+        raise EdgeproofError(
+            f"no status in {state_dir}: the daemon has not run with this config",
+            hint="start it with: edgeproof run --config FILE (or systemctl start edgeproof)",
+        )
+    data["running"] = bool(data.get("running")) and pid_alive(int(data.get("pid", 0)))
+    outbox_path = Path(config.outbox.path)
+    if outbox_path.exists() and not data["running"]:
+        outbox = Outbox(config.outbox)
+        try:
+            data["outbox"] = outbox.stats().as_dict()
+        finally:
+            outbox.close()
+    if args.json:
+        print_json(data)
+        return 0
+    chain = data.get("chain", {})
+    outbox_stats = data.get("outbox", {})
+    print_kv(
+        f"device {data.get('device_id')}",
+        {
+            "running": data["running"],
+            "model": f"{data['model']['id']} ({data['model']['sha256'][:12]}...)",
+            "provider": data.get("inference", {}).get("provider"),
+            "chain seq / last acked": f"{chain.get('seq')} / {chain.get('last_acked_seq')}",
+            "outbox depth / bytes": f"{outbox_stats.get('depth')} / {outbox_stats.get('bytes')}",
+            "dropped": outbox_stats.get("dropped_total"),
+            "connected": data.get("transport", {}).get("connected"),
+            "thermal": data.get("thermal", {}).get("level"),
+        },
+    )
+    verdicts = data.get("verdicts", [])
+    if verdicts:
+        rows = [(v["ref_kind"], v["ref_seq"], v["accepted"], v.get("reason") or "") for v in verdicts[-10:]]
+        print_table("recent verdicts", ["kind", "seq", "accepted", "reason"], rows)
+    return 0

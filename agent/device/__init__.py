@@ -1,0 +1,1 @@
+"""The device daemon: work windows, heartbeats, challenges, health, thermal policy, systemd."""

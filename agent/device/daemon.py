@@ -1,0 +1,439 @@
+"""`edgeproof run`: the device daemon.
+
+One main thread runs the inference loop and everything that touches the model
+(work windows, challenges), so single-threaded runtimes (LiteRT) stay safe.
+paho's network thread and the transport's publisher/inbound threads never run
+inference; inbound challenges are queued for the main loop.
+
+Every outgoing message is signed, chained and committed to the SQLite outbox
+together with the chain head before it is published, so SIGKILL at any point
+neither loses an envelope nor forks the chain.  SIGTERM closes the current
+window, emits its proof and flushes what the broker will take.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from agent import __version__
+from agent.config import AgentConfig
+from agent.device.challenges import ChallengeResponder
+from agent.device.health import HealthProbe
+from agent.device.status import write_status
+from agent.device.systemd import Notifier
+from agent.device.thermal import ThermalGovernor, ThermalState
+from agent.device.window import WorkWindow
+from agent.errors import EdgeproofError, ProtocolError, SourceError, StorageError
+from agent.identity import device_id, load_keypair
+from agent.inference.pipeline import Pipeline
+from agent.inference.runtime import backend_settings, resolve_profile
+from agent.inference.sources import FrameSource, open_source
+from agent.protocol.chain import ChainSigner
+from agent.protocol.envelope import GENESIS_PREV, Envelope, verify_envelope
+from agent.protocol.messages import Challenge, Health, Heartbeat, Status, Verdict
+from agent.protocol.topics import Topics
+from agent.transport.mqtt import MqttTransport
+from agent.transport.outbox import Outbox
+
+log = logging.getLogger(__name__)
+
+NO_BEACON = "0" * 64
+THERMAL_CHECK_S = 5.0
+STATUS_EVERY_S = 2.0
+SOURCE_RETRY_S = 30.0
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Daemon:
+    def __init__(self, config: AgentConfig, *, root: Path = Path("/"), clock_ms: Callable[[], int] = now_ms):
+        self.config = config
+        self.clock_ms = clock_ms
+        self.state_dir = Path(config.device.state_dir)
+        keypair = load_keypair(config.device.key)
+        self.dev = device_id(keypair)
+        self.profile = resolve_profile(config.device.profile, root)
+        inf = config.inference
+        settings = backend_settings(
+            self.profile,
+            threads=inf.threads,
+            onnx_providers=inf.onnx_providers or None,
+            litert_delegates=inf.litert_delegates or None,
+        )
+        self.pipeline = Pipeline.open(inf.model, settings, inf.backend or None)
+        self.card = self.pipeline.loaded.card
+        self.outbox = Outbox(config.outbox)
+        state = self.outbox.state()
+        seq, prev = int(state.get("seq") or 0), str(state.get("prev") or GENESIS_PREV)
+        self.signer = ChainSigner(keypair, seq=seq, prev=prev)
+        self.topics = Topics(config.mqtt.topic_prefix)
+        self.transport = MqttTransport(config.mqtt, self.outbox, client_id=self.dev)
+        self.health_probe = HealthProbe(root, self.profile.thermal.zone_glob)
+        self.thermal = ThermalGovernor(self.profile.thermal)
+        self.thermal_state: ThermalState = self.thermal.state
+        self.responder = ChallengeResponder(self.pipeline, self.dev, clock_ms)
+        self.notifier = Notifier()
+        self.stop_event = threading.Event()
+        self._emit_lock = threading.Lock()
+        self._challenges: queue.Queue[Challenge] = queue.Queue(maxsize=16)
+        self.beacon: tuple[int, str] = (0, NO_BEACON)
+        self.verdicts: deque[dict[str, Any]] = deque(maxlen=20)
+        self.rejected_inbound: Counter[str] = Counter()
+        self.counters: Counter[str] = Counter()
+        self.started_ms = clock_ms()
+        self._started_mono = time.monotonic()
+        self.source: FrameSource | None = None
+        self.window = self._new_window()
+        log.info(
+            "daemon configured",
+            extra={
+                "device": self.dev,
+                "profile": self.profile.id,
+                "chain_seq": seq,
+                **self.pipeline.describe(),
+            },
+        )
+
+    # ------------------------------------------------------------------ emitting
+
+    def _new_window(self) -> WorkWindow:
+        return WorkWindow(self.clock_ms(), self.card.id, self.card.sha256)
+
+    def emit(self, kind: str, body: Any, *, retain: bool = False) -> Envelope | None:
+        """Sign, chain and queue one message.  Returns None if nothing could be stored."""
+        with self._emit_lock:
+            env = self.signer.prepare(kind, body, self.clock_ms())
+            topic = self.topics.for_kind(kind, self.dev)
+            state: dict[str, int | str | None] | None = None
+            if not env.sideband:
+                state = {"seq": env.seq, "prev": env.hash}
+            try:
+                row = self.transport.enqueue(topic, env.wire, kind=kind, retain=retain, state=state)
+            except StorageError as exc:
+                self.counters[f"{kind}_lost"] += 1
+                log.error("message not stored", extra={"kind": kind, "error": str(exc)})
+                return None
+            self.signer.commit(env)
+        self.counters[f"{kind}_emitted"] += 1
+        if row is None:
+            self.counters[f"{kind}_dropped"] += 1
+            log.warning("outbox full: message dropped by policy", extra={"kind": kind, "seq": env.seq})
+        return env
+
+    def health(self) -> Health:
+        reading = self.health_probe.read()
+        limited = self.thermal_state.limited
+        return Health(
+            cpu_bp=reading.cpu_bp,
+            mem_bp=reading.mem_bp,
+            temp_mc=reading.temp_mc,
+            throttled=reading.throttled,
+            rate_limited=limited,
+            throttle_reason="thermal" if limited else None,
+        )
+
+    def status_body(self, state: str) -> Status:
+        return Status(
+            state="online" if state == "online" else "offline",
+            model_id=self.card.id,
+            model_sha256=self.card.sha256,
+            agent_version=__version__,
+            profile=self.profile.id,
+        )
+
+    def send_heartbeat(self) -> None:
+        slot, nonce = self.beacon
+        uptime = int(time.monotonic() - self._started_mono)
+        self.emit(
+            "heartbeat",
+            Heartbeat(
+                beacon_slot=slot, beacon_nonce=nonce, uptime_s=min(uptime, 2**32 - 1), health=self.health()
+            ),
+        )
+
+    def close_window(self) -> None:
+        window, self.window = self.window, self._new_window()
+        if window.inferences == 0:
+            return
+        proof = window.close(self.clock_ms(), self.health())
+        env = self.emit("proof", proof)
+        if env is not None:
+            log.info(
+                "proof emitted",
+                extra={"seq": env.seq, "inferences": proof.inferences, "input_root": proof.input_root[:16]},
+            )
+
+    # ------------------------------------------------------------------ inbound (transport thread)
+
+    def _verify_inbound(self, topic: str, payload: bytes, kind: str) -> Envelope | None:
+        try:
+            env = verify_envelope(payload)
+            if env.kind != kind:
+                raise ProtocolError(f"expected a {kind} on {topic}, got {env.kind}", reason="unknown_kind")
+            pinned = self.config.coordinator.pubkey
+            if pinned and env.dev != pinned:
+                raise ProtocolError(
+                    f"{kind} signed by {env.dev}, not the coordinator", reason="unknown_device"
+                )
+            return env
+        except ProtocolError as exc:
+            self.rejected_inbound[exc.reason] += 1
+            log.warning(
+                "inbound message rejected",
+                extra={
+                    "topic": topic,
+                    "reason": exc.reason,
+                    "error": exc.message[:200],
+                    "bytes": len(payload),
+                },
+            )
+            return None
+
+    def on_beacon(self, topic: str, payload: bytes) -> None:
+        env = self._verify_inbound(topic, payload, "beacon")
+        if env is not None:
+            body = env.body
+            self.beacon = (int(getattr(body, "slot", 0)), str(getattr(body, "nonce", NO_BEACON)))
+
+    def on_challenge(self, topic: str, payload: bytes) -> None:
+        env = self._verify_inbound(topic, payload, "challenge")
+        if env is None:
+            return
+        assert isinstance(env.body, Challenge)
+        try:
+            self._challenges.put_nowait(env.body)
+        except queue.Full:
+            self.rejected_inbound["busy"] += 1
+            log.warning("challenge dropped: queue full", extra={"nonce": env.body.nonce[:16]})
+
+    def on_verdict(self, topic: str, payload: bytes) -> None:
+        env = self._verify_inbound(topic, payload, "verdict")
+        if env is None:
+            return
+        assert isinstance(env.body, Verdict)
+        verdict = env.body.model_dump(mode="json")
+        verdict["received_ms"] = self.clock_ms()
+        self.verdicts.append(verdict)
+        level = logging.INFO if env.body.accepted else logging.WARNING
+        log.log(
+            level, "verdict", extra={k: verdict[k] for k in ("ref_kind", "ref_seq", "accepted", "reason")}
+        )
+
+    def on_voucher(self, topic: str, payload: bytes) -> None:
+        env = self._verify_inbound(topic, payload, "voucher")
+        if env is not None:
+            # Claims are handled by `edgeproof claim` (rewards issue); the daemon only records it.
+            self.counters["vouchers_seen"] += 1
+
+    def answer_challenges(self) -> None:
+        while True:
+            try:
+                challenge = self._challenges.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                response = self.responder.answer(challenge)
+            except ProtocolError as exc:
+                self.rejected_inbound[exc.reason] += 1
+                log.warning("challenge refused", extra={"reason": exc.reason, "error": exc.message})
+                continue
+            self.emit("challenge_response", response)
+            self.counters["challenges_answered"] += 1
+
+    # ------------------------------------------------------------------ status
+
+    def status_snapshot(self) -> dict[str, Any]:
+        outbox = self.outbox.stats().as_dict()
+        seq, head = self.signer.state()
+        return {
+            "device_id": self.dev,
+            "pid": os.getpid(),
+            "running": not self.stop_event.is_set(),
+            "agent_version": __version__,
+            "profile": self.profile.id,
+            "started_ms": self.started_ms,
+            "updated_ms": self.clock_ms(),
+            "model": {"id": self.card.id, "version": self.card.version, "sha256": self.card.sha256},
+            "inference": self.pipeline.describe(),
+            "chain": {"seq": seq, "head": head, "last_acked_seq": self.last_acked_seq()},
+            "outbox": outbox,
+            "transport": self.transport.status().as_dict(),
+            "window": {"start_ms": self.window.start_ms, "inferences": self.window.inferences},
+            "thermal": {"level": self.thermal_state.level, "rate_bp": self.thermal_state.rate_bp},
+            "beacon_slot": self.beacon[0],
+            "verdicts": list(self.verdicts),
+            "rejected_inbound": dict(self.rejected_inbound),
+            "counters": dict(self.counters),
+        }
+
+    def last_acked_seq(self) -> int:
+        """Highest seq with nothing older still waiting in the outbox."""
+        seq, _ = self.signer.state()
+        import json
+
+        for row in self.outbox.pending(limit=50):
+            try:
+                pending_seq = int(json.loads(row.payload)["seq"])
+            except (ValueError, KeyError, TypeError):
+                continue
+            if row.kind != "status":
+                return max(0, pending_seq - 1)
+        return seq
+
+    def write_status(self) -> None:
+        try:
+            write_status(self.state_dir, self.status_snapshot())
+        except StorageError as exc:
+            log.warning("status file not written", extra={"error": str(exc)})
+
+    # ------------------------------------------------------------------ main loop
+
+    def _open_source(self) -> None:
+        try:
+            self.source = open_source(self.config.inference.source, loop=self.config.inference.loop)
+            log.info("source opened", extra={"source": self.source.description})
+        except SourceError as exc:
+            self.source = None
+            log.error("source unavailable", extra={"error": exc.message, "retry_s": SOURCE_RETRY_S})
+
+    def install_signals(self) -> None:
+        def handler(signum: int, _frame: Any) -> None:
+            log.info("signal received, stopping", extra={"signal": signal.Signals(signum).name})
+            self.stop_event.set()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def start(self) -> None:
+        will = self.signer.sideband("status", self.status_body("offline"), self.clock_ms())
+        self.transport.set_will(self.topics.status(self.dev), will.wire, retain=True)
+        self.transport.subscribe(self.topics.beacon(), self.on_beacon)
+        self.transport.subscribe(self.topics.device(self.dev, "challenge"), self.on_challenge)
+        self.transport.subscribe(self.topics.device(self.dev, "verdict"), self.on_verdict)
+        self.transport.subscribe(self.topics.device(self.dev, "voucher"), self.on_voucher)
+        self.transport.start()
+        self.emit("status", self.status_body("online"), retain=True)
+        self._open_source()
+
+    def run(self, *, duration_s: float | None = None) -> int:
+        cfg = self.config
+        self.start()
+        self.notifier.ready(f"device {self.dev[:8]} model {self.card.id}")
+        mono = time.monotonic
+        start = mono()
+        next_hb = start
+        next_window = start + cfg.proofs.window_s
+        next_thermal = start
+        next_status = start
+        next_source_retry = start + SOURCE_RETRY_S
+        watchdog_every = self.notifier.watchdog_s / 2 if self.notifier.watchdog_s else None
+        next_watchdog = start
+        next_frame = start
+        try:
+            while not self.stop_event.is_set():
+                now = mono()
+                if duration_s is not None and now - start >= duration_s:
+                    break
+                if now >= next_thermal:
+                    reading = self.health_probe.read()
+                    before = self.thermal_state.level
+                    self.thermal_state = self.thermal.update(reading.temp_mc, reading.throttled)
+                    if self.thermal_state.level != before:
+                        log.warning(
+                            "thermal state changed",
+                            extra={
+                                "from": before,
+                                "to": self.thermal_state.level,
+                                "temp_mc": reading.temp_mc,
+                            },
+                        )
+                    next_thermal = now + THERMAL_CHECK_S
+                if now >= next_hb:
+                    self.send_heartbeat()
+                    next_hb = now + cfg.proofs.heartbeat_s
+                if now >= next_window:
+                    self.close_window()
+                    next_window = now + cfg.proofs.window_s
+                self.answer_challenges()
+                if watchdog_every is not None and now >= next_watchdog:
+                    self.notifier.watchdog()
+                    next_watchdog = now + watchdog_every
+                if now >= next_status:
+                    self.write_status()
+                    next_status = now + STATUS_EVERY_S
+                if self.source is None and now >= next_source_retry:
+                    self._open_source()
+                    next_source_retry = now + SOURCE_RETRY_S
+                if now >= next_frame and self.source is not None and self.thermal_state.rate_bp > 0:
+                    self.infer_once()
+                    rate = cfg.inference.max_fps * self.thermal_state.rate_bp / 10_000
+                    next_frame = max(next_frame + (1 / rate if rate > 0 else 0), mono() - 1.0)
+                wake_at = min(next_hb, next_window, next_thermal, next_status)
+                if self.source is not None and self.thermal_state.rate_bp > 0:
+                    wake_at = min(wake_at, next_frame)
+                delay = wake_at - mono()
+                if delay > 0:
+                    self.stop_event.wait(min(delay, 1.0))
+        finally:
+            self.shutdown()
+        return 0
+
+    def infer_once(self) -> None:
+        assert self.source is not None
+        try:
+            frame = self.source.read()
+        except SourceError as exc:
+            log.error("source lost", extra={"error": exc.message})
+            self.source.close()
+            self.source = None
+            return
+        if frame is None:
+            log.info("source ended", extra={"source": self.source.description})
+            self.source.close()
+            self.source = None
+            return
+        result = self.pipeline.step(frame)
+        self.window.add(
+            result.input_hash, result.output_hash, result.latency_us, [p.label for p in result.predictions]
+        )
+        self.counters["inferences"] += 1
+
+    def shutdown(self) -> None:
+        log.info("shutting down: closing the window and flushing")
+        self.notifier.stopping()
+        try:
+            self.close_window()
+            self.emit("status", self.status_body("offline"), retain=True)
+            flushed = self.transport.flush(timeout=5.0)
+            if not flushed:
+                log.warning(
+                    "outbox not empty at shutdown; it is kept and re-sent next start",
+                    extra={"depth": len(self.outbox)},
+                )
+        finally:
+            self.stop_event.set()
+            self.transport.stop()
+            self.write_status()
+            if self.source is not None:
+                self.source.close()
+            self.outbox.close()
+
+
+def run_daemon(config: AgentConfig, *, duration_s: float | None = None) -> int:
+    try:
+        daemon = Daemon(config)
+    except EdgeproofError:
+        raise
+    daemon.install_signals()
+    return daemon.run(duration_s=duration_s)

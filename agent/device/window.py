@@ -1,0 +1,66 @@
+"""One work window: commitments, aggregates and latency, closed into a proof body."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from agent import __version__
+from agent.inference.pipeline import LatencyStats
+from agent.protocol.merkle import MerkleBuilder
+from agent.protocol.messages import MAX_SUMMARY_LABELS, Health, Latency, Proof
+
+OTHER_LABEL = "other"
+
+
+class WorkWindow:
+    def __init__(self, start_ms: int, model_id: str, model_sha256: str) -> None:
+        self.start_ms = start_ms
+        self.model_id = model_id
+        self.model_sha256 = model_sha256
+        self.inputs = MerkleBuilder()
+        self.outputs = MerkleBuilder()
+        self.latency = LatencyStats()
+        self.counts: Counter[str] = Counter()
+
+    @property
+    def inferences(self) -> int:
+        return self.inputs.count
+
+    def add(self, input_hash: bytes, output_hash: bytes, latency_us: int, labels: list[str]) -> None:
+        self.inputs.add(input_hash)
+        self.outputs.add(output_hash)
+        self.latency.add(latency_us)
+        self.counts.update(labels)
+
+    def summary(self) -> dict[str, int]:
+        """Counts per label; beyond the schema's label bound the rest fold into "other"."""
+        common = self.counts.most_common()
+        if len(common) <= MAX_SUMMARY_LABELS:
+            return {_label(k): v for k, v in common}
+        head = common[: MAX_SUMMARY_LABELS - 1]
+        rest = sum(v for _, v in common[MAX_SUMMARY_LABELS - 1 :])
+        result = {_label(k): v for k, v in head}
+        result[OTHER_LABEL] = result.get(OTHER_LABEL, 0) + rest
+        return result
+
+    def close(self, end_ms: int, health: Health) -> Proof:
+        p = self.latency.summary()
+        return Proof(
+            window_start_ms=self.start_ms,
+            window_end_ms=max(end_ms, self.start_ms + 1),
+            model_id=self.model_id,
+            model_sha256=self.model_sha256,
+            inferences=self.inferences,
+            input_root=self.inputs.root_hex(),
+            output_root=self.outputs.root_hex(),
+            summary=self.summary(),
+            latency_us=Latency(p50=p["p50"], p95=p["p95"], p99=p["p99"]),
+            health=health,
+            agent_version=__version__,
+        )
+
+
+def _label(label: str) -> str:
+    """Labels are bounded in the schema; keep them short and printable."""
+    clean = "".join(ch for ch in label if ch.isprintable())[:32].strip()
+    return clean or "unlabelled"
