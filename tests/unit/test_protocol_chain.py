@@ -50,7 +50,7 @@ def test_prepare_does_not_advance_until_commit() -> None:
 
 
 def test_bad_restore_state() -> None:
-    with pytest.raises(ProtocolError, match="seq 0 and a zero hash go together"):
+    with pytest.raises(ProtocolError, match=r"seq 0 and a zero hash go together"):
         ChainSigner(KP, seq=0, prev="a" * 64)
 
 
@@ -62,10 +62,14 @@ def test_sideband_status_does_not_advance() -> None:
     status = signer.next("status", STATUS, TS)
     assert (status.seq, status.prev) == (1, first.hash)
     assert signer.state() == (1, first.hash)
-    with pytest.raises(ProtocolError, match="heartbeat is a chained kind"):
+    with pytest.raises(ProtocolError, match=r"heartbeat is a chained kind"):
         signer.sideband("heartbeat", heartbeat_body(), TS)
     verifier = ChainVerifier()
-    assert [verifier.observe(e).link for e in (will, first, status)] == [Link.SIDEBAND, Link.START, Link.SIDEBAND]
+    assert [verifier.observe(e).link for e in (will, first, status)] == [
+        Link.SIDEBAND,
+        Link.START,
+        Link.SIDEBAND,
+    ]
 
 
 def test_verifier_in_order() -> None:

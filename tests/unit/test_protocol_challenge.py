@@ -38,10 +38,10 @@ def test_int8_and_float_ranges() -> None:
     assert i8.dtype == np.int8 and i8.min() == -128 and i8.max() == 127
     f = synthetic_input(NONCE, (1, 3, 32, 32), "float32", low=-1.0, high=1.0)
     assert f.dtype == np.float32 and f.shape == (1, 3, 32, 32)
-    assert -1.0 <= float(f.min()) and float(f.max()) < 1.0
+    assert float(f.min()) >= -1.0 and float(f.max()) < 1.0
     assert abs(float(f.mean())) < 0.05
     f16 = synthetic_input(NONCE, (8,), "float16")
-    assert f16.dtype == np.float16 and 0 <= float(f16.min()) and float(f16.max()) <= 1.0
+    assert f16.dtype == np.float16 and float(f16.min()) >= 0 and float(f16.max()) <= 1.0
 
 
 def test_input_prefix_is_stable_across_sizes() -> None:
@@ -53,11 +53,11 @@ def test_input_prefix_is_stable_across_sizes() -> None:
 def test_bad_nonce_shape_dtype() -> None:
     with pytest.raises(ProtocolError, match=r"^challenge nonce must be 16\.\.64 bytes \(got 4\)$"):
         synthetic_input(b"abcd", (1,), "uint8")
-    with pytest.raises(ProtocolError, match="^challenge nonce must be hex$"):
+    with pytest.raises(ProtocolError, match=r"^challenge nonce must be hex$"):
         synthetic_input("zz", (1,), "uint8")
     with pytest.raises(ProtocolError, match=r"^synthetic input shape must be positive \(got \(0, 3\)\)$"):
         synthetic_input(NONCE, (0, 3), "uint8")
-    with pytest.raises(ProtocolError, match="^synthetic input dtype bool is not supported"):
+    with pytest.raises(ProtocolError, match=r"^synthetic input dtype bool is not supported"):
         synthetic_input(NONCE, (3,), "bool")
 
 
@@ -107,11 +107,11 @@ def test_sketch_matches_edges() -> None:
 
 
 def test_sketch_refuses_non_finite_and_empty() -> None:
-    with pytest.raises(ProtocolError, match="^outputs contain NaN or infinity$"):
+    with pytest.raises(ProtocolError, match=r"^outputs contain NaN or infinity$"):
         output_sketch(NONCE, [np.array([1.0, np.nan])])
-    with pytest.raises(ProtocolError, match="^no outputs to sketch$"):
+    with pytest.raises(ProtocolError, match=r"^no outputs to sketch$"):
         output_sketch(NONCE, [])
-    with pytest.raises(ProtocolError, match="^outputs are empty$"):
+    with pytest.raises(ProtocolError, match=r"^outputs are empty$"):
         output_sketch(NONCE, [np.zeros((0,))])
 
 

@@ -27,7 +27,9 @@ OTHER = Keypair.from_seed(bytes([8]) * 32)
 
 
 def _proof(**kw: Any) -> dict[str, Any]:
-    env = build_envelope(KP, "proof", proof_body(), seq=kw.get("seq", 1), prev=kw.get("prev", GENESIS_PREV), ts=TS)
+    env = build_envelope(
+        KP, "proof", proof_body(), seq=kw.get("seq", 1), prev=kw.get("prev", GENESIS_PREV), ts=TS
+    )
     return copy.deepcopy(env.raw)
 
 
@@ -96,7 +98,7 @@ def test_wrong_key_claimed() -> None:
     """Signed by OTHER but claims KP's id: only the key in dev is used, so it fails."""
     raw = _proof()
     raw["sig"] = str(OTHER.sign_message(signed_bytes(raw)))
-    with pytest.raises(ProtocolError, match="signature does not verify"):
+    with pytest.raises(ProtocolError, match=r"signature does not verify"):
         verify_envelope(raw)
 
 
@@ -104,7 +106,7 @@ def test_signature_without_domain_is_refused() -> None:
     raw = _proof()
     unsigned = {k: v for k, v in raw.items() if k != "sig"}
     raw["sig"] = str(KP.sign_message(canonical(unsigned)))
-    with pytest.raises(ProtocolError, match="signature does not verify"):
+    with pytest.raises(ProtocolError, match=r"signature does not verify"):
         verify_envelope(raw)
 
 
@@ -123,7 +125,7 @@ def test_unknown_kind() -> None:
         verify_envelope(raw)
     assert info.value.reason == "unknown_kind"
     assert str(info.value) == "unknown kind 'selfie'"
-    with pytest.raises(ProtocolError, match="^unknown kind 'selfie' \\(known: beacon, heartbeat"):
+    with pytest.raises(ProtocolError, match=r"^unknown kind 'selfie' \(known: beacon, heartbeat"):
         build_envelope(KP, "selfie", {}, seq=1, prev=GENESIS_PREV, ts=TS)
 
 
@@ -182,9 +184,9 @@ def test_malformed_envelopes(change: dict[str, Any], message: str) -> None:
 def test_missing_keys_and_non_object() -> None:
     raw = _proof()
     del raw["prev"], raw["ts"]
-    with pytest.raises(ProtocolError, match="^envelope is missing prev, ts$"):
+    with pytest.raises(ProtocolError, match=r"^envelope is missing prev, ts$"):
         verify_envelope(raw)
-    with pytest.raises(ProtocolError, match="^envelope must be a JSON object, got list$"):
+    with pytest.raises(ProtocolError, match=r"^envelope must be a JSON object, got list$"):
         verify_envelope(b"[1]")
 
 
@@ -202,15 +204,15 @@ def test_schema_error_after_valid_signature() -> None:
 
 
 def test_genesis_rule() -> None:
-    with pytest.raises(ProtocolError, match="seq 1 and prev of 64 zeros go together"):
+    with pytest.raises(ProtocolError, match=r"seq 1 and prev of 64 zeros go together"):
         build_envelope(KP, "proof", proof_body(), seq=1, prev="a" * 64, ts=TS)
-    with pytest.raises(ProtocolError, match="seq 1 and prev of 64 zeros go together"):
+    with pytest.raises(ProtocolError, match=r"seq 1 and prev of 64 zeros go together"):
         build_envelope(KP, "proof", proof_body(), seq=5, prev=GENESIS_PREV, ts=TS)
     with pytest.raises(ProtocolError, match=r"seq must be >= 1 \(got 0\)"):
         build_envelope(KP, "proof", proof_body(), seq=0, prev=GENESIS_PREV, ts=TS)
     status = {"state": "online", "agent_version": "0.1.0"}
     assert build_envelope(KP, "status", status, seq=0, prev=GENESIS_PREV, ts=TS).seq == 0
-    with pytest.raises(ProtocolError, match="side-band"):
+    with pytest.raises(ProtocolError, match=r"side-band"):
         build_envelope(KP, "status", status, seq=0, prev="a" * 64, ts=TS)
 
 

@@ -53,7 +53,7 @@ def test_known_vector() -> None:
 
 
 def test_items_must_be_digests() -> None:
-    with pytest.raises(ProtocolError, match="^a Merkle item must be a 32-byte SHA-256 digest$"):
+    with pytest.raises(ProtocolError, match=r"^a Merkle item must be a 32-byte SHA-256 digest$"):
         merkle_root([b"short"])
 
 

@@ -76,7 +76,13 @@ def max_bodies() -> dict[str, dict[str, Any]]:
             "blockhash": PK,
             "last_valid_block_height": U64,
         },
-        "receipt": {"claim_id": "f" * 32, "signature": SIG, "status": "confirmed", "slot": U64, "reason": IDENT},
+        "receipt": {
+            "claim_id": "f" * 32,
+            "signature": SIG,
+            "status": "confirmed",
+            "slot": U64,
+            "reason": IDENT,
+        },
         "status": {
             "state": "offline",
             "model_id": IDENT,
@@ -164,31 +170,68 @@ def test_summary_bounded_to_32_labels() -> None:
     with pytest.raises(ProtocolError) as info:
         validate_body("proof", body)
     assert info.value.reason == "schema"
-    assert str(info.value) == "proof: body.summary: Dictionary should have at most 32 items after validation, not more"
+    assert (
+        str(info.value)
+        == "proof: body.summary: Dictionary should have at most 32 items after validation, not more"
+    )
 
 
 @pytest.mark.parametrize(
     ("kind", "change", "message"),
     [
         ("proof", {"inferences": True}, "proof: body.inferences: Input should be a valid integer"),
-        ("proof", {"inferences": 2**32}, "proof: body.inferences: Input should be less than or equal to 4294967295"),
-        ("proof", {"model_sha256": "F" * 64}, "proof: body.model_sha256: String should match pattern '^[0-9a-f]{64}$'"),
-        ("proof", {"window_end_ms": 1}, "proof: body: Value error, window_end_ms must be after window_start_ms"),
+        (
+            "proof",
+            {"inferences": 2**32},
+            "proof: body.inferences: Input should be less than or equal to 4294967295",
+        ),
+        (
+            "proof",
+            {"model_sha256": "F" * 64},
+            "proof: body.model_sha256: String should match pattern '^[0-9a-f]{64}$'",
+        ),
+        (
+            "proof",
+            {"window_end_ms": 1},
+            "proof: body: Value error, window_end_ms must be after window_start_ms",
+        ),
         ("proof", {"frame": "AAAA"}, "proof: body.frame: unknown key"),
-        ("proof", {"summary": {"x" * 33: 1}}, "proof: body.summary.xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx.[key]: "
-         "String should have at most 32 characters"),
-        ("proof", {"summary": {"a\nb": 1}}, "proof: body.summary.a\nb.[key]: String should match pattern "
-         "'^[^\\x00-\\x1f\\x7f]{1,32}$'"),
-        ("proof", {"latency_us": {"p50": 3, "p95": 2, "p99": 4}},
-         "proof: body.latency_us: Value error, percentiles must satisfy p50 <= p95 <= p99 (got 3, 2, 4)"),
-        ("proof", {"latency_us": {"p50": 1.0, "p95": 2, "p99": 4}},
-         "proof: body.latency_us.p50: Input should be a valid integer"),
-        ("heartbeat", {"health": {"cpu_bp": 10_001, "mem_bp": 0}},
-         "heartbeat: body.health.cpu_bp: Input should be less than or equal to 10000"),
-        ("heartbeat", {"health": {"cpu_bp": 1, "mem_bp": 0, "rate_limited": True}},
-         "heartbeat: body.health: Value error, throttle_reason must be set exactly when rate_limited is true"),
-        ("heartbeat", {"health": {"cpu_bp": 1, "mem_bp": 0, "throttled": 1}},
-         "heartbeat: body.health.throttled: Input should be a valid boolean"),
+        (
+            "proof",
+            {"summary": {"x" * 33: 1}},
+            "proof: body.summary.xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx.[key]: "
+            "String should have at most 32 characters",
+        ),
+        (
+            "proof",
+            {"summary": {"a\nb": 1}},
+            "proof: body.summary.a\nb.[key]: String should match pattern '^[^\\x00-\\x1f\\x7f]{1,32}$'",
+        ),
+        (
+            "proof",
+            {"latency_us": {"p50": 3, "p95": 2, "p99": 4}},
+            "proof: body.latency_us: Value error, percentiles must satisfy p50 <= p95 <= p99 (got 3, 2, 4)",
+        ),
+        (
+            "proof",
+            {"latency_us": {"p50": 1.0, "p95": 2, "p99": 4}},
+            "proof: body.latency_us.p50: Input should be a valid integer",
+        ),
+        (
+            "heartbeat",
+            {"health": {"cpu_bp": 10_001, "mem_bp": 0}},
+            "heartbeat: body.health.cpu_bp: Input should be less than or equal to 10000",
+        ),
+        (
+            "heartbeat",
+            {"health": {"cpu_bp": 1, "mem_bp": 0, "rate_limited": True}},
+            "heartbeat: body.health: Value error, throttle_reason must be set exactly when rate_limited is true",
+        ),
+        (
+            "heartbeat",
+            {"health": {"cpu_bp": 1, "mem_bp": 0, "throttled": 1}},
+            "heartbeat: body.health.throttled: Input should be a valid boolean",
+        ),
         ("heartbeat", {"uptime_s": None}, "heartbeat: body.uptime_s: Input should be a valid integer"),
     ],
 )
@@ -204,40 +247,42 @@ def test_schema_bounds(kind: str, change: dict[str, Any], message: str) -> None:
 def test_missing_key_named() -> None:
     body = heartbeat_body()
     del body["uptime_s"]
-    with pytest.raises(ProtocolError, match="^heartbeat: body.uptime_s: required key is missing$"):
+    with pytest.raises(ProtocolError, match=r"^heartbeat: body.uptime_s: required key is missing$"):
         validate_body("heartbeat", body)
 
 
 def test_challenge_response_needs_exactly_32_ints() -> None:
     body = {"nonce": H, "model_sha256": H, "sketch": [0] * 31, "latency_us": 5}
-    with pytest.raises(ProtocolError, match="List should have at least 32 items"):
+    with pytest.raises(ProtocolError, match=r"List should have at least 32 items"):
         validate_body("challenge_response", body)
     body["sketch"] = [0] * 33
-    with pytest.raises(ProtocolError, match="List should have at most 32 items"):
+    with pytest.raises(ProtocolError, match=r"List should have at most 32 items"):
         validate_body("challenge_response", body)
     body["sketch"] = [2**53] + [0] * 31
-    with pytest.raises(ProtocolError, match=r"body.sketch.0: Input should be less than or equal to 9007199254740991"):
+    with pytest.raises(
+        ProtocolError, match=r"body.sketch.0: Input should be less than or equal to 9007199254740991"
+    ):
         validate_body("challenge_response", body)
 
 
 def test_pubkeys_and_signatures_checked() -> None:
     claim = {"claim_id": "a" * 32, "owner": "1" * 44}
-    with pytest.raises(ProtocolError, match="body.owner: Value error, not a base58 public key"):
+    with pytest.raises(ProtocolError, match=r"body.owner: Value error, not a base58 public key"):
         validate_body("claim", claim)
     receipt = {"claim_id": "a" * 32, "status": "confirmed", "signature": "1" * 80}
-    with pytest.raises(ProtocolError, match="body.signature: Value error, not a base58 signature"):
+    with pytest.raises(ProtocolError, match=r"body.signature: Value error, not a base58 signature"):
         validate_body("receipt", receipt)
     assert validate_body("claim", {"claim_id": "a" * 32, "owner": PK}).model_dump()["amount"] is None
 
 
 def test_verdict_rejection_needs_reason() -> None:
     body = {"device": PK, "ref_kind": "proof", "ref_seq": 3, "ref_hash": H, "accepted": False}
-    with pytest.raises(ProtocolError, match="a rejection needs a reason"):
+    with pytest.raises(ProtocolError, match=r"a rejection needs a reason"):
         validate_body("verdict", body)
     validate_body("verdict", {**body, "reason": "stale_beacon"})
 
 
 def test_deploy_state_enumerated() -> None:
     body = max_bodies()["deploy"]
-    with pytest.raises(ProtocolError, match="body.state: Input should be 'received'"):
+    with pytest.raises(ProtocolError, match=r"body.state: Input should be 'received'"):
         validate_body("deploy", {**body, "state": "exploded"})

@@ -47,23 +47,23 @@ def test_prefix_validation(prefix: str, ok: bool) -> None:
     if ok:
         Topics(prefix)
     else:
-        with pytest.raises(ProtocolError, match="must be non-empty"):
+        with pytest.raises(ProtocolError, match=r"must be non-empty"):
             Topics(prefix)
 
 
 def test_bad_topics() -> None:
     t = Topics()
-    with pytest.raises(ProtocolError, match="^unknown topic 'edgeproof/v1/dev/xyz/hb'$"):
+    with pytest.raises(ProtocolError, match=r"^unknown topic 'edgeproof/v1/dev/xyz/hb'$"):
         t.parse("edgeproof/v1/dev/xyz/hb")
-    with pytest.raises(ProtocolError, match="is not under 'edgeproof/v1'"):
+    with pytest.raises(ProtocolError, match=r"is not under 'edgeproof/v1'"):
         t.parse("other/beacon")
-    with pytest.raises(ProtocolError, match="^unknown topic"):
+    with pytest.raises(ProtocolError, match=r"^unknown topic"):
         t.parse(f"edgeproof/v1/dev/{DEV}/frames")
-    with pytest.raises(ProtocolError, match="is not a base58 public key"):
+    with pytest.raises(ProtocolError, match=r"is not a base58 public key"):
         t.hb("+")
-    with pytest.raises(ProtocolError, match="unknown device topic channel"):
+    with pytest.raises(ProtocolError, match=r"unknown device topic channel"):
         t.device(DEV, "frames")
-    with pytest.raises(ProtocolError, match="must be a lower-case identifier"):
+    with pytest.raises(ProtocolError, match=r"must be a lower-case identifier"):
         t.manifest("#")
 
 

@@ -1,0 +1,81 @@
+"""Test vectors: recomputed from code, equal to the stored file, quoted verbatim in docs/protocol.md."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from solders.pubkey import Pubkey
+from solders.signature import Signature
+
+from agent.protocol.canonical import DOMAIN
+from agent.protocol.envelope import verify_envelope
+from agent.protocol.vectors import generate, sample_capture
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA = ROOT / "tests" / "data" / "protocol"
+DOC = ROOT / "docs" / "protocol.md"
+
+
+def test_vectors_recompute_exactly() -> None:
+    stored = json.loads((DATA / "vectors.json").read_text(encoding="utf-8"))
+    assert generate() == stored
+
+
+def test_sample_capture_recomputes_exactly() -> None:
+    stored = (DATA / "capture_sample.txt").read_text(encoding="utf-8").splitlines()
+    assert sample_capture() == stored
+
+
+def test_vector_is_independently_checkable() -> None:
+    """Verify with raw solders calls only: pubkey from dev, sig over DOMAIN + canonical bytes."""
+    v = generate()
+    env = v["envelope"]
+    signed = DOMAIN + env["canonical_unsigned"].encode("utf-8")
+    pubkey = Pubkey.from_string(v["key"]["pubkey_b58"])
+    assert (
+        bytes(pubkey).hex()
+        == v["key"]["pubkey_hex"]
+        == (
+            "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a"  # RFC 8032 TEST 1 public key
+        )
+    )
+    assert Signature.from_string(env["sig_b58"]).verify(pubkey, signed)
+    first = verify_envelope(env["wire"].encode())
+    second = verify_envelope(v["next_envelope"]["wire"].encode())
+    assert first.hash == env["envelope_hash"] == second.prev
+    assert len(env["wire"].encode()) == env["wire_bytes"]
+
+
+def test_doc_quotes_the_vectors() -> None:
+    doc = DOC.read_text(encoding="utf-8")
+    v = generate()
+    quoted = [
+        v["key"]["seed_hex"],
+        v["key"]["pubkey_hex"],
+        v["key"]["pubkey_b58"],
+        v["envelope"]["canonical_unsigned"],
+        v["envelope"]["envelope_hash"],
+        v["envelope"]["sig_b58"],
+        v["envelope"]["wire"],
+        f"Wire form ({v['envelope']['wire_bytes']} bytes)",
+        v["next_envelope"]["wire"],
+        v["next_envelope"]["envelope_hash"],
+        v["merkle"]["leaf_0"],
+        *(v["merkle"]["roots"][n] for n in ("0", "2", "3", "5", "7")),
+        v["challenge"]["nonce_hex"],
+        v["challenge"]["uint8_first16_hex"],
+        v["challenge"]["uint8_sha256"],
+        v["challenge"]["float32_sha256"],
+        json.dumps(v["challenge"]["sketch"], separators=(",", ":")),
+    ]
+    missing = [value for value in quoted if value not in doc]
+    assert missing == []
+
+
+def test_doc_states_the_size_bounds() -> None:
+    from agent.protocol.envelope import MAX_BYTES
+
+    doc = DOC.read_text(encoding="utf-8")
+    for kind, bound in MAX_BYTES.items():
+        assert f"| `{kind}` | {bound} |" in doc
