@@ -235,7 +235,8 @@ class MqttTransport:
         except ssl.SSLCertVerificationError as exc:
             self._close_socket()
             raise TransportError(
-                f"TLS verification of the broker {s.host}:{s.port} failed: {exc.verify_message or exc}",
+                f"TLS verification of the broker {s.host}:{s.port} failed: certificate verify failed: "
+                f"{exc.verify_message or exc}",
                 hint="set mqtt.tls.ca_file to the CA that signed the broker certificate and make mqtt.host "
                 "a name or IP address listed in that certificate",
             ) from exc
@@ -407,7 +408,7 @@ class MqttTransport:
     ) -> None:
         s = self.settings
         if reason_code.is_failure:
-            message = f"broker {s.host}:{s.port} refused the connection: {reason_code}"
+            message = f"broker {s.host}:{s.port} refused the connection: {reason_code} (user {s.username!r})"
             with self._lock:
                 self._last_error = message
             self._refused.set()

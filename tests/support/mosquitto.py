@@ -9,7 +9,8 @@
 ``persistence=True`` keeps sessions (subscriptions, queued messages) across stop()/start().
 ``extra_conf`` is appended after the ``listener`` line, so it can hold listener options
 (``cafile``, ``certfile``, ``keyfile``, ``require_certificate``) as well as global ones
-(``password_file``, ``acl_file``, ``allow_anonymous``).  Only processes this helper started
+(``password_file``, ``acl_file``, ``allow_anonymous``).  ``conf_text`` replaces the whole
+configuration (it must then hold ``listener <port> 127.0.0.1`` itself).  Only processes this helper started
 are signalled, by their pid.
 """
 
@@ -65,6 +66,7 @@ class MosquittoBroker:
         extra_conf: str = "",
         anonymous: bool = True,
         persistence: bool = False,
+        conf_text: str | None = None,
         name: str = "mosquitto",
     ) -> None:
         self.binary = mosquitto_binary()
@@ -77,11 +79,18 @@ class MosquittoBroker:
         self.extra_conf = extra_conf
         self.anonymous = anonymous
         self.persistence = persistence
+        self.conf_text = conf_text
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
         self.write_conf()
 
     def write_conf(self) -> None:
+        if self.conf_text is not None:
+            # A complete configuration (e.g. the production one rendered for tests); it must
+            # contain `listener {self.port} 127.0.0.1`.
+            extra = ["user root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else []
+            self.conf_path.write_text("\n".join([*extra, self.conf_text.strip()]) + "\n", encoding="utf-8")
+            return
         lines = [
             "# written by tests/support/mosquitto.py",
             "per_listener_settings false",

@@ -1,0 +1,251 @@
+"""The production broker configuration (deploy/mosquitto/): TLS, password file, per-device pattern ACL."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from agent.errors import TransportError
+from agent.transport.mqtt import MqttTransport
+from agent.transport.outbox import Outbox
+from agent.transport.settings import MqttSettings, OutboxSettings
+from tests.support.mosquitto import Collector, MosquittoBroker, free_port
+
+pytestmark = pytest.mark.integration
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "mosquitto"
+DEV_A = "7xKXtg2CW87d97TXJSDpbD5jBkheTqA83TZRuJosgAsU"
+DEV_B = "9WzDXwBbmkg8ZTbNMqUxvQRAyrZzDsGYdLVL9zYtAWWM"
+PASSWORDS = {DEV_A: "pw-device-a", DEV_B: "pw-device-b", "coordinator": "pw-coordinator"}
+
+
+def openssl(*args: str, cwd: Path) -> None:
+    if shutil.which("openssl") is None:
+        raise RuntimeError("openssl is needed to create test certificates: apt-get install openssl")
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def make_ca(directory: Path, name: str) -> None:
+    openssl(
+        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-keyout", f"{name}.key", "-out", f"{name}.crt", "-days", "2", "-subj", f"/CN={name}",
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        cwd=directory,
+    )  # fmt: skip
+
+
+def make_cert(directory: Path, name: str, ca: str, cn: str, ext: str) -> None:
+    (directory / f"{name}.ext").write_text(ext + "\n")
+    openssl(
+        "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={cn}",
+        cwd=directory,
+    )  # fmt: skip
+    openssl(
+        "x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key",
+        "-CAcreateserial", "-out", f"{name}.crt", "-days", "2", "-extfile", f"{name}.ext",
+        cwd=directory,
+    )  # fmt: skip
+
+
+@dataclass
+class SecureBroker:
+    broker: MosquittoBroker
+    etc: Path
+
+    def settings(self, user: str, password: str | None = None, **kw: object) -> MqttSettings:
+        return MqttSettings.model_validate(
+            {
+                "host": "127.0.0.1",
+                "port": self.broker.port,
+                "username": user,
+                "password": PASSWORDS.get(user, "") if password is None else password,
+                "tls": {"ca_file": str(self.etc / "ca.crt"), **kw.pop("tls", {})},  # type: ignore[dict-item]
+                "reconnect_min_s": 0.2,
+                "reconnect_max_s": 1.0,
+                **kw,
+            }
+        )
+
+
+def render_production_conf(etc: Path, workdir: Path, port: int) -> str:
+    """deploy/mosquitto/mosquitto.conf with its paths moved into the test's tmp dir."""
+    text = (DEPLOY / "mosquitto.conf").read_text()
+    text = text.replace("/etc/mosquitto/edgeproof/", f"{etc}/")
+    text = text.replace("persistence_location /var/lib/mosquitto/", f"persistence_location {workdir}/")
+    text, n = re.subn(r"(?m)^listener 8883$", f"listener {port} 127.0.0.1", text)
+    assert n == 1, "the production conf must have exactly one `listener 8883` line"
+    text = text.replace("log_dest syslog", f"log_dest file {workdir}/mosquitto.log\nlog_type debug")
+    return text
+
+
+@pytest.fixture(scope="module")
+def secure_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBroker]:
+    etc = tmp_path_factory.mktemp("etc")
+    workdir = tmp_path_factory.mktemp("broker")
+    make_ca(etc, "ca")
+    make_cert(etc, "server", "ca", "127.0.0.1", "subjectAltName=IP:127.0.0.1")
+    make_cert(etc, "device", "ca", DEV_A, "extendedKeyUsage=clientAuth")
+    make_ca(etc, "other-ca")
+    shutil.copy(DEPLOY / "acl", etc / "acl")
+    passwd = etc / "passwd"
+    passwd.touch()
+    for user, password in PASSWORDS.items():
+        subprocess.run(
+            ["mosquitto_passwd", "-b", str(passwd), user, password], check=True, capture_output=True
+        )
+    port = free_port()
+    broker = MosquittoBroker(workdir, port=port, conf_text=render_production_conf(etc, workdir, port))
+    broker.start()
+    try:
+        yield SecureBroker(broker, etc)
+    finally:
+        broker.kill()
+
+
+def coordinator(secure: SecureBroker, topic_filter: str = "edgeproof/v1/#") -> Collector:
+    return Collector(
+        secure.broker,
+        topic_filter,
+        client_id="coordinator",
+        username="coordinator",
+        password=PASSWORDS["coordinator"],
+        tls_ca=str(secure.etc / "ca.crt"),
+    )
+
+
+def test_device_connects_with_ca_verification_and_acl_confines_it(
+    secure_broker: SecureBroker, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    outbox = Outbox(OutboxSettings(path=str(tmp_path / "outbox.sqlite3")))
+    transport = MqttTransport(secure_broker.settings(DEV_A), outbox, client_id=DEV_A)
+    own = transport.topic("dev", DEV_A, "proof")
+    foreign = transport.topic("dev", DEV_B, "proof")
+    inbound: list[tuple[str, bytes]] = []
+    got = threading.Event()
+
+    def on_inbound(topic: str, payload: bytes) -> None:
+        inbound.append((topic, payload))
+        got.set()
+
+    transport.subscribe(transport.topic("dev", DEV_A, "challenge"), on_inbound)
+    transport.subscribe(transport.topic("dev", DEV_B, "challenge"), on_inbound)  # not allowed to read
+    coord = coordinator(secure_broker)
+    try:
+        transport.start()
+        transport.wait_connected(10)
+        transport.enqueue(own, b"1:mine", kind="proof")
+        transport.enqueue(foreign, b"2:forged", kind="proof")
+        transport.enqueue(own, b"3:mine", kind="proof")
+        assert transport.flush(10), outbox.stats()
+        assert coord.wait_for(lambda msgs: len(msgs) >= 2, 10)
+        time.sleep(0.5)
+        assert coord.messages == [(own, b"1:mine"), (own, b"3:mine")]
+        # The broker answered the forged publish with a PUBACK "Not authorized": parked, not retried.
+        status = transport.status()
+        assert status.rejected == 1 and status.acked == 2
+        parked = outbox.parked()
+        assert [(p.row.topic, p.reason) for p in parked] == [(foreign, "Not authorized")]
+        assert outbox.stats().drops == {"proof": {"rejected:Not authorized": 1}}
+        assert "broker refused a message" in caplog.text
+        # Inbound: its own challenge arrives, another device's does not.
+        coord.client.publish(transport.topic("dev", DEV_B, "challenge"), b"for-b", qos=1).wait_for_publish(5)
+        coord.client.publish(transport.topic("dev", DEV_A, "challenge"), b"for-a", qos=1).wait_for_publish(5)
+        assert got.wait(10)
+        time.sleep(0.3)
+        assert inbound == [(transport.topic("dev", DEV_A, "challenge"), b"for-a")]
+    finally:
+        transport.stop()
+        coord.close()
+        outbox.close()
+
+
+def test_client_certificate_is_accepted(secure_broker: SecureBroker, tmp_path: Path) -> None:
+    etc = secure_broker.etc
+    tls = {"cert_file": str(etc / "device.crt"), "key_file": str(etc / "device.key")}
+    outbox = Outbox(OutboxSettings(path=str(tmp_path / "outbox.sqlite3")))
+    transport = MqttTransport(secure_broker.settings(DEV_A, tls=tls), outbox, client_id=DEV_A + "-cert")
+    try:
+        transport.start()
+        transport.wait_connected(10)
+    finally:
+        transport.stop()
+        outbox.close()
+
+
+def test_wrong_password_is_refused_with_a_clear_error(secure_broker: SecureBroker, tmp_path: Path) -> None:
+    outbox = Outbox(OutboxSettings(path=str(tmp_path / "outbox.sqlite3")))
+    transport = MqttTransport(secure_broker.settings(DEV_A, password="wrong"), outbox, client_id=DEV_A)
+    try:
+        transport.start()
+        with pytest.raises(TransportError) as info:
+            transport.wait_connected(10)
+        text = str(info.value)
+        # mosquitto 2.0 answers a wrong password with CONNACK 0x87 "Not authorized" (not 0x86)
+        assert "refused the connection" in text
+        assert "Not authorized" in text or "Bad user name or password" in text
+        assert repr(DEV_A) in text
+        assert "mqtt.username" in text  # the fix is named
+        assert not transport.connected
+    finally:
+        transport.stop()
+        outbox.close()
+
+
+def test_wrong_ca_fails_verification(secure_broker: SecureBroker, tmp_path: Path) -> None:
+    outbox = Outbox(OutboxSettings(path=str(tmp_path / "outbox.sqlite3")))
+    other = {"ca_file": str(secure_broker.etc / "other-ca.crt")}
+    transport = MqttTransport(secure_broker.settings(DEV_A, tls=other), outbox, client_id=DEV_A)
+    try:
+        with pytest.raises(TransportError) as info:
+            transport.start()
+        text = str(info.value)
+        assert "TLS verification of the broker" in text and "certificate verify failed" in text
+        assert "tls.ca_file" in text
+    finally:
+        transport.stop()
+        outbox.close()
+
+
+def test_host_name_must_match_the_certificate(secure_broker: SecureBroker, tmp_path: Path) -> None:
+    # The server certificate names only IP:127.0.0.1, so "localhost" does not match it.
+    outbox = Outbox(OutboxSettings(path=str(tmp_path / "outbox.sqlite3")))
+    settings = secure_broker.settings(DEV_A).model_copy(update={"host": "localhost"})
+    transport = MqttTransport(settings, outbox, client_id=DEV_A)
+    try:
+        with pytest.raises(TransportError, match="TLS verification") as info:
+            transport.start()
+        assert "mismatch" in str(info.value) or "match" in str(info.value)
+    finally:
+        transport.stop()
+    # tls.insecure skips only the host name check; the chain is still verified against the CA.
+    insecure = secure_broker.settings(DEV_A, host="localhost", tls={"insecure": True})
+    transport = MqttTransport(insecure, outbox, client_id=DEV_A)
+    try:
+        transport.start()
+        transport.wait_connected(10)
+    finally:
+        transport.stop()
+        outbox.close()
+
+
+def test_plain_mqtt_is_not_accepted_on_the_tls_port(secure_broker: SecureBroker, tmp_path: Path) -> None:
+    outbox = Outbox(OutboxSettings(path=str(tmp_path / "outbox.sqlite3")))
+    settings = secure_broker.settings(DEV_A).model_copy(update={"tls": None})
+    transport = MqttTransport(settings, outbox, client_id=DEV_A)
+    try:
+        transport.start()
+        with pytest.raises(TransportError):
+            transport.wait_connected(2)
+    finally:
+        transport.stop()
+        outbox.close()
