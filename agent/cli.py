@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "agent.commands.infer",
     "agent.commands.proofs",
     "agent.commands.daemon",
+    "agent.commands.demo",
 )
 
 _STD_ATTRS = set(vars(logging.makeLogRecord({})))

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from agent.commands.output import print_json, print_kv, print_table
 from agent.profiles import detect, get_profile, load_profiles

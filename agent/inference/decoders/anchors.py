@@ -57,7 +57,7 @@ class AnchorsDecoder(Decoder):
         regs = regs.reshape(count, -1)
         scores: np.ndarray = raw_scores
         if self.spec.sigmoid:
-            scores = (1.0 / (1.0 + np.exp(-np.clip(raw_scores, -100.0, 100.0)))).astype(np.float32)
+            scores = (1.0 / (1.0 + np.exp(-np.clip(raw_scores, -80.0, 80.0)))).astype(np.float32)
         keep = scores >= self.card.thresholds.score
         if not keep.any():
             return []
