@@ -22,7 +22,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "outbox to MQTT. SIGTERM closes the window and flushes. Under systemd: READY and watchdog pings.",
     )
     run.add_argument("--config", default=None, help="config file (TOML); default: embedded defaults")
-    run.add_argument("--duration", type=float, default=None, help="stop after this many seconds (demos, tests)")
+    run.add_argument(
+        "--duration", type=float, default=None, help="stop after this many seconds (demos, tests)"
+    )
     run.set_defaults(func=run_run)
 
     status = sub.add_parser(

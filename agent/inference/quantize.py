@@ -21,6 +21,7 @@ and a card beside it are written atomically.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 import math
 import os
@@ -188,6 +189,16 @@ def _ort() -> Any:
     return onnxruntime
 
 
+def _require_quantize_extra() -> None:
+    """onnxruntime's quantization pre-processing needs ``onnx`` and ``sympy`` (the ``quantize`` extra)."""
+    missing = [name for name in ("onnx", "sympy") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise BackendUnavailableError(
+            f"quantization needs {' and '.join(missing)}, which is not installed",
+            hint="pip install 'edgeproof[quantize]'",
+        )
+
+
 def session(model: Path | bytes, threads: int) -> Any:
     """A CPU session with the options used for every timing here (default graph optimisations)."""
     ort = _ort()
@@ -326,6 +337,8 @@ def quantize_file(
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    if recipe.pre_process:
+        _require_quantize_extra()
     source = fp32_path
     with tempfile.TemporaryDirectory(prefix="edgeproof-quant-") as tmp:
         if recipe.pre_process:

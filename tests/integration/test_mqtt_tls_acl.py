@@ -249,3 +249,28 @@ def test_plain_mqtt_is_not_accepted_on_the_tls_port(secure_broker: SecureBroker,
     finally:
         transport.stop()
         outbox.close()
+
+
+def test_message_above_broker_max_packet_size_is_parked_not_looped(
+    secure_broker: SecureBroker, tmp_path: Path
+) -> None:
+    # deploy/mosquitto/mosquitto.conf sets max_packet_size 262144; the broker announces it in CONNACK.
+    outbox = Outbox(OutboxSettings(path=str(tmp_path / "outbox.sqlite3")))
+    transport = MqttTransport(secure_broker.settings(DEV_A), outbox, client_id=DEV_A)
+    own = transport.topic("dev", DEV_A, "proof")
+    coord = coordinator(secure_broker)
+    try:
+        transport.start()
+        transport.wait_connected(10)
+        transport.enqueue(own, b"1:" + b"x" * 300_000, kind="proof")
+        transport.enqueue(own, b"2:small", kind="proof")
+        assert transport.flush(10)
+        assert coord.wait_for(lambda msgs: len(msgs) >= 1, 10)
+        time.sleep(0.3)
+        assert coord.payloads() == [b"2:small"]
+        assert transport.status().reconnects == 0  # the broker never had to drop us
+        assert "maximum packet size" in outbox.parked()[0].reason
+    finally:
+        transport.stop()
+        coord.close()
+        outbox.close()

@@ -1,0 +1,155 @@
+"""`edgeproof models quantize` end to end in a subprocess, and the shipped model cards."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agent.inference.cards import load_card
+
+ROOT = Path(__file__).resolve().parents[2]
+CALIB = ROOT / "tests" / "data" / "calib"
+MODELS = ROOT / "models"
+SHIPPED = sorted(MODELS.glob("*.toml"))
+
+sys.path.insert(0, str(ROOT / "tests" / "unit"))
+from test_quantize import write_card  # noqa: E402
+
+
+def edgeproof(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agent", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.mark.integration
+def test_models_group_alone_prints_its_help() -> None:
+    result = edgeproof("models")
+    assert result.returncode == 2
+    assert "quantize" in result.stderr
+    assert result.stderr.startswith("usage: edgeproof models")
+
+
+@pytest.mark.integration
+def test_quantize_cli_json_end_to_end(tmp_path: Path) -> None:
+    card = write_card(tmp_path)
+    out = tmp_path / "tiny-int8.onnx"
+    args = ["models", "quantize", "--card", str(card), "--calib", str(CALIB), "--out", str(out)]
+    args += [
+        "--metric",
+        "all",
+        "--threshold",
+        "0",
+        "--holdout",
+        "50",
+        "--rounds",
+        "3",
+        "--threads",
+        "1",
+        "--json",
+    ]
+    result = edgeproof(*args)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["written"] is True
+    assert report["agreement"]["holdout"] == 50
+    assert report["calibration_images"] == 150
+    assert report["metric"] == "all"
+    assert report["metric_value"] == report["agreement"]["top1_all"]
+    loaded = load_card(report["out_card"])
+    assert hashlib.sha256(loaded.read_verified_model()).hexdigest() == report["int8_sha256"]
+    assert loaded.card.produced_by == "edgeproof " + " ".join(args)
+
+
+@pytest.mark.integration
+def test_quantize_cli_refuses_with_exit_code_and_writes_nothing(tmp_path: Path) -> None:
+    card = write_card(tmp_path)
+    out = tmp_path / "tiny-int8.onnx"
+    result = edgeproof(
+        "models", "quantize", "--card", str(card), "--calib", str(CALIB), "--out", str(out),
+        "--metric", "top5", "--threshold", "1.5", "--holdout", "0.1", "--rounds", "1", "--threads", "1",
+    )  # fmt: skip
+    assert result.returncode == 7
+    assert result.stderr.startswith(
+        "edgeproof: error: refused: fp32 top-1 in int8 top-5 is 100.0%, under the threshold 150.0%"
+    )
+    assert "Traceback" not in result.stderr
+    assert not out.exists() and not out.with_suffix(".toml").exists()
+
+
+@pytest.mark.integration
+def test_quantize_cli_bad_calib_dir(tmp_path: Path) -> None:
+    card = write_card(tmp_path)
+    missing = tmp_path / "missing"
+    result = edgeproof("models", "quantize", "--card", str(card), "--calib", str(missing), "--out", "x.onnx")
+    assert result.returncode == 2
+    assert (
+        result.stderr.splitlines()[0] == f"edgeproof: error: calibration directory {missing} does not exist"
+    )
+
+
+@pytest.mark.parametrize("card_path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_shipped_cards_load_and_match_their_files(card_path: Path) -> None:
+    loaded = load_card(card_path)
+    data = loaded.read_verified_model()  # raises if the sha256 differs
+    assert hashlib.sha256(data).hexdigest() == loaded.card.sha256
+    assert len(data) < 10 * 1024 * 1024
+    assert loaded.card.license and loaded.card.source and loaded.card.produced_by
+    labels = loaded.labels()
+    if loaded.card.decoder.kind == "classification":
+        assert labels is not None and len(labels) == loaded.card.outputs[0].shape[-1]
+
+
+def _runtime_tensors(
+    loaded_path: Path,
+) -> tuple[list[tuple[str, list[int], str]], list[tuple[str, list[int], str]]]:
+    loaded = load_card(loaded_path)
+    if loaded.card.format == "onnx":
+        import onnxruntime as ort
+
+        sess = ort.InferenceSession(str(loaded.model_path), providers=["CPUExecutionProvider"])
+        kinds = {"tensor(float)": "float32", "tensor(uint8)": "uint8", "tensor(int8)": "int8"}
+        ins = [(i.name, list(i.shape), kinds[i.type]) for i in sess.get_inputs()]
+        outs = [(o.name, list(o.shape), kinds[o.type]) for o in sess.get_outputs()]
+        return ins, outs
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=str(loaded.model_path))
+
+    def describe(details: list[dict[str, object]]) -> list[tuple[str, list[int], str]]:
+        return [(str(d["name"]), [int(v) for v in d["shape"]], np.dtype(d["dtype"]).name) for d in details]  # type: ignore[attr-defined]
+
+    return describe(interp.get_input_details()), describe(interp.get_output_details())
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("card_path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_shipped_cards_match_model_tensors(card_path: Path) -> None:
+    card = load_card(card_path).card
+    ins, outs = _runtime_tensors(card_path)
+    assert ins == [(card.input.name, card.input.shape, card.input.dtype)]
+    assert outs == [(o.name, o.shape, o.dtype) for o in card.outputs]
+
+
+@pytest.mark.integration
+def test_shipped_int8_classifier_recognises_a_calibration_photo() -> None:
+    """The shipped int8 model still names the skimage coffee cup the way the float model did (espresso)."""
+    import cv2
+    import onnxruntime as ort
+
+    from agent.inference.preprocess import Preprocessor
+
+    loaded = load_card(MODELS / "efficientnet-lite0-int8.toml")
+    sess = ort.InferenceSession(str(loaded.model_path), providers=["CPUExecutionProvider"])
+    labels = loaded.labels()
+    assert labels is not None
+    frame = cv2.imread(str(CALIB / "coffee-000.jpg"))
+    logits = sess.run(None, {"input": Preprocessor(loaded.card.input)(frame).tensor})[0][0]
+    top5 = [labels[i].split(",")[0] for i in np.argsort(-logits)[:5]]
+    assert {"espresso", "cup", "coffee mug"} & set(top5), top5
