@@ -37,8 +37,13 @@ class DeviceSettings(Strict):
     owner_wallet: str = ""  # base58 Solana address that receives rewards
 
 
+SOURCE_NONE = "none"
+
+
 class InferenceSettings(Strict):
     model: str = str(default_models_dir() / "efficientnet-lite0-int8.toml")
+    # A camera index, URL, file, folder, "synthetic[:WxH[:seed]]", or "none": heartbeats-only
+    # mode (no frames, no inference, no proofs; heartbeats, status and challenges still run).
     source: str = "synthetic:640x480"
     loop: bool = True  # loop video files and image folders
     backend: Literal["", "onnx", "litert"] = ""  # empty: follow the model card
@@ -110,7 +115,12 @@ def apply_env(data: dict[str, Any], env: Mapping[str, str]) -> list[str]:
 
 
 def _resolve(base: Path, value: str) -> str:
-    if not value or value.startswith(("synthetic", "rtsp://", "http://", "https://")) or value.isdigit():
+    if (
+        not value
+        or value == SOURCE_NONE
+        or value.startswith(("synthetic", "rtsp://", "http://", "https://"))
+        or value.isdigit()
+    ):
         return value
     path = Path(value).expanduser()
     return str(path if path.is_absolute() else (base / path).resolve())

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
-from agent.config import AgentConfig
+from agent.config import SOURCE_NONE, AgentConfig
 from agent.device.challenges import ChallengeResponder
 from agent.device.health import HealthProbe
 from agent.device.status import write_status
@@ -94,6 +94,9 @@ class Daemon:
         self.started_ms = clock_ms()
         self._started_mono = time.monotonic()
         self.source: FrameSource | None = None
+        # Heartbeats-only mode: the model stays loaded (challenges are still answered) but no
+        # source is opened, so no frames, no inference and no proofs.
+        self.inference_enabled = config.inference.source != SOURCE_NONE
         self.window = self._new_window()
         log.info(
             "daemon configured",
@@ -101,6 +104,7 @@ class Daemon:
                 "device": self.dev,
                 "profile": self.profile.id,
                 "chain_seq": seq,
+                "mode": "inference" if self.inference_enabled else "heartbeats-only",
                 **self.pipeline.describe(),
             },
         )
@@ -265,7 +269,10 @@ class Daemon:
             "started_ms": self.started_ms,
             "updated_ms": self.clock_ms(),
             "model": {"id": self.card.id, "version": self.card.version, "sha256": self.card.sha256},
-            "inference": self.pipeline.describe(),
+            "inference": {
+                **self.pipeline.describe(),
+                "mode": "inference" if self.inference_enabled else "heartbeats-only",
+            },
             "chain": {"seq": seq, "head": head, "last_acked_seq": self.last_acked_seq()},
             "outbox": outbox,
             "transport": self.transport.status().as_dict(),
@@ -300,6 +307,9 @@ class Daemon:
     # ------------------------------------------------------------------ main loop
 
     def _open_source(self) -> None:
+        if not self.inference_enabled:
+            log.info("heartbeats-only mode: inference.source is 'none', no frames are read")
+            return
         try:
             self.source = open_source(self.config.inference.source, loop=self.config.inference.loop)
             log.info("source opened", extra={"source": self.source.description})
@@ -372,7 +382,7 @@ class Daemon:
                 if now >= next_status:
                     self.write_status()
                     next_status = now + STATUS_EVERY_S
-                if self.source is None and now >= next_source_retry:
+                if self.inference_enabled and self.source is None and now >= next_source_retry:
                     self._open_source()
                     next_source_retry = now + SOURCE_RETRY_S
                 if now >= next_frame and self.source is not None and self.thermal_state.rate_bp > 0:
