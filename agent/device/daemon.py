@@ -34,6 +34,7 @@ from agent.device.thermal import ThermalGovernor, ThermalState
 from agent.device.window import WorkWindow
 from agent.errors import EdgeproofError, ProtocolError, SourceError, StorageError
 from agent.identity import device_id, load_keypair
+from agent.inference.commitments import CommitmentHasher
 from agent.inference.pipeline import Pipeline
 from agent.inference.runtime import backend_settings, resolve_profile
 from agent.inference.sources import FrameSource, open_source
@@ -97,6 +98,7 @@ class Daemon:
         # Heartbeats-only mode: the model stays loaded (challenges are still answered) but no
         # source is opened, so no frames, no inference and no proofs.
         self.inference_enabled = config.inference.source != SOURCE_NONE
+        self.hasher = CommitmentHasher()
         self.window = self._new_window()
         log.info(
             "daemon configured",
@@ -112,7 +114,7 @@ class Daemon:
     # ------------------------------------------------------------------ emitting
 
     def _new_window(self) -> WorkWindow:
-        return WorkWindow(self.clock_ms(), self.card.id, self.card.sha256)
+        return WorkWindow(self.clock_ms(), self.card.id, self.card.sha256, self.hasher)
 
     def emit(self, kind: str, body: Any, *, retain: bool = False) -> Envelope | None:
         """Sign, chain and queue one message.  Returns None if nothing could be stored."""
@@ -415,7 +417,7 @@ class Daemon:
             return
         result = self.pipeline.step(frame)
         self.window.add(
-            result.input_hash, result.output_hash, result.latency_us, [p.label for p in result.predictions]
+            result.resized, result.outputs, result.latency_us, [p.label for p in result.predictions]
         )
         self.counters["inferences"] += 1
 

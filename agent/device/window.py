@@ -4,31 +4,35 @@ from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
+
 from agent import __version__
+from agent.inference.commitments import CommitmentHasher, Commitments
 from agent.inference.pipeline import LatencyStats
-from agent.protocol.merkle import MerkleBuilder
 from agent.protocol.messages import MAX_SUMMARY_LABELS, Health, Latency, Proof
 
 OTHER_LABEL = "other"
 
 
 class WorkWindow:
-    def __init__(self, start_ms: int, model_id: str, model_sha256: str) -> None:
+    def __init__(self, start_ms: int, model_id: str, model_sha256: str, hasher: CommitmentHasher) -> None:
         self.start_ms = start_ms
         self.model_id = model_id
         self.model_sha256 = model_sha256
-        self.inputs = MerkleBuilder()
-        self.outputs = MerkleBuilder()
+        self.hasher = hasher
+        self.commitments = Commitments()
         self.latency = LatencyStats()
         self.counts: Counter[str] = Counter()
+        self._inferences = 0
 
     @property
     def inferences(self) -> int:
-        return self.inputs.count
+        return self._inferences
 
-    def add(self, input_hash: bytes, output_hash: bytes, latency_us: int, labels: list[str]) -> None:
-        self.inputs.add(input_hash)
-        self.outputs.add(output_hash)
+    def add(self, resized: np.ndarray, outputs: list[np.ndarray], latency_us: int, labels: list[str]) -> None:
+        """Record one inference; its commitments are hashed by the hasher's thread."""
+        self.hasher.submit(self.commitments, resized, outputs)
+        self._inferences += 1
         self.latency.add(latency_us)
         self.counts.update(labels)
 
@@ -44,6 +48,9 @@ class WorkWindow:
         return result
 
     def close(self, end_ms: int, health: Health) -> Proof:
+        self.hasher.wait()
+        if self.commitments.count != self._inferences:  # pragma: no cover - a bug, not an input
+            raise RuntimeError(f"{self._inferences} inferences but {self.commitments.count} commitments")
         p = self.latency.summary()
         return Proof(
             window_start_ms=self.start_ms,
@@ -51,8 +58,8 @@ class WorkWindow:
             model_id=self.model_id,
             model_sha256=self.model_sha256,
             inferences=self.inferences,
-            input_root=self.inputs.root_hex(),
-            output_root=self.outputs.root_hex(),
+            input_root=self.commitments.inputs.root_hex(),
+            output_root=self.commitments.outputs.root_hex(),
             summary=self.summary(),
             latency_us=Latency(p50=p["p50"], p95=p["p95"], p99=p["p99"]),
             health=health,

@@ -1,19 +1,21 @@
 """`edgeproof bench`: the agent's inference path against the bare runtime, in one run.
 
 Throughput: the bare loop (plain ``session.run`` / ``invoke``) and the agent
-path (backend wrapper + the per-inference SHA-256 commitments a proof needs)
-run on the same session, the same preprocessed tensors and the same threads,
-interleaved in blocks so drift and noise hit both alike.
+path (backend wrapper + the per-inference SHA-256 commitments a proof needs,
+hashed by the same :class:`CommitmentHasher` the daemon uses, and waited for
+before the clock stops) run on the same session, the same preprocessed tensors
+and the same threads, interleaved in blocks so drift and noise hit both alike.
 
 Memory: two child processes run the same number of frames, one with only
 numpy + the runtime (``bare_worker.py``), one through the agent package; each
-reports its peak RSS.
+reports its peak RSS as ``VmHWM`` from /proc/self/status.  (``ru_maxrss`` is
+useless here: Linux carries the parent's high-water mark across fork + exec,
+so every child would report at least the parent's peak.)
 """
 
 from __future__ import annotations
 
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -26,9 +28,9 @@ import numpy as np
 
 from agent.errors import EdgeproofError
 from agent.inference.backends.base import BackendSettings
-from agent.inference.pipeline import Pipeline, input_digest, output_digest
+from agent.inference.commitments import CommitmentHasher, Commitments
+from agent.inference.pipeline import Pipeline
 from agent.inference.sources import synthetic_frame
-from agent.protocol.merkle import MerkleBuilder
 
 DISTINCT_TENSORS = 16
 
@@ -63,16 +65,20 @@ def prepared_inputs(pipeline: Pipeline, count: int) -> list[tuple[np.ndarray, np
 def agent_loop(pipeline: Pipeline, pairs: list[tuple[np.ndarray, np.ndarray]], frames: int) -> float:
     """Seconds for ``frames`` inferences on the agent path."""
     run = pipeline.backend.run
-    inputs, outputs_root = MerkleBuilder(), MerkleBuilder()
+    hasher = CommitmentHasher()
+    window = Commitments()
     start = time.perf_counter()
     for i in range(frames):
         tensor, resized = pairs[i % len(pairs)]
-        outputs = run(tensor)
-        inputs.add(input_digest(resized))
-        outputs_root.add(output_digest(outputs))
-    inputs.root()
-    outputs_root.root()
-    return time.perf_counter() - start
+        hasher.submit(window, resized, run(tensor))
+    hasher.wait()
+    window.inputs.root()
+    window.outputs.root()
+    elapsed = time.perf_counter() - start
+    hasher.close()
+    if window.count != frames:
+        raise EdgeproofError(f"benchmark bug: {frames} inferences, {window.count} commitments")
+    return elapsed
 
 
 def bare_loop(pipeline: Pipeline, pairs: list[tuple[np.ndarray, np.ndarray]], frames: int) -> float:
@@ -110,8 +116,13 @@ def measure_throughput(
     return frames / bare_s, frames / agent_s
 
 
-def _peak_rss_kb() -> int:
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+def peak_rss_kb() -> int:
+    """This process's peak RSS (VmHWM) in KiB."""
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise EdgeproofError("/proc/self/status has no VmHWM line (not Linux?)")
 
 
 def measure_rss(card_path: str, pipeline: Pipeline, frames: int) -> tuple[float, float]:
@@ -197,7 +208,7 @@ def _agent_worker(argv: list[str]) -> None:
     n = int(frames)
     agent_loop(pipeline, pairs, min(10, n))
     seconds = agent_loop(pipeline, pairs, n)
-    print(json.dumps({"fps": n / seconds, "peak_rss_kb": _peak_rss_kb()}))
+    print(json.dumps({"fps": n / seconds, "peak_rss_kb": peak_rss_kb()}))
 
 
 if __name__ == "__main__":

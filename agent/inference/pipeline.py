@@ -1,14 +1,14 @@
 """The agent's inference path: frame -> preprocess -> backend -> commitments -> decode.
 
-Per inference the pipeline hashes what the model saw (the resized uint8 image,
-the smallest tensor that binds the input) and what it produced (the raw output
-tensors).  Those SHA-256 digests become the leaves of the Merkle roots in a
-work proof; the frame itself never leaves the device.
+Each step returns what the model saw (the resized uint8 image, the smallest
+tensor that binds the input) and what it produced (the raw output tensors);
+the daemon hands both to :mod:`agent.inference.commitments`, whose SHA-256
+digests become the leaves of a work proof's Merkle roots.  The frame itself
+never leaves the device.
 """
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,23 +22,11 @@ from agent.inference.decoders import Decoder, Prediction, create_decoder
 from agent.inference.preprocess import Preprocessor
 
 
-def input_digest(resized: np.ndarray) -> bytes:
-    return hashlib.sha256(np.ascontiguousarray(resized).data).digest()
-
-
-def output_digest(outputs: list[np.ndarray]) -> bytes:
-    digest = hashlib.sha256()
-    for output in outputs:
-        digest.update(np.ascontiguousarray(output).data)
-    return digest.digest()
-
-
 @dataclass(frozen=True)
 class StepResult:
     latency_us: int  # backend.run only
     predictions: list[Prediction]
-    input_hash: bytes
-    output_hash: bytes
+    resized: np.ndarray  # what the model saw, uint8: the input commitment's preimage
     outputs: list[np.ndarray]
 
 
@@ -85,10 +73,8 @@ class Pipeline:
     def step(self, frame_bgr: np.ndarray) -> StepResult:
         prepared = self.preprocess(frame_bgr)
         outputs, latency_us = self.infer_tensor(prepared.tensor)
-        in_hash = input_digest(prepared.resized)
-        out_hash = output_digest(outputs)
         predictions = self.decoder.decode(outputs, prepared.geometry)
-        return StepResult(latency_us, predictions, in_hash, out_hash, outputs)
+        return StepResult(latency_us, predictions, prepared.resized, outputs)
 
     def describe(self) -> dict[str, Any]:
         info = self.backend.info

@@ -11,20 +11,50 @@
 The full specification with test vectors is ``docs/protocol.md``.
 """
 
-from agent.protocol.canonical import DOMAIN, canonical, parse_json
-from agent.protocol.chain import ChainSigner, ChainVerifier, Link, LinkResult
-from agent.protocol.envelope import (
-    GENESIS_PREV,
-    MAX_BYTES,
-    Envelope,
-    build_envelope,
-    encode,
-    envelope_hash,
-    signed_bytes,
-    verify_envelope,
-)
-from agent.protocol.messages import BODIES, KINDS
-from agent.protocol.topics import DEFAULT_PREFIX, Topics
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agent.protocol.canonical import DOMAIN, canonical, parse_json
+    from agent.protocol.chain import ChainSigner, ChainVerifier, Link, LinkResult
+    from agent.protocol.envelope import (
+        GENESIS_PREV,
+        MAX_BYTES,
+        Envelope,
+        build_envelope,
+        encode,
+        envelope_hash,
+        signed_bytes,
+        verify_envelope,
+    )
+    from agent.protocol.messages import BODIES, KINDS
+    from agent.protocol.topics import DEFAULT_PREFIX, Topics
+
+# Names re-exported lazily (PEP 562): importing one submodule, e.g. merkle for the
+# inference path, must not pull solders and pydantic schemas into the process.
+_EXPORTS = {
+    "DOMAIN": "canonical",
+    "canonical": "canonical",
+    "parse_json": "canonical",
+    "ChainSigner": "chain",
+    "ChainVerifier": "chain",
+    "Link": "chain",
+    "LinkResult": "chain",
+    "GENESIS_PREV": "envelope",
+    "MAX_BYTES": "envelope",
+    "Envelope": "envelope",
+    "build_envelope": "envelope",
+    "encode": "envelope",
+    "envelope_hash": "envelope",
+    "signed_bytes": "envelope",
+    "verify_envelope": "envelope",
+    "BODIES": "messages",
+    "KINDS": "messages",
+    "DEFAULT_PREFIX": "topics",
+    "Topics": "topics",
+}
 
 __all__ = [
     "BODIES",
@@ -47,3 +77,10 @@ __all__ = [
     "signed_bytes",
     "verify_envelope",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'agent.protocol' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"agent.protocol.{module}"), name)

@@ -1,5 +1,6 @@
 """Daemon parts in isolation: thermal policy, health readings, work windows, systemd notify, challenges."""
 
+import hashlib
 import socket
 
 import numpy as np
@@ -13,6 +14,7 @@ from agent.device.thermal import ThermalGovernor
 from agent.device.window import WorkWindow
 from agent.errors import ProtocolError
 from agent.inference.backends.base import BackendSettings
+from agent.inference.commitments import CommitmentHasher
 from agent.inference.pipeline import Pipeline
 from agent.profiles import ThermalPolicy
 from agent.protocol.challenge import sketch_matches
@@ -58,24 +60,30 @@ def test_health_without_sensors(tmp_path):
 
 
 def test_window_commits_to_every_inference_and_aggregates():
-    window = WorkWindow(1_000, "tiny", "ab" * 32)
-    inputs = [bytes([i]) * 32 for i in range(5)]
-    outputs = [bytes([100 + i]) * 32 for i in range(5)]
+    # batch 2 with 5 inferences: two hand-offs to the hashing thread and a remainder that close() flushes
+    window = WorkWindow(1_000, "tiny", "ab" * 32, CommitmentHasher(batch=2))
+    rng = np.random.default_rng(7)
+    images = [rng.integers(0, 256, (8, 8, 3), dtype=np.uint8) for _ in range(5)]
+    outputs = [[rng.standard_normal((1, 4)).astype(np.float32), np.full((2,), i, np.int64)] for i in range(5)]
     for i in range(5):
-        window.add(inputs[i], outputs[i], 100 * (i + 1), ["cat" if i % 2 else "dog"])
+        window.add(images[i], outputs[i], 100 * (i + 1), ["cat" if i % 2 else "dog"])
     proof = window.close(61_000, HEALTH)
     assert proof.inferences == 5
-    assert proof.input_root == merkle_root(inputs).hex()
-    assert proof.output_root == merkle_root(outputs).hex()
+    # leaves: SHA-256 of the image bytes, and of the output tensors' bytes concatenated in order
+    input_leaves = [hashlib.sha256(image.tobytes()).digest() for image in images]
+    output_leaves = [hashlib.sha256(b"".join(o.tobytes() for o in outs)).digest() for outs in outputs]
+    assert proof.input_root == merkle_root(input_leaves).hex()
+    assert proof.output_root == merkle_root(output_leaves).hex()
     assert proof.summary == {"dog": 3, "cat": 2}
     assert (proof.latency_us.p50, proof.latency_us.p99) == (300, 500)
     assert (proof.window_start_ms, proof.window_end_ms) == (1_000, 61_000)
 
 
 def test_window_folds_excess_labels_into_other():
-    window = WorkWindow(0, "tiny", "ab" * 32)
+    window = WorkWindow(0, "tiny", "ab" * 32, CommitmentHasher())
+    image, outputs = np.zeros((2, 2, 3), np.uint8), [np.ones((1, 2), np.float32)]
     for i in range(40):
-        window.add(b"\0" * 32, b"\1" * 32, 10, [f"label-{i:02d}-with-a-very-long-name-that-is-cut"])
+        window.add(image, outputs, 10, [f"label-{i:02d}-with-a-very-long-name-that-is-cut"])
     proof = window.close(10, HEALTH)
     assert len(proof.summary) == 32
     assert proof.summary["other"] == 9
@@ -123,3 +131,24 @@ def test_challenge_is_deterministic_and_checked(pipeline):
         ChallengeResponder(pipeline, str(Keypair.from_seed(bytes([1] * 32)).pubkey()), lambda: 0).answer(
             challenge
         )
+
+
+class _Unreadable:
+    def __array__(self, *args: object, **kwargs: object) -> np.ndarray:
+        raise ValueError("tensor memory is gone")
+
+
+def test_commitment_hasher_keeps_windows_apart_and_reports_errors():
+    hasher = CommitmentHasher(batch=3)
+    first, second = WorkWindow(0, "m", "ab" * 32, hasher), WorkWindow(0, "m", "ab" * 32, hasher)
+    image = np.zeros((2, 2, 3), np.uint8)
+    for _ in range(4):
+        first.add(image, [np.zeros((1,), np.float32)], 1, [])
+    second.add(image, [np.zeros((1,), np.float32)], 1, [])
+    assert first.close(5, HEALTH).inferences == 4
+    assert second.close(5, HEALTH).inferences == 1
+    assert (first.commitments.count, second.commitments.count) == (4, 1)
+    broken = WorkWindow(0, "m", "ab" * 32, hasher)
+    broken.add(image, [_Unreadable()], 1, [])  # type: ignore[list-item]
+    with pytest.raises(RuntimeError, match="commitment hashing failed"):
+        broken.close(5, HEALTH)
