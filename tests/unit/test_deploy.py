@@ -1,0 +1,334 @@
+"""deploy/: the example config, the systemd unit and install.sh agree with each other and the agent.
+
+install.sh really runs here, staged under a temp --prefix with --no-venv (no network, no
+useradd, no systemctl); the unit is parsed, and checked with `systemd-analyze verify` where
+that exists (systemd need not be running).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent.cli import build_parser, main
+from agent.config import load_config
+from agent.device.systemd import Notifier
+from agent.identity import load_keypair
+from agent.inference.cards import load_card
+from agent.profiles import load_profiles
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+EXAMPLE = DEPLOY / "agent.example.toml"
+UNIT = DEPLOY / "systemd" / "edgeproof.service"
+INSTALL = DEPLOY / "install.sh"
+
+STATE_DIR = "/var/lib/edgeproof"
+CONF = "/etc/edgeproof/agent.toml"
+KEY = f"{STATE_DIR}/device-key.json"
+SHARE = "/usr/share/edgeproof"
+
+# Daemon.shutdown(): transport.flush(timeout=5.0), then transport.stop() joins two threads
+# with 5 s each; plus up to 1 s for the main loop to notice SIGTERM.
+SHUTDOWN_BUDGET_S = 5 + 5 + 5 + 1
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def read_unit(path: Path = UNIT) -> dict[str, dict[str, list[str]]]:
+    """A systemd unit file as section -> key -> every value given (keys may repeat)."""
+    sections: dict[str, dict[str, list[str]]] = {}
+    current: dict[str, list[str]] | None = None
+    pending = ""
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        line = pending + raw.strip()
+        pending = ""
+        if line.endswith("\\"):
+            pending = line[:-1] + " "
+            continue
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            current = sections.setdefault(line[1:-1], {})
+            continue
+        assert current is not None, f"{path}: key outside a section: {line!r}"
+        assert "=" in line, f"{path}: not a key=value line: {line!r}"
+        key, value = line.split("=", 1)
+        current.setdefault(key.strip(), []).append(value.strip())
+    return sections
+
+
+def setting(section: str, key: str, default: str | None = None) -> str | None:
+    """The effective (last) value of one setting."""
+    values = read_unit().get(section, {}).get(key)
+    return values[-1] if values else default
+
+
+def seconds(span: str) -> float:
+    """A systemd time span ("30", "30s", "2min", "1min 30s", "500ms") in seconds."""
+    units = {"": 1.0, "s": 1.0, "sec": 1.0, "ms": 0.001, "m": 60.0, "min": 60.0, "h": 3600.0}
+    total = 0.0
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([a-z]*)", span.strip())
+    assert parts, f"not a time span: {span!r}"
+    for number, unit in parts:
+        total += float(number) * units[unit]
+    return total
+
+
+def exec_start() -> list[str]:
+    value = setting("Service", "ExecStart")
+    assert value is not None
+    return shlex.split(value)
+
+
+def edgeproof_bin() -> str:
+    here = Path(sys.executable).parent / "edgeproof"
+    found = str(here) if here.exists() else shutil.which("edgeproof")
+    if not found:
+        pytest.skip("no edgeproof console script next to this Python or on PATH")
+    return found
+
+
+def installer_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEPROOF_") and k != "TERMUX_VERSION"}
+    env["PYTHON"] = sys.executable
+    env.update(extra)
+    return env
+
+
+def install(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", str(INSTALL), *args],
+        capture_output=True,
+        text=True,
+        env=installer_env(**env),
+        timeout=120,
+        check=False,
+    )
+
+
+def staged_install(prefix: Path) -> subprocess.CompletedProcess[str]:
+    result = install("--prefix", str(prefix), "--no-venv", EDGEPROOF_BIN=edgeproof_bin())
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+# ---------------------------------------------------------------------- example config
+
+
+def test_example_config_validates_with_the_real_schema():
+    config = load_config(EXAMPLE, env={})
+    assert config.device.key == KEY
+    assert config.device.state_dir == STATE_DIR
+    # Everything the agent writes lives in the unit's only writable path.
+    assert config.outbox.path == f"{STATE_DIR}/outbox.sqlite3"
+    assert config.inference.model == f"{SHARE}/models/efficientnet-lite0-int8.toml"
+    assert config.device.profile == "auto"
+
+
+def test_example_config_passes_config_check(capsys):
+    assert main(["config", "check", str(EXAMPLE)]) == 0
+    assert "ok" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------- systemd unit
+
+
+def test_unit_has_the_required_settings():
+    unit = read_unit()
+    assert set(unit) == {"Unit", "Service", "Install"}
+    required = {
+        "Type": "notify",
+        "NotifyAccess": "main",
+        "Restart": "on-failure",
+        "User": "edgeproof",
+        "StateDirectory": "edgeproof",
+        "ConfigurationDirectory": "edgeproof",
+        "ProtectSystem": "strict",
+        "ProtectHome": "yes",
+        "PrivateTmp": "yes",
+        "NoNewPrivileges": "yes",
+        "ReadWritePaths": STATE_DIR,
+    }
+    for key, value in required.items():
+        assert setting("Service", key) == value, key
+    assert "video" in (setting("Service", "SupplementaryGroups") or "").split()
+    assert setting("Install", "WantedBy") == "multi-user.target"
+    assert 1 <= seconds(setting("Service", "RestartSec") or "") <= 120
+    assert seconds(setting("Service", "TimeoutStopSec") or "") > SHUTDOWN_BUDGET_S
+    # Settings that would hide the camera (/dev/video*) or the video group from the agent.
+    for forbidden in ("PrivateDevices", "DevicePolicy", "DeviceAllow", "ProtectClock", "PrivateUsers"):
+        assert setting("Service", forbidden, "no") in ("no", "false", "0"), forbidden
+    # Every setting appears once (a repeated one would silently override the first).
+    for section in unit.values():
+        repeated = [k for k, v in section.items() if len(v) > 1 and k != "Environment"]
+        assert not repeated, repeated
+
+
+def test_unit_watchdog_matches_the_daemon_ping_interval():
+    watchdog_s = seconds(setting("Service", "WatchdogSec") or "")
+    notifier = Notifier({"NOTIFY_SOCKET": "/run/none", "WATCHDOG_USEC": str(int(watchdog_s * 1_000_000))})
+    assert notifier.watchdog_s == watchdog_s
+    # The daemon pings at half the interval from a loop that wakes at least once a second.
+    assert watchdog_s / 2 >= 5
+
+
+def test_unit_exec_start_is_accepted_by_the_cli():
+    argv = exec_start()
+    assert argv[0] == "/opt/edgeproof/venv/bin/edgeproof"
+    args = build_parser().parse_args(argv[1:])
+    assert args.command == "run"
+    assert args.log_format == "text"
+    assert args.config == CONF
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_unit_passes_systemd_analyze_verify(tmp_path):
+    # verify insists that ExecStart exists: point it at this checkout's console script.
+    text = UNIT.read_text(encoding="utf-8").replace("/opt/edgeproof/venv/bin/edgeproof", edgeproof_bin())
+    unit = tmp_path / "edgeproof.service"
+    unit.write_text(text, encoding="utf-8")
+    result = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert str(unit) not in output, output  # no warning about our file (unknown keys, bad values)
+
+
+# ---------------------------------------------------------------------- install.sh
+
+
+def test_install_sh_parses():
+    result = subprocess.run(["bash", "-n", str(INSTALL)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed")
+def test_install_sh_passes_shellcheck():
+    result = subprocess.run(["shellcheck", str(INSTALL)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout
+
+
+def test_install_help_explains():
+    result = install("--help")
+    assert result.returncode == 0, result.stderr
+    for word in ("Usage", "--prefix", "--no-venv", "--no-start", "--dry-run", "python3-venv", CONF, KEY):
+        assert word in result.stdout, word
+
+
+def test_install_unknown_option_names_the_fix():
+    result = install("--frobnicate")
+    assert result.returncode != 0
+    assert "unknown option '--frobnicate'" in result.stderr
+    assert "fix:" in result.stderr and "--help" in result.stderr
+
+
+def test_install_refuses_old_python(tmp_path):
+    fake = tmp_path / "python3.9"
+    fake.write_text("#!/bin/sh\necho 3.9\n")
+    fake.chmod(0o755)
+    result = install("--prefix", str(tmp_path / "stage"), "--dry-run", PYTHON=str(fake))
+    assert result.returncode != 0
+    assert "Python >= 3.11" in result.stderr and "3.9" in result.stderr
+    assert "fix:" in result.stderr
+
+
+def test_install_names_python3_venv_when_missing(tmp_path):
+    fake = tmp_path / "python3"
+    fake.write_text('#!/bin/sh\ncase "$*" in *ensurepip*) exit 1;; esac\necho 3.11\n')
+    fake.chmod(0o755)
+    result = install("--prefix", str(tmp_path / "stage"), "--dry-run", PYTHON=str(fake))
+    assert result.returncode != 0
+    assert "python3-venv" in result.stderr
+    assert "apt-get install python3-venv" in result.stderr
+
+
+def test_install_no_venv_without_edgeproof_says_how(tmp_path):
+    result = install("--prefix", str(tmp_path / "stage"), "--no-venv", EDGEPROOF_BIN=str(tmp_path / "none"))
+    assert result.returncode != 0
+    assert "EDGEPROOF_BIN" in result.stderr
+    assert not (tmp_path / "stage").exists()
+
+
+def test_install_dry_run_changes_nothing(tmp_path):
+    stage = tmp_path / "stage"
+    result = install("--prefix", str(stage), "--dry-run")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not stage.exists()
+    out = result.stdout
+    venv = f"{stage}/opt/edgeproof/venv"
+    assert f"would run: {sys.executable} -m venv {venv}" in out
+    assert f"{venv}/bin/python -m pip install" in out
+    assert f"{venv}/bin/edgeproof keys init --key {stage}{KEY}" in out
+    assert "would run: useradd" not in out and "would run: systemctl" not in out
+
+
+def test_install_into_prefix_creates_the_expected_files(tmp_path):
+    stage = tmp_path / "stage"
+    result = staged_install(stage)
+
+    # The unit runs the agent the installer puts in place, with the config it writes.
+    argv = exec_start()
+    assert f"agent:  {stage}{argv[0]}" in result.stdout
+    config_path = stage / argv[argv.index("--config") + 1].lstrip("/")
+    assert config_path == stage / CONF.lstrip("/")
+
+    assert config_path.read_text() == EXAMPLE.read_text()
+    assert mode(config_path) == 0o640
+    assert mode(config_path.parent) == 0o750
+    config = load_config(config_path, env={})
+    assert config.device.key == KEY
+
+    key = stage / KEY.lstrip("/")
+    assert mode(key) == 0o600
+    load_keypair(key)  # refuses a key others can read
+    assert mode(key.parent) == 0o750
+
+    installed_unit = stage / "etc/systemd/system/edgeproof.service"
+    assert installed_unit.read_text() == UNIT.read_text()
+
+    # The model the example config names is there and matches its card's sha256.
+    card = load_card(stage / config.inference.model.lstrip("/"))
+    card.read_verified_model()
+    assert card.labels()
+    profiles = load_profiles(stage / SHARE.lstrip("/") / "firmware_profiles")
+    assert {"rpi4", "rpi5", "jetson-nano", "jetson-orin", "android-termux"} <= set(profiles)
+    assert f"EDGEPROOF_PROFILES_DIR={SHARE}/firmware_profiles" in read_unit()["Service"]["Environment"]
+
+    assert not (stage / "opt/edgeproof/venv").exists()  # --no-venv
+
+
+def test_install_twice_keeps_key_and_config(tmp_path):
+    stage = tmp_path / "stage"
+    staged_install(stage)
+    key = stage / KEY.lstrip("/")
+    config_path = stage / CONF.lstrip("/")
+    key_bytes = key.read_bytes()
+    edited = config_path.read_text().replace('host = "127.0.0.1"', 'host = "mqtt.example.org"')
+    config_path.write_text(edited)
+
+    result = staged_install(stage)
+    assert key.read_bytes() == key_bytes
+    assert mode(key) == 0o600
+    assert config_path.read_text() == edited
+    assert result.stdout.count("exists: kept") == 2
+    device_id = str(load_keypair(key).pubkey())
+    assert f"device id: {device_id}" in result.stdout
