@@ -25,8 +25,25 @@ Layout = Literal["NCHW", "NHWC"]
 class Quantization(Strict):
     """Affine quantization of a tensor: real = scale * (q - zero_point)."""
 
-    scale: Annotated[float, Field(gt=0)]
+    scale: Annotated[float, Field(gt=0, allow_inf_nan=False)]
     zero_point: int
+
+
+_INT_RANGES = {"uint8": (0, 255), "int8": (-128, 127)}
+
+
+def check_quantization(dtype: str, quantization: Quantization | None) -> None:
+    """Quantization parameters only for integer tensors, zero_point within the dtype's range."""
+    if quantization is None:
+        return
+    limits = _INT_RANGES.get(dtype)
+    if limits is None:
+        raise ValueError(f"quantization parameters apply to int8/uint8 tensors, but dtype is {dtype}")
+    low, high = limits
+    if not low <= quantization.zero_point <= high:
+        raise ValueError(
+            f"quantization zero_point {quantization.zero_point} is outside the {dtype} range {low}..{high}"
+        )
 
 
 class InputSpec(Strict):
@@ -54,6 +71,7 @@ class InputSpec(Strict):
                 raise ValueError(f"{name} needs 1 or {channels} values, got {len(values)}")
         if any(s == 0 for s in self.std):
             raise ValueError("std must not contain 0")
+        check_quantization(self.dtype, self.quantization)
         if (
             self.dtype in ("uint8", "int8")
             and self.quantization is None
@@ -82,6 +100,11 @@ class OutputSpec(Strict):
     shape: list[Annotated[int, Field(ge=1)]]
     dtype: Dtype = "float32"
     quantization: Quantization | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> OutputSpec:
+        check_quantization(self.dtype, self.quantization)
+        return self
 
 
 class ClassificationDecoder(Strict):
@@ -148,6 +171,30 @@ class ModelCard(Strict):
     outputs: list[OutputSpec] = Field(min_length=1)
     decoder: DecoderSpec
     thresholds: Thresholds = Field(default_factory=Thresholds)
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelCard:
+        fits = {"onnx": "onnx", "litert": "tflite"}
+        if self.backend is not None and fits[self.backend] != self.format:
+            raise ValueError(f"backend '{self.backend}' cannot run a {self.format} model")
+        names = [o.name for o in self.outputs]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"outputs: duplicate name(s) {', '.join(duplicates)}")
+        decoder = self.decoder
+        indices: dict[str, int] = {}
+        if isinstance(decoder, ClassificationDecoder | YoloDecoder):
+            indices["output"] = decoder.output
+        elif isinstance(decoder, AnchorsDecoder):
+            indices["boxes_output"] = decoder.boxes_output
+            indices["scores_output"] = decoder.scores_output
+        for key, index in indices.items():
+            if index >= len(self.outputs):
+                raise ValueError(
+                    f"decoder.{key} = {index}, but the card lists {len(self.outputs)} output(s) "
+                    f"(indices 0..{len(self.outputs) - 1})"
+                )
+        return self
 
     @property
     def backend_key(self) -> str:

@@ -9,6 +9,7 @@ benchmarks can compare the agent's path against it on the same session.
 from __future__ import annotations
 
 import abc
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -16,7 +17,7 @@ from typing import ClassVar
 import numpy as np
 
 from agent.errors import ModelError
-from agent.inference.cards import LoadedCard
+from agent.inference.cards import LoadedCard, ModelCard, Quantization
 
 Array = np.ndarray
 
@@ -33,6 +34,9 @@ class TensorInfo:
     name: str
     shape: tuple[int | str | None, ...]
     dtype: str
+    # (scale, zero_point) when the model file records per-tensor quantization (TFLite does;
+    # ONNX graph inputs/outputs carry none).
+    quantization: tuple[float, int] | None = None
 
 
 @dataclass
@@ -78,6 +82,30 @@ def _dims_match(card_shape: Sequence[int], model_shape: Sequence[int | str | Non
     )
 
 
+def _quant_text(q: tuple[float, int] | None) -> str:
+    return "none" if q is None else f"scale={q[0]:.8g}, zero_point={q[1]}"
+
+
+def _quant_problem(what: str, card_q: Quantization | None, model: TensorInfo) -> str | None:
+    """A difference between the card's and the model file's quantization parameters, if any."""
+    if model.quantization is None:
+        return None  # the model file records none: nothing to compare against
+    card = None if card_q is None else (card_q.scale, card_q.zero_point)
+    if (
+        card is not None
+        and card[1] == model.quantization[1]
+        and math.isclose(card[0], model.quantization[0], rel_tol=1e-5)
+    ):
+        return None
+    return f"{what} quantization: card says {_quant_text(card)}, model has {_quant_text(model.quantization)}"
+
+
+def _is_identity(card: ModelCard) -> bool:
+    """The card feeds raw pixels (no normalisation): the model's own quantization is not needed."""
+    spec = card.input
+    return spec.scale == 1.0 and not any(spec.mean) and all(s == 1 for s in spec.std)
+
+
 def check_card_against(loaded: LoadedCard, inputs: list[TensorInfo], outputs: list[TensorInfo]) -> None:
     """Refuse a card that does not describe its model, listing every difference."""
     card = loaded.card
@@ -94,6 +122,10 @@ def check_card_against(loaded: LoadedCard, inputs: list[TensorInfo], outputs: li
             problems.append(f"input shape: card says {card.input.shape}, model has {list(model_in.shape)}")
         if model_in.dtype != card.input.dtype:
             problems.append(f"input dtype: card says {card.input.dtype}, model has {model_in.dtype}")
+        elif card.input.dtype in ("uint8", "int8"):
+            problem = _quant_problem("input", card.input.quantization, model_in)
+            if problem and not (card.input.quantization is None and _is_identity(card)):
+                problems.append(problem)
     if len(outputs) != len(card.outputs):
         problems.append(
             f"outputs: card lists {len(card.outputs)}, model has {len(outputs)} "
@@ -117,8 +149,12 @@ def check_card_against(loaded: LoadedCard, inputs: list[TensorInfo], outputs: li
                 problems.append(
                     f"output '{spec.name}' dtype: card says {spec.dtype}, model has {model_out.dtype}"
                 )
+            elif spec.dtype in ("uint8", "int8") and spec.quantization is not None:
+                problem = _quant_problem(f"output '{spec.name}'", spec.quantization, model_out)
+                if problem:
+                    problems.append(problem)
     if problems:
         raise ModelError(
             f"card {loaded.path} does not match model {loaded.model_path}:\n  - " + "\n  - ".join(problems),
-            hint="fix the card to describe the model (names, shapes and dtypes above)",
+            hint="fix the card to describe the model (every difference is listed above)",
         )

@@ -8,6 +8,7 @@ The delegate actually in use is reported.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -32,6 +33,25 @@ _EXTERNAL_DELEGATES = {
     "gpu": ("libtensorflowlite_gpu_delegate.so",),
     "nnapi": ("libnnapi_delegate.so",),
 }
+DELEGATES = ("xnnpack", *_EXTERNAL_DELEGATES, "none")
+
+
+def check_delegates(requested: tuple[str, ...]) -> None:
+    """Unknown delegate names are an error (not silently skipped), with the nearest known name."""
+    unknown = [d for d in requested if d not in DELEGATES]
+    if unknown:
+        from agent.validation import suggest
+
+        near = [s for s in (suggest(d, list(DELEGATES)) for d in unknown) if s]
+        raise BackendUnavailableError(
+            f"unknown LiteRT delegate(s): {', '.join(unknown)}",
+            hint=(f"did you mean {', '.join(near)}? " if near else "")
+            + f"LiteRT delegates: {', '.join(DELEGATES)}",
+        )
+    if not requested:
+        raise BackendUnavailableError(
+            "no LiteRT delegate requested", hint=f"set litert_delegates to some of: {', '.join(DELEGATES)}"
+        )
 
 
 def import_interpreter() -> tuple[Any, str]:
@@ -59,6 +79,7 @@ class LiteRTBackend(Backend):
 
     def __init__(self, loaded: LoadedCard, settings: BackendSettings) -> None:
         super().__init__(loaded, settings)
+        check_delegates(settings.litert_delegates)
         module, runtime = import_interpreter()
         model_bytes = loaded.read_verified_model()
         skipped: list[str] = []
@@ -66,7 +87,7 @@ class LiteRTBackend(Backend):
         provider = ""
         for delegate in settings.litert_delegates:
             try:
-                interpreter = self._open(module, model_bytes, delegate, settings.threads)
+                interpreter = self._open(module, model_bytes, delegate, settings.threads, loaded)
                 provider = delegate if delegate != "none" else "builtin"
                 break
             except _DelegateUnavailable as exc:
@@ -85,7 +106,7 @@ class LiteRTBackend(Backend):
         self._output_indices = [details[o.name] for o in loaded.card.outputs]
 
     @staticmethod
-    def _open(module: Any, model_bytes: bytes, delegate: str, threads: int) -> Any:
+    def _open(module: Any, model_bytes: bytes, delegate: str, threads: int, card: LoadedCard) -> Any:
         resolver = module.OpResolverType
         kwargs: dict[str, Any] = {"model_content": model_bytes, "num_threads": threads}
         if delegate == "xnnpack":
@@ -96,9 +117,12 @@ class LiteRTBackend(Backend):
             loaded = None
             for library in _EXTERNAL_DELEGATES.get(delegate, ()):
                 try:
+                    # Probe first: the runtime's Delegate object raises from its own __del__
+                    # (noise on stderr) when its library cannot be loaded.
+                    ctypes.CDLL(library)
                     loaded = module.load_delegate(library)
                     break
-                except (ValueError, OSError):
+                except (ValueError, OSError, RuntimeError):
                     continue
             if loaded is None:
                 raise _DelegateUnavailable(f"delegate library {_EXTERNAL_DELEGATES.get(delegate)} not found")
@@ -106,9 +130,9 @@ class LiteRTBackend(Backend):
         try:
             interpreter = module.Interpreter(**kwargs)
             interpreter.allocate_tensors()
-        except ValueError as exc:
+        except (ValueError, RuntimeError) as exc:
             raise ModelError(
-                f"LiteRT cannot load model: {str(exc).strip()[:300]}",
+                f"LiteRT cannot load {card.model_path}: {str(exc).strip()[:300]}",
                 hint="the file is not a valid .tflite model, or needs ops this runtime lacks",
             ) from exc
         return interpreter
@@ -119,8 +143,12 @@ class LiteRTBackend(Backend):
 
     @staticmethod
     def _tensor_info(detail: dict[str, Any]) -> TensorInfo:
+        scale, zero_point = detail.get("quantization", (0.0, 0))
         return TensorInfo(
-            detail["name"], tuple(int(d) for d in detail["shape"]), np.dtype(detail["dtype"]).name
+            detail["name"],
+            tuple(int(d) for d in detail["shape"]),
+            np.dtype(detail["dtype"]).name,
+            (float(scale), int(zero_point)) if scale else None,
         )
 
     def inputs(self) -> list[TensorInfo]:
