@@ -87,12 +87,23 @@ def _env_value(raw: str) -> Any:
         return raw
 
 
-def apply_env(data: dict[str, Any], env: Mapping[str, str]) -> list[str]:
-    """Merge EDGEPROOF_SECTION__KEY variables into ``data``; returns the keys applied."""
-    applied = []
+def apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[tuple[str, ...], str]:
+    """Merge EDGEPROOF_SECTION__KEY variables into ``data``; returns {key path: variable name}."""
+    applied: dict[tuple[str, ...], str] = {}
     sections = list(AgentConfig.model_fields)
     for name, raw in sorted(env.items()):
-        if not name.startswith(ENV_PREFIX) or "__" not in name:
+        if not name.startswith(ENV_PREFIX):
+            continue
+        if "__" not in name:
+            # EDGEPROOF_MQTT_PORT: a config override with a single underscore would be ignored
+            # silently; other EDGEPROOF_* variables (e.g. EDGEPROOF_PROFILES_DIR) are not ours.
+            head, _, rest = name[len(ENV_PREFIX) :].partition("_")
+            if head.lower() in sections and rest:
+                fixed = f"{ENV_PREFIX}{head}__{rest}"
+                raise ConfigError(
+                    f"environment variable {name}: section and key are separated by a double underscore",
+                    hint=f"rename it to {fixed}",
+                )
             continue
         parts = name[len(ENV_PREFIX) :].lower().split("__")
         if parts[0] not in sections:
@@ -110,7 +121,7 @@ def apply_env(data: dict[str, Any], env: Mapping[str, str]) -> list[str]:
                 raise ConfigError(f"environment variable {name}: '{part}' is not a table")
             target = node
         target[parts[-1]] = _env_value(raw)
-        applied.append(".".join(parts))
+        applied[tuple(parts)] = name
     return applied
 
 
@@ -160,7 +171,7 @@ def load_config(path: Path | str | None, env: Mapping[str, str] | None = None) -
         origin = str(config_path)
         base = config_path.resolve().parent
     applied = apply_env(data, environ)
-    if applied:
-        origin += " + environment (" + ", ".join(applied) + ")"
-    config = parse_mapping(AgentConfig, data, origin=origin, source=text)
+    # A problem with an overridden key is reported against its variable, not the file.
+    overrides = {path: f"environment variable {name}" for path, name in applied.items()}
+    config = parse_mapping(AgentConfig, data, origin=origin, source=text, overrides=overrides)
     return _resolve_paths(config, base)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import re
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
@@ -175,6 +176,14 @@ def _short(value: Any) -> str | None:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+def _override_for(path: tuple[str | int, ...], overrides: Mapping[tuple[str, ...], str]) -> str | None:
+    keys = tuple(str(p) for p in path)
+    for key, where in overrides.items():
+        if keys[: len(key)] == key:
+            return where
+    return None
+
+
 def format_errors(
     model: type[BaseModel],
     exc: pydantic.ValidationError,
@@ -182,8 +191,14 @@ def format_errors(
     origin: str,
     source: str | None = None,
     prefix: tuple[str | int, ...] = (),
+    overrides: Mapping[tuple[str, ...], str] | None = None,
 ) -> ConfigError:
-    """Turn a pydantic error into one ConfigError listing every problem."""
+    """Turn a pydantic error into one ConfigError listing every problem.
+
+    ``overrides`` maps key paths whose value did not come from the file (e.g.
+    environment variables) to where it came from; problems under such a key
+    name that place instead of a file line.
+    """
     lines: list[str] = []
     first_hint: str | None = None
     for err in exc.errors():
@@ -194,7 +209,10 @@ def format_errors(
             loc = (*loc, str(ctx.get("discriminator", "kind")).strip("'"))
         full = prefix + loc
         where = origin
-        if source is not None:
+        override = _override_for(full, overrides or {})
+        if override is not None:
+            where = override
+        elif source is not None:
             line = locate_line(source, full)
             if line is not None:
                 where = f"{origin}:{line}"
@@ -240,12 +258,15 @@ def parse_mapping(
     origin: str,
     source: str | None = None,
     prefix: tuple[str | int, ...] = (),
+    overrides: Mapping[tuple[str, ...], str] | None = None,
 ) -> M:
     """Validate a mapping into ``model`` or raise a ConfigError naming what is wrong."""
     try:
         return model.model_validate(data)
     except pydantic.ValidationError as exc:
-        raise format_errors(model, exc, origin=origin, source=source, prefix=prefix) from exc
+        raise format_errors(
+            model, exc, origin=origin, source=source, prefix=prefix, overrides=overrides
+        ) from exc
 
 
 def read_toml(path: Path) -> tuple[dict[str, Any], str]:

@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 
@@ -88,24 +89,89 @@ def test_env_overrides(tmp_path):
     assert config.inference.source == "synthetic"
 
 
+def test_env_values_are_toml_values_else_strings(tmp_path):
+    config = load_config(
+        write(tmp_path, GOOD),
+        env={
+            "EDGEPROOF_INFERENCE__ONNX_PROVIDERS": '["CPUExecutionProvider"]',
+            "EDGEPROOF_METRICS__ENABLED": "true",
+            "EDGEPROOF_DEVICE__OWNER_WALLET": "9xQeWvG816bUx9EPjHmaT23yvVM2ZWbrrpZb9PusVFin",
+            "EDGEPROOF_PROFILES_DIR": "/elsewhere",  # not a config override: left alone
+        },
+    )
+    assert config.inference.onnx_providers == ["CPUExecutionProvider"]
+    assert config.metrics.enabled is True
+    assert config.device.owner_wallet == "9xQeWvG816bUx9EPjHmaT23yvVM2ZWbrrpZb9PusVFin"
+
+
 def test_env_override_with_unknown_key_is_refused(tmp_path):
     path = write(tmp_path, GOOD)
     with pytest.raises(ConfigError) as info:
         load_config(path, env={"EDGEPROOF_MQTT__PROT": "1"})
-    assert "environment (mqtt.prot)" in str(info.value)
-    assert "did you mean 'port'?" in str(info.value)
-    with pytest.raises(ConfigError, match="unknown section 'mqt'"):
+    assert str(info.value) == (
+        "environment variable EDGEPROOF_MQTT__PROT: mqtt.prot: unknown key 'prot'; did you mean 'port'?\n"
+        "  fix: rename 'prot' to 'port'"
+    )
+    with pytest.raises(ConfigError) as info:
         load_config(path, env={"EDGEPROOF_MQT__PORT": "1"})
+    assert str(info.value) == (
+        "environment variable EDGEPROOF_MQT__PORT: unknown section 'mqt'\n  fix: did you mean EDGEPROOF_MQTT__...?"
+    )
 
 
-def test_cli_config_check(tmp_path, capsys):
+def test_env_override_with_bad_value_names_the_variable_not_the_file(tmp_path):
+    path = write(tmp_path, GOOD.replace("window_s = 60", "window_s = 1"))
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={"EDGEPROOF_MQTT__PORT": "eighty"})
+    assert str(info.value) == (
+        f"{path}: 2 problems\n"
+        f"  {path}:15: proofs.window_s: Input should be greater than or equal to 5 (got 1)\n"
+        "  environment variable EDGEPROOF_MQTT__PORT: mqtt.port: Input should be a valid integer (got 'eighty')"
+    )
+    # An override can also repair a file value.
+    assert load_config(path, env={"EDGEPROOF_PROOFS__WINDOW_S": "30"}).proofs.window_s == 30
+
+
+def test_env_override_with_a_single_underscore_is_refused(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, GOOD), env={"EDGEPROOF_MQTT_PORT": "8883"})
+    assert str(info.value) == (
+        "environment variable EDGEPROOF_MQTT_PORT: section and key are separated by a double underscore\n"
+        "  fix: rename it to EDGEPROOF_MQTT__PORT"
+    )
+
+
+def test_cli_config_check(tmp_path, capsys, monkeypatch):
+    for name in [n for n in os.environ if n.startswith("EDGEPROOF_")]:
+        monkeypatch.delenv(name)
     good = write(tmp_path, GOOD)
     assert main(["config", "check", str(good)]) == 0
-    assert capsys.readouterr().out.strip() == f"{good}: ok"
+    assert capsys.readouterr().out == f"{good}: ok\n"
     assert main(["config", "check", str(good), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["config"]["mqtt"]["port"] == 1883
+    doc = json.loads(capsys.readouterr().out)
+    assert (doc["valid"], doc["file"], doc["config"]["mqtt"]["port"]) == (True, str(good), 1883)
+    assert doc["config"]["device"]["key"] == str(tmp_path / "keys/device.json")
+
     bad = write(tmp_path, GOOD.replace("window_s", "windw_s"), "bad.toml")
     assert main(["config", "check", str(bad)]) == 2
-    err = capsys.readouterr().err
-    assert "bad.toml:15: proofs.windw_s: unknown key 'windw_s'; did you mean 'window_s'?" in err
-    assert "Traceback" not in err
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == (
+        f"edgeproof: error: {bad}:15: proofs.windw_s: unknown key 'windw_s'; did you mean 'window_s'?\n"
+        "  fix: rename 'windw_s' to 'window_s'\n"
+    )
+    assert main(["config", "check", str(bad), "--json"]) == 2
+    assert json.loads(capsys.readouterr().out) == {
+        "valid": False,
+        "file": str(bad),
+        "error": f"{bad}:15: proofs.windw_s: unknown key 'windw_s'; did you mean 'window_s'?",
+        "hint": "rename 'windw_s' to 'window_s'",
+    }
+
+    missing = tmp_path / "missing.toml"
+    assert main(["config", "check", str(missing)]) == 2
+    assert capsys.readouterr().err == f"edgeproof: error: {missing}: file not found\n"
+
+    monkeypatch.setenv("EDGEPROOF_MQTT__PORT", "8883")
+    assert main(["config", "check", str(good), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["config"]["mqtt"]["port"] == 8883
