@@ -6,8 +6,11 @@ never overwritten, and refused when others can read them.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import secrets
 import stat
 from pathlib import Path
 
@@ -64,22 +67,75 @@ def load_keypair(path: Path | str, *, check_mode: bool = True) -> Keypair:
 
 
 def write_keypair(path: Path | str, keypair: Keypair) -> None:
-    """Write a new key file with mode 0600; never replace an existing file."""
+    """Write a new key file with mode 0600; never replace an existing file.
+
+    The key is written and fsynced under a temporary name in the same folder,
+    then hard-linked to its final name (``link`` fails if the name exists, so
+    a concurrent writer cannot be overwritten either): the key file appears
+    complete or not at all, even on a full disk or a crash.
+    """
     key_path = Path(path)
-    key_path.parent.mkdir(parents=True, exist_ok=True)
-    data = json.dumps(list(bytes(keypair))).encode()
+    if key_path.exists() or key_path.is_symlink():
+        raise _exists(key_path)
     try:
-        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        key_path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise KeyFileError(f"cannot create folder {key_path.parent} for key file: {exc}") from exc
+    data = json.dumps(list(bytes(keypair))).encode()
+    tmp = key_path.with_name(f".{key_path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        _write_new(tmp, data)
+        try:
+            os.link(tmp, key_path)
+        except OSError as exc:
+            if exc.errno not in _NO_HARD_LINKS:
+                raise
+            _write_new(key_path, data)  # e.g. vfat: no hard links; O_EXCL still never overwrites
     except FileExistsError as exc:
-        raise KeyFileError(
-            f"key file {key_path} already exists; refusing to overwrite a device key",
-            hint="use a different --key path, or move the old key away yourself if you really mean it",
-        ) from exc
+        raise _exists(key_path) from exc
     except OSError as exc:
         raise KeyFileError(f"cannot create key file {key_path}: {exc}") from exc
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    _fsync_dir(key_path.parent)
+
+
+_NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK}
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    """Create ``path`` (never an existing one) with mode 0600, write all of ``data``, fsync."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        os.write(fd, data)
+        os.fchmod(fd, 0o600)  # whatever the umask
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
         os.fsync(fd)
+    except OSError:
+        os.close(fd)
+        path.unlink()  # never leave a half-written key behind
+        raise
+    os.close(fd)
+
+
+def _exists(key_path: Path) -> KeyFileError:
+    return KeyFileError(
+        f"key file {key_path} already exists; refusing to overwrite a device key",
+        hint="use a different --key path, or move the old key away yourself if you really mean it",
+    )
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
     finally:
         os.close(fd)
 

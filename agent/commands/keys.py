@@ -9,7 +9,13 @@ from agent.identity import device_id, init_keypair, load_keypair
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    group = sub.add_parser("keys", help="create and show the device key")
+    group = sub.add_parser(
+        "keys",
+        help="create and show the device key",
+        description="The device key: ed25519, stored as a Solana CLI keypair JSON file (a 64-byte array) "
+        "with mode 0600. The device id is its base58 public key. A key file that group or others can "
+        "read is refused.",
+    )
     group.set_defaults(group_parser=group)
     commands = group.add_subparsers(dest="keys_command", metavar="SUBCOMMAND")
     init = commands.add_parser(
@@ -21,7 +27,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     init.add_argument("--key", default="device-key.json", help="key file to create (default: %(default)s)")
     init.add_argument("--json", action="store_true", help="print {device_id, key} as JSON")
     init.set_defaults(func=run_init)
-    show = commands.add_parser("show", help="print the device id (base58 public key)")
+    show = commands.add_parser(
+        "show",
+        help="print the device id (base58 public key)",
+        description="Print the device id (the key's base58 public key). The key file must have mode 0600.",
+    )
     show.add_argument("--key", default="device-key.json", help="key file (default: %(default)s)")
     show.add_argument("--json", action="store_true", help='print {"device_id": ...}')
     show.set_defaults(func=run_show)
