@@ -2,7 +2,7 @@
 
 ``open_source(spec)`` understands:
 
-* ``0``, ``1``, ...            a camera index (``/dev/videoN``)
+* ``0``, ``1``, ...            a camera index (``/dev/videoN``); ``/dev/videoN`` itself also works
 * ``rtsp://...``, ``http(s)://...``  a network stream
 * a video file path            (``.mp4``, ``.avi``, ``.mkv``, ...)
 * an image folder              (``*.jpg``, ``*.png``, ... in name order)
@@ -10,6 +10,9 @@
 
 Cameras and streams that stop delivering are reopened with capped
 exponential backoff; a source that cannot be opened at all is a SourceError.
+The capture factory and the sleep function are parameters of
+:class:`CaptureSource` (and pass through :func:`open_source`), so tests inject a
+fake capture object and a recording sleep instead of a real camera and clock.
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 _SYNTHETIC = re.compile(r"^synthetic(?::(\d+)x(\d+))?(?::(\d+))?$")
+_URL = re.compile(r"^(rtsp|rtsps|http|https|rtmp|udp|tcp)://", re.IGNORECASE)
+_V4L_DEVICE = re.compile(r"^/dev/video\d+$")
+MAX_SYNTHETIC_SIDE = 8192
 
 
 class FrameSource(Protocol):
@@ -90,17 +96,23 @@ class SyntheticSource:
 
 class FolderSource:
     def __init__(self, folder: Path, loop: bool = False) -> None:
-        self.files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        try:
+            entries = list(folder.iterdir())
+        except OSError as exc:
+            raise SourceError(f"image folder {folder} cannot be listed: {exc.strerror or exc}") from exc
+        self.files = sorted(p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         if not self.files:
             raise SourceError(
                 f"image folder {folder} has no images",
                 hint="put .jpg/.png files there, or pass another --source",
             )
+        self.folder = folder
         self.loop = loop
         self.position = 0
         self.description = f"folder:{folder} ({len(self.files)} images)"
 
     def read(self) -> np.ndarray | None:
+        failures = 0  # consecutive undecodable images; a whole pass of them is an error, not a spin
         while True:
             if self.position >= len(self.files):
                 if not self.loop:
@@ -112,6 +124,12 @@ class FolderSource:
             if frame is not None:
                 return frame
             log.warning("unreadable image skipped", extra={"path": str(path)})
+            failures += 1
+            if failures >= len(self.files):
+                raise SourceError(
+                    f"image folder {self.folder}: none of its {len(self.files)} images can be decoded",
+                    hint="check the files are valid JPEG/PNG images",
+                )
 
     def close(self) -> None:
         pass
@@ -140,35 +158,52 @@ class CaptureSource:
         self.backoff_s = backoff_s
         self.sleep = sleep
         self.reopens = 0
-        self.description = f"{'camera' if isinstance(target, int) else 'capture'}:{target}"
+        self.description = f"{self._kind().split()[0]}:{target}"  # camera:0, stream:rtsp://.., video:clip.mp4
         self.capture = self._open()
         if self.capture is None:
-            kind = "camera" if isinstance(target, int) else "video source"
-            raise SourceError(
-                f"cannot open {kind} {target!r}",
-                hint="check the device exists and is not in use (ls /dev/video*)"
-                if isinstance(target, int)
-                else "check the path or URL, and that OpenCV was built with the codec (FFmpeg)",
-            )
+            raise SourceError(f"cannot open {self._kind()} {target!r}", hint=self._hint())
+
+    def _kind(self) -> str:
+        if isinstance(self.target, int) or _V4L_DEVICE.match(self.target):
+            return "camera"
+        return "stream" if _URL.match(self.target) else "video file"
+
+    def _hint(self) -> str:
+        kind = self._kind()
+        if kind == "camera":
+            return "check the camera is connected and not in use by another program (ls /dev/video*)"
+        if kind == "stream":
+            return "check the URL (host, port, path, credentials) and that the stream is up"
+        return "is it a video file OpenCV can decode (mp4, avi, mkv with an FFmpeg codec)?"
 
     def _open(self) -> Any:
-        capture = self.factory(self.target)
+        try:
+            capture = self.factory(self.target)
+        except cv2.error as exc:
+            log.warning("capture open failed", extra={"source": self.description, "error": str(exc)})
+            return None
         if capture is not None and capture.isOpened():
             return capture
         if capture is not None:
             capture.release()
         return None
 
+    def _grab(self) -> np.ndarray | None:
+        try:
+            ok, frame = self.capture.read()
+        except cv2.error as exc:  # some backends raise instead of returning False
+            log.warning("capture read failed", extra={"source": self.description, "error": str(exc)})
+            return None
+        return np.asarray(frame) if ok and frame is not None else None
+
     def read(self) -> np.ndarray | None:
-        ok, frame = self.capture.read()
-        if ok and frame is not None:
-            return np.asarray(frame)
+        frame = self._grab()
+        if frame is not None:
+            return frame
         if not self.live:
             if self.loop:
                 self.capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
-                ok, frame = self.capture.read()
-                if ok and frame is not None:
-                    return np.asarray(frame)
+                return self._grab()
             return None
         return self._reopen()
 
@@ -181,11 +216,11 @@ class CaptureSource:
             capture = self._open()
             if capture is not None:
                 self.capture = capture
-                ok, frame = capture.read()
-                if ok and frame is not None:
+                frame = self._grab()
+                if frame is not None:
                     self.reopens += 1
                     log.info("source reopened", extra={"source": self.description, "attempt": attempt})
-                    return np.asarray(frame)
+                    return frame
             delay = min(delay * 2, ceiling)
         raise SourceError(
             f"source {self.description} lost and not back after {self.max_reopen_attempts} attempts",
@@ -197,10 +232,24 @@ class CaptureSource:
 
 
 def open_source(spec: str, *, loop: bool = False, **capture_options: Any) -> FrameSource:
+    """Open a frame source from its text form (see the module docstring).
+
+    ``capture_options`` go to :class:`CaptureSource` (``factory``, ``sleep``,
+    ``max_reopen_attempts``, ``backoff_s``) for cameras, streams and video files.
+    """
+    if not spec.strip():
+        raise SourceError(
+            "empty source", hint="use e.g. 0, rtsp://host/stream, clip.mp4, a folder, or synthetic"
+        )
     synthetic = _SYNTHETIC.match(spec)
     if synthetic:
         width = int(synthetic.group(1) or 640)
         height = int(synthetic.group(2) or 480)
+        if not (1 <= width <= MAX_SYNTHETIC_SIDE and 1 <= height <= MAX_SYNTHETIC_SIDE):
+            raise SourceError(
+                f"bad synthetic source '{spec}': width and height must be 1..{MAX_SYNTHETIC_SIDE}",
+                hint="use e.g. synthetic:640x480",
+            )
         return SyntheticSource(width, height, int(synthetic.group(3) or 0))
     if spec.startswith("synthetic"):
         raise SourceError(
@@ -208,7 +257,14 @@ def open_source(spec: str, *, loop: bool = False, **capture_options: Any) -> Fra
         )
     if spec.isdigit():
         return CaptureSource(int(spec), live=True, **capture_options)
-    if re.match(r"^(rtsp|rtsps|http|https|rtmp|udp|tcp)://", spec):
+    if _URL.match(spec):
+        return CaptureSource(spec, live=True, **capture_options)
+    if _V4L_DEVICE.match(spec):
+        if not Path(spec).exists():
+            raise SourceError(
+                f"camera {spec} does not exist",
+                hint="check the camera is connected (ls /dev/video*), or pass its index, e.g. --source 0",
+            )
         return CaptureSource(spec, live=True, **capture_options)
     path = Path(spec)
     if path.is_dir():
