@@ -20,7 +20,7 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from agent.errors import ConfigError
-from agent.validation import Strict, load_toml
+from agent.validation import Strict, did_you_mean, load_toml, suggestions
 
 PROFILE_DIR_ENV = "EDGEPROOF_PROFILES_DIR"
 _DT_MODEL_PATHS = ("proc/device-tree/model", "sys/firmware/devicetree/base/model")
@@ -186,8 +186,6 @@ def get_profile(profiles: Mapping[str, Profile], profile_id: str) -> Profile:
     try:
         return profiles[profile_id]
     except KeyError:
-        from agent.validation import suggest
-
-        near = suggest(profile_id, list(profiles))
-        hint = f"did you mean '{near}'?" if near else "known: " + ", ".join(sorted(profiles))
+        near = suggestions(profile_id, list(profiles))
+        hint = did_you_mean(near) if near else "known: " + ", ".join(sorted(profiles))
         raise ConfigError(f"unknown firmware profile '{profile_id}'", hint=hint) from None

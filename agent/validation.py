@@ -168,6 +168,20 @@ def suggest(name: str, candidates: list[str]) -> str | None:
     return match[0] if match else None
 
 
+def suggestions(name: str, candidates: list[str], limit: int = 3) -> list[str]:
+    """The closest valid names, when several are equally close (``rpi`` -> rpi4, rpi5), in name order."""
+    scored = [(difflib.SequenceMatcher(None, name, c).ratio(), c) for c in candidates]
+    best = max((score for score, _ in scored), default=0.0)
+    if best < 0.6:
+        return []
+    return sorted(c for score, c in scored if score >= best - 1e-9)[:limit]
+
+
+def did_you_mean(names: list[str]) -> str:
+    quoted = [f"'{n}'" for n in names]
+    return "did you mean " + (" or ".join(quoted) if len(quoted) <= 2 else ", ".join(quoted)) + "?"
+
+
 def _short(value: Any) -> str | None:
     """A value worth echoing back in a message, or None (tables and long values are not)."""
     if isinstance(value, dict | list):

@@ -11,7 +11,13 @@ from agent.profiles import detect, get_profile, load_profiles
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    group = sub.add_parser("profile", help="firmware profiles: detect the hardware, list, show")
+    group = sub.add_parser(
+        "profile",
+        help="firmware profiles: detect the hardware, list, show",
+        description="Firmware profiles (firmware_profiles/*.toml): how to detect a kind of hardware, "
+        "which backend, providers/delegates and threads to use, thermal limits, memory budget and "
+        "plausible throughput per model class.",
+    )
     group.set_defaults(group_parser=group)
     group.add_argument("--dir", type=Path, default=None, help="profiles folder (default: firmware_profiles/)")
     commands = group.add_subparsers(dest="profile_command", metavar="SUBCOMMAND")
@@ -24,14 +30,25 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     det.add_argument(
         "--root", type=Path, default=Path("/"), help="detect against this root (fake /proc, /sys, /etc)"
     )
-    det.add_argument("--json", action="store_true", help="print the result as JSON")
+    det.add_argument(
+        "--json", action="store_true", help="print {profile, name, backend, threads, facts, evidence} as JSON"
+    )
     det.set_defaults(func=run_detect)
-    lst = commands.add_parser("list", help="list the known profiles")
-    lst.add_argument("--json", action="store_true")
+    lst = commands.add_parser(
+        "list",
+        help="list the known profiles",
+        description="List every firmware profile: id, name, backend, threads and detection priority.",
+    )
+    lst.add_argument("--json", action="store_true", help="print every profile in full as JSON, keyed by id")
     lst.set_defaults(func=run_list)
-    show = commands.add_parser("show", help="show one profile")
-    show.add_argument("id")
-    show.add_argument("--json", action="store_true")
+    show = commands.add_parser(
+        "show",
+        help="show one profile",
+        description="Show one firmware profile in full: detection rules, inference defaults, thermal "
+        "policy, memory budget and throughput bounds.",
+    )
+    show.add_argument("id", help="profile id, e.g. rpi4 (see 'edgeproof profile list')")
+    show.add_argument("--json", action="store_true", help="print the profile as JSON")
     show.set_defaults(func=run_show)
 
 

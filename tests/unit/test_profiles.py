@@ -115,3 +115,88 @@ def test_thermal_order_is_checked(tmp_path):
     )
     with pytest.raises(ConfigError, match="need resume_c < throttle_c <= critical_c"):
         load_toml(Profile, bad)
+
+
+@pytest.mark.parametrize(("expected", "facts"), CASES, ids=[f"{e}-{i}" for i, (e, _) in enumerate(CASES)])
+def test_cli_detect_json_for_every_profile(tmp_path, capsys, expected, facts):
+    root = fake_root(tmp_path, **facts)
+    assert main(["profile", "detect", "--root", str(root), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    profile = PROFILES[expected]
+    assert set(out) == {"profile", "name", "backend", "threads", "facts", "evidence"}
+    assert (out["profile"], out["name"], out["backend"], out["threads"]) == (
+        expected,
+        profile.name,
+        profile.inference.backend,
+        profile.inference.threads,
+    )
+    assert out["facts"] == {
+        "arch": facts["arch"],
+        "device_tree_model": facts.get("dt_model"),
+        "tegra_release": facts.get("tegra"),
+        "android": facts.get("android", False),
+    }
+    assert out["evidence"]["arch"] == str(root / "proc/sys/kernel/arch")
+    if facts.get("dt_model"):
+        rel = "sys/firmware/devicetree/base/model" if facts.get("dt_in_sys") else "proc/device-tree/model"
+        assert out["evidence"]["device_tree_model"] == str(root / rel)
+    if facts.get("android"):
+        assert out["evidence"]["android"] == "system/build.prop"
+
+
+def test_cli_detect_without_a_match_is_a_clear_error(tmp_path, capsys):
+    root = fake_root(tmp_path, arch="riscv64")
+    assert main(["profile", "detect", "--root", str(root), "--json"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == (
+        "edgeproof: error: no firmware profile matches this host (arch=riscv64, model=None)\n"
+        "  fix: pass --profile ID, or add a profile to firmware_profiles/\n"
+    )
+
+
+def test_cli_list_and_show(capsys):
+    assert main(["profile", "list", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert sorted(listed) == sorted(
+        ["rpi4", "rpi5", "jetson-nano", "jetson-orin", "android-termux", "generic-x86_64", "generic-aarch64"]
+    )
+    assert listed["jetson-orin"]["inference"]["onnx_providers"] == [
+        "TensorrtExecutionProvider",
+        "CUDAExecutionProvider",
+        "CPUExecutionProvider",
+    ]
+    assert main(["profile", "show", "rpi4", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown == listed["rpi4"]
+    assert set(shown) >= {"detect", "inference", "thermal", "memory_budget_mb", "throughput"}
+    assert main(["profile", "show", "rpi"]) == 2
+    assert capsys.readouterr().err == (
+        "edgeproof: error: unknown firmware profile 'rpi'\n  fix: did you mean 'rpi4' or 'rpi5'?\n"
+    )
+    assert main(["profile", "show", "jetson-orn"]) == 2
+    assert capsys.readouterr().err == (
+        "edgeproof: error: unknown firmware profile 'jetson-orn'\n  fix: did you mean 'jetson-orin'?\n"
+    )
+    assert main(["profile", "show", "pc"]) == 2
+    assert capsys.readouterr().err.endswith(
+        "fix: known: android-termux, generic-aarch64, generic-x86_64, jetson-nano, jetson-orin, rpi4, rpi5\n"
+    )
+
+
+def test_every_profile_sets_what_the_issue_lists():
+    """Detection rules, backend with provider/delegate order, threads, thermal, memory, throughput."""
+    for path in sorted((Path(__file__).parents[2] / "firmware_profiles").glob("*.toml")):
+        text = path.read_text()
+        for needle in (
+            "[detect]",
+            "[inference]",
+            "backend =",
+            "threads =",
+            "[thermal]",
+            "memory_budget_mb =",
+        ):
+            assert needle in text, (path.name, needle)
+        profile = PROFILES[path.stem]
+        assert profile.inference.onnx_providers[-1] == "CPUExecutionProvider", path.name  # CPU last resort
+        assert profile.throughput, path.name
