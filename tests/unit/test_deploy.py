@@ -30,6 +30,8 @@ DEPLOY = ROOT / "deploy"
 EXAMPLE = DEPLOY / "agent.example.toml"
 UNIT = DEPLOY / "systemd" / "edgeproof.service"
 INSTALL = DEPLOY / "install.sh"
+TERMUX_RUN = DEPLOY / "termux" / "run"
+DOCS = ROOT / "docs"
 
 STATE_DIR = "/var/lib/edgeproof"
 CONF = "/etc/edgeproof/agent.toml"
@@ -221,9 +223,18 @@ def test_install_sh_parses():
     assert result.returncode == 0, result.stderr
 
 
+def test_termux_run_script_parses():
+    result = subprocess.run(["sh", "-n", str(TERMUX_RUN)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert os.access(TERMUX_RUN, os.X_OK)
+
+
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed")
-def test_install_sh_passes_shellcheck():
-    result = subprocess.run(["shellcheck", str(INSTALL)], capture_output=True, text=True, check=False)
+@pytest.mark.parametrize(("script", "shell"), [(INSTALL, "bash"), (TERMUX_RUN, "sh")])
+def test_scripts_pass_shellcheck(script, shell):
+    result = subprocess.run(
+        ["shellcheck", "-s", shell, str(script)], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0, result.stdout
 
 
@@ -332,3 +343,31 @@ def test_install_twice_keeps_key_and_config(tmp_path):
     assert result.stdout.count("exists: kept") == 2
     device_id = str(load_keypair(key).pubkey())
     assert f"device id: {device_id}" in result.stdout
+
+
+# ---------------------------------------------------------------------- docs
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        DOCS / "operations.md",
+        DOCS / "decisions" / "README.md",
+        DEPLOY / "termux" / "README.md",
+        DEPLOY / "jetson" / "README.md",
+    ],
+    ids=lambda p: str(p.relative_to(ROOT)),
+)
+def test_relative_links_in_deploy_docs_resolve(doc):
+    links = re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", doc.read_text(encoding="utf-8"))
+    missing = [link for link in links if not (doc.parent / link).exists()]
+    assert not missing, missing
+
+
+def test_every_decision_record_is_indexed():
+    index = (DOCS / "decisions" / "README.md").read_text(encoding="utf-8")
+    records = sorted(p.name for p in (DOCS / "decisions").glob("[0-9][0-9][0-9][0-9]-*.md"))
+    assert records
+    for name in records:
+        assert f"({name})" in index, name
+        assert (DOCS / "decisions" / name).read_text(encoding="utf-8").startswith(f"# {name[:4]}. ")
