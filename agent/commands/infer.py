@@ -1,26 +1,46 @@
-"""`edgeproof infer` and `edgeproof bench`: run a model card locally and measure it."""
+"""`edgeproof infer` and `edgeproof bench`: run a model card locally and measure it.
+
+The inference modules (numpy, OpenCV, the runtimes) are imported when a
+command runs, not when the CLI builds its parser: every other command stays
+fast, and a problem there cannot break `edgeproof keys` or `config check`.
+"""
 
 from __future__ import annotations
 
 import argparse
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.commands.output import print_json, print_kv, print_table, progress_bar
-from agent.inference.bench import run_bench
-from agent.inference.pipeline import LatencyStats, Pipeline
-from agent.inference.runtime import backend_settings, resolve_profile
-from agent.inference.sources import frames, open_source
+
+if TYPE_CHECKING:
+    from agent.inference.backends.base import BackendSettings
+
+BACKEND_KEYS = ("litert", "onnx")  # agent.inference.backends.BACKENDS (checked by a unit test)
+
+
+def _int_at_least(minimum: int) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
 
 
 def _runtime_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model card (models/*.toml)")
     parser.add_argument("--profile", default="auto", help="firmware profile id (default: detect)")
+    parser.add_argument("--backend", choices=BACKEND_KEYS, default=None, help="override the card's backend")
     parser.add_argument(
-        "--backend", choices=("onnx", "litert"), default=None, help="override the card's backend"
-    )
-    parser.add_argument(
-        "--threads", type=int, default=0, help="inference threads (default: from the profile)"
+        "--threads",
+        type=_int_at_least(0),
+        default=0,
+        help="inference threads (default 0: from the profile)",
     )
     parser.add_argument(
         "--providers",
@@ -40,7 +60,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     _runtime_args(infer)
     infer.add_argument("--source", default="synthetic", help="frame source (default: %(default)s)")
-    infer.add_argument("--frames", type=int, default=100, help="frames to process (default: %(default)s)")
+    infer.add_argument(
+        "--frames", type=_int_at_least(1), default=100, help="frames to process (default: %(default)s)"
+    )
     infer.set_defaults(func=run_infer)
 
     bench = sub.add_parser(
@@ -51,12 +73,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "RSS of each in a child process.",
     )
     _runtime_args(bench)
-    bench.add_argument("--frames", type=int, default=500, help="frames per loop (default: %(default)s)")
+    bench.add_argument(
+        "--frames", type=_int_at_least(1), default=500, help="frames per loop (default: %(default)s)"
+    )
     bench.add_argument("--no-rss", action="store_true", help="skip the child-process memory measurement")
     bench.set_defaults(func=run_bench_cmd)
 
 
-def _settings(args: argparse.Namespace) -> Any:
+def _settings(args: argparse.Namespace) -> BackendSettings:
+    from agent.inference.runtime import backend_settings, resolve_profile
+
     profile = resolve_profile(args.profile)
     names = [p.strip() for p in args.providers.split(",") if p.strip()]
     return backend_settings(
@@ -64,7 +90,15 @@ def _settings(args: argparse.Namespace) -> Any:
     )
 
 
+def _stat(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
 def run_infer(args: argparse.Namespace) -> int:
+    from agent.errors import SourceError
+    from agent.inference.pipeline import LatencyStats, Pipeline
+    from agent.inference.sources import frames, open_source
+
     pipeline = Pipeline.open(args.model, _settings(args), args.backend)
     source = open_source(args.source)
     latencies = LatencyStats()
@@ -82,6 +116,11 @@ def run_infer(args: argparse.Namespace) -> int:
     finally:
         source.close()
     elapsed = time.perf_counter() - start
+    if count == 0:
+        raise SourceError(
+            f"source {source.description} delivered no frames",
+            hint="is the video empty, or the folder's images unreadable?",
+        )
     report: dict[str, Any] = {
         **pipeline.describe(),
         "source": source.description,
@@ -119,14 +158,25 @@ def run_infer(args: argparse.Namespace) -> int:
         print_table("predictions per label (top 10)", ["label", "count"], rows)
     if "outputs" in summary:
         rows = [
-            (o["name"], o["shape"], o["dtype"], f"{o['min']:.4g}", f"{o['max']:.4g}", f"{o['mean']:.4g}")
+            (
+                o["name"],
+                o["shape"],
+                o["dtype"],
+                _stat(o["min"]),
+                _stat(o["max"]),
+                _stat(o["mean"]),
+                _stat(o["std"]),
+                o["nonfinite"],
+            )
             for o in summary["outputs"]
         ]
-        print_table("outputs", ["name", "shape", "dtype", "min", "max", "mean"], rows)
+        print_table("outputs", ["name", "shape", "dtype", "min", "max", "mean", "std", "non-finite"], rows)
     return 0
 
 
 def run_bench_cmd(args: argparse.Namespace) -> int:
+    from agent.inference.bench import run_bench
+
     settings = _settings(args)
     with progress_bar("bench", args.frames, enabled=None if not args.json else False) as bar:
         result = run_bench(args.model, settings, args.frames, rss=not args.no_rss, progress=bar)

@@ -15,7 +15,12 @@ from agent.errors import ConfigError
 
 
 def register(subparsers: Any) -> None:
-    group = subparsers.add_parser("models", help="model tooling: quantize a float model to int8")
+    group = subparsers.add_parser(
+        "models",
+        help="model tooling: quantize a float model to int8",
+        description="Model tooling for fleet operators. Models are described by cards (models/*.toml): "
+        "file and sha256, input tensor and preprocessing, outputs and decoder.",
+    )
     group.set_defaults(group_parser=group)
     sub = group.add_subparsers(dest="models_command", metavar="SUBCOMMAND")
 
@@ -48,9 +53,20 @@ def register(subparsers: Any) -> None:
         "--threads", type=int, default=None, help="intra-op threads for both timings (default: cores)"
     )
     q.add_argument("--rounds", type=int, default=20, help="interleaved timing rounds (default 20)")
-    q.add_argument("--format", dest="quant_format", choices=("qdq", "qoperator"), default="qdq")
+    q.add_argument(
+        "--format",
+        dest="quant_format",
+        choices=("qdq", "qoperator"),
+        default="qdq",
+        help="QDQ (QuantizeLinear/DequantizeLinear pairs, default) or QOperator (integer operators)",
+    )
     q.add_argument("--per-tensor", action="store_true", help="per-tensor weights (default per-channel)")
-    q.add_argument("--calibrate-method", choices=("minmax", "entropy", "percentile"), default="minmax")
+    q.add_argument(
+        "--calibrate-method",
+        choices=("minmax", "entropy", "percentile"),
+        default="minmax",
+        help="how activation ranges are taken from the calibration images (default: minmax)",
+    )
     q.add_argument("--exclude", action="append", default=[], metavar="NODE", help="keep this node in float")
     q.add_argument("--json", action="store_true", help="print the report as JSON")
     q.set_defaults(func=quantize_command)
@@ -74,6 +90,11 @@ def quantize_command(args: argparse.Namespace) -> int:
 
     if args.threads is not None and args.threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+    if not 0.0 <= args.threshold <= 1.0:
+        raise ConfigError(
+            f"--threshold must be a fraction between 0 and 1, got {args.threshold}",
+            hint="e.g. --threshold 0.95 for 95% agreement",
+        )
     if args.rounds < 1:
         raise ConfigError(f"--rounds must be >= 1, got {args.rounds}")
     recipe = Recipe(

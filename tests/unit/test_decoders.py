@@ -141,11 +141,47 @@ def test_raw_decoder_reports_shapes_and_statistics():
     assert decoder.decode([np.array([[1.0, 2.0], [3.0, 4.0]]), np.array([0.0, np.nan, 2.0])], IDENTITY) == []
     decoder.decode([np.array([[5.0, 6.0], [7.0, 8.0]]), np.array([1.0, 1.0, 1.0])], IDENTITY)
     summary = decoder.summary()
-    assert summary["frames"] == 2
+    assert summary["decoder"] == "raw" and summary["frames"] == 2
     a, b = summary["outputs"]
-    assert (a["name"], a["shape"], a["min"], a["max"], a["mean"]) == ("a", [2, 2], 1.0, 8.0, 4.5)
-    assert (b["nonfinite"], b["min"], b["max"]) == (1, 0.0, 2.0)
+    assert a == {
+        "name": "a",
+        "shape": [2, 2],
+        "dtype": "float64",
+        "min": 1.0,
+        "max": 8.0,
+        "mean": 4.5,
+        "std": pytest.approx(np.std(np.arange(1.0, 9.0))),
+        "finite": 8,
+        "nonfinite": 0,
+    }
+    # NaN is counted, not averaged: mean over the 5 finite values 0, 2, 1, 1, 1.
+    assert (b["nonfinite"], b["finite"], b["min"], b["max"]) == (1, 5, 0.0, 2.0)
+    assert b["mean"] == pytest.approx(1.0) and b["std"] == pytest.approx(np.std([0.0, 2.0, 1.0, 1.0, 1.0]))
     assert decoder.counts() == {}
+    decoder.reset()
+    assert decoder.summary() == {"decoder": "raw", "frames": 0, "outputs": []}
+
+
+def test_raw_decoder_summary_is_valid_json_when_nothing_is_finite():
+    import json
+
+    c = card({"kind": "raw"}, [{"name": "a", "shape": [2]}])
+    decoder = RawDecoder(c, None)
+    decoder.decode([np.array([np.nan, np.inf], dtype=np.float32)], IDENTITY)
+    (a,) = decoder.summary()["outputs"]
+    assert (a["min"], a["max"], a["mean"], a["std"], a["finite"], a["nonfinite"]) == (None,) * 4 + (0, 2)
+    json.dumps(decoder.summary(), allow_nan=False)  # no NaN/Infinity tokens
+
+
+def test_raw_decoder_dequantizes_integer_outputs_with_card_parameters():
+    c = card(
+        {"kind": "raw"},
+        [{"name": "q", "shape": [1, 3], "dtype": "int8", "quantization": {"scale": 0.5, "zero_point": -2}}],
+    )
+    decoder = RawDecoder(c, None)
+    decoder.decode([np.array([[-2, 0, 4]], dtype=np.int8)], IDENTITY)
+    (q,) = decoder.summary()["outputs"]
+    assert (q["dtype"], q["min"], q["max"], q["mean"]) == ("float32", 0.0, 3.0, pytest.approx(4 / 3))
 
 
 def test_dequantize_leaves_float_outputs_alone():
