@@ -55,8 +55,8 @@ class InputSpec(Strict):
     resize: Literal["letterbox", "stretch"] = "stretch"
     # x = (pixel * scale - mean) / std, per channel, before quantization.
     scale: float = 1.0
-    mean: list[float] = Field(default_factory=lambda: [0.0, 0.0, 0.0])
-    std: list[float] = Field(default_factory=lambda: [1.0, 1.0, 1.0])
+    mean: list[float] = Field(default_factory=lambda: [0.0])  # one value applies to every channel
+    std: list[float] = Field(default_factory=lambda: [1.0])
     quantization: Quantization | None = None
 
     @model_validator(mode="after")
@@ -66,6 +66,11 @@ class InputSpec(Strict):
         channels = self.channels
         if channels not in (1, 3):
             raise ValueError(f"input has {channels} channels for layout {self.layout}; expected 1 or 3")
+        if (channels == 1) != (self.color == "GRAY"):
+            raise ValueError(
+                f"color {self.color} does not fit {channels} channel(s): "
+                'use color = "GRAY" for 1 channel, RGB or BGR for 3'
+            )
         for name, values in (("mean", self.mean), ("std", self.std)):
             if len(values) not in (1, channels):
                 raise ValueError(f"{name} needs 1 or {channels} values, got {len(values)}")

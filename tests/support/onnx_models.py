@@ -14,10 +14,10 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 
-def tiny_classifier(classes: int = 10, size: int = 32, seed: int = 0) -> onnx.ModelProto:
-    """input (1,3,size,size) float32 -> Conv(8) -> Relu -> GlobalAveragePool -> Gemm -> logits (1,classes)."""
+def tiny_classifier(classes: int = 10, size: int = 32, seed: int = 0, channels: int = 3) -> onnx.ModelProto:
+    """input (1,channels,size,size) float32 -> Conv(8) -> Relu -> GlobalAveragePool -> Gemm -> logits (1,classes)."""
     rng = np.random.default_rng(seed)
-    w1 = rng.normal(0, 0.5, size=(8, 3, 3, 3)).astype(np.float32)
+    w1 = rng.normal(0, 0.5, size=(8, channels, 3, 3)).astype(np.float32)
     b1 = rng.normal(0, 0.1, size=(8,)).astype(np.float32)
     w2 = rng.normal(0, 0.5, size=(classes, 8)).astype(np.float32)
     b2 = rng.normal(0, 0.1, size=(classes,)).astype(np.float32)
@@ -31,7 +31,7 @@ def tiny_classifier(classes: int = 10, size: int = 32, seed: int = 0) -> onnx.Mo
     graph = helper.make_graph(
         nodes,
         "tiny",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, size, size])],
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, channels, size, size])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, classes])],
         [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"))],
     )

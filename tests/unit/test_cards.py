@@ -409,3 +409,55 @@ def test_unknown_and_unavailable_providers(card_path):
     )
     assert backend.info.provider == "CPUExecutionProvider"
     assert backend.info.skipped == ["TensorrtExecutionProvider: not available in this onnxruntime build"]
+
+
+def test_colour_must_fit_the_channel_count(card_path):
+    edit(card_path, 'dtype = "float32"', 'dtype = "float32"\ncolor = "GRAY"')
+    assert refused(card_path) == (
+        f"{card_path}:9: input: color GRAY does not fit 3 channel(s): "
+        'use color = "GRAY" for 1 channel, RGB or BGR for 3'
+    )
+
+
+def test_one_channel_model_with_gray_card(tmp_path):
+    from agent.inference.pipeline import Pipeline
+    from agent.inference.sources import synthetic_frame
+
+    card = write_model_and_card(
+        tmp_path,
+        tiny_classifier(channels=1),
+        input_shape="[1, 1, 32, 32]",
+        extra="",
+    )
+    with pytest.raises(ConfigError) as info:
+        load_card(card)
+    assert str(info.value) == (
+        f"{card}:9: input: color RGB does not fit 1 channel(s): "
+        'use color = "GRAY" for 1 channel, RGB or BGR for 3'
+    )
+    edit(card, 'dtype = "float32"', 'dtype = "float32"\ncolor = "GRAY"')
+    pipeline = Pipeline.open(str(card), CPU)
+    result = pipeline.step(synthetic_frame(40, 30, seed=1, index=0))
+    assert result.outputs[0].shape == (1, 10) and len(result.predictions) == 1
+
+
+def test_labels_file_missing_or_not_fitting_the_output(card_path):
+    from agent.inference.decoders import create_decoder
+
+    edit(card_path, "top_k = 3", 'top_k = 3\nlabels = "labels.txt"')
+    labels = card_path.parent / "labels.txt"
+    with pytest.raises(ConfigError) as info:
+        create_decoder(load_card(card_path))
+    assert str(info.value) == (
+        f"{card_path}: decoder.labels file {labels} cannot be read: "
+        f"[Errno 2] No such file or directory: '{labels}'"
+    )
+    labels.write_text("\n".join(f"label {i}" for i in range(9)) + "\n")
+    with pytest.raises(ConfigError) as info:
+        create_decoder(load_card(card_path))
+    assert str(info.value) == (
+        f"{card_path}: decoder.labels file labels.txt has 9 labels, but the classification output has 10 classes\n"
+        "  fix: use the labels file that belongs to this model (one label per line, in class order)"
+    )
+    labels.write_text("\n".join(f"label {i}" for i in range(10)) + "\n\n")  # blank lines are ignored
+    assert create_decoder(load_card(card_path)).labels == [f"label {i}" for i in range(10)]

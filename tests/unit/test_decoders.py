@@ -195,3 +195,16 @@ def test_registry_creates_by_kind(tmp_path):
 
     c = card({"kind": "raw"}, [{"name": "a", "shape": [1]}])
     assert isinstance(create_decoder(LoadedCard(c, tmp_path / "t.toml")), RawDecoder)
+
+
+def test_classes_per_decoder_for_the_labels_check():
+    assert (
+        ClassificationDecoder(
+            card({"kind": "classification"}, [{"name": "p", "shape": [1, 7]}]), None
+        ).classes()
+        == 7
+    )
+    assert YoloDecoder(card({"kind": "yolo"}, [{"name": "o", "shape": [1, 6, 100]}]), None).classes() == 2
+    yolo_t = card({"kind": "yolo", "transposed": True}, [{"name": "o", "shape": [1, 100, 9]}])
+    assert YoloDecoder(yolo_t, None).classes() == 5
+    assert RawDecoder(card({"kind": "raw"}, [{"name": "a", "shape": [3]}]), None).classes() is None

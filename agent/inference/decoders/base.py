@@ -89,6 +89,10 @@ class Decoder(abc.ABC):
     @abc.abstractmethod
     def _decode(self, outputs: list[np.ndarray], geometry: Geometry) -> list[Prediction]: ...
 
+    def classes(self) -> int | None:
+        """How many classes the card's output shape holds, when the decoder indexes labels by class."""
+        return None
+
     def decode(self, outputs: Sequence[np.ndarray], geometry: Geometry) -> list[Prediction]:
         """Decode one inference and add it to the running summary."""
         predictions = self._decode(dequantize(outputs, self.card.outputs), geometry)

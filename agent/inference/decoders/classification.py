@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from agent.inference.cards import ClassificationDecoder as Spec
@@ -24,6 +26,9 @@ class ClassificationDecoder(Decoder):
         super().__init__(card, labels)
         assert isinstance(card.decoder, Spec)
         self.spec: Spec = card.decoder
+
+    def classes(self) -> int | None:
+        return math.prod(self.card.outputs[self.spec.output].shape)
 
     def top_k(self, outputs: list[np.ndarray]) -> list[Prediction]:
         scores = self._output(outputs, self.spec.output).astype(np.float32).reshape(-1)

@@ -19,6 +19,12 @@ class YoloDecoder(Decoder):
         assert isinstance(card.decoder, Spec)
         self.spec: Spec = card.decoder
 
+    def classes(self) -> int | None:
+        shape = self.card.outputs[self.spec.output].shape
+        if len(shape) < 2:
+            return None
+        return (shape[-1] if self.spec.transposed else shape[-2]) - 4
+
     def _decode(self, outputs: list[np.ndarray], geometry: Geometry) -> list[Prediction]:
         raw = self._output(outputs, self.spec.output).astype(np.float32)
         if raw.ndim == 3:
