@@ -15,7 +15,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
+from solders.pubkey import Pubkey
 
 from agent.errors import ConfigError
 from agent.transport.settings import MqttSettings, OutboxSettings
@@ -30,11 +31,23 @@ def default_models_dir() -> Path:
     return here if here.is_dir() else Path("/usr/share/edgeproof/models")
 
 
+def _base58_pubkey(value: str) -> str:
+    """Empty, or a base58 ed25519 public key / Solana address (32 bytes)."""
+    if value:
+        try:
+            Pubkey.from_string(value)
+        except ValueError as exc:
+            raise ValueError(f"not a base58 Solana address ({exc}): {value!r}") from None
+    return value
+
+
 class DeviceSettings(Strict):
     key: str = "device-key.json"
     state_dir: str = "state"
     profile: str = "auto"  # a firmware profile id, or "auto" to detect
     owner_wallet: str = ""  # base58 Solana address that receives rewards
+
+    _wallet = field_validator("owner_wallet")(_base58_pubkey)
 
 
 SOURCE_NONE = "none"
@@ -62,6 +75,8 @@ class CoordinatorSettings(Strict):
     # base58 public key of the coordinator; beacons, challenges and verdicts signed by any
     # other key are refused.  Empty: accept any validly signed coordinator message (demo only).
     pubkey: str = ""
+
+    _pubkey = field_validator("pubkey")(_base58_pubkey)
 
 
 class MetricsSettings(Strict):

@@ -175,3 +175,22 @@ def test_cli_config_check(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("EDGEPROOF_MQTT__PORT", "8883")
     assert main(["config", "check", str(good), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["config"]["mqtt"]["port"] == 8883
+
+
+def test_wallet_and_coordinator_key_must_be_base58_addresses(tmp_path):
+    good = "9xQeWvG816bUx9EPjHmaT23yvVM2ZWbrrpZb9PusVFin"
+    path = write(tmp_path, GOOD + f'\n[coordinator]\npubkey = "{good}"\n')
+    config = load_config(path, env={"EDGEPROOF_DEVICE__OWNER_WALLET": good})
+    assert (config.device.owner_wallet, config.coordinator.pubkey) == (good, good)
+    path = write(tmp_path, GOOD.replace('state_dir = "/var/lib/edgeproof"', 'owner_wallet = "0xdeadbeef"'))
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    assert str(info.value) == (
+        f"{path}:4: device.owner_wallet: not a base58 Solana address (Invalid Base58 string): '0xdeadbeef'"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, GOOD), env={"EDGEPROOF_COORDINATOR__PUBKEY": "abc"})
+    assert str(info.value) == (
+        "environment variable EDGEPROOF_COORDINATOR__PUBKEY: coordinator.pubkey: "
+        "not a base58 Solana address (String is the wrong size): 'abc'"
+    )

@@ -171,3 +171,20 @@ def test_uint8_input_fed_raw_pixels_needs_no_card_quantization(tmp_path):
     backend = create_backend(load_card(card), XNNPACK)
     pooled, _ = backend.run(np.full((1, 16, 16, 3), 255, dtype=np.uint8))
     np.testing.assert_allclose(pooled, [[1.0, 1.0, 1.0]], rtol=1e-5)  # dequantized inside the model
+
+
+def test_falls_back_to_tflite_runtime_when_ai_edge_litert_is_missing(card_path, monkeypatch):
+    import types
+
+    from ai_edge_litert import interpreter as real_interpreter
+
+    fake = types.ModuleType("tflite_runtime")
+    fake.__version__ = "2.14.0"
+    fake.interpreter = real_interpreter  # same Interpreter API, as tflite_runtime.interpreter offers
+    monkeypatch.setitem(sys.modules, "ai_edge_litert", None)
+    monkeypatch.setitem(sys.modules, "tflite_runtime", fake)
+    monkeypatch.setitem(sys.modules, "tflite_runtime.interpreter", real_interpreter)
+    backend = create_backend(load_card(card_path), XNNPACK)
+    assert (backend.info.runtime, backend.info.provider) == ("tflite-runtime 2.14.0", "xnnpack")
+    pooled, _ = backend.run(np.full((1, 16, 16, 3), 3.0, dtype=np.float32))
+    np.testing.assert_allclose(pooled, [[3.0, 3.0, 3.0]])

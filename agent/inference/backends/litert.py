@@ -64,9 +64,10 @@ def import_interpreter() -> tuple[Any, str]:
     except ImportError:
         pass
     try:
+        import tflite_runtime
         from tflite_runtime import interpreter as tflite
 
-        return tflite, f"tflite-runtime {getattr(tflite, '__version__', '?')}"
+        return tflite, f"tflite-runtime {getattr(tflite_runtime, '__version__', '?')}"
     except ImportError as exc:
         raise BackendUnavailableError(
             "backend 'litert' needs ai-edge-litert (or tflite-runtime), and neither is installed",
