@@ -200,3 +200,20 @@ def test_every_profile_sets_what_the_issue_lists():
         profile = PROFILES[path.stem]
         assert profile.inference.onnx_providers[-1] == "CPUExecutionProvider", path.name  # CPU last resort
         assert profile.throughput, path.name
+
+
+def test_misspelt_key_under_a_throughput_class_is_located(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        'id = "bad"\nname = "x"\n[detect]\narch = ["x86_64"]\n\n'
+        "[throughput.classifier-small]\nmax_fps = 10\nlatency_budget_ms = 50\n\n"
+        "[throughput.detector-small]\nmax_fsp = 10\nlatency_budget_ms = 50\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_toml(Profile, bad)
+    assert str(info.value) == (
+        f"{bad}: 2 problems\n"
+        f"  {bad}:10: throughput.detector-small.max_fps: required key is missing\n"
+        f"  {bad}:11: throughput.detector-small.max_fsp: unknown key 'max_fsp'; did you mean 'max_fps'?\n"
+        "  fix: rename 'max_fsp' to 'max_fps'"
+    )
