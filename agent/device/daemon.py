@@ -28,6 +28,7 @@ from agent import __version__
 from agent.config import SOURCE_NONE, AgentConfig
 from agent.device.challenges import ChallengeResponder
 from agent.device.health import HealthProbe
+from agent.device.metrics import MetricsServer, Snapshot
 from agent.device.status import write_status
 from agent.device.systemd import Notifier
 from agent.device.thermal import ThermalGovernor, ThermalState
@@ -91,6 +92,8 @@ class Daemon:
         self.beacon: tuple[int, str] = (0, NO_BEACON)
         self.verdicts: deque[dict[str, Any]] = deque(maxlen=20)
         self.rejected_inbound: Counter[str] = Counter()
+        self._count_lock = threading.Lock()
+        self.metrics_server: MetricsServer | None = None
         self.counters: Counter[str] = Counter()
         self.started_ms = clock_ms()
         self._started_mono = time.monotonic()
@@ -182,19 +185,29 @@ class Daemon:
 
     # ------------------------------------------------------------------ inbound (transport thread)
 
+    def _reject(self, reason: str) -> None:
+        # Incremented from the inbound thread and the main loop.
+        with self._count_lock:
+            self.rejected_inbound[reason] += 1
+
     def _verify_inbound(self, topic: str, payload: bytes, kind: str) -> Envelope | None:
         try:
             env = verify_envelope(payload)
             if env.kind != kind:
-                raise ProtocolError(f"expected a {kind} on {topic}, got {env.kind}", reason="unknown_kind")
+                raise ProtocolError(f"expected a {kind} on {topic}, got {env.kind}", reason="wrong_kind")
             pinned = self.config.coordinator.pubkey
             if pinned and env.dev != pinned:
                 raise ProtocolError(
                     f"{kind} signed by {env.dev}, not the coordinator", reason="unknown_device"
                 )
+            addressed = getattr(env.body, "device", None)
+            if addressed is not None and addressed != self.dev:
+                raise ProtocolError(
+                    f"{kind} is addressed to device {addressed}, not us", reason="wrong_device"
+                )
             return env
         except ProtocolError as exc:
-            self.rejected_inbound[exc.reason] += 1
+            self._reject(exc.reason)
             log.warning(
                 "inbound message rejected",
                 extra={
@@ -220,7 +233,7 @@ class Daemon:
         try:
             self._challenges.put_nowait(env.body)
         except queue.Full:
-            self.rejected_inbound["busy"] += 1
+            self._reject("busy")
             log.warning("challenge dropped: queue full", extra={"nonce": env.body.nonce[:16]})
 
     def on_verdict(self, topic: str, payload: bytes) -> None:
@@ -251,7 +264,7 @@ class Daemon:
             try:
                 response = self.responder.answer(challenge)
             except ProtocolError as exc:
-                self.rejected_inbound[exc.reason] += 1
+                self._reject(exc.reason)
                 log.warning("challenge refused", extra={"reason": exc.reason, "error": exc.message})
                 continue
             self.emit("challenge_response", response)
@@ -300,6 +313,37 @@ class Daemon:
                 return max(0, pending_seq - 1)
         return seq
 
+    def metrics_snapshot(self) -> Snapshot:
+        """What ``/metrics`` reports (read on the metrics server's thread)."""
+        # Counters first: they are bumped after the chain head advances, so seq >= their sum.
+        counters = dict(self.counters)
+        seq, _ = self.signer.state()
+        return Snapshot(
+            device=self.dev,
+            model_id=self.card.id,
+            model_sha256=self.card.sha256,
+            agent_version=__version__,
+            mode="inference" if self.inference_enabled else "heartbeats-only",
+            counters=counters,
+            rejected_inbound=dict(self.rejected_inbound),
+            chain_seq=seq,
+            outbox=self.outbox.stats().as_dict(),
+            transport=self.transport.status().as_dict(),
+        )
+
+    def _start_metrics(self) -> None:
+        m = self.config.metrics
+        if not m.enabled:
+            return
+        server = MetricsServer(self.metrics_snapshot, m.host, m.port)
+        try:
+            server.start()
+        except EdgeproofError as exc:
+            # Metrics are optional: the device keeps earning without them.
+            log.error("metrics endpoint not started", extra={"error": exc.message})
+            return
+        self.metrics_server = server
+
     def write_status(self) -> None:
         try:
             write_status(self.state_dir, self.status_snapshot())
@@ -335,6 +379,7 @@ class Daemon:
         self.transport.subscribe(self.topics.device(self.dev, "verdict"), self.on_verdict)
         self.transport.subscribe(self.topics.device(self.dev, "voucher"), self.on_voucher)
         self.transport.start()
+        self._start_metrics()
         self.emit("status", self.status_body("online"), retain=True)
         self._open_source()
 
@@ -437,6 +482,8 @@ class Daemon:
             self.stop_event.set()
             self.transport.stop()
             self.write_status()
+            if self.metrics_server is not None:
+                self.metrics_server.stop()
             if self.source is not None:
                 self.source.close()
             self.outbox.close()

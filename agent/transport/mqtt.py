@@ -558,6 +558,10 @@ class MqttTransport:
     def _publisher_main(self) -> None:
         inflight: dict[int, OutboxRow] = {}
         after_id = 0
+        # Acks (and broker refusals) not yet recorded in the outbox: kept across cycles so a
+        # storage error (e.g. a full disk) delays their deletion instead of losing it.
+        acked: list[int] = []
+        rejected: list[tuple[OutboxRow, str]] = []
         while True:
             events: list[tuple[Any, ...]] = []
             with contextlib.suppress(queue.Empty):
@@ -567,8 +571,6 @@ class MqttTransport:
                     events.append(self._events.get_nowait())
                 except queue.Empty:
                     break
-            acked: list[int] = []
-            rejected: list[tuple[OutboxRow, str]] = []
             stop = False
             for event in events:
                 kind = event[0]
@@ -594,6 +596,9 @@ class MqttTransport:
                     return
                 after_id = self._fill(inflight, after_id)
             except Exception:
+                if stop:
+                    log.exception("publisher stopping with unrecorded acks", extra={"acks": len(acked)})
+                    return
                 # Storage trouble must not kill the publisher; rows stay queued and are retried.
                 log.exception("publisher cycle failed; retrying", extra={"inflight": len(inflight)})
                 time.sleep(min(self._poll_s, 1.0))
@@ -601,12 +606,16 @@ class MqttTransport:
                 self._inflight_count = len(inflight)
 
     def _settle(self, acked: list[int], rejected: list[tuple[OutboxRow, str]]) -> None:
+        """Record acks and refusals in the outbox; the lists are emptied as they are recorded."""
         if acked:
             self.outbox.ack_many(acked)
             with self._lock:
                 self._acked += len(acked)
-        for row, reason in rejected:
+            acked.clear()
+        while rejected:
+            row, reason = rejected[0]
             self.outbox.park(row.id, reason)
+            rejected.pop(0)
             with self._lock:
                 self._rejected += 1
             log.error(

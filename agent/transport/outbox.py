@@ -34,8 +34,19 @@ is counted persistently by ``(kind, reason)`` in the same transaction (see :meth
 
 Full disk
 ---------
-``SQLITE_FULL`` ("database or disk is full") during ``put`` rolls the transaction back, evicts
-more rows by the same policy (counted with reason ``disk_full_evicted``) and retries.  If
+On a real filesystem the first thing to fill up is usually the write-ahead log, not the rows:
+the WAL only shrinks when a checkpoint copies it into the database file, and a checkpoint
+itself needs room for the pages the database file has not materialised yet.  With SQLite's
+default (checkpoint after 1000 pages, 4 MB) a nearly full disk used to wedge the outbox for
+good: every write and every ack failed with ``SQLITE_FULL``, and so did the checkpoint that
+would have freed the space.  So:
+
+* the WAL is checkpointed every :data:`WAL_AUTOCHECKPOINT_PAGES` pages and kept at most
+  :data:`WAL_SIZE_LIMIT` bytes, so little is ever pending;
+* a ballast file ``<path>-reserve`` of ``reserve_bytes`` is kept beside the database;
+* every write answers ``SQLITE_FULL`` first with ``PRAGMA wal_checkpoint(TRUNCATE)`` (handing the
+  log's space back) and a retry; if the checkpoint itself has no room, the reserve is deleted
+  (logged) and the checkpoint retried.  The reserve is re-created once the outbox has drained.  If
 nothing more may be evicted the new message is refused (reason ``disk_full_refused``) and
 ``put`` returns ``None``.  Only when even that cannot be written is a :class:`StorageError`
 raised; then *nothing* was written (neither the message nor the state), so the caller can keep
@@ -60,8 +71,10 @@ parked rows are kept; they can be inspected with :meth:`parked` and put back wit
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -69,12 +82,23 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from agent.errors import StorageError
 from agent.transport.settings import OutboxSettings
 
 log = logging.getLogger(__name__)
+
+#: Checkpoint the WAL into the database after this many pages (SQLite's default is 1000).
+WAL_AUTOCHECKPOINT_PAGES = 16
+#: After a checkpoint the WAL file is truncated to at most this many bytes.
+WAL_SIZE_LIMIT = 1024 * 1024
+#: Default size of the ballast file released when the disk is full (see "Full disk").
+RESERVE_BYTES = 128 * 1024
+#: Pages the database may still grow by once a full disk capped its size.
+_PIN_SLACK_PAGES = 4
+
+_T = TypeVar("_T")
 
 PRIORITY_LOW = 0
 PRIORITY_NORMAL = 1
@@ -223,11 +247,13 @@ class Outbox:
         *,
         clock_ms: Any = None,
         max_page_count: int | None = None,
+        reserve_bytes: int = RESERVE_BYTES,
     ) -> None:
         """Open (or create) the outbox at ``settings.path``.
 
         ``max_page_count`` caps the database file (in pages) as a hard size limit; tests use it
         to simulate a full disk.  ``clock_ms`` (a ``() -> int``) replaces the wall clock in tests.
+        ``reserve_bytes`` is the size of the ballast file kept for a full disk (0: none).
         """
         self.settings = settings
         self.path = Path(settings.path)
@@ -255,6 +281,8 @@ class Outbox:
                 )
             self._db.execute(f"PRAGMA synchronous={settings.synchronous}")
             self._db.execute("PRAGMA busy_timeout=10000")
+            self._db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
+            self._db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
             if max_page_count is not None:
                 self._db.execute(f"PRAGMA max_page_count={int(max_page_count)}")
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
@@ -265,7 +293,8 @@ class Outbox:
                     hint="upgrade the agent, or move the file away to start a fresh outbox",
                 )
             self._db.executescript(_SCHEMA)
-            self._db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+            if version != _SCHEMA_VERSION:
+                self._db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
             self._bytes = self._sum_bytes()
         except sqlite3.DatabaseError as exc:
             self._db.close()
@@ -276,6 +305,11 @@ class Outbox:
         except StorageError:
             self._db.close()
             raise
+        self._page_cap = int(self._db.execute("PRAGMA max_page_count").fetchone()[0])
+        self._pinned = False
+        self._reserve_bytes = max(0, reserve_bytes)
+        self._reserve_path = self.path.with_name(self.path.name + "-reserve")
+        self._ensure_reserve()
 
     # ------------------------------------------------------------------ helpers
 
@@ -287,6 +321,127 @@ class Outbox:
             raise StorageError(
                 f"outbox {self.path} is closed", hint="this is a bug: use the outbox before close()"
             )
+
+    def _ensure_reserve(self) -> None:
+        """Create the ballast file if it is missing (best effort: never fails the caller)."""
+        if self._reserve_bytes <= 0:
+            return
+        try:
+            if self._reserve_path.stat().st_size >= self._reserve_bytes:
+                return
+        except OSError:
+            pass
+        try:
+            with open(self._reserve_path, "wb") as handle:
+                handle.write(b"\0" * self._reserve_bytes)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                self._reserve_path.unlink()
+            log.warning(
+                "outbox: no room for the disk-full reserve",
+                extra={"path": str(self._reserve_path), "bytes": self._reserve_bytes, "error": str(exc)},
+            )
+            return
+        log.debug("outbox reserve in place", extra={"path": str(self._reserve_path)})
+
+    def _release_reserve(self) -> bool:
+        try:
+            self._reserve_path.unlink()
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            log.error(
+                "outbox disk full: cannot delete the reserve",
+                extra={"path": str(self._reserve_path), "error": str(exc)},
+            )
+            return False
+        log.warning(
+            "outbox disk full: released the reserve so the WAL can be checkpointed",
+            extra={"path": str(self._reserve_path), "bytes": self._reserve_bytes},
+        )
+        return True
+
+    def _checkpoint(self, why: str) -> bool:
+        """Copy the WAL into the database and truncate it, giving its disk space back.
+
+        Called when a write fails with ``SQLITE_FULL``; True if the checkpoint completed (so a
+        retry may succeed), False if it could not run (then nothing more can be freed this way).
+        If the checkpoint itself has no room, the reserve is released and it is tried again.
+        """
+        while True:
+            try:
+                busy, frames, _ = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                break
+            except sqlite3.Error as exc:
+                if _is_disk_full(exc) and self._release_reserve():
+                    continue
+                log.error(
+                    "outbox disk full: WAL checkpoint failed",
+                    extra={"path": str(self.path), "during": why, "error": str(exc)},
+                )
+                return False
+        log.log(
+            logging.WARNING if frames else logging.DEBUG,
+            "outbox disk full: WAL checkpointed and truncated to free space",
+            extra={"path": str(self.path), "during": why, "wal_frames": frames, "busy": bool(busy)},
+        )
+        if not busy:
+            self._pin_size(why)
+        return not busy
+
+    def _pin_size(self, why: str) -> None:
+        """After a real ENOSPC, stop the database file from growing any further.
+
+        Growth is what made the disk full, and every page the file grows by must later be
+        written by a checkpoint, which then has no room either.  Capping ``max_page_count`` just
+        above the current size turns growth into an ordinary ``SQLITE_FULL`` *before* anything is
+        written, which the overflow policy handles by evicting rows (their pages are reused); the
+        space the checkpoint freed stays for the WAL.  Lifted once the outbox has drained.
+        """
+        if self._pinned:
+            return
+        try:
+            pages = int(self._db.execute("PRAGMA page_count").fetchone()[0])
+            cap = int(self._db.execute("PRAGMA max_page_count").fetchone()[0])
+            if pages >= cap:
+                return  # the configured cap, not the disk, is what is full
+            pinned = int(self._db.execute(f"PRAGMA max_page_count={pages + _PIN_SLACK_PAGES}").fetchone()[0])
+            page_size = int(self._db.execute("PRAGMA page_size").fetchone()[0])
+        except sqlite3.Error as exc:
+            log.error("outbox disk full: cannot cap the database size", extra={"error": str(exc)})
+            return
+        self._pinned = True
+        log.warning(
+            "outbox disk full: database size capped; the overflow policy now makes room within it",
+            extra={"path": str(self.path), "during": why, "max_bytes_on_disk": pinned * page_size},
+        )
+
+    def _unpin_size(self) -> None:
+        """The outbox drained: lift the size cap and put the reserve back."""
+        if self._pinned:
+            try:
+                self._db.execute(f"PRAGMA max_page_count={self._page_cap}")
+            except sqlite3.Error as exc:
+                log.warning("outbox: cannot lift the database size cap", extra={"error": str(exc)})
+                return
+            self._pinned = False
+            log.info(
+                "outbox drained after a full disk: database size cap lifted", extra={"path": str(self.path)}
+            )
+        if self._reserve_bytes and not self._reserve_path.exists():
+            self._ensure_reserve()
+
+    def _write(self, why: str, work: Callable[[], _T]) -> _T:
+        """Run ``work`` (one whole transaction); on ``SQLITE_FULL`` checkpoint the WAL and retry once."""
+        try:
+            return work()
+        except sqlite3.OperationalError as exc:
+            self._rollback()
+            if not _is_disk_full(exc) or not self._checkpoint(why):
+                raise
+        return work()
 
     def _rollback(self) -> None:
         try:
@@ -427,6 +582,7 @@ class Outbox:
         reason_evict = "evicted_full"
         extra_target = 0
         disk_evict: list[tuple[int, str, int]] = []
+        checkpointed = False
         while True:
             try:
                 return self._commit_put(
@@ -447,6 +603,12 @@ class Outbox:
                 self._rollback()
                 if not _is_disk_full(exc):
                     raise
+                # First give the WAL's space back; escalate (evict, then refuse) only if the same
+                # transaction still does not fit right after a checkpoint.
+                if not checkpointed and self._checkpoint(f"put {kind}"):
+                    checkpointed = True
+                    continue
+                checkpointed = False
                 if refused is not None:
                     # Even the refusal (counter + state) does not fit: give up.
                     raise
@@ -554,20 +716,23 @@ class Outbox:
         ids = list(row_ids)
         if not ids:
             return 0
+
+        def delete() -> tuple[int, int]:
+            self._db.execute("BEGIN IMMEDIATE")
+            deleted = 0
+            freed = 0
+            for row_id in ids:
+                got = self._db.execute("DELETE FROM outbox WHERE id = ? RETURNING size", (row_id,)).fetchone()
+                if got is not None:
+                    deleted += 1
+                    freed += int(got[0])
+            self._db.execute("COMMIT")
+            return deleted, freed
+
         with self._lock:
             self._check_open()
             try:
-                self._db.execute("BEGIN IMMEDIATE")
-                deleted = 0
-                freed = 0
-                for row_id in ids:
-                    got = self._db.execute(
-                        "DELETE FROM outbox WHERE id = ? RETURNING size", (row_id,)
-                    ).fetchone()
-                    if got is not None:
-                        deleted += 1
-                        freed += int(got[0])
-                self._db.execute("COMMIT")
+                deleted, freed = self._write("ack", delete)
             except sqlite3.Error as exc:
                 self._rollback()
                 raise StorageError(
@@ -575,6 +740,8 @@ class Outbox:
                     hint="free disk space; the rows stay queued and will be re-sent (duplicates are harmless)",
                 ) from exc
             self._bytes -= freed
+            if deleted and self._bytes == 0:
+                self._unpin_size()  # a disk-full episode (if any) is over
             return deleted
 
     def mark_attempt(self, row_ids: Iterable[int]) -> None:
@@ -582,14 +749,18 @@ class Outbox:
         ids = list(row_ids)
         if not ids:
             return
+
+        def update() -> None:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany(
+                "UPDATE outbox SET attempts = attempts + 1 WHERE id = ?", [(i,) for i in ids]
+            )
+            self._db.execute("COMMIT")
+
         with self._lock:
             self._check_open()
             try:
-                self._db.execute("BEGIN IMMEDIATE")
-                self._db.executemany(
-                    "UPDATE outbox SET attempts = attempts + 1 WHERE id = ?", [(i,) for i in ids]
-                )
-                self._db.execute("COMMIT")
+                self._write("mark_attempt", update)
             except sqlite3.Error:
                 self._rollback()
                 log.warning(
@@ -598,45 +769,52 @@ class Outbox:
 
     def park(self, row_id: int, reason: str) -> bool:
         """Move a row the broker refused to the parked table; it is never re-sent automatically."""
+
+        def move() -> OutboxRow | None:
+            self._db.execute("BEGIN IMMEDIATE")
+            got = self._db.execute(f"SELECT {_COLUMNS} FROM outbox WHERE id = ?", (row_id,)).fetchone()
+            if got is None:
+                self._db.execute("ROLLBACK")
+                return None
+            row = _row(got)
+            self._db.execute("DELETE FROM outbox WHERE id = ?", (row_id,))
+            if self.settings.max_parked > 0:
+                self._db.execute(
+                    f"INSERT OR REPLACE INTO parked ({_COLUMNS}, reason, parked_ms) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        row.id,
+                        row.topic,
+                        row.payload,
+                        row.qos,
+                        int(row.retain),
+                        row.kind,
+                        row.priority,
+                        row.size,
+                        row.created_ms,
+                        row.attempts,
+                        reason,
+                        self._clock_ms(),
+                    ),
+                )
+            self._db.execute(
+                "DELETE FROM parked WHERE id NOT IN (SELECT id FROM parked ORDER BY id DESC LIMIT ?)",
+                (self.settings.max_parked,),
+            )
+            self._count(Counter({(row.kind, f"rejected:{reason}"): 1}))
+            self._db.execute("COMMIT")
+            return row
+
         with self._lock:
             self._check_open()
             try:
-                self._db.execute("BEGIN IMMEDIATE")
-                got = self._db.execute(f"SELECT {_COLUMNS} FROM outbox WHERE id = ?", (row_id,)).fetchone()
-                if got is None:
-                    self._db.execute("ROLLBACK")
-                    return False
-                row = _row(got)
-                self._db.execute("DELETE FROM outbox WHERE id = ?", (row_id,))
-                if self.settings.max_parked > 0:
-                    self._db.execute(
-                        f"INSERT OR REPLACE INTO parked ({_COLUMNS}, reason, parked_ms) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (
-                            row.id,
-                            row.topic,
-                            row.payload,
-                            row.qos,
-                            int(row.retain),
-                            row.kind,
-                            row.priority,
-                            row.size,
-                            row.created_ms,
-                            row.attempts,
-                            reason,
-                            self._clock_ms(),
-                        ),
-                    )
-                self._db.execute(
-                    "DELETE FROM parked WHERE id NOT IN (SELECT id FROM parked ORDER BY id DESC LIMIT ?)",
-                    (self.settings.max_parked,),
-                )
-                self._count(Counter({(row.kind, f"rejected:{reason}"): 1}))
-                self._db.execute("COMMIT")
+                moved: OutboxRow | None = self._write("park", move)
             except sqlite3.Error as exc:
                 self._rollback()
                 raise StorageError(f"outbox {self.path}: cannot park row {row_id}: {exc}") from exc
-            self._bytes -= row.size
+            if moved is None:
+                return False
+            self._bytes -= moved.size
             return True
 
     def parked(self, limit: int = 100) -> list[ParkedRow]:
@@ -682,12 +860,16 @@ class Outbox:
 
     def set_state(self, state: Mapping[str, StateValue]) -> None:
         """Write key/value pairs atomically (without a message)."""
+
+        def write() -> None:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._write_state(state)
+            self._db.execute("COMMIT")
+
         with self._lock:
             self._check_open()
             try:
-                self._db.execute("BEGIN IMMEDIATE")
-                self._write_state(state)
-                self._db.execute("COMMIT")
+                self._write("set_state", write)
             except sqlite3.Error as exc:
                 self._rollback()
                 raise StorageError(
