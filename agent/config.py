@@ -23,6 +23,8 @@ from agent.transport.settings import MqttSettings, OutboxSettings
 from agent.validation import Strict, parse_mapping, read_toml, suggest
 
 ENV_PREFIX = "EDGEPROOF_"
+# Source URLs are passed to OpenCV as they are, never resolved as paths (agent/inference/sources.py).
+URL_SCHEMES = ("rtsp", "rtsps", "http", "https", "rtmp", "udp", "tcp")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -144,7 +146,7 @@ def _resolve(base: Path, value: str) -> str:
     if (
         not value
         or value == SOURCE_NONE
-        or value.startswith(("synthetic", "rtsp://", "http://", "https://"))
+        or value.startswith(("synthetic", *(f"{scheme}://" for scheme in URL_SCHEMES)))
         or value.isdigit()
     ):
         return value

@@ -51,7 +51,10 @@ log = logging.getLogger(__name__)
 NO_BEACON = "0" * 64
 THERMAL_CHECK_S = 5.0
 STATUS_EVERY_S = 2.0
-SOURCE_RETRY_S = 30.0
+# A lost source is reopened by the main loop with capped exponential backoff, never by
+# sleeping inside read(): heartbeats, windows, watchdog pings and SIGTERM keep running.
+SOURCE_RETRY_MIN_S = 1.0
+SOURCE_RETRY_MAX_S = 30.0
 
 
 def now_ms() -> int:
@@ -98,6 +101,7 @@ class Daemon:
         self.started_ms = clock_ms()
         self._started_mono = time.monotonic()
         self.source: FrameSource | None = None
+        self._source_retry_s = SOURCE_RETRY_MIN_S
         # Heartbeats-only mode: the model stays loaded (challenges are still answered) but no
         # source is opened, so no frames, no inference and no proofs.
         self.inference_enabled = config.inference.source != SOURCE_NONE
@@ -357,11 +361,18 @@ class Daemon:
             log.info("heartbeats-only mode: inference.source is 'none', no frames are read")
             return
         try:
-            self.source = open_source(self.config.inference.source, loop=self.config.inference.loop)
+            # One quick in-place reopen for a live camera/stream; longer outages go back to the loop.
+            self.source = open_source(
+                self.config.inference.source,
+                loop=self.config.inference.loop,
+                max_reopen_attempts=1,
+                backoff_s=(0.5, 0.5),
+            )
+            self._source_retry_s = SOURCE_RETRY_MIN_S
             log.info("source opened", extra={"source": self.source.description})
         except SourceError as exc:
             self.source = None
-            log.error("source unavailable", extra={"error": exc.message, "retry_s": SOURCE_RETRY_S})
+            log.error("source unavailable", extra={"error": exc.message, "retry_s": self._source_retry_s})
 
     def install_signals(self) -> None:
         def handler(signum: int, _frame: Any) -> None:
@@ -393,7 +404,7 @@ class Daemon:
         next_window = start + cfg.proofs.window_s
         next_thermal = start
         next_status = start
-        next_source_retry = start + SOURCE_RETRY_S
+        next_source_retry = start + self._source_retry_s
         watchdog_every = self.notifier.watchdog_s / 2 if self.notifier.watchdog_s else None
         next_watchdog = start
         next_frame = start
@@ -431,7 +442,9 @@ class Daemon:
                     next_status = now + STATUS_EVERY_S
                 if self.inference_enabled and self.source is None and now >= next_source_retry:
                     self._open_source()
-                    next_source_retry = now + SOURCE_RETRY_S
+                    next_source_retry = mono() + self._source_retry_s
+                    if self.source is None:
+                        self._source_retry_s = min(self._source_retry_s * 2, SOURCE_RETRY_MAX_S)
                 if now >= next_frame and self.source is not None and self.thermal_state.rate_bp > 0:
                     self.infer_once()
                     rate = cfg.inference.max_fps * self.thermal_state.rate_bp / 10_000

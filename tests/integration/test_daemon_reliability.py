@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
+import numpy as np
 import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
@@ -942,3 +944,35 @@ def test_heartbeats_only_mode_and_prometheus_endpoint(tmp_path: Path) -> None:
             break
     else:
         raise AssertionError("no 'metrics endpoint listening' log line")
+
+
+def test_missing_source_is_retried_from_the_main_loop_while_heartbeats_continue(tmp_path: Path) -> None:
+    """A source that is not there yet never blocks the loop: heartbeats flow, then proofs once it appears."""
+    broker = MosquittoBroker(tmp_path / "broker")
+    broker.start()
+    collector = collector_for(broker, "late-source")
+    folder = tmp_path / "frames"  # does not exist when the daemon starts
+    config = write_config(tmp_path / "device", broker, source=str(folder), max_fps=5.0)
+    daemon = DaemonProcess(config, tmp_path / "daemon.log")
+    daemon.start()
+    try:
+        wait_until(lambda: capture_of(collector).kinds()["heartbeat"] >= 4, 60, "heartbeats without a source")
+        assert daemon.status()["counters"].get("inferences", 0) == 0
+        folder.mkdir()
+        for i in range(3):
+            assert cv2.imwrite(str(folder / f"{i}.png"), np.full((48, 64, 3), 40 * i, np.uint8))
+        wait_until(lambda: capture_of(collector).kinds()["proof"] >= 1, 90, "a proof once the folder exists")
+        assert daemon.terminate() == 0, daemon.tail()
+    finally:
+        daemon.ensure_dead()
+        cap = capture_of(collector)
+        collector.close()
+        broker.kill()
+    retries = [r for r in daemon.logs() if r.get("msg") == "source unavailable"]
+    # Backoff from 1 s doubling: a handful of attempts, each logged with its next delay, never a flood.
+    assert 2 <= len(retries) <= 8, [r.get("retry_s") for r in retries]
+    delays = [r["retry_s"] for r in retries]
+    assert delays == sorted(delays) and delays[0] == 1.0
+    assert any(r.get("msg") == "source opened" for r in daemon.logs())
+    report = verify_capture(cap.lines, prefix=PREFIX)
+    assert report.ok, [p.to_dict() for p in report.problems]

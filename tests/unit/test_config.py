@@ -194,3 +194,12 @@ def test_wallet_and_coordinator_key_must_be_base58_addresses(tmp_path):
         "environment variable EDGEPROOF_COORDINATOR__PUBKEY: coordinator.pubkey: "
         "not a base58 Solana address (String is the wrong size): 'abc'"
     )
+
+
+@pytest.mark.parametrize(
+    "url", ["rtsp://cam/live", "rtsps://cam.local/live", "rtmp://h/app", "udp://239.0.0.1:5000", "tcp://h:9"]
+)
+def test_stream_urls_are_not_resolved_as_paths(tmp_path, url):
+    path = tmp_path / "agent.toml"
+    path.write_text(f'[inference]\nsource = "{url}"\n', encoding="utf-8")
+    assert load_config(path, env={}).inference.source == url
