@@ -41,7 +41,7 @@ from agent.inference.runtime import backend_settings, resolve_profile
 from agent.inference.sources import FrameSource, open_source
 from agent.protocol.chain import ChainSigner
 from agent.protocol.envelope import GENESIS_PREV, Envelope, verify_envelope
-from agent.protocol.messages import Challenge, Health, Heartbeat, Status, Verdict
+from agent.protocol.messages import Beacon, Challenge, Health, Heartbeat, Status, Verdict
 from agent.protocol.topics import Topics
 from agent.transport.mqtt import MqttTransport
 from agent.transport.outbox import Outbox
@@ -209,6 +209,12 @@ class Daemon:
                 raise ProtocolError(
                     f"{kind} is addressed to device {addressed}, not us", reason="wrong_device"
                 )
+            if isinstance(env.body, Beacon) and env.body.slot < self.beacon[0]:
+                # A replayed old (genuinely signed) beacon would make our heartbeats stale.
+                raise ProtocolError(
+                    f"beacon slot {env.body.slot} is older than the current slot {self.beacon[0]}",
+                    reason="replay",
+                )
             return env
         except ProtocolError as exc:
             self._reject(exc.reason)
@@ -226,8 +232,8 @@ class Daemon:
     def on_beacon(self, topic: str, payload: bytes) -> None:
         env = self._verify_inbound(topic, payload, "beacon")
         if env is not None:
-            body = env.body
-            self.beacon = (int(getattr(body, "slot", 0)), str(getattr(body, "nonce", NO_BEACON)))
+            assert isinstance(env.body, Beacon)
+            self.beacon = (env.body.slot, env.body.nonce)
 
     def on_challenge(self, topic: str, payload: bytes) -> None:
         env = self._verify_inbound(topic, payload, "challenge")

@@ -663,6 +663,9 @@ def test_hostile_inbound_is_rejected_by_reason_and_the_daemon_keeps_working(tmp_
             if kind != "beacon":
                 hostile.append((topic, coordinator_envelope(kind, other[kind]).wire, "wrong_device"))
         hostile.append((topics["challenge"], b"\x00" * 1_000_000, "oversized"))
+        # A genuine but older beacon (a replay) must not roll the heartbeats' beacon back.
+        old_beacon = Beacon(slot=2, nonce="bb" * 32, time_ms=now_ms(), slot_ms=30_000)
+        hostile.append((topics["beacon"], coordinator_envelope("beacon", old_beacon).wire, "replay"))
         # Valid envelopes the daemon must still refuse to act on (answer_challenges):
         expired = Challenge(device=DEV, nonce="55" * 32, model_sha256=card.sha256, deadline_ms=now_ms() - 1)
         wrong_model = Challenge(
@@ -694,6 +697,8 @@ def test_hostile_inbound_is_rejected_by_reason_and_the_daemon_keeps_working(tmp_
             30,
             "heartbeats after the garbage",
         )
+        late = [e for e in capture_of(collector).of_kind("heartbeat") if e.ts > after_garbage_ms]
+        assert {e.body.beacon_nonce for e in late} == {"aa" * 32}, "the beacon replay rolled it back"  # type: ignore[attr-defined]
         assert daemon.alive(), daemon.tail()
 
         expected = Counter(reason for _, _, reason in hostile + refused)
