@@ -95,6 +95,8 @@ WAL_AUTOCHECKPOINT_PAGES = 16
 WAL_SIZE_LIMIT = 1024 * 1024
 #: Default size of the ballast file released when the disk is full (see "Full disk").
 RESERVE_BYTES = 128 * 1024
+#: Seconds between attempts to re-create the reserve after it was released.
+_RESERVE_RETRY_S = 60.0
 #: Pages the database may still grow by once a full disk capped its size.
 _PIN_SLACK_PAGES = 4
 
@@ -307,6 +309,7 @@ class Outbox:
             raise
         self._page_cap = int(self._db.execute("PRAGMA max_page_count").fetchone()[0])
         self._pinned = False
+        self._reserve_retry_at = 0.0
         self._reserve_bytes = max(0, reserve_bytes)
         self._reserve_path = self.path.with_name(self.path.name + "-reserve")
         self._ensure_reserve()
@@ -431,7 +434,10 @@ class Outbox:
                 "outbox drained after a full disk: database size cap lifted", extra={"path": str(self.path)}
             )
         if self._reserve_bytes and not self._reserve_path.exists():
-            self._ensure_reserve()
+            now = time.monotonic()
+            if now >= self._reserve_retry_at:  # at most once a minute while the disk stays full
+                self._reserve_retry_at = now + _RESERVE_RETRY_S
+                self._ensure_reserve()
 
     def _write(self, why: str, work: Callable[[], _T]) -> _T:
         """Run ``work`` (one whole transaction); on ``SQLITE_FULL`` checkpoint the WAL and retry once."""
