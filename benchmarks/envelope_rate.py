@@ -397,6 +397,11 @@ def bound(fp: FullPath, cores: int, synchronous: str) -> tuple[str, dict[str, fl
                 if synchronous == "FULL"
                 else "outbox SQLite commits and lock contention (no fsync per commit with NORMAL)"
             )
+            if evidence["cores_this_process"] >= 0.7:
+                name += (
+                    f"; this process is also close to its ~1-core GIL ceiling "
+                    f"({evidence['cores_this_process']:.2f} cores)"
+                )
         elif evidence["producer_cpu"] >= evidence["producer_other_wait"]:
             name = "CPU of this process (building and signing)"
         else:
@@ -495,7 +500,8 @@ def main() -> int:
     )
     print(f"  raw ed25519 sign (solders)        {raw:9,.0f} msg/s   (median of rounds {spread})")
     print(f"  build + sign + chain (memory)     {chain_rate:9,.0f} msg/s")
-    print(f"  outbox commit only (WAL, {args.synchronous:<6}) {commit_rate:9,.0f} msg/s")
+    label = f"outbox commit only (WAL, {args.synchronous})"
+    print(f"  {label:<33} {commit_rate:9,.0f} msg/s")
     print(
         f"  full path to PUBACK, outbox empty {fp.rate:9,.0f} msg/s   ({fp.wall_s:.2f} s; last one queued at "
         f"{fp.enqueue_s:.2f} s; in-flight window {args.max_inflight})"
