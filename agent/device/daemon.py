@@ -75,6 +75,7 @@ class Daemon:
             threads=inf.threads,
             onnx_providers=inf.onnx_providers or None,
             litert_delegates=inf.litert_delegates or None,
+            spin_wait=inf.max_fps == 0,  # paced frames: idle workers sleep instead of spinning
         )
         self.pipeline = Pipeline.open(inf.model, settings, inf.backend or None)
         self.card = self.pipeline.loaded.card

@@ -21,10 +21,12 @@ def backend_settings(
     threads: int = 0,
     onnx_providers: list[str] | None = None,
     litert_delegates: list[str] | None = None,
+    spin_wait: bool = True,
 ) -> BackendSettings:
     defaults = profile.inference
     return BackendSettings(
         threads=threads or defaults.threads,
         onnx_providers=tuple(onnx_providers or defaults.onnx_providers),
         litert_delegates=tuple(litert_delegates or defaults.litert_delegates),
+        spin_wait=spin_wait,
     )

@@ -461,3 +461,10 @@ def test_labels_file_missing_or_not_fitting_the_output(card_path):
     )
     labels.write_text("\n".join(f"label {i}" for i in range(10)) + "\n\n")  # blank lines are ignored
     assert create_decoder(load_card(card_path)).labels == [f"label {i}" for i in range(10)]
+
+
+@pytest.mark.parametrize("spin_wait, expected", [(True, "1"), (False, "0")])
+def test_onnx_spin_wait_setting_reaches_the_session(card_path, spin_wait, expected):
+    backend = create_backend(load_card(card_path), BackendSettings(threads=1, spin_wait=spin_wait))
+    options = backend._session.get_session_options()  # type: ignore[attr-defined]
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == expected

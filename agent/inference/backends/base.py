@@ -27,6 +27,10 @@ class BackendSettings:
     threads: int = 2
     onnx_providers: tuple[str, ...] = ("CPUExecutionProvider",)
     litert_delegates: tuple[str, ...] = ("xnnpack",)
+    # ONNX Runtime's intra-op workers spin after each run waiting for the next one.  That buys
+    # throughput when inferences run back to back, and burns ~5x the CPU of the inference itself
+    # when the daemon paces frames (max_fps > 0), so the daemon turns it off there.
+    spin_wait: bool = True
 
 
 @dataclass(frozen=True)

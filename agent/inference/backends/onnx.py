@@ -82,6 +82,9 @@ class OnnxBackend(Backend):
         options.intra_op_num_threads = settings.threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.add_session_config_entry(
+            "session.intra_op.allow_spinning", "1" if settings.spin_wait else "0"
+        )
         try:
             self._session = ort.InferenceSession(
                 str(loaded.model_path), sess_options=options, providers=providers
