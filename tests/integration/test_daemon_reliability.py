@@ -614,7 +614,9 @@ def test_hostile_inbound_is_rejected_by_reason_and_the_daemon_keeps_working(tmp_
         )
         publisher.publish(topics["beacon"], beacon.wire, retain=True)  # as a coordinator does
         wait_until(
-            lambda: any(e.body.beacon_nonce == "aa" * 32 for e in capture_of(collector).of_kind("heartbeat")),  # type: ignore[attr-defined]
+            lambda: any(
+                e.raw["body"]["beacon_nonce"] == "aa" * 32 for e in capture_of(collector).of_kind("heartbeat")
+            ),
             90,
             "a heartbeat quoting the coordinator's beacon",
         )
@@ -688,7 +690,11 @@ def test_hostile_inbound_is_rejected_by_reason_and_the_daemon_keeps_working(tmp_
         )
         publisher.publish(topics["challenge"], coordinator_envelope("challenge", challenge, seq=9).wire)
         responses = wait_until(
-            lambda: [e for e in capture_of(collector).of_kind("challenge_response") if e.body.nonce == nonce],  # type: ignore[attr-defined]
+            lambda: [
+                e
+                for e in capture_of(collector).of_kind("challenge_response")
+                if e.raw["body"]["nonce"] == nonce
+            ],
             60,
             "the answer to the valid challenge sent after the garbage",
         )
@@ -698,7 +704,9 @@ def test_hostile_inbound_is_rejected_by_reason_and_the_daemon_keeps_working(tmp_
             "heartbeats after the garbage",
         )
         late = [e for e in capture_of(collector).of_kind("heartbeat") if e.ts > after_garbage_ms]
-        assert {e.body.beacon_nonce for e in late} == {"aa" * 32}, "the beacon replay rolled it back"  # type: ignore[attr-defined]
+        assert {e.raw["body"]["beacon_nonce"] for e in late} == {"aa" * 32}, (
+            "the beacon replay rolled it back"
+        )
         assert daemon.alive(), daemon.tail()
 
         expected = Counter(reason for _, _, reason in hostile + refused)
@@ -743,12 +751,12 @@ def test_hostile_inbound_is_rejected_by_reason_and_the_daemon_keeps_working(tmp_
     )
     want, _ = expected_sketch(local, nonce)
     assert len(responses) == 1
-    assert sketch_matches(responses[0].body.sketch, want)  # type: ignore[attr-defined]
+    assert sketch_matches(responses[0].raw["body"]["sketch"], want)
 
     # Still a clean chain, and no answer to any of the refused challenges.
     report = verify_capture(cap.lines, prefix=PREFIX)
     assert report.ok, [p.to_dict() for p in report.problems]
-    answered = {e.body.nonce for e in cap.of_kind("challenge_response")}  # type: ignore[attr-defined]
+    answered = {e.raw["body"]["nonce"] for e in cap.of_kind("challenge_response")}
     assert answered == {nonce}
 
     # /metrics counts the same rejections.
