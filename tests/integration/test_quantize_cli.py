@@ -69,18 +69,39 @@ def test_quantize_cli_json_end_to_end(tmp_path: Path) -> None:
 
 @pytest.mark.integration
 def test_quantize_cli_refuses_with_exit_code_and_writes_nothing(tmp_path: Path) -> None:
-    card = write_card(tmp_path)
+    card = write_card(tmp_path, near_tie=True)  # int8 cannot represent what decides the fp32 winner
     out = tmp_path / "tiny-int8.onnx"
     result = edgeproof(
         "models", "quantize", "--card", str(card), "--calib", str(CALIB), "--out", str(out),
-        "--metric", "top5", "--threshold", "1.5", "--holdout", "0.1", "--rounds", "1", "--threads", "1",
+        "--metric", "all", "--threshold", "0.95", "--holdout", "0.1", "--rounds", "1", "--threads", "1",
     )  # fmt: skip
-    assert result.returncode == 7
-    assert result.stderr.startswith(
-        "edgeproof: error: refused: fp32 top-1 in int8 top-5 is 100.0%, under the threshold 150.0%"
-    )
+    assert result.returncode == 7, result.stderr
+    assert result.stderr.startswith("edgeproof: error: refused: top-1 agreement on all held-out images is ")
+    assert "under the threshold 95.0%" in result.stderr
+    assert f"{out} was not written" in result.stderr
     assert "Traceback" not in result.stderr
     assert not out.exists() and not out.with_suffix(".toml").exists()
+
+
+@pytest.mark.integration
+def test_quantize_cli_threshold_above_one_is_a_usage_error(tmp_path: Path) -> None:
+    card = write_card(tmp_path)
+    args = [
+        "models",
+        "quantize",
+        "--card",
+        str(card),
+        "--calib",
+        str(CALIB),
+        "--out",
+        str(tmp_path / "x.onnx"),
+    ]
+    result = edgeproof(*args, "--threshold", "1.5")
+    assert result.returncode == 2
+    assert result.stderr == (
+        "edgeproof: error: --threshold must be a fraction between 0 and 1, got 1.5\n"
+        "  fix: e.g. --threshold 0.95 for 95% agreement\n"
+    )
 
 
 @pytest.mark.integration

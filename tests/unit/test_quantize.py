@@ -19,12 +19,18 @@ CALIB = Path(__file__).resolve().parents[1] / "data" / "calib"
 CLASSES = 4
 
 
-def tiny_classifier(path: Path, seed: int = 0) -> None:
-    """Conv(3->8, 3x3, stride 2) + Relu + GlobalAveragePool + Flatten + Gemm(8->4) on 1x3x32x32."""
+def tiny_classifier(path: Path, seed: int = 0, *, near_tie: bool = False) -> None:
+    """Conv(3->8, 3x3, stride 2) + Relu + GlobalAveragePool + Flatten + Gemm(8->4) on 1x3x32x32.
+
+    ``near_tie``: the classifier rows differ by ~1e-3, so the fp32 winner is decided by
+    differences int8 cannot represent: quantization must disagree with the float model.
+    """
     rng = np.random.default_rng(seed)
     w = rng.normal(0, 0.5, (8, 3, 3, 3)).astype(np.float32)
     b = rng.normal(0, 0.1, (8,)).astype(np.float32)
     fc = rng.normal(0, 2.0, (CLASSES, 8)).astype(np.float32)
+    if near_tie:
+        fc = (fc[:1] + rng.normal(0, 1e-3, (CLASSES, 8))).astype(np.float32)
     fb = np.zeros((CLASSES,), np.float32)
     nodes = [
         helper.make_node("Conv", ["input", "w", "b"], ["c"], strides=[2, 2], pads=[1, 1, 1, 1], name="conv"),
@@ -46,9 +52,14 @@ def tiny_classifier(path: Path, seed: int = 0) -> None:
     onnx.save(model, str(path))
 
 
-def write_card(directory: Path, *, decoder: str = 'kind = "classification"\nlabels = "labels.txt"') -> Path:
+def write_card(
+    directory: Path,
+    *,
+    decoder: str = 'kind = "classification"\nlabels = "labels.txt"',
+    near_tie: bool = False,
+) -> Path:
     model = directory / "tiny-fp32.onnx"
-    tiny_classifier(model)
+    tiny_classifier(model, near_tie=near_tie)
     (directory / "labels.txt").write_text("a\nb\nc\nd\n", encoding="utf-8")
     digest = hashlib.sha256(model.read_bytes()).hexdigest()
     card = directory / "tiny-fp32.toml"
