@@ -103,6 +103,7 @@ def make_messages(count: int, seed: int = 7) -> list[tuple[str, Body, int]]:
                 "model_id": card["id"],
                 "model_sha256": card["sha256"],
                 "inferences": rng.randint(250, 300),
+                "leaf_hash": "blake3",
                 "input_root": rng.randbytes(32).hex(),
                 "output_root": rng.randbytes(32).hex(),
                 "summary": {label: rng.randint(1, 60) for label in rng.sample(labels, rng.randint(3, 12))},

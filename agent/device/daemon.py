@@ -35,7 +35,7 @@ from agent.device.thermal import ThermalGovernor, ThermalState
 from agent.device.window import WorkWindow
 from agent.errors import EdgeproofError, ProtocolError, SourceError, StorageError
 from agent.identity import device_id, load_keypair
-from agent.inference.commitments import CommitmentHasher
+from agent.inference.commitments import CommitmentHasher, default_leaf_hash
 from agent.inference.pipeline import Pipeline
 from agent.inference.runtime import backend_settings, resolve_profile
 from agent.inference.sources import FrameSource, open_source
@@ -107,6 +107,7 @@ class Daemon:
         # source is opened, so no frames, no inference and no proofs.
         self.inference_enabled = config.inference.source != SOURCE_NONE
         self.hasher = CommitmentHasher()
+        self.leaf_hash = default_leaf_hash()
         self.window = self._new_window()
         log.info(
             "daemon configured",
@@ -115,6 +116,7 @@ class Daemon:
                 "profile": self.profile.id,
                 "chain_seq": seq,
                 "mode": "inference" if self.inference_enabled else "heartbeats-only",
+                "leaf_hash": self.leaf_hash,
                 **self.pipeline.describe(),
             },
         )
@@ -122,7 +124,7 @@ class Daemon:
     # ------------------------------------------------------------------ emitting
 
     def _new_window(self) -> WorkWindow:
-        return WorkWindow(self.clock_ms(), self.card.id, self.card.sha256, self.hasher)
+        return WorkWindow(self.clock_ms(), self.card.id, self.card.sha256, self.hasher, self.leaf_hash)
 
     def emit(self, kind: str, body: Any, *, retain: bool = False) -> Envelope | None:
         """Sign, chain and queue one message.  Returns None if nothing could be stored."""
@@ -298,6 +300,7 @@ class Daemon:
             "inference": {
                 **self.pipeline.describe(),
                 "mode": "inference" if self.inference_enabled else "heartbeats-only",
+                "leaf_hash": self.leaf_hash,
             },
             "chain": {"seq": seq, "head": head, "last_acked_seq": self.last_acked_seq()},
             "outbox": outbox,

@@ -7,7 +7,7 @@ from collections import Counter
 import numpy as np
 
 from agent import __version__
-from agent.inference.commitments import CommitmentHasher, Commitments
+from agent.inference.commitments import CommitmentHasher, Commitments, LeafHash, default_leaf_hash
 from agent.inference.pipeline import LatencyStats
 from agent.protocol.messages import MAX_SUMMARY_LABELS, Health, Latency, Proof
 
@@ -15,12 +15,19 @@ OTHER_LABEL = "other"
 
 
 class WorkWindow:
-    def __init__(self, start_ms: int, model_id: str, model_sha256: str, hasher: CommitmentHasher) -> None:
+    def __init__(
+        self,
+        start_ms: int,
+        model_id: str,
+        model_sha256: str,
+        hasher: CommitmentHasher,
+        leaf_hash: LeafHash | None = None,
+    ) -> None:
         self.start_ms = start_ms
         self.model_id = model_id
         self.model_sha256 = model_sha256
         self.hasher = hasher
-        self.commitments = Commitments()
+        self.commitments = Commitments(leaf_hash or default_leaf_hash())
         self.latency = LatencyStats()
         self.counts: Counter[str] = Counter()
         self._inferences = 0
@@ -58,6 +65,7 @@ class WorkWindow:
             model_id=self.model_id,
             model_sha256=self.model_sha256,
             inferences=self.inferences,
+            leaf_hash=self.commitments.leaf_hash,
             input_root=self.commitments.inputs.root_hex(),
             output_root=self.commitments.outputs.root_hex(),
             summary=self.summary(),

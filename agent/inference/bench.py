@@ -28,7 +28,7 @@ import numpy as np
 
 from agent.errors import EdgeproofError
 from agent.inference.backends.base import BackendSettings
-from agent.inference.commitments import CommitmentHasher, Commitments
+from agent.inference.commitments import CommitmentHasher, Commitments, LeafHash, default_leaf_hash
 from agent.inference.pipeline import Pipeline
 from agent.inference.sources import synthetic_frame
 
@@ -41,6 +41,7 @@ class BenchResult:
     backend: str
     provider: str
     threads: int
+    leaf_hash: str
     frames: int
     bare_fps: float
     agent_fps: float
@@ -62,11 +63,16 @@ def prepared_inputs(pipeline: Pipeline, count: int) -> list[tuple[np.ndarray, np
     return pairs
 
 
-def agent_loop(pipeline: Pipeline, pairs: list[tuple[np.ndarray, np.ndarray]], frames: int) -> float:
-    """Seconds for ``frames`` inferences on the agent path."""
+def agent_loop(
+    pipeline: Pipeline,
+    pairs: list[tuple[np.ndarray, np.ndarray]],
+    frames: int,
+    leaf_hash: LeafHash | None = None,
+) -> float:
+    """Seconds for ``frames`` inferences on the agent path (the daemon's leaf hash by default)."""
     run = pipeline.backend.run
     hasher = CommitmentHasher()
-    window = Commitments()
+    window = Commitments(leaf_hash or default_leaf_hash())
     start = time.perf_counter()
     for i in range(frames):
         tensor, resized = pairs[i % len(pairs)]
@@ -185,6 +191,7 @@ def run_bench(
         backend=info.backend,
         provider=info.provider,
         threads=info.threads,
+        leaf_hash=default_leaf_hash(),
         frames=frames,
         bare_fps=round(bare_fps, 2),
         agent_fps=round(agent_fps, 2),

@@ -158,9 +158,11 @@ class Proof(Strict):
     model_id: Ident
     model_sha256: Hex64
     inferences: U32
-    #: Merkle root (RFC 6962) over SHA-256 digests of each input tensor in the window.
+    #: The 32-byte tensor digest the Merkle items are made with: BLAKE3 or SHA-256.
+    leaf_hash: Literal["blake3", "sha256"]
+    #: Merkle root (RFC 6962) over the ``leaf_hash`` digest of each input (resized uint8 image).
     input_root: Hex64
-    #: Merkle root (RFC 6962) over SHA-256 digests of each output tensor in the window.
+    #: Merkle root (RFC 6962) over the ``leaf_hash`` digest of each inference's output tensors.
     output_root: Hex64
     #: Aggregate counts per class label over the window (at most 32 labels).
     summary: Annotated[dict[Label, U32], Field(max_length=MAX_SUMMARY_LABELS)]

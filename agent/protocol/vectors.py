@@ -46,6 +46,7 @@ def proof_body(start_ms: int = TS - 60_000, end_ms: int = TS) -> dict[str, Any]:
         "model_id": "efficientnet-lite0-int8",
         "model_sha256": hashlib.sha256(b"model").hexdigest(),
         "inferences": 1800,
+        "leaf_hash": "blake3",
         "input_root": hashlib.sha256(b"inputs").hexdigest(),
         "output_root": hashlib.sha256(b"outputs").hexdigest(),
         "summary": {"person": 12, "vélo": 3},
@@ -74,6 +75,24 @@ def merkle_vectors() -> dict[str, Any]:
         "node_leaf0_leaf1": node_hash(leaf_hash(items[0]), leaf_hash(items[1])).hex(),
         "empty_root": EMPTY_ROOT.hex(),
         "roots": roots,
+    }
+
+
+def leaf_vectors() -> dict[str, Any]:
+    """Merkle items of one inference: the digest of the resized uint8 image, and of the outputs."""
+    from blake3 import blake3
+
+    image = np.arange(48, dtype=np.uint8).reshape(4, 4, 3)
+    outputs = [np.array([[0.5, -1.25]], dtype="<f4"), np.array([[7]], dtype="<i8")]
+    joined = b"".join(o.tobytes() for o in outputs)
+    return {
+        "image": "uint8 (4,4,3) = arange(48), C order",
+        "outputs": "float32 (1,2) [[0.5, -1.25]] then int64 (1,1) [[7]], little-endian, concatenated",
+        "input_item": {
+            "blake3": blake3(image.tobytes()).hexdigest(),
+            "sha256": hashlib.sha256(image.tobytes()).hexdigest(),
+        },
+        "output_item": {"blake3": blake3(joined).hexdigest(), "sha256": hashlib.sha256(joined).hexdigest()},
     }
 
 
@@ -121,6 +140,7 @@ def generate() -> dict[str, Any]:
             "envelope_hash": nxt.hash,
         },
         "merkle": merkle_vectors(),
+        "leaf_items": leaf_vectors(),
         "challenge": challenge_vectors(),
     }
 

@@ -49,7 +49,7 @@ from solders.keypair import Keypair
 
 from agent.identity import device_id, write_keypair
 from agent.inference.cards import load_card
-from agent.inference.commitments import input_digest, output_digest
+from agent.inference.commitments import LEAF_HASHES, default_leaf_hash, input_digest, output_digest
 from agent.inference.pipeline import Pipeline
 from agent.inference.preprocess import Preprocessor
 from agent.inference.runtime import backend_settings, resolve_profile
@@ -94,8 +94,9 @@ def canary_sources(frames: list[np.ndarray]) -> dict[str, bytes]:
         sources[f"frame{i}.resized_chw"] = np.ascontiguousarray(prepared.resized.transpose(2, 0, 1)).tobytes()
         sources[f"frame{i}.tensor"] = prepared.tensor.tobytes()
         sources[f"frame{i}.outputs"] = b"".join(np.ascontiguousarray(o).tobytes() for o in outputs)
-        sources[f"frame{i}.input_digest"] = input_digest(prepared.resized)
-        sources[f"frame{i}.output_digest"] = output_digest(outputs)
+        for leaf_hash in LEAF_HASHES:  # whichever the daemon uses, its per-frame digests are canaries too
+            sources[f"frame{i}.input_digest.{leaf_hash}"] = input_digest(prepared.resized, leaf_hash)
+            sources[f"frame{i}.output_digest.{leaf_hash}"] = output_digest(outputs, leaf_hash)
     return sources
 
 
@@ -472,8 +473,9 @@ def test_nothing_the_camera_saw_leaves_the_device(tmp_path: Path, mosquitto: Mos
     done = 0
     for proof in proofs:
         order = [(done + j) % FRAMES for j in range(proof.inferences)]
-        inputs = merkle_root(sources[f"frame{i}.input_digest"] for i in order)
-        outputs = merkle_root(sources[f"frame{i}.output_digest"] for i in order)
+        assert proof.leaf_hash == default_leaf_hash()
+        inputs = merkle_root(sources[f"frame{i}.input_digest.{proof.leaf_hash}"] for i in order)
+        outputs = merkle_root(sources[f"frame{i}.output_digest.{proof.leaf_hash}"] for i in order)
         assert proof.input_root == inputs.hex(), "the daemon saw other pixels than the canary forms"
         assert proof.output_root == outputs.hex(), "the daemon's outputs differ from the canary outputs"
         done += proof.inferences

@@ -5,6 +5,7 @@ import socket
 
 import numpy as np
 import pytest
+from blake3 import blake3
 from solders.keypair import Keypair
 
 from agent.device.challenges import ChallengeResponder, challenge_tensor, expected_sketch
@@ -59,9 +60,10 @@ def test_health_without_sensors(tmp_path):
     assert reading.temp_mc is None and reading.throttled is False
 
 
-def test_window_commits_to_every_inference_and_aggregates():
+@pytest.mark.parametrize("leaf_hash", ["blake3", "sha256"])
+def test_window_commits_to_every_inference_and_aggregates(leaf_hash):
     # batch 2 with 5 inferences: two hand-offs to the hashing thread and a remainder that close() flushes
-    window = WorkWindow(1_000, "tiny", "ab" * 32, CommitmentHasher(batch=2))
+    window = WorkWindow(1_000, "tiny", "ab" * 32, CommitmentHasher(batch=2), leaf_hash)
     rng = np.random.default_rng(7)
     images = [rng.integers(0, 256, (8, 8, 3), dtype=np.uint8) for _ in range(5)]
     outputs = [[rng.standard_normal((1, 4)).astype(np.float32), np.full((2,), i, np.int64)] for i in range(5)]
@@ -70,8 +72,12 @@ def test_window_commits_to_every_inference_and_aggregates():
     proof = window.close(61_000, HEALTH)
     assert proof.inferences == 5
     # leaves: SHA-256 of the image bytes, and of the output tensors' bytes concatenated in order
-    input_leaves = [hashlib.sha256(image.tobytes()).digest() for image in images]
-    output_leaves = [hashlib.sha256(b"".join(o.tobytes() for o in outs)).digest() for outs in outputs]
+    digest = {"blake3": lambda b: blake3(b).digest(), "sha256": lambda b: hashlib.sha256(b).digest()}[
+        leaf_hash
+    ]
+    input_leaves = [digest(image.tobytes()) for image in images]
+    output_leaves = [digest(b"".join(o.tobytes() for o in outs)) for outs in outputs]
+    assert proof.leaf_hash == leaf_hash
     assert proof.input_root == merkle_root(input_leaves).hex()
     assert proof.output_root == merkle_root(output_leaves).hex()
     assert proof.summary == {"dog": 3, "cat": 2}

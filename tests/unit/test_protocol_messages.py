@@ -46,6 +46,7 @@ def max_bodies() -> dict[str, dict[str, Any]]:
             "model_id": IDENT,
             "model_sha256": H,
             "inferences": U32,
+            "leaf_hash": "sha256",
             "input_root": H,
             "output_root": H,
             "summary": {LABEL[: 32 - len(str(i))] + str(i): U32 for i in range(32)},

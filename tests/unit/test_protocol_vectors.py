@@ -63,6 +63,7 @@ def test_doc_quotes_the_vectors() -> None:
         v["next_envelope"]["envelope_hash"],
         v["merkle"]["leaf_0"],
         *(v["merkle"]["roots"][n] for n in ("0", "2", "3", "5", "7")),
+        *(v["leaf_items"][item][h] for item in ("input_item", "output_item") for h in ("blake3", "sha256")),
         v["challenge"]["nonce_hex"],
         v["challenge"]["uint8_first16_hex"],
         v["challenge"]["uint8_sha256"],
@@ -71,6 +72,20 @@ def test_doc_quotes_the_vectors() -> None:
     ]
     missing = [value for value in quoted if value not in doc]
     assert missing == []
+
+
+def test_leaf_items_match_the_agents_commitments() -> None:
+    """The documented items are exactly what agent/inference/commitments.py computes."""
+    import numpy as np
+
+    from agent.inference.commitments import input_digest, output_digest
+
+    v = generate()["leaf_items"]
+    image = np.arange(48, dtype=np.uint8).reshape(4, 4, 3)
+    outputs = [np.array([[0.5, -1.25]], dtype=np.float32), np.array([[7]], dtype=np.int64)]
+    for h in ("blake3", "sha256"):
+        assert input_digest(image, h).hex() == v["input_item"][h]
+        assert output_digest(outputs, h).hex() == v["output_item"][h]
 
 
 def test_doc_states_the_size_bounds() -> None:
