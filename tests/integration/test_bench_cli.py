@@ -25,7 +25,7 @@ def test_bench_json_reports_both_loops_and_each_process_peak_rss() -> None:
             "--model",
             str(CARD),
             "--frames",
-            "60",
+            "250",
             "--threads",
             "1",
             "--json",
@@ -40,7 +40,7 @@ def test_bench_json_reports_both_loops_and_each_process_peak_rss() -> None:
     assert report["model"] == "efficientnet-lite0-int8"
     assert (report["backend"], report["provider"], report["threads"]) == ("onnx", "CPUExecutionProvider", 1)
     assert report["leaf_hash"] == "blake3"
-    assert report["frames"] == 60 and report["blocks"] == 2  # 50-frame blocks: 50 + 10
+    assert report["frames"] == 250 and report["blocks"] == 3  # 100-frame blocks: 100 + 100 + 50
     assert report["bare_fps"] > 0 and report["agent_fps"] > 0
     assert report["ratio_of_totals"] == pytest.approx(report["agent_fps"] / report["bare_fps"], abs=1e-3)
     assert 0 < report["ratio_p10"] <= report["ratio"]
