@@ -167,8 +167,11 @@ def measure_rss(card_path: str, pipeline: Pipeline, frames: int) -> tuple[float,
     info = pipeline.backend.info
     pairs = prepared_inputs(pipeline, DISTINCT_TENSORS)
     with tempfile.TemporaryDirectory(prefix="edgeproof-bench-") as tmp:
+        # Both children read their inputs from files made here, so neither pays for making them.
         tensors = Path(tmp) / "tensors.npy"
+        resized = Path(tmp) / "resized.npy"
         np.save(tensors, np.stack([t for t, _ in pairs]))
+        np.save(resized, np.stack([r for _, r in pairs]))
         worker = Path(__file__).with_name("bare_worker.py")
         bare = _child(
             [
@@ -188,6 +191,8 @@ def measure_rss(card_path: str, pipeline: Pipeline, frames: int) -> tuple[float,
                 "-m",
                 "agent.inference.bench",
                 card_path,
+                str(tensors),
+                str(resized),
                 info.backend,
                 str(info.threads),
                 info.provider,
@@ -237,15 +242,16 @@ def run_bench(
 
 
 def _agent_worker(argv: list[str]) -> None:
-    """Child process: the agent path only, reporting its peak RSS."""
-    card_path, backend, threads, provider, frames = argv
+    """Child process: the agent path only, on the parent's tensors, reporting its peak RSS."""
+    card_path, tensors_path, resized_path, backend, threads, provider, frames = argv
     settings = BackendSettings(
         threads=int(threads),
         onnx_providers=(provider,),
         litert_delegates=(provider if provider != "builtin" else "none",),
     )
     pipeline = Pipeline.open(card_path, settings, backend)
-    pairs = prepared_inputs(pipeline, DISTINCT_TENSORS)
+    tensors, resized = np.load(tensors_path), np.load(resized_path)
+    pairs = [(tensors[i], resized[i]) for i in range(len(tensors))]
     n = int(frames)
     agent_loop(pipeline, pairs, min(10, n))
     seconds = agent_loop(pipeline, pairs, n)
