@@ -47,6 +47,9 @@ class InferenceDefaults(Strict):
 
 class ThermalPolicy(Strict):
     zone_glob: str = "sys/class/thermal/thermal_zone*/temp"
+    # Zones whose ``type`` file names one of these are not read (e.g. Jetson's PMIC-Die,
+    # a fixed 100 C placeholder rather than a sensor).
+    ignore_zone_types: list[str] = Field(default_factory=list)
     throttle_c: Annotated[int, Field(ge=30, le=120)] = 80
     resume_c: Annotated[int, Field(ge=20, le=120)] = 70
     critical_c: Annotated[int, Field(ge=30, le=130)] = 85

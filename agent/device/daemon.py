@@ -85,7 +85,8 @@ class Daemon:
         self.signer = ChainSigner(keypair, seq=seq, prev=prev)
         self.topics = Topics(config.mqtt.topic_prefix)
         self.transport = MqttTransport(config.mqtt, self.outbox, client_id=self.dev)
-        self.health_probe = HealthProbe(root, self.profile.thermal.zone_glob)
+        thermal = self.profile.thermal
+        self.health_probe = HealthProbe(root, thermal.zone_glob, thermal.ignore_zone_types)
         self.thermal = ThermalGovernor(self.profile.thermal)
         self.thermal_state: ThermalState = self.thermal.state
         self.responder = ChallengeResponder(self.pipeline, self.dev, clock_ms)

@@ -7,6 +7,7 @@ throttling from the Raspberry Pi firmware flag where it exists.
 from __future__ import annotations
 
 import glob
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,15 +28,21 @@ class HealthReading:
 
 class HealthProbe:
     def __init__(
-        self, root: Path = Path("/"), zone_glob: str = "sys/class/thermal/thermal_zone*/temp"
+        self,
+        root: Path = Path("/"),
+        zone_glob: str = "sys/class/thermal/thermal_zone*/temp",
+        ignore_zone_types: Sequence[str] = (),
     ) -> None:
         self.root = root
         self.zone_glob = zone_glob
+        self.ignore_zone_types = frozenset(ignore_zone_types)
         psutil.cpu_percent(interval=None)  # prime: the next call measures since now
 
     def temperature_mc(self) -> int | None:
         values = []
         for path in sorted(glob.glob(str(self.root / self.zone_glob))):
+            if self.ignore_zone_types and self._zone_type(Path(path)) in self.ignore_zone_types:
+                continue
             try:
                 values.append(int(Path(path).read_text().strip()))
             except (OSError, ValueError):
@@ -50,6 +57,13 @@ class HealthProbe:
         except (OSError, RuntimeError):
             return None
         return int(max(readings) * 1000) if readings else None
+
+    @staticmethod
+    def _zone_type(temp_path: Path) -> str | None:
+        try:
+            return (temp_path.parent / "type").read_text().strip()
+        except OSError:
+            return None
 
     def throttled(self) -> bool:
         try:

@@ -158,3 +158,15 @@ def test_commitment_hasher_keeps_windows_apart_and_reports_errors():
     broken.add(image, [_Unreadable()], 1, [])  # type: ignore[list-item]
     with pytest.raises(RuntimeError, match="commitment hashing failed"):
         broken.close(5, HEALTH)
+
+
+def test_health_skips_ignored_zone_types(tmp_path):
+    for index, (kind, temp) in enumerate(
+        [("CPU-therm", "52000"), ("PMIC-Die", "100000"), ("GPU-therm", "54500")]
+    ):
+        zone = tmp_path / f"sys/class/thermal/thermal_zone{index}"
+        zone.mkdir(parents=True)
+        (zone / "type").write_text(kind + "\n")
+        (zone / "temp").write_text(temp + "\n")
+    assert HealthProbe(tmp_path).read().temp_mc == 100_000  # the placeholder wins by default
+    assert HealthProbe(tmp_path, ignore_zone_types=["PMIC-Die"]).read().temp_mc == 54_500

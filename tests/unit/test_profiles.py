@@ -217,3 +217,9 @@ def test_misspelt_key_under_a_throughput_class_is_located(tmp_path):
         f"  {bad}:11: throughput.detector-small.max_fsp: unknown key 'max_fsp'; did you mean 'max_fps'?\n"
         "  fix: rename 'max_fsp' to 'max_fps'"
     )
+
+
+def test_jetson_nano_ignores_its_pmic_placeholder_zone():
+    from agent.profiles import get_profile, load_profiles
+
+    assert get_profile(load_profiles(), "jetson-nano").thermal.ignore_zone_types == ["PMIC-Die"]
