@@ -24,7 +24,9 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]
         table.add_column(column)
     for row in rows:
         table.add_row(*(str(cell) for cell in row))
-    Console().print(table)
+    # A terminal sets its own width; piped or logged output (make demo in CI, journald) gets 140
+    # columns instead of rich's default 80, which would cut model and provider names.
+    Console(width=None if sys.stdout.isatty() else 140).print(table)
 
 
 def print_kv(title: str, data: dict[str, Any]) -> None:
