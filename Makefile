@@ -22,14 +22,18 @@ $(STAMP): setup.cfg pyproject.toml
 
 venv: $(STAMP)
 
-# Tests start their own Mosquitto; install the broker when it is missing.
+# Tests start their own Mosquitto and check deploy/ with shellcheck and systemd-analyze;
+# install what is missing (Debian package names; needs root, otherwise say what to run).
+SYSTEM_TOOLS := mosquitto:mosquitto mosquitto_sub:mosquitto-clients shellcheck:shellcheck systemd-analyze:systemd
 broker:
-	@if command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto; then :; \
+	@missing=""; for pair in $(SYSTEM_TOOLS); do tool=$${pair%%:*}; pkg=$${pair#*:}; \
+		command -v $$tool >/dev/null 2>&1 || test -x /usr/sbin/$$tool || missing="$$missing $$pkg"; done; \
+	if [ -z "$$missing" ]; then :; \
 	elif [ "$$(id -u)" = "0" ]; then \
-		echo "installing mosquitto (apt-get)"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients >/dev/null; \
+		echo "installing$$missing (apt-get)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	else \
-		echo "mosquitto is missing: run  sudo apt-get install mosquitto mosquitto-clients  then make test again"; exit 1; \
+		echo "missing:$$missing; run  sudo apt-get install$$missing  then make test again"; exit 1; \
 	fi
 
 lint: $(STAMP)
