@@ -27,7 +27,7 @@ import hashlib
 import importlib.util
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -64,19 +64,21 @@ def _bytes_of(array: np.ndarray) -> memoryview:
     return np.ascontiguousarray(array).reshape(-1).view(np.uint8).data
 
 
+def _digest(new: Callable[[], Any], arrays: Iterable[np.ndarray]) -> bytes:
+    digest = new()
+    for array in arrays:
+        digest.update(_bytes_of(array))
+    return bytes(digest.digest())
+
+
 def input_digest(resized: np.ndarray, leaf_hash: LeafHash = "sha256") -> bytes:
     """Digest of the resized uint8 image the model saw (C order)."""
-    digest = _hasher(leaf_hash)()
-    digest.update(_bytes_of(resized))
-    return bytes(digest.digest())
+    return _digest(_hasher(leaf_hash), (resized,))
 
 
 def output_digest(outputs: list[np.ndarray], leaf_hash: LeafHash = "sha256") -> bytes:
     """Digest over the raw bytes of every output tensor, concatenated in card order."""
-    digest = _hasher(leaf_hash)()
-    for output in outputs:
-        digest.update(_bytes_of(output))
-    return bytes(digest.digest())
+    return _digest(_hasher(leaf_hash), outputs)
 
 
 @dataclass
@@ -88,16 +90,11 @@ class Commitments:
     outputs: MerkleBuilder = field(default_factory=MerkleBuilder)
 
     def __post_init__(self) -> None:
-        self._new = _hasher(self.leaf_hash)
+        self._new = _hasher(self.leaf_hash)  # resolved once, not per inference
 
     def add(self, resized: np.ndarray, outputs: list[np.ndarray]) -> None:
-        digest = self._new()
-        digest.update(_bytes_of(resized))
-        self.inputs.add(bytes(digest.digest()))
-        digest = self._new()
-        for output in outputs:
-            digest.update(_bytes_of(output))
-        self.outputs.add(bytes(digest.digest()))
+        self.inputs.add(_digest(self._new, (resized,)))
+        self.outputs.add(_digest(self._new, outputs))
 
     @property
     def count(self) -> int:
