@@ -10,13 +10,17 @@ what differs (see :func:`agent.inference.backends.base.check_card_against`).
 from __future__ import annotations
 
 import hashlib
+import io
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 from pydantic import Field, model_validator
 
 from agent.errors import ConfigError, ModelError
 from agent.validation import Strict, load_toml
+
+T = TypeVar("T")
 
 Dtype = Literal["float32", "float16", "uint8", "int8"]
 Layout = Literal["NCHW", "NHWC"]
@@ -232,9 +236,20 @@ class LoadedCard:
 
     def read_verified_model(self) -> bytes:
         """The model bytes, after checking they exist and match the card's sha256."""
+        data = self._read(lambda f: f.read())
+        self._check_digest(hashlib.sha256(data).hexdigest())
+        return data
+
+    def verify_model(self) -> Path:
+        """Check the model file against the card's sha256 without keeping it in memory."""
+        self._check_digest(self._read(lambda f: hashlib.file_digest(f, "sha256").hexdigest()))
+        return self.model_path
+
+    def _read(self, consume: Callable[[io.BufferedReader], T]) -> T:
         path = self.model_path
         try:
-            data = path.read_bytes()
+            with path.open("rb") as handle:
+                return consume(handle)
         except FileNotFoundError as exc:
             raise ModelError(
                 f"model file {path} named by card {self.path} does not exist",
@@ -242,14 +257,15 @@ class LoadedCard:
             ) from exc
         except OSError as exc:
             raise ModelError(f"model file {path} cannot be read: {exc}") from exc
-        digest = hashlib.sha256(data).hexdigest()
+
+    def _check_digest(self, digest: str) -> None:
         if digest != self.card.sha256:
             raise ModelError(
-                f"model file {path} has sha256 {digest}, but card {self.path} expects {self.card.sha256}",
+                f"model file {self.model_path} has sha256 {digest}, but card {self.path} expects "
+                f"{self.card.sha256}",
                 hint="the file is corrupt or was replaced; restore it, or update sha256 in the card "
                 "if the change is intended",
             )
-        return data
 
 
 def load_card(path: Path | str) -> LoadedCard:

@@ -69,10 +69,9 @@ class OnnxBackend(Backend):
     def __init__(self, loaded: LoadedCard, settings: BackendSettings) -> None:
         super().__init__(loaded, settings)
         ort = _import_ort()
-        # Verify the file against the card, then let onnxruntime map it by path: a session
+        # Verify the file against the card, then let onnxruntime read it by path: a session
         # built from a bytes object keeps ~2x the model size resident for its lifetime.
-        del_bytes = loaded.read_verified_model()
-        del del_bytes
+        model_path = loaded.verify_model()
         providers, skipped = choose_providers(
             settings.onnx_providers, list(ort.get_available_providers()), list(ort.get_all_providers())
         )
@@ -86,9 +85,7 @@ class OnnxBackend(Backend):
             "session.intra_op.allow_spinning", "1" if settings.spin_wait else "0"
         )
         try:
-            self._session = ort.InferenceSession(
-                str(loaded.model_path), sess_options=options, providers=providers
-            )
+            self._session = ort.InferenceSession(str(model_path), sess_options=options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf types
             raise ModelError(
                 f"onnxruntime cannot load {loaded.model_path}: {str(exc).strip()[:300]}",
