@@ -82,13 +82,13 @@ class LiteRTBackend(Backend):
         super().__init__(loaded, settings)
         check_delegates(settings.litert_delegates)
         module, runtime = import_interpreter()
-        model_bytes = loaded.read_verified_model()
+        model_path = str(loaded.verify_model())
         skipped: list[str] = []
         interpreter = None
         provider = ""
         for delegate in settings.litert_delegates:
             try:
-                interpreter = self._open(module, model_bytes, delegate, settings.threads, loaded)
+                interpreter = self._open(module, model_path, delegate, settings.threads, loaded)
                 provider = delegate if delegate != "none" else "builtin"
                 break
             except _DelegateUnavailable as exc:
@@ -107,9 +107,9 @@ class LiteRTBackend(Backend):
         self._output_indices = [details[o.name] for o in loaded.card.outputs]
 
     @staticmethod
-    def _open(module: Any, model_bytes: bytes, delegate: str, threads: int, card: LoadedCard) -> Any:
+    def _open(module: Any, model_path: str, delegate: str, threads: int, card: LoadedCard) -> Any:
         resolver = module.OpResolverType
-        kwargs: dict[str, Any] = {"model_content": model_bytes, "num_threads": threads}
+        kwargs: dict[str, Any] = {"model_path": model_path, "num_threads": threads}
         if delegate == "xnnpack":
             kwargs["experimental_op_resolver_type"] = resolver.AUTO
         elif delegate == "none":
