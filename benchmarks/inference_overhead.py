@@ -73,6 +73,7 @@ def main() -> int:
         cells = (
             r["model"][:10], r["backend"], r["threads"], r["bare_fps"], r["agent_fps"], r["ratio"],
             r["ratio_p10"], r["ratio_of_totals"], r["bare_peak_rss_mb"], r["agent_peak_rss_mb"], r["rss_delta_mb"],
+            r["anon_delta_mb"], r["file_delta_mb"],
         )  # fmt: skip
         print("  ".join(f"{c!s:>10}" for c in cells))
     return 0

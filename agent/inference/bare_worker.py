@@ -2,7 +2,8 @@
 
 Run as a script (not through the agent package) so its peak RSS is that of
 the bare runtime:  python bare_worker.py BACKEND MODEL TENSORS.npy THREADS PROVIDER FRAMES
-Prints one JSON line: {"fps": ..., "peak_rss_kb": ...}.
+Prints one JSON line: {"fps": ..., "peak_rss_kb": ..., "anon_kb": ..., "file_kb": ...}
+(peak = VmHWM; anon/file = RssAnon/RssFile at the end of the run).
 """
 
 import json
@@ -53,8 +54,19 @@ def main() -> None:
         call(tensors[i % len(tensors)])
     elapsed = time.perf_counter() - start
     with open("/proc/self/status", encoding="ascii") as status:  # VmHWM: see bench.py on ru_maxrss
-        peak = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
-    print(json.dumps({"fps": n_frames / elapsed, "peak_rss_kb": peak}))
+        fields = {
+            line.split(":")[0]: int(line.split()[1]) for line in status if line.startswith(("VmHWM", "Rss"))
+        }
+    print(
+        json.dumps(
+            {
+                "fps": n_frames / elapsed,
+                "peak_rss_kb": fields["VmHWM"],
+                "anon_kb": fields["RssAnon"],
+                "file_kb": fields["RssFile"],
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

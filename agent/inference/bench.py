@@ -51,7 +51,9 @@ class BenchResult:
     blocks: int
     bare_peak_rss_mb: float | None
     agent_peak_rss_mb: float | None
-    rss_delta_mb: float | None
+    rss_delta_mb: float | None  # peak (VmHWM) agent - bare
+    anon_delta_mb: float | None  # RssAnon at the end of the run, agent - bare: the agent's own memory
+    file_delta_mb: float | None  # RssFile, agent - bare: mapped library code, moves with the page cache
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -153,17 +155,24 @@ def measure_throughput(
     return Throughput(frames / bare_s, frames / agent_s, float(median), float(p10), len(ratios))
 
 
-def peak_rss_kb() -> int:
-    """This process's peak RSS (VmHWM) in KiB."""
+def memory_kb() -> dict[str, int]:
+    """Peak RSS (VmHWM) and the current anonymous / file-backed RSS of this process, in KiB.
+
+    File-backed pages (shared-library code) are counted as they are mapped, and the kernel
+    maps more of them per fault when they are already in the page cache, so they move by a
+    few MB with the cache's state; anonymous pages are the process's own memory.
+    """
     with open("/proc/self/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    raise EdgeproofError("/proc/self/status has no VmHWM line (not Linux?)")
+        fields = {
+            line.split(":")[0]: int(line.split()[1]) for line in status if line.startswith(("VmHWM", "Rss"))
+        }
+    if "VmHWM" not in fields:
+        raise EdgeproofError("/proc/self/status has no VmHWM line (not Linux?)")
+    return {"peak_rss_kb": fields["VmHWM"], "anon_kb": fields["RssAnon"], "file_kb": fields["RssFile"]}
 
 
-def measure_rss(card_path: str, pipeline: Pipeline, frames: int) -> tuple[float, float]:
-    """(bare peak RSS MB, agent peak RSS MB) from two child processes."""
+def measure_rss(card_path: str, pipeline: Pipeline, frames: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(bare, agent) memory reports (KiB, see :func:`memory_kb`) from two child processes."""
     info = pipeline.backend.info
     pairs = prepared_inputs(pipeline, DISTINCT_TENSORS)
     with tempfile.TemporaryDirectory(prefix="edgeproof-bench-") as tmp:
@@ -199,7 +208,7 @@ def measure_rss(card_path: str, pipeline: Pipeline, frames: int) -> tuple[float,
                 str(frames),
             ]
         )
-    return bare["peak_rss_kb"] / 1024, agent["peak_rss_kb"] / 1024
+    return bare, agent
 
 
 def _child(argv: list[str]) -> dict[str, Any]:
@@ -217,10 +226,23 @@ def run_bench(
 ) -> BenchResult:
     pipeline = Pipeline.open(card_path, settings)
     throughput = measure_throughput(pipeline, frames, progress=progress)
-    bare_mb = agent_mb = delta = None
+    memory: dict[str, float | None] = dict.fromkeys(
+        ("bare_peak", "agent_peak", "delta", "anon_delta", "file_delta")
+    )
     if rss:
-        bare_mb, agent_mb = measure_rss(card_path, pipeline, min(frames, 200))
-        delta = agent_mb - bare_mb
+        bare, agent = measure_rss(card_path, pipeline, min(frames, 200))
+        memory = {
+            "bare_peak": bare["peak_rss_kb"] / 1024,
+            "agent_peak": agent["peak_rss_kb"] / 1024,
+            "delta": (agent["peak_rss_kb"] - bare["peak_rss_kb"]) / 1024,
+            "anon_delta": (agent["anon_kb"] - bare["anon_kb"]) / 1024,
+            "file_delta": (agent["file_kb"] - bare["file_kb"]) / 1024,
+        }
+
+    def mb(key: str) -> float | None:
+        value = memory[key]
+        return None if value is None else round(value, 1)
+
     info = pipeline.backend.info
     return BenchResult(
         model=pipeline.loaded.card.id,
@@ -235,9 +257,11 @@ def run_bench(
         ratio_p10=round(throughput.ratio_p10, 4),
         ratio_of_totals=round(throughput.agent_fps / throughput.bare_fps, 4),
         blocks=throughput.blocks,
-        bare_peak_rss_mb=None if bare_mb is None else round(bare_mb, 1),
-        agent_peak_rss_mb=None if agent_mb is None else round(agent_mb, 1),
-        rss_delta_mb=None if delta is None else round(delta, 1),
+        bare_peak_rss_mb=mb("bare_peak"),
+        agent_peak_rss_mb=mb("agent_peak"),
+        rss_delta_mb=mb("delta"),
+        anon_delta_mb=mb("anon_delta"),
+        file_delta_mb=mb("file_delta"),
     )
 
 
@@ -255,7 +279,7 @@ def _agent_worker(argv: list[str]) -> None:
     n = int(frames)
     agent_loop(pipeline, pairs, min(10, n))
     seconds = agent_loop(pipeline, pairs, n)
-    print(json.dumps({"fps": n / seconds, "peak_rss_kb": peak_rss_kb()}))
+    print(json.dumps({"fps": n / seconds, **memory_kb()}))
 
 
 if __name__ == "__main__":
