@@ -157,9 +157,15 @@ def test_kill9_with_queued_messages_then_restart_resends_in_order(tmp_path: Path
         try:
             transport.start()
             assert transport.flush(20)
-            assert collector.wait_for(lambda msgs: len(msgs) >= 25, 10)
+            assert collector.wait_for(lambda msgs: len({m[1] for m in msgs}) >= 25, 10)
             time.sleep(0.3)
-            assert seqs(collector.payloads()) == list(range(25))
+            # The collector's own persistent session may get a QoS 1 re-delivery from the broker
+            # (a message it had not PUBACKed when the broker stopped), so the subscriber dedups
+            # by seq as the protocol asks. What the agent sent is checked at the agent:
+            received = seqs(collector.payloads())
+            assert first_occurrences(received) == list(range(25))
+            status = transport.status()
+            assert status.published == 15 and status.acked == 15  # only the pending ones, once each
             assert len(outbox) == 0
         finally:
             transport.stop()
