@@ -10,12 +10,13 @@ Relative paths are resolved against the config file's folder.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from solders.pubkey import Pubkey
 
 from agent.errors import ConfigError
@@ -81,6 +82,43 @@ class CoordinatorSettings(Strict):
     _pubkey = field_validator("pubkey")(_base58_pubkey)
 
 
+_IDENT_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+
+def _idents(values: list[str]) -> list[str]:
+    for value in values:
+        if not _IDENT_RE.match(value):
+            raise ValueError(f"{value!r} is not a lower-case identifier (a-z, 0-9, '.', '_', '-')")
+    return values
+
+
+def _pubkeys(values: list[str]) -> list[str]:
+    for value in values:
+        if not value:
+            raise ValueError("an empty string is not a public key")
+        _base58_pubkey(value)
+    return values
+
+
+class FleetSettings(Strict):
+    # Manifest channels this device follows ({topic_prefix}/fleet/manifest/{channel}).
+    # Empty: the device does not subscribe to any manifest.
+    channels: Annotated[list[str], Field(max_length=8)] = Field(default_factory=list)
+    # base58 public keys of the fleet operators whose signed manifests are accepted.
+    operator_keys: Annotated[list[str], Field(max_length=8)] = Field(default_factory=list)
+    # This device's tags, matched against a manifest's targets.tags.
+    tags: Annotated[list[str], Field(max_length=16)] = Field(default_factory=list)
+
+    _channels = field_validator("channels", "tags")(_idents)
+    _keys = field_validator("operator_keys")(_pubkeys)
+
+    @model_validator(mode="after")
+    def _trusted(self) -> FleetSettings:
+        if self.channels and not self.operator_keys:
+            raise ValueError("channels are set but operator_keys is empty: no manifest could be trusted")
+        return self
+
+
 class MetricsSettings(Strict):
     enabled: bool = False
     host: str = "127.0.0.1"
@@ -95,6 +133,7 @@ class AgentConfig(Strict):
     outbox: OutboxSettings = Field(default_factory=OutboxSettings)
     coordinator: CoordinatorSettings = Field(default_factory=CoordinatorSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    fleet: FleetSettings = Field(default_factory=FleetSettings)
 
 
 def _env_value(raw: str) -> Any:

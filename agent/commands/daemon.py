@@ -82,4 +82,13 @@ def run_status(args: argparse.Namespace) -> int:
     if verdicts:
         rows = [(v["ref_kind"], v["ref_seq"], v["accepted"], v.get("reason") or "") for v in verdicts[-10:]]
         print_table("recent verdicts", ["kind", "seq", "accepted", "reason"], rows)
+    manifests = data.get("manifests", {})
+    if manifests:
+        manifest_rows = [
+            (channel, m["version"], f"{m['model_id']} {m['model_version']}", m["targeted"], m["eligible"])
+            for channel, m in sorted(manifests.items())
+        ]
+        print_table(
+            "fleet manifests", ["channel", "version", "model", "targeted", "eligible"], manifest_rows
+        )
     return 0

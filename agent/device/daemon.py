@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import shutil
 import signal
 import threading
 import time
@@ -28,6 +29,7 @@ from agent import __version__
 from agent.config import SOURCE_NONE, AgentConfig
 from agent.device.challenges import ChallengeResponder
 from agent.device.health import HealthProbe
+from agent.device.manifests import DeviceFacts, check_manifest
 from agent.device.metrics import MetricsServer, Snapshot
 from agent.device.status import write_status
 from agent.device.systemd import Notifier
@@ -96,6 +98,9 @@ class Daemon:
         self._challenges: queue.Queue[Challenge] = queue.Queue(maxsize=16)
         self.beacon: tuple[int, str] = (0, NO_BEACON)
         self.verdicts: deque[dict[str, Any]] = deque(maxlen=20)
+        self.fleet = DeviceFacts(self.dev, self.profile.id, frozenset(config.fleet.tags))
+        #: channel -> the latest accepted manifest (see agent/device/manifests.py).
+        self.manifests: dict[str, dict[str, Any]] = {}
         self.rejected_inbound: Counter[str] = Counter()
         self._count_lock = threading.Lock()
         self.metrics_server: MetricsServer | None = None
@@ -198,13 +203,20 @@ class Daemon:
         with self._count_lock:
             self.rejected_inbound[reason] += 1
 
+    def _refused(self, topic: str, payload: bytes, exc: ProtocolError) -> None:
+        self._reject(exc.reason)
+        log.warning(
+            "inbound message rejected",
+            extra={"topic": topic, "reason": exc.reason, "error": exc.message[:200], "bytes": len(payload)},
+        )
+
     def _verify_inbound(self, topic: str, payload: bytes, kind: str) -> Envelope | None:
         try:
             env = verify_envelope(payload)
             if env.kind != kind:
                 raise ProtocolError(f"expected a {kind} on {topic}, got {env.kind}", reason="wrong_kind")
             pinned = self.config.coordinator.pubkey
-            if pinned and env.dev != pinned:
+            if pinned and env.origin == "coordinator" and env.dev != pinned:
                 raise ProtocolError(
                     f"{kind} signed by {env.dev}, not the coordinator", reason="unknown_device"
                 )
@@ -221,16 +233,7 @@ class Daemon:
                 )
             return env
         except ProtocolError as exc:
-            self._reject(exc.reason)
-            log.warning(
-                "inbound message rejected",
-                extra={
-                    "topic": topic,
-                    "reason": exc.reason,
-                    "error": exc.message[:200],
-                    "bytes": len(payload),
-                },
-            )
+            self._refused(topic, payload, exc)
             return None
 
     def on_beacon(self, topic: str, payload: bytes) -> None:
@@ -268,6 +271,45 @@ class Daemon:
         if env is not None:
             # Claims are handled by `edgeproof claim` (rewards issue); the daemon only records it.
             self.counters["vouchers_seen"] += 1
+
+    def on_manifest(self, topic: str, payload: bytes) -> None:
+        env = self._verify_inbound(topic, payload, "manifest")
+        if env is None:
+            return
+        channel = self.topics.parse(topic).channel or ""
+        key = f"manifest.{channel}.version"
+        try:
+            decision = check_manifest(
+                env,
+                topic_channel=channel,
+                operators=self.config.fleet.operator_keys,
+                facts=self.fleet,
+                now_ms=self.clock_ms(),
+                accepted_version=int(self.outbox.get_state(key) or 0),
+                free_bytes=shutil.disk_usage(self.state_dir).free,
+            )
+        except ProtocolError as exc:
+            self._refused(topic, payload, exc)
+            return
+        summary = decision.summary(self.clock_ms())
+        with self._count_lock:
+            self.manifests[channel] = summary
+        if decision.duplicate:
+            return
+        try:
+            self.outbox.set_state({key: decision.manifest.version})
+        except StorageError as exc:
+            log.error("manifest version not stored", extra={"channel": channel, "error": str(exc)})
+        self.counters["manifests_accepted"] += 1
+        log.info(
+            "manifest accepted",
+            extra={
+                "channel": channel,
+                **{k: summary[k] for k in ("version", "model_id", "model_version", "targeted", "eligible")},
+                # Download, smoke test and activation belong to the model updater (not built yet).
+                "install": "not implemented",
+            },
+        )
 
     def answer_challenges(self) -> None:
         while True:
@@ -310,9 +352,14 @@ class Daemon:
             "thermal": {"level": self.thermal_state.level, "rate_bp": self.thermal_state.rate_bp},
             "beacon_slot": self.beacon[0],
             "verdicts": list(self.verdicts),
+            "manifests": self._manifests_copy(),
             "rejected_inbound": dict(self.rejected_inbound),
             "counters": dict(self.counters),
         }
+
+    def _manifests_copy(self) -> dict[str, dict[str, Any]]:
+        with self._count_lock:
+            return {channel: dict(summary) for channel, summary in self.manifests.items()}
 
     def last_acked_seq(self) -> int:
         """Highest seq with nothing older still waiting in the outbox."""
@@ -400,6 +447,8 @@ class Daemon:
         self.transport.subscribe(self.topics.device(self.dev, "challenge"), self.on_challenge)
         self.transport.subscribe(self.topics.device(self.dev, "verdict"), self.on_verdict)
         self.transport.subscribe(self.topics.device(self.dev, "voucher"), self.on_voucher)
+        for channel in self.config.fleet.channels:
+            self.transport.subscribe(self.topics.manifest(channel), self.on_manifest)
         self.transport.start()
         self._start_metrics()
         self.emit("status", self.status_body("online"), retain=True)

@@ -81,6 +81,11 @@ def _families(snap: Snapshot) -> Iterable[Metric]:
         "edgeproof_heartbeats", "Heartbeats emitted (signed and queued)", c.get("heartbeat_emitted", 0)
     )
     yield _counter("edgeproof_challenges_answered", "Challenges answered", c.get("challenges_answered", 0))
+    yield _counter(
+        "edgeproof_manifests_accepted",
+        "Fleet manifests accepted (new versions)",
+        c.get("manifests_accepted", 0),
+    )
     emitted = CounterMetricFamily(
         "edgeproof_envelopes_emitted", "Envelopes signed and queued, by kind", labels=["kind"]
     )

@@ -231,6 +231,12 @@ class CaptureVerifier:
             self._problem(number, "topic", exc.message, env.dev)
             return False
         about = env.dev if ORIGIN[env.kind] == "device" else getattr(env.body, "device", None)
+        if info.scope == "manifest":
+            about = getattr(env.body, "channel", None)
+            if info.channel != about:
+                signer.counts["topic"] += 1
+                self._problem(number, "topic", f"manifest for channel {about} published on {topic}", env.dev)
+                return False
         if info.kind != env.kind or (info.dev is not None and info.dev != about):
             signer.counts["topic"] += 1
             self._problem(

@@ -4,8 +4,8 @@ Wire form (canonical JSON, see :mod:`agent.protocol.canonical`)::
 
     {"body":{...},"dev":"<base58 pubkey>","kind":"proof","prev":"<hex64>","seq":7,"sig":"<base58>","ts":1700000000000,"v":1}
 
-* ``dev`` is the *signer's* ed25519 public key (a device, or the coordinator for
-  beacon/challenge/verdict/voucher).
+* ``dev`` is the *signer's* ed25519 public key (a device, the coordinator for
+  beacon/challenge/verdict/voucher, or a fleet operator for manifests).
 * signed bytes = ``DOMAIN + canonical(envelope without "sig")``;
   ``sig`` = ed25519 signature of the signed bytes, base58.
 * ``envelope_hash`` = SHA-256 hex of the signed bytes; a chained envelope's
@@ -52,6 +52,7 @@ MAX_BYTES: dict[str, int] = {
     "receipt": 1024,
     "status": 1024,
     "deploy": 1024,
+    "manifest": 4096,
 }
 #: Raw input larger than this is refused before parsing (the largest per-kind bound).
 MAX_WIRE_BYTES = max(MAX_BYTES.values())

@@ -294,6 +294,96 @@ class Deploy(Strict):
     progress_bp: BasisPoints | None = None
 
 
+#: A file name inside a manifest: no directories, no leading dot.
+ArtifactName = Annotated[
+    str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+]
+#: An http(s) URL of printable ASCII (percent-encode anything else), at most 256 characters.
+ArtifactUrl = Annotated[str, StringConstraints(min_length=8, max_length=256, pattern=r"^https?://[!-~]+$")]
+MAX_ARTIFACT_BYTES = 2**32
+MAX_ARTIFACTS = 3
+MAX_TARGET_PROFILES = 8
+MAX_TARGET_TAGS = 8
+MAX_TARGET_DEVICES = 16
+MAX_STAGES = 8
+
+
+class Artifact(Strict):
+    """One file a manifest installs: where to fetch it and what it must hash to."""
+
+    name: ArtifactName
+    url: ArtifactUrl
+    sha256: Hex64
+    length: Annotated[int, Field(ge=1, le=MAX_ARTIFACT_BYTES)]
+
+
+class Targets(Strict):
+    """Which devices a manifest is for; an empty list does not restrict (all three must match)."""
+
+    #: Firmware profile ids (``rpi4``, ``jetson-orin``, ...).
+    profiles: Annotated[list[Ident], Field(max_length=MAX_TARGET_PROFILES)] = Field(default_factory=list)
+    #: Device tags from the device's config; a device matches with any one of them.
+    tags: Annotated[list[Ident], Field(max_length=MAX_TARGET_TAGS)] = Field(default_factory=list)
+    #: Device ids (base58 public keys).
+    devices: Annotated[list[PubkeyB58], Field(max_length=MAX_TARGET_DEVICES)] = Field(default_factory=list)
+
+
+class Manifest(Strict):
+    """operator -> devices (retained per channel): a signed, hardware-targeted model release.
+
+    ``version`` only goes up per channel (a device refuses a lower one: no rollback by replay);
+    ``expires_ms`` bounds how long a captured manifest can be replayed (a freeze attack);
+    ``stages`` is the rollout plan in basis points of the targeted devices and ``stage`` the
+    current step: a device takes part when its rollout bucket is below ``stages[stage]``.
+    Advancing a stage is a new manifest (higher ``version``) with the same artifacts.
+    """
+
+    channel: Ident
+    version: Annotated[int, Field(ge=1, le=SAFE_MAX)]
+    model_id: Ident
+    model_version: Version
+    #: The artifact that is the model file, and the one that is its card (TOML).
+    model: ArtifactName
+    card: ArtifactName
+    artifacts: Annotated[list[Artifact], Field(min_length=2, max_length=MAX_ARTIFACTS)]
+    targets: Targets = Field(default_factory=Targets)
+    expires_ms: Ms
+    stages: Annotated[
+        list[Annotated[int, Field(ge=1, le=10_000)]], Field(min_length=1, max_length=MAX_STAGES)
+    ]
+    stage: Annotated[int, Field(ge=0, le=MAX_STAGES - 1)]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Manifest:
+        names = [a.name for a in self.artifacts]
+        if len(set(names)) != len(names):
+            raise ValueError(f"artifact names must be unique (got {', '.join(names)})")
+        for role in ("model", "card"):
+            if getattr(self, role) not in names:
+                raise ValueError(f"{role} {getattr(self, role)!r} is not one of the artifacts")
+        if self.model == self.card:
+            raise ValueError("model and card must be different artifacts")
+        if any(b <= a for a, b in zip(self.stages, self.stages[1:], strict=False)):
+            raise ValueError(f"stages must increase (got {self.stages})")
+        if self.stages[-1] != 10_000:
+            raise ValueError("the last stage must be 10000 (every targeted device)")
+        if self.stage >= len(self.stages):
+            raise ValueError(f"stage {self.stage} is not an index into {len(self.stages)} stages")
+        return self
+
+    @property
+    def model_sha256(self) -> str:
+        return next(a.sha256 for a in self.artifacts if a.name == self.model)
+
+    @property
+    def rollout_bp(self) -> int:
+        return self.stages[self.stage]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(a.length for a in self.artifacts)
+
+
 # --- registry ------------------------------------------------------------------------------------
 
 Body = (
@@ -308,6 +398,7 @@ Body = (
     | Receipt
     | Status
     | Deploy
+    | Manifest
 )
 
 #: kind -> body model.
@@ -323,10 +414,11 @@ BODIES: dict[str, type[Strict]] = {
     "receipt": Receipt,
     "status": Status,
     "deploy": Deploy,
+    "manifest": Manifest,
 }
 
-#: Who signs each kind: the device, the coordinator or (deploy state is read by) the operator.
-ORIGIN: dict[str, Literal["device", "coordinator"]] = {
+#: Who signs each kind: the device, the coordinator or a fleet operator (manifests).
+ORIGIN: dict[str, Literal["device", "coordinator", "operator"]] = {
     "beacon": "coordinator",
     "heartbeat": "device",
     "proof": "device",
@@ -338,6 +430,7 @@ ORIGIN: dict[str, Literal["device", "coordinator"]] = {
     "receipt": "device",
     "status": "device",
     "deploy": "device",
+    "manifest": "operator",
 }
 
 #: Kinds that do not advance the signer's hash chain (side-band: status, incl. the MQTT last will).

@@ -65,9 +65,11 @@ class TopicInfo:
 
     @property
     def kind(self) -> str | None:
-        """The envelope kind carried on this topic (``None`` for manifests)."""
+        """The envelope kind carried on this topic."""
         if self.scope == "beacon":
             return "beacon"
+        if self.scope == "manifest":
+            return "manifest"
         if self.scope == "device" and self.channel is not None:
             return CHANNEL_KIND[self.channel]
         return None

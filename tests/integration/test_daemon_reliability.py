@@ -49,7 +49,7 @@ from agent.identity import device_id
 from agent.inference.cards import load_card
 from agent.protocol.capture import verify_capture
 from agent.protocol.envelope import GENESIS_PREV, Envelope, build_envelope, envelope_hash, verify_envelope
-from agent.protocol.messages import Beacon, Challenge, Heartbeat, Verdict, Voucher
+from agent.protocol.messages import Beacon, Challenge, Heartbeat, Manifest, Verdict, Voucher
 from agent.transport.outbox import RESERVE_BYTES
 from tests.support.mosquitto import Collector, MosquittoBroker, free_port
 
@@ -61,6 +61,7 @@ PREFIX = "edgeproof/v1"
 DEVICE_SEED = bytes(range(32))
 COORDINATOR_SEED = bytes([7] * 32)
 ROGUE_SEED = bytes([9] * 32)
+OPERATOR_SEED = bytes([11] * 32)
 #: Device-to-coordinator topics whose envelopes the daemon signs.
 DEVICE_CHANNELS = {"hb", "proof", "response", "status"}
 OUTAGE_S = 30.0
@@ -97,6 +98,7 @@ DEVICE = Keypair.from_seed(DEVICE_SEED)
 DEV = device_id(DEVICE)
 COORDINATOR = Keypair.from_seed(COORDINATOR_SEED)
 ROGUE = Keypair.from_seed(ROGUE_SEED)
+OPERATOR = Keypair.from_seed(OPERATOR_SEED)
 
 
 def write_config(
@@ -109,6 +111,7 @@ def write_config(
     max_bytes: int | None = None,
     coordinator: str = "",
     metrics_port: int | None = None,
+    manifest_channel: str | None = None,
 ) -> Path:
     workdir.mkdir(parents=True, exist_ok=True)
     key = workdir / "device-key.json"
@@ -120,6 +123,11 @@ def write_config(
     metrics = (
         ["[metrics]", "enabled = true", 'host = "127.0.0.1"', f"port = {metrics_port}"]
         if metrics_port is not None
+        else []
+    )
+    fleet = (
+        ["[fleet]", f'channels = ["{manifest_channel}"]', f'operator_keys = ["{OPERATOR.pubkey()}"]']
+        if manifest_channel is not None
         else []
     )
     text = "\n".join(
@@ -146,6 +154,7 @@ def write_config(
             "[coordinator]",
             f'pubkey = "{coordinator}"',
             *metrics,
+            *fleet,
         ]
     )
     path = workdir / "agent.toml"
@@ -578,6 +587,33 @@ def bodies(dev: str, model_sha: str) -> dict[str, Any]:
     }
 
 
+def manifest(version: int, *, channel: str = "stable", expires_ms: int | None = None) -> Manifest:
+    """A release of the shipped model on ``channel``, for every device (not installed: no updater yet)."""
+    card = load_card(str(MODEL)).card
+    return Manifest.model_validate(
+        {
+            "channel": channel,
+            "version": version,
+            "model_id": card.id,
+            "model_version": card.version,
+            "model": "model.onnx",
+            "card": "model.toml",
+            "artifacts": [
+                {
+                    "name": "model.onnx",
+                    "url": "https://127.0.0.1/m.onnx",
+                    "sha256": card.sha256,
+                    "length": 10,
+                },
+                {"name": "model.toml", "url": "https://127.0.0.1/m.toml", "sha256": "cd" * 32, "length": 10},
+            ],
+            "expires_ms": now_ms() + 3_600_000 if expires_ms is None else expires_ms,
+            "stages": [10_000],
+            "stage": 0,
+        }
+    )
+
+
 def forged(env: Envelope) -> bytes:
     """The envelope with a valid-looking signature over other bytes."""
     raw = dict(env.raw)
@@ -596,6 +632,7 @@ def test_hostile_inbound_is_rejected_by_reason_and_the_daemon_keeps_working(tmp_
         max_fps=1.0,
         coordinator=str(COORDINATOR.pubkey()),
         metrics_port=metrics_port,
+        manifest_channel="stable",
     )
     card = load_card(str(MODEL)).card
     daemon = DaemonProcess(config, tmp_path / "daemon.log")
@@ -665,6 +702,41 @@ def test_hostile_inbound_is_rejected_by_reason_and_the_daemon_keeps_working(tmp_
             if kind != "beacon":
                 hostile.append((topic, coordinator_envelope(kind, other[kind]).wire, "wrong_device"))
         hostile.append((topics["challenge"], b"\x00" * 1_000_000, "oversized"))
+        # Fleet manifests: v5 is accepted first (retained, as an operator publishes it), then
+        # everything that must not replace it.
+        manifest_topic = f"{PREFIX}/fleet/manifest/stable"
+        publisher.publish(
+            manifest_topic, coordinator_envelope("manifest", manifest(5), OPERATOR).wire, retain=True
+        )
+        wait_until(
+            lambda: daemon.status().get("manifests", {}).get("stable", {}).get("version") == 5,
+            30,
+            "the daemon to accept manifest v5",
+        )
+        hostile += [
+            (manifest_topic, b'{"v":1,"kind":', "malformed"),
+            (manifest_topic, b"{" + b" " * 8200 + b"}", "oversized"),
+            (
+                manifest_topic,
+                forged(coordinator_envelope("manifest", manifest(6), OPERATOR)),
+                "bad_signature",
+            ),
+            (manifest_topic, coordinator_envelope("beacon", good["beacon"]).wire, "wrong_kind"),
+            (manifest_topic, coordinator_envelope("manifest", manifest(6), ROGUE).wire, "untrusted_operator"),
+            # The coordinator's key is trusted for beacons and challenges, not for models.
+            (manifest_topic, coordinator_envelope("manifest", manifest(6)).wire, "untrusted_operator"),
+            (
+                manifest_topic,
+                coordinator_envelope("manifest", manifest(6, channel="beta"), OPERATOR).wire,
+                "wrong_channel",
+            ),
+            (manifest_topic, coordinator_envelope("manifest", manifest(4), OPERATOR).wire, "stale_version"),
+            (
+                manifest_topic,
+                coordinator_envelope("manifest", manifest(6, expires_ms=now_ms() - 1), OPERATOR).wire,
+                "expired",
+            ),
+        ]
         # A genuine but older beacon (a replay) must not roll the heartbeats' beacon back.
         old_beacon = Beacon(slot=2, nonce="bb" * 32, time_ms=now_ms(), slot_ms=30_000)
         hostile.append((topics["beacon"], coordinator_envelope("beacon", old_beacon).wire, "replay"))
@@ -731,6 +803,10 @@ def test_hostile_inbound_is_rejected_by_reason_and_the_daemon_keeps_working(tmp_
     assert owner_view["running"] is True
     assert owner_view["rejected_inbound"] == dict(expected)
     assert owner_view["counters"]["challenges_answered"] == 1
+    # Only v5 was accepted; nothing hostile replaced it.
+    assert owner_view["counters"]["manifests_accepted"] == 1
+    stable = owner_view["manifests"]["stable"]
+    assert (stable["version"], stable["operator"], stable["eligible"]) == (5, str(OPERATOR.pubkey()), True)
 
     # One log line per rejection, naming the reason.
     logs = daemon.logs()
@@ -769,6 +845,10 @@ def test_hostile_inbound_is_rejected_by_reason_and_the_daemon_keeps_working(tmp_
     assert by_reason == {k: float(v) for k, v in expected.items()}
     inferences = [s.value for s in families["edgeproof_inferences"].samples if s.name.endswith("_total")]
     assert inferences and inferences[0] > 0
+    accepted = [
+        s.value for s in families["edgeproof_manifests_accepted"].samples if s.name.endswith("_total")
+    ]
+    assert accepted == [1.0]
 
 
 # ---------------------------------------------------------------------------------------- 4. full outbox

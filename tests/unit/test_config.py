@@ -203,3 +203,26 @@ def test_stream_urls_are_not_resolved_as_paths(tmp_path, url):
     path = tmp_path / "agent.toml"
     path.write_text(f'[inference]\nsource = "{url}"\n', encoding="utf-8")
     assert load_config(path, env={}).inference.source == url
+
+
+def test_fleet_section(tmp_path):
+    operator = "9xQeWvG816bUx9EPjHmaT23yvVM2ZWbrrpZb9PusVFin"
+    text = GOOD + f'\n[fleet]\nchannels = ["stable"]\noperator_keys = ["{operator}"]\ntags = ["lobby"]\n'
+    config = load_config(write(tmp_path, text), env={})
+    assert (config.fleet.channels, config.fleet.operator_keys, config.fleet.tags) == (
+        ["stable"],
+        [operator],
+        ["lobby"],
+    )
+    path = write(tmp_path, GOOD + '\n[fleet]\nchannels = ["stable"]\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    assert str(info.value) == (
+        f"{path}:17: fleet: channels are set but operator_keys is empty: no manifest could be trusted"
+    )
+    path = write(tmp_path, text.replace('["stable"]', '["Stable/1"]'))
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    assert str(info.value) == (
+        f"{path}:18: fleet.channels: 'Stable/1' is not a lower-case identifier (a-z, 0-9, '.', '_', '-')"
+    )

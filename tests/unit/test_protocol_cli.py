@@ -126,6 +126,26 @@ def test_coordinator_messages(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert report["problems"][0]["reason"] == "unknown_device"
 
 
+def test_manifests_are_checked_against_their_channel_topic(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.unit.test_manifests import manifest_body
+
+    operator = ChainSigner(COORD)
+    stable = operator.next("manifest", manifest_body(version=1), TS)
+    beta = operator.next("manifest", manifest_body(channel="beta", version=2), TS)
+    lines = [f"{T.manifest('stable')} {stable.wire.decode()}", f"{T.manifest('stable')} {beta.wire.decode()}"]
+    code, _ = _run(tmp_path, lines, "--json")
+    report = json.loads(capsys.readouterr().out)
+    assert code == 8
+    assert [(p["line"], p["reason"], p["message"]) for p in report["problems"]] == [
+        (2, "topic", f"manifest for channel beta published on {T.manifest('stable')}")
+    ]
+    assert report["signers"][str(COORD.pubkey())]["roles"] == ["operator"]
+    code, _ = _run(tmp_path, lines[:1], "--json")
+    assert code == 0, capsys.readouterr().out
+
+
 def test_stdin_and_sample_file(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(SAMPLE.read_bytes())))
     code = main(["proofs", "verify", "-", "--json"])

@@ -22,6 +22,7 @@ SAFE = 2**53 - 1
 LABEL = "😀" * 32  # 32 code points of 4 UTF-8 bytes: the widest label
 IDENT = "a" * 64
 VERSION = "9" * 32
+NAME = "n" * 63
 
 
 def _health_max() -> dict[str, Any]:
@@ -99,6 +100,26 @@ def max_bodies() -> dict[str, dict[str, Any]]:
             "state": "rolled_back",
             "reason": IDENT,
             "progress_bp": 10_000,
+        },
+        "manifest": {
+            "channel": IDENT,
+            "version": SAFE,
+            "model_id": IDENT,
+            "model_version": VERSION,
+            "model": NAME + "0",
+            "card": NAME + "1",
+            "artifacts": [
+                {"name": NAME + str(i), "url": "https://" + "u" * 248, "sha256": H, "length": 2**32}
+                for i in range(3)
+            ],
+            "targets": {
+                "profiles": [IDENT] * 8,
+                "tags": [IDENT] * 8,
+                "devices": [PK] * 16,
+            },
+            "expires_ms": SAFE,
+            "stages": [1, 2, 3, 4, 5, 6, 7, 10_000],
+            "stage": 7,
         },
     }
 

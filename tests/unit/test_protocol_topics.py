@@ -29,7 +29,7 @@ def test_custom_prefix_and_round_trip() -> None:
         assert (info.scope, info.dev, info.channel, info.kind) == ("device", DEV, channel, kind)
     assert t.parse(t.beacon()).kind == "beacon"
     manifest = t.parse(t.manifest("canary"))
-    assert (manifest.scope, manifest.channel, manifest.kind) == ("manifest", "canary", None)
+    assert (manifest.scope, manifest.channel, manifest.kind) == ("manifest", "canary", "manifest")
 
 
 def test_qos_and_retain() -> None:

@@ -1,0 +1,231 @@
+"""Fleet manifests: the schema, and the device's decision on a validly signed one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from solders.keypair import Keypair
+
+from agent.device.manifests import HEADROOM_BYTES, DeviceFacts, check_manifest, rollout_bucket
+from agent.errors import ProtocolError
+from agent.protocol.envelope import GENESIS_PREV, build_envelope, validate_body, verify_envelope
+from agent.protocol.messages import Manifest
+from agent.protocol.topics import Topics
+
+OPERATOR = Keypair.from_seed(bytes([21]) * 32)
+ROGUE = Keypair.from_seed(bytes([22]) * 32)
+DEV = str(Keypair.from_seed(bytes([23]) * 32).pubkey())
+OTHER_DEV = str(Keypair.from_seed(bytes([24]) * 32).pubkey())
+NOW = 1_800_000_000_000
+FACTS = DeviceFacts(DEV, "rpi4", frozenset({"lobby"}))
+PLENTY = 10**12
+
+
+def manifest_body(**change: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "channel": "stable",
+        "version": 3,
+        "model_id": "efficientnet-lite0-int8",
+        "model_version": "1.1.0",
+        "model": "model.onnx",
+        "card": "model.toml",
+        "artifacts": [
+            {
+                "name": "model.onnx",
+                "url": "https://models.example/m.onnx",
+                "sha256": "ab" * 32,
+                "length": 5_000_000,
+            },
+            {
+                "name": "model.toml",
+                "url": "https://models.example/m.toml",
+                "sha256": "cd" * 32,
+                "length": 2_000,
+            },
+        ],
+        "targets": {"profiles": ["rpi4", "rpi5"]},
+        "expires_ms": NOW + 86_400_000,
+        "stages": [500, 2500, 10_000],
+        "stage": 2,
+    }
+    body.update(change)
+    return body
+
+
+def signed(body: dict[str, Any], signer: Keypair = OPERATOR):
+    env = build_envelope(signer, "manifest", body, seq=1, prev=GENESIS_PREV, ts=NOW)
+    return verify_envelope(env.wire)  # what the daemon hands to check_manifest
+
+
+def decide(body: dict[str, Any], signer: Keypair = OPERATOR, **kw: Any):
+    args: dict[str, Any] = {
+        "topic_channel": "stable",
+        "operators": [str(OPERATOR.pubkey())],
+        "facts": FACTS,
+        "now_ms": NOW,
+        "accepted_version": 0,
+        "free_bytes": PLENTY,
+        **kw,
+    }
+    return check_manifest(signed(body, signer), **args)
+
+
+def refusal(body: dict[str, Any], signer: Keypair = OPERATOR, **kw: Any) -> ProtocolError:
+    with pytest.raises(ProtocolError) as info:
+        decide(body, signer, **kw)
+    return info.value
+
+
+# ---------------------------------------------------------------------------------------- schema
+
+
+def test_a_manifest_round_trips_and_derives_model_hash_rollout_and_size() -> None:
+    env = signed(manifest_body())
+    assert env.origin == "operator"
+    m = env.body
+    assert isinstance(m, Manifest)
+    assert (m.model_sha256, m.rollout_bp, m.total_bytes) == ("ab" * 32, 10_000, 5_002_000)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"card": "labels.txt"},
+            "manifest: body: Value error, card 'labels.txt' is not one of the artifacts",
+        ),
+        ({"card": "model.onnx"}, "manifest: body: Value error, model and card must be different artifacts"),
+        (
+            {"stages": [500, 500, 10_000]},
+            "manifest: body: Value error, stages must increase (got [500, 500, 10000])",
+        ),
+        (
+            {"stages": [500, 2500]},
+            "manifest: body: Value error, the last stage must be 10000 (every targeted device)",
+        ),
+        ({"stage": 3}, "manifest: body: Value error, stage 3 is not an index into 3 stages"),
+        ({"version": 0}, "manifest: body.version: Input should be greater than or equal to 1"),
+        ({"sha256": "x"}, "manifest: body.sha256: unknown key"),
+    ],
+)
+def test_schema_refusals_name_the_problem(change: dict[str, Any], message: str) -> None:
+    with pytest.raises(ProtocolError) as info:
+        validate_body("manifest", manifest_body(**change))
+    assert info.value.reason == "schema"
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize(
+    ("artifact_change", "field"),
+    [
+        ({"name": "../etc/passwd"}, "name"),
+        ({"name": ".hidden"}, "name"),
+        ({"url": "file:///etc/passwd"}, "url"),
+        ({"url": "https://example/caf\u00e9"}, "url"),  # non-ASCII must be percent-encoded
+        ({"length": 0}, "length"),
+        ({"length": 2**32 + 1}, "length"),
+    ],
+)
+def test_artifact_fields_are_refused_when_unsafe(artifact_change: dict[str, Any], field: str) -> None:
+    body = manifest_body()
+    body["artifacts"][0] = {**body["artifacts"][0], **artifact_change}
+    with pytest.raises(ProtocolError) as info:
+        validate_body("manifest", body)
+    assert f"body.artifacts.0.{field}:" in str(info.value)
+
+
+def test_duplicate_artifact_names_are_refused() -> None:
+    body = manifest_body()
+    body["artifacts"].append(dict(body["artifacts"][0]))
+    with pytest.raises(ProtocolError, match="artifact names must be unique"):
+        validate_body("manifest", body)
+
+
+def test_manifest_topic_carries_the_manifest_kind() -> None:
+    topics = Topics()
+    info = topics.parse(topics.manifest("stable"))
+    assert (info.scope, info.channel, info.kind, info.retain) == ("manifest", "stable", "manifest", True)
+
+
+# ---------------------------------------------------------------------------------------- decision
+
+
+def test_rollout_bucket_is_a_fixed_function_of_device_and_release() -> None:
+    # A fixed vector, so an operator's rollout controller in any language computes the same set.
+    # sha256(b"stable\0m\01\011111111111111111111111111111111")[:8] as a big-endian integer mod 10000
+    assert rollout_bucket("11111111111111111111111111111111", "stable", "m", "1") == 8193
+    buckets = [
+        rollout_bucket(str(Keypair.from_seed(bytes([i]) * 32).pubkey()), "c", "m", "1") for i in range(200)
+    ]
+    assert all(0 <= b < 10_000 for b in buckets)
+    assert 40 <= sum(b < 5000 for b in buckets) <= 160  # spread over the range, not clumped
+
+
+def test_accepted_targeted_manifest_in_the_last_stage_is_eligible() -> None:
+    decision = decide(manifest_body())
+    assert not decision.duplicate and decision.targeted and decision.in_rollout and decision.eligible
+    summary = decision.summary(NOW)
+    assert summary["model_sha256"] == "ab" * 32 and summary["operator"] == str(OPERATOR.pubkey())
+
+
+def test_rollout_stage_decides_participation_by_bucket() -> None:
+    bucket = rollout_bucket(DEV, "stable", "efficientnet-lite0-int8", "1.1.0")
+    below = decide(manifest_body(stages=[bucket + 1, 10_000], stage=0))
+    assert below.in_rollout and below.eligible
+    if bucket > 0:
+        above = decide(manifest_body(stages=[bucket, 10_000], stage=0))
+        assert above.targeted and not above.in_rollout and not above.eligible
+
+
+@pytest.mark.parametrize(
+    ("targets", "targeted"),
+    [
+        ({}, True),
+        ({"profiles": ["jetson-orin"]}, False),
+        ({"tags": ["lobby", "garage"]}, True),
+        ({"tags": ["garage"]}, False),
+        ({"devices": [DEV]}, True),
+        ({"devices": [OTHER_DEV]}, False),
+        ({"profiles": ["rpi4"], "tags": ["lobby"], "devices": [OTHER_DEV]}, False),  # all lists must match
+    ],
+)
+def test_targets(targets: dict[str, Any], targeted: bool) -> None:
+    assert decide(manifest_body(targets=targets)).targeted is targeted
+
+
+def test_untrusted_operator_is_refused() -> None:
+    exc = refusal(manifest_body(), ROGUE)
+    assert exc.reason == "untrusted_operator"
+    assert str(exc) == f"manifest signed by {ROGUE.pubkey()}, which is not one of the 1 trusted operator keys"
+
+
+def test_manifest_on_another_channel_is_refused() -> None:
+    exc = refusal(manifest_body(channel="beta"))
+    assert exc.reason == "wrong_channel"
+    assert str(exc) == "manifest for channel 'beta' arrived on channel 'stable'"
+
+
+def test_older_version_is_refused_and_the_same_version_is_a_quiet_duplicate() -> None:
+    exc = refusal(manifest_body(version=2), accepted_version=3)
+    assert exc.reason == "stale_version"
+    assert str(exc) == "manifest version 2 on 'stable' is older than the accepted version 3"
+    # The broker re-delivers the retained manifest on every reconnect, even after it expired.
+    again = decide(manifest_body(version=3, expires_ms=NOW - 1), accepted_version=3)
+    assert again.duplicate
+
+
+def test_expired_manifest_is_refused() -> None:
+    exc = refusal(manifest_body(expires_ms=NOW))
+    assert exc.reason == "expired"
+    assert str(exc) == f"manifest version 3 on 'stable' expired at {NOW} ms (now {NOW} ms)"
+
+
+def test_no_space_only_matters_when_the_device_would_install() -> None:
+    needed = 5_002_000 + HEADROOM_BYTES
+    exc = refusal(manifest_body(), free_bytes=needed - 1)
+    assert exc.reason == "no_space"
+    assert str(exc) == "manifest version 3 needs 5.0 MB of downloads plus 16.8 MB headroom; 21.8 MB free"
+    assert decide(manifest_body(), free_bytes=needed).eligible
+    not_for_us = decide(manifest_body(targets={"profiles": ["jetson-orin"]}), free_bytes=0)
+    assert not not_for_us.targeted
