@@ -50,7 +50,8 @@ from agent.inference.cards import load_card
 from agent.protocol.capture import verify_capture
 from agent.protocol.envelope import GENESIS_PREV, Envelope, build_envelope, envelope_hash, verify_envelope
 from agent.protocol.messages import Beacon, Challenge, Heartbeat, Manifest, Verdict, Voucher
-from agent.transport.outbox import RESERVE_BYTES
+from agent.transport.outbox import RESERVE_BYTES, Outbox
+from agent.transport.settings import OutboxSettings
 from tests.support.mosquitto import Collector, MosquittoBroker, free_port
 
 pytestmark = pytest.mark.integration
@@ -807,6 +808,9 @@ def test_hostile_inbound_is_rejected_by_reason_and_the_daemon_keeps_working(tmp_
     assert owner_view["counters"]["manifests_accepted"] == 1
     stable = owner_view["manifests"]["stable"]
     assert (stable["version"], stable["operator"], stable["eligible"]) == (5, str(OPERATOR.pubkey()), True)
+    # The accepted version is kept beside the chain head, so a restart still refuses v4.
+    with Outbox(OutboxSettings(path=str(tmp_path / "device" / "state" / "outbox.sqlite3"))) as kept:
+        assert kept.get_state("manifest.stable.version") == 5
 
     # One log line per rejection, naming the reason.
     logs = daemon.logs()
