@@ -88,7 +88,5 @@ def run_status(args: argparse.Namespace) -> int:
             (channel, m["version"], f"{m['model_id']} {m['model_version']}", m["targeted"], m["eligible"])
             for channel, m in sorted(manifests.items())
         ]
-        print_table(
-            "fleet manifests", ["channel", "version", "model", "targeted", "eligible"], manifest_rows
-        )
+        print_table("fleet manifests", ["channel", "version", "model", "targeted", "eligible"], manifest_rows)
     return 0
