@@ -12,45 +12,14 @@ from agent.errors import ProtocolError
 from agent.protocol.envelope import GENESIS_PREV, build_envelope, validate_body, verify_envelope
 from agent.protocol.messages import Manifest
 from agent.protocol.topics import Topics
+from tests.support.manifests import NOW, manifest_body
 
 OPERATOR = Keypair.from_seed(bytes([21]) * 32)
 ROGUE = Keypair.from_seed(bytes([22]) * 32)
 DEV = str(Keypair.from_seed(bytes([23]) * 32).pubkey())
 OTHER_DEV = str(Keypair.from_seed(bytes([24]) * 32).pubkey())
-NOW = 1_800_000_000_000
 FACTS = DeviceFacts(DEV, "rpi4", frozenset({"lobby"}))
 PLENTY = 10**12
-
-
-def manifest_body(**change: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "channel": "stable",
-        "version": 3,
-        "model_id": "efficientnet-lite0-int8",
-        "model_version": "1.1.0",
-        "model": "model.onnx",
-        "card": "model.toml",
-        "artifacts": [
-            {
-                "name": "model.onnx",
-                "url": "https://models.example/m.onnx",
-                "sha256": "ab" * 32,
-                "length": 5_000_000,
-            },
-            {
-                "name": "model.toml",
-                "url": "https://models.example/m.toml",
-                "sha256": "cd" * 32,
-                "length": 2_000,
-            },
-        ],
-        "targets": {"profiles": ["rpi4", "rpi5"]},
-        "expires_ms": NOW + 86_400_000,
-        "stages": [500, 2500, 10_000],
-        "stage": 2,
-    }
-    body.update(change)
-    return body
 
 
 def signed(body: dict[str, Any], signer: Keypair = OPERATOR):

@@ -14,6 +14,7 @@ from agent.cli import main
 from agent.protocol.chain import ChainSigner
 from agent.protocol.topics import Topics
 from agent.protocol.vectors import TS, heartbeat_body, proof_body
+from tests.support.manifests import manifest_body
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "protocol" / "capture_sample.txt"
 A = Keypair.from_seed(bytes([21]) * 32)
@@ -129,8 +130,6 @@ def test_coordinator_messages(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 def test_manifests_are_checked_against_their_channel_topic(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from tests.unit.test_manifests import manifest_body
-
     operator = ChainSigner(COORD)
     stable = operator.next("manifest", manifest_body(version=1), TS)
     beta = operator.next("manifest", manifest_body(channel="beta", version=2), TS)
