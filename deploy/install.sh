@@ -382,6 +382,7 @@ fi
 
 step "done"
 if [ -z "$DEST" ]; then
+	note "check:  sudo -u $USER_NAME $VENV_DIR/bin/edgeproof doctor --config $CONF"
 	note "status: systemctl status $UNIT_NAME; $VENV_DIR/bin/edgeproof status --config $CONF"
 	note "logs:   journalctl -u $UNIT_NAME -f"
 fi

@@ -18,7 +18,12 @@ MAX_LISTED = 50
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    group = sub.add_parser("proofs", help="verify signed proofs and other captured envelopes")
+    group = sub.add_parser(
+        "proofs",
+        help="verify signed proofs and other captured envelopes",
+        description="Work with signed envelopes (proofs, heartbeats, challenges, ...) using public "
+        "information only; see docs/protocol.md.",
+    )
     group.set_defaults(group_parser=group)
     commands = group.add_subparsers(dest="proofs_command", metavar="SUBCOMMAND")
     verify = commands.add_parser(

@@ -100,7 +100,7 @@ class TransportStatus:
         }
 
 
-def _tls_context(settings: MqttSettings) -> ssl.SSLContext | None:
+def tls_context(settings: MqttSettings) -> ssl.SSLContext | None:
     tls = settings.tls
     if tls is None:
         return None
@@ -124,6 +124,22 @@ def _tls_context(settings: MqttSettings) -> ssl.SSLContext | None:
     context.check_hostname = not tls.insecure
     context.verify_mode = ssl.CERT_REQUIRED
     return context
+
+
+def tls_failure(settings: MqttSettings, exc: ssl.SSLError) -> TransportError:
+    """The error for a failed TLS handshake: retrying cannot fix it, the config must change."""
+    where = f"{settings.host}:{settings.port}"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return TransportError(
+            f"TLS verification of the broker {where} failed: certificate verify failed: "
+            f"{exc.verify_message or exc}",
+            hint="set mqtt.tls.ca_file to the CA that signed the broker certificate and make mqtt.host "
+            "a name or IP address listed in that certificate",
+        )
+    return TransportError(
+        f"TLS handshake with the broker {where} failed: {exc}",
+        hint="check that the broker port speaks TLS and that the client certificate (if any) is valid",
+    )
 
 
 class MqttTransport:
@@ -181,7 +197,7 @@ class MqttTransport:
         client.connect_timeout = settings.connect_timeout_s
         if settings.username is not None:
             client.username_pw_set(settings.username, settings.resolve_password())
-        context = _tls_context(settings)
+        context = tls_context(settings)
         if context is not None:
             client.tls_set_context(context)
         client.on_connect = self._on_connect
@@ -232,20 +248,9 @@ class MqttTransport:
         props.SessionExpiryInterval = s.session_expiry_s
         try:
             self._client.connect(s.host, s.port, s.keepalive_s, clean_start=False, properties=props)
-        except ssl.SSLCertVerificationError as exc:
-            self._close_socket()
-            raise TransportError(
-                f"TLS verification of the broker {s.host}:{s.port} failed: certificate verify failed: "
-                f"{exc.verify_message or exc}",
-                hint="set mqtt.tls.ca_file to the CA that signed the broker certificate and make mqtt.host "
-                "a name or IP address listed in that certificate",
-            ) from exc
         except ssl.SSLError as exc:
             self._close_socket()
-            raise TransportError(
-                f"TLS handshake with the broker {s.host}:{s.port} failed: {exc}",
-                hint="check that the broker port speaks TLS and that the client certificate (if any) is valid",
-            ) from exc
+            raise tls_failure(s, exc) from exc
         except (OSError, ValueError) as exc:
             message = f"cannot connect to broker {s.host}:{s.port}: {exc}"
             with self._lock:

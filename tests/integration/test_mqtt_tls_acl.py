@@ -274,3 +274,25 @@ def test_message_above_broker_max_packet_size_is_parked_not_looped(
         transport.stop()
         coord.close()
         outbox.close()
+
+
+def test_probe_connects_with_tls_and_names_each_refusal(secure_broker: SecureBroker) -> None:
+    """`edgeproof doctor`'s broker check: one clean connection under its own client id."""
+    from agent.transport.probe import probe_broker
+
+    result = probe_broker(secure_broker.settings(DEV_A), "edgeproof-doctor-test", timeout_s=10)
+    assert (result.tls, result.username, result.port) == (True, DEV_A, secure_broker.broker.port)
+    assert result.describe().startswith(
+        f"127.0.0.1:{secure_broker.broker.port} accepted a connection (TLS, broker certificate verified, "
+        f"user {DEV_A}) in "
+    )
+    with pytest.raises(TransportError) as refused:
+        probe_broker(secure_broker.settings(DEV_A, password="wrong"), "edgeproof-doctor-test", timeout_s=10)
+    assert str(refused.value).startswith(
+        f"broker 127.0.0.1:{secure_broker.broker.port} refused the connection: "
+    ) and repr(DEV_A) in str(refused.value)
+    other = {"ca_file": str(secure_broker.etc / "other-ca.crt")}
+    with pytest.raises(TransportError) as unverified:
+        probe_broker(secure_broker.settings(DEV_A, tls=other), "edgeproof-doctor-test", timeout_s=10)
+    assert "TLS verification of the broker" in str(unverified.value)
+    assert "certificate verify failed" in str(unverified.value)

@@ -26,6 +26,10 @@ REPORTING = {
     ("models", "quantize"),
     ("infer",),
     ("bench",),
+    ("proofs", "verify"),
+    ("status",),
+    ("doctor",),
+    ("demo",),
 }
 
 
@@ -51,9 +55,7 @@ def _help_of(parent: argparse.ArgumentParser, name: str) -> str | None:
     return None
 
 
-# Issue 2's commands; the daemon, demo and proofs commands belong to later issues.
-ISSUE_2 = {"config", "keys", "profile", "models", "infer", "bench"}
-COMMANDS = [c for c in _walk(build_parser()) if c[0][0] in ISSUE_2]
+COMMANDS = list(_walk(build_parser()))
 
 
 @pytest.mark.parametrize(("path", "parent", "parser"), COMMANDS, ids=[" ".join(p) for p, _, _ in COMMANDS])

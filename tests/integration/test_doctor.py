@@ -1,0 +1,148 @@
+"""`edgeproof doctor` against the real parts: a Mosquitto broker, the shipped model, a key file."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.cli import main
+from agent.identity import init_keypair
+from tests.support.mosquitto import MosquittoBroker, free_port
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL = ROOT / "models" / "efficientnet-lite0-int8.toml"
+COORDINATOR = "9xQeWvG816bUx9EPjHmaT23yvVM2ZWbrrpZb9PusVFin"
+WALLET = "4Nd1mBQtrMJVYVfKf2PJy9NZUZdTAsp7D4xWLs4gDB4T"
+
+
+def fake_root(tmp_path: Path, temp_mc: int = 45_000) -> Path:
+    root = tmp_path / "root"
+    zone = root / "sys/class/thermal/thermal_zone0"
+    zone.mkdir(parents=True)
+    (zone / "temp").write_text(f"{temp_mc}\n")
+    return root
+
+
+def write_config(tmp_path: Path, port: int, **inference: Any) -> Path:
+    key = tmp_path / "device-key.json"
+    if not key.exists():
+        init_keypair(key, seed=bytes([5]) * 32)
+    source = inference.get("source", "synthetic:320x240")
+    model = inference.get("model", str(MODEL))
+    text = f"""
+[device]
+key = "{key}"
+state_dir = "{tmp_path / "state"}"
+profile = "generic-x86_64"
+owner_wallet = "{WALLET}"
+[inference]
+model = "{model}"
+source = "{source}"
+threads = 1
+[mqtt]
+host = "127.0.0.1"
+port = {port}
+[coordinator]
+pubkey = "{COORDINATOR}"
+"""
+    path = tmp_path / "agent.toml"
+    path.write_text(text)
+    return path
+
+
+def doctor(capsys: pytest.CaptureFixture[str], config: Path, root: Path) -> tuple[int, dict[str, Any]]:
+    code = main(["doctor", "--config", str(config), "--root", str(root), "--json", "--broker-timeout", "5"])
+    report = json.loads(capsys.readouterr().out)
+    return code, report
+
+
+def statuses(report: dict[str, Any]) -> dict[str, str]:
+    return {c["name"]: c["status"] for c in report["checks"]}
+
+
+def details(report: dict[str, Any]) -> dict[str, str]:
+    return {c["name"]: c["detail"] for c in report["checks"]}
+
+
+def test_a_ready_device_passes_every_check(
+    mosquitto: MosquittoBroker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, report = doctor(capsys, write_config(tmp_path, mosquitto.port), fake_root(tmp_path))
+    assert code == 0, report
+    assert report["ok"] is True and report["failed"] == []
+    assert statuses(report) == {
+        "config": "ok",
+        "daemon": "warn",  # not started in this test
+        "key": "ok",
+        "profile": "ok",
+        "model": "ok",
+        "thermal": "ok",
+        "source": "ok",
+        "storage": "ok",
+        "broker": "ok",
+        "coordinator": "ok",
+    }
+    d = details(report)
+    assert d["model"].startswith(
+        "efficientnet-lite0-int8 1.0.0 (sha256 bdc386c145ae... verified) on onnx CPUExecutionProvider, 1 threads"
+    )
+    assert d["thermal"] == "45.0 °C; throttle at 90 °C, pause at 100 °C"
+    assert d["source"] == "synthetic:320x240:0: a 320x240 frame"
+    assert d["broker"].startswith(f"127.0.0.1:{mosquitto.port} accepted a connection (plain TCP) in ")
+    assert not (tmp_path / "state").exists()  # doctor creates nothing
+
+
+def test_each_broken_part_is_named_with_its_fix(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    dead_port = free_port()  # nothing listens here
+    card = tmp_path / "tampered.toml"
+    card.write_text(
+        MODEL.read_text().replace("efficientnet-lite0-int8.onnx", str(MODEL.with_suffix(".onnx")))
+    )
+    text = card.read_text()
+    sha_line = next(line for line in text.splitlines() if line.startswith("sha256"))
+    card.write_text(text.replace(sha_line, 'sha256 = "' + "0" * 64 + '"'))
+    config = write_config(tmp_path, dead_port, model=str(card), source=str(tmp_path / "missing.mp4"))
+    code, report = doctor(capsys, config, fake_root(tmp_path, temp_mc=95_000))
+    assert code == 1
+    assert report["failed"] == ["model", "source", "broker"]
+    s, d = statuses(report), details(report)
+    assert s["thermal"] == "warn" and d["thermal"] == "95.0 °C; throttle at 90 °C, pause at 100 °C"
+    assert "sha256" in d["model"] and "0" * 12 in d["model"]
+    assert d["source"] == (
+        f"source '{tmp_path / 'missing.mp4'}' is not a camera index, URL, folder or existing file"
+    )
+    assert d["broker"].startswith(f"cannot connect to broker 127.0.0.1:{dead_port}: ")
+    hints = {c["name"]: c["hint"] for c in report["checks"]}
+    assert hints["broker"].startswith("check mqtt.host and mqtt.port")
+
+
+def test_an_invalid_config_stops_the_other_checks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text("[mqtt]\nhots = 1\n")
+    code, report = doctor(capsys, config, fake_root(tmp_path))
+    assert code == 1 and report["failed"] == ["config"]
+    assert details(report)["config"] == f"{config}:2: mqtt.hots: unknown key 'hots'; did you mean 'host'?"
+    assert set(statuses(report).values()) == {"fail", "skip"}
+    assert details(report)["broker"] == "not checked: the config is not valid"
+
+
+def test_a_camera_held_by_the_running_daemon_is_not_opened(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path, free_port(), source="0")
+    state = tmp_path / "state"
+    state.mkdir()
+    status = {"pid": os.getpid(), "running": True, "chain": {"seq": 12, "last_acked_seq": 11}}
+    (state / "status.json").write_text(json.dumps({**status, "transport": {"connected": True}}))
+    code, report = doctor(capsys, config, fake_root(tmp_path))
+    s, d = statuses(report), details(report)
+    assert s["daemon"] == "ok"
+    assert d["daemon"] == f"running, pid {os.getpid()}; chain seq 12, last acked 11; broker connected"
+    assert (s["source"], d["source"]) == ("skip", f"0 is in use by the running daemon (pid {os.getpid()})")
+    assert code == 1 and report["failed"] == ["broker"]
