@@ -80,3 +80,17 @@ class StorageError(EdgeproofError):
     """Local state (outbox, database) cannot be written or read."""
 
     exit_code = 10
+
+
+class DeployError(EdgeproofError):
+    """A model release could not be downloaded, checked, smoke-tested or activated.
+
+    ``reason`` is the named reason a device reports in its ``deploy`` message (an identifier,
+    e.g. ``hash_mismatch``, ``too_long``, ``unreachable``, ``output_shape``, ``too_slow``).
+    """
+
+    exit_code = 11
+
+    def __init__(self, message: str, *, reason: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.reason = reason
