@@ -108,6 +108,10 @@ class FleetSettings(Strict):
     operator_keys: Annotated[list[str], Field(max_length=8)] = Field(default_factory=list)
     # This device's tags, matched against a manifest's targets.tags.
     tags: Annotated[list[str], Field(max_length=16)] = Field(default_factory=list)
+    # A new model runs on trial this long; an inference error meanwhile rolls it back.
+    trial_s: Annotated[float, Field(ge=1, le=86_400)] = 60.0
+    # Socket timeout of artifact downloads (a stalled download is retried with HTTP Range).
+    download_timeout_s: Annotated[float, Field(gt=0, le=600)] = 30.0
 
     _channels = field_validator("channels", "tags")(_idents)
     _keys = field_validator("operator_keys")(_pubkeys)

@@ -31,9 +31,11 @@ from agent.device.challenges import ChallengeResponder
 from agent.device.health import HealthProbe
 from agent.device.manifests import DeviceFacts, check_manifest
 from agent.device.metrics import MetricsServer, Snapshot
+from agent.device.model_store import ModelStore
 from agent.device.status import write_status
 from agent.device.systemd import Notifier
 from agent.device.thermal import ThermalGovernor, ThermalState
+from agent.device.updater import ModelUpdater, Swap
 from agent.device.window import WorkWindow
 from agent.errors import EdgeproofError, ProtocolError, SourceError, StorageError
 from agent.identity import device_id, load_keypair
@@ -43,7 +45,7 @@ from agent.inference.runtime import backend_settings, resolve_profile
 from agent.inference.sources import FrameSource, open_source
 from agent.protocol.chain import ChainSigner
 from agent.protocol.envelope import GENESIS_PREV, Envelope, verify_envelope
-from agent.protocol.messages import Beacon, Challenge, Health, Heartbeat, Status, Verdict
+from agent.protocol.messages import Beacon, Challenge, Deploy, Health, Heartbeat, Status, Verdict
 from agent.protocol.topics import Topics
 from agent.transport.mqtt import MqttTransport
 from agent.transport.outbox import Outbox
@@ -72,21 +74,36 @@ class Daemon:
         self.dev = device_id(keypair)
         self.profile = resolve_profile(config.device.profile, root)
         inf = config.inference
-        settings = backend_settings(
+        self.backend_settings = backend_settings(
             self.profile,
             threads=inf.threads,
             onnx_providers=inf.onnx_providers or None,
             litert_delegates=inf.litert_delegates or None,
             spin_wait=inf.max_fps == 0,  # paced frames: idle workers sleep instead of spinning
         )
-        self.pipeline = Pipeline.open(inf.model, settings, inf.backend or None)
-        self.card = self.pipeline.loaded.card
         self.outbox = Outbox(config.outbox)
         state = self.outbox.state()
         seq, prev = int(state.get("seq") or 0), str(state.get("prev") or GENESIS_PREV)
         self.signer = ChainSigner(keypair, seq=seq, prev=prev)
         self.topics = Topics(config.mqtt.topic_prefix)
+        self._emit_lock = threading.Lock()
+        self.counters: Counter[str] = Counter()
         self.transport = MqttTransport(config.mqtt, self.outbox, client_id=self.dev)
+        self.updater = ModelUpdater(
+            ModelStore(self.state_dir / "models"),
+            self.profile,
+            self.backend_settings,
+            self._report_deploy,
+            self.outbox.get_state,
+            self.outbox.set_state,
+            fallback_card=Path(inf.model),
+            open_pipeline=self._open_pipeline,
+            trial_s=config.fleet.trial_s,
+            download_timeout_s=config.fleet.download_timeout_s,
+        )
+        card_path, self.release = self.updater.startup_card()
+        self.pipeline = self._open_pipeline(card_path)
+        self.card = self.pipeline.loaded.card
         thermal = self.profile.thermal
         self.health_probe = HealthProbe(root, thermal.zone_glob, thermal.ignore_zone_types)
         self.thermal = ThermalGovernor(self.profile.thermal)
@@ -94,7 +111,6 @@ class Daemon:
         self.responder = ChallengeResponder(self.pipeline, self.dev, clock_ms)
         self.notifier = Notifier()
         self.stop_event = threading.Event()
-        self._emit_lock = threading.Lock()
         self._challenges: queue.Queue[Challenge] = queue.Queue(maxsize=16)
         self.beacon: tuple[int, str] = (0, NO_BEACON)
         self.verdicts: deque[dict[str, Any]] = deque(maxlen=20)
@@ -104,7 +120,6 @@ class Daemon:
         self.rejected_inbound: Counter[str] = Counter()
         self._count_lock = threading.Lock()
         self.metrics_server: MetricsServer | None = None
-        self.counters: Counter[str] = Counter()
         self.started_ms = clock_ms()
         self._started_mono = time.monotonic()
         self.source: FrameSource | None = None
@@ -125,6 +140,39 @@ class Daemon:
                 "leaf_hash": self.leaf_hash,
                 **self.pipeline.describe(),
             },
+        )
+
+    def _open_pipeline(self, card: Path) -> Pipeline:
+        # The configured backend override applies to the configured model only; a fleet release's
+        # card says which backend runs it.
+        configured = card == Path(self.config.inference.model)
+        return Pipeline.open(
+            str(card), self.backend_settings, (self.config.inference.backend or None) if configured else None
+        )
+
+    def _report_deploy(self, body: Deploy) -> None:
+        env = self.emit("deploy", body)
+        log.log(
+            logging.WARNING if body.state in ("failed", "rolled_back") else logging.INFO,
+            "deploy state",
+            extra={
+                "state": body.state,
+                "reason": body.reason,
+                "model": body.model_id,
+                "seq": getattr(env, "seq", None),
+            },
+        )
+
+    def _swap(self, swap: Swap) -> None:
+        """Run another model from now on: the old model's window is closed (and proven) first."""
+        self.close_window()
+        self.pipeline, self.release = swap.pipeline, swap.release
+        self.card = swap.pipeline.loaded.card
+        self.responder = ChallengeResponder(self.pipeline, self.dev, self.clock_ms)
+        self.window = self._new_window()
+        self.emit("status", self.status_body("online"), retain=True)
+        log.info(
+            "model swapped", extra={**self.pipeline.describe(), "release": getattr(swap.release, "key", None)}
         )
 
     # ------------------------------------------------------------------ emitting
@@ -274,9 +322,10 @@ class Daemon:
 
     def on_manifest(self, topic: str, payload: bytes) -> None:
         env = self._verify_inbound(topic, payload, "manifest")
-        if env is None:
-            return
-        channel = self.topics.parse(topic).channel or ""
+        if env is not None:
+            self._consider_manifest(self.topics.parse(topic).channel or "", env, topic, payload)
+
+    def _consider_manifest(self, channel: str, env: Envelope, topic: str, payload: bytes) -> None:
         key = f"manifest.{channel}.version"
         try:
             decision = check_manifest(
@@ -294,10 +343,18 @@ class Daemon:
         summary = decision.summary(self.clock_ms())
         with self._count_lock:
             self.manifests[channel] = summary
+        if decision.eligible:
+            # Also for a duplicate (a stored or re-delivered manifest): an unfinished download
+            # resumes; a running or failed release is not started again.
+            self.updater.offer(decision.manifest)
         if decision.duplicate:
             return
         try:
-            self.outbox.set_state({key: decision.manifest.version})
+            # The envelope itself is kept: the broker does not re-send a retained message to a
+            # persistent session it already delivered it to, and a restart must resume the work.
+            self.outbox.set_state(
+                {key: decision.manifest.version, f"manifest.{channel}.envelope": payload.decode()}
+            )
         except StorageError as exc:
             log.error("manifest version not stored", extra={"channel": channel, "error": str(exc)})
         self.counters["manifests_accepted"] += 1
@@ -306,10 +363,19 @@ class Daemon:
             extra={
                 "channel": channel,
                 **{k: summary[k] for k in ("version", "model_id", "model_version", "targeted", "eligible")},
-                # Download, smoke test and activation belong to the model updater (not built yet).
-                "install": "not implemented",
             },
         )
+
+    def _restore_manifests(self) -> None:
+        """Re-judge the manifests accepted before a restart (a channel no longer configured is ignored)."""
+        for channel in self.config.fleet.channels:
+            stored = self.outbox.get_state(f"manifest.{channel}.envelope")
+            if not isinstance(stored, str):
+                continue
+            topic = self.topics.manifest(channel)
+            env = self._verify_inbound(topic, stored.encode(), "manifest")
+            if env is not None:
+                self._consider_manifest(channel, env, topic, stored.encode())
 
     def answer_challenges(self) -> None:
         while True:
@@ -339,7 +405,13 @@ class Daemon:
             "profile": self.profile.id,
             "started_ms": self.started_ms,
             "updated_ms": self.clock_ms(),
-            "model": {"id": self.card.id, "version": self.card.version, "sha256": self.card.sha256},
+            "model": {
+                "id": self.card.id,
+                "version": self.card.version,
+                "sha256": self.card.sha256,
+                "release": self.release.key if self.release is not None else None,
+                "trial": self.updater.in_trial,
+            },
             "inference": {
                 **self.pipeline.describe(),
                 "mode": "inference" if self.inference_enabled else "heartbeats-only",
@@ -449,6 +521,9 @@ class Daemon:
         self.transport.subscribe(self.topics.device(self.dev, "voucher"), self.on_voucher)
         for channel in self.config.fleet.channels:
             self.transport.subscribe(self.topics.manifest(channel), self.on_manifest)
+        if self.config.fleet.channels:
+            self.updater.start()
+            self._restore_manifests()  # before the broker can deliver a manifest concurrently
         self.transport.start()
         self._start_metrics()
         self.emit("status", self.status_body("online"), retain=True)
@@ -494,6 +569,9 @@ class Daemon:
                     self.close_window()
                     next_window = now + cfg.proofs.window_s
                 self.answer_challenges()
+                swap = self.updater.poll()
+                if swap is not None:
+                    self._swap(swap)
                 if watchdog_every is not None and now >= next_watchdog:
                     self.notifier.watchdog()
                     next_watchdog = now + watchdog_every
@@ -533,7 +611,13 @@ class Daemon:
             self.source.close()
             self.source = None
             return
-        result = self.pipeline.step(frame)
+        try:
+            result = self.pipeline.step(frame)
+        except Exception as exc:
+            if not self.updater.in_trial:
+                raise
+            self._swap(self.updater.trial_failed(f"{type(exc).__name__}: {exc}"))
+            return
         self.window.add(
             result.resized, result.outputs, result.latency_us, [p.label for p in result.predictions]
         )
@@ -553,6 +637,7 @@ class Daemon:
                 )
         finally:
             self.stop_event.set()
+            self.updater.stop()
             self.transport.stop()
             self.write_status()
             if self.metrics_server is not None:

@@ -64,7 +64,7 @@ COORDINATOR_SEED = bytes([7] * 32)
 ROGUE_SEED = bytes([9] * 32)
 OPERATOR_SEED = bytes([11] * 32)
 #: Device-to-coordinator topics whose envelopes the daemon signs.
-DEVICE_CHANNELS = {"hb", "proof", "response", "status"}
+DEVICE_CHANNELS = {"hb", "proof", "response", "status", "deploy"}
 OUTAGE_S = 30.0
 
 
@@ -113,6 +113,7 @@ def write_config(
     coordinator: str = "",
     metrics_port: int | None = None,
     manifest_channel: str | None = None,
+    trial_s: float = 60.0,
 ) -> Path:
     workdir.mkdir(parents=True, exist_ok=True)
     key = workdir / "device-key.json"
@@ -127,7 +128,12 @@ def write_config(
         else []
     )
     fleet = (
-        ["[fleet]", f'channels = ["{manifest_channel}"]', f'operator_keys = ["{OPERATOR.pubkey()}"]']
+        [
+            "[fleet]",
+            f'channels = ["{manifest_channel}"]',
+            f'operator_keys = ["{OPERATOR.pubkey()}"]',
+            f"trial_s = {trial_s}",
+        ]
         if manifest_channel is not None
         else []
     )
