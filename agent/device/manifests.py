@@ -7,9 +7,8 @@ free bytes of the state volume.  Refusals raise :class:`ProtocolError` with a na
 (``untrusted_operator``, ``wrong_channel``, ``stale_version``, ``expired``, ``no_space``), the
 daemon counts and logs them like any other rejected inbound message.
 
-Installing an accepted manifest's model (download with resume, smoke test, atomic activation,
-rollback) is the model updater's job; it is not built yet, so the daemon records accepted
-manifests and reports them in its status.
+Installing an eligible manifest's model (download with resume, smoke test, atomic activation,
+trial, rollback) is the model updater's job (agent/device/updater.py).
 """
 
 from __future__ import annotations
