@@ -10,8 +10,11 @@ re-delivery; a daemon killed while a new model is on trial rolls it back when it
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +23,6 @@ import pytest
 from agent.protocol.capture import verify_capture
 from agent.protocol.messages import Manifest
 from tests.integration.test_daemon_reliability import (
-    MODEL,
     OPERATOR,
     PREFIX,
     DaemonProcess,
@@ -89,43 +91,69 @@ def own_status(daemon: DaemonProcess) -> dict[str, Any]:
     return status if status.get("pid") == daemon.pid else {}
 
 
-def start(tmp_path: Path, broker: MosquittoBroker, trial_s: float) -> tuple[Path, DaemonProcess]:
-    config = write_config(
-        tmp_path / "device", broker, max_fps=2.0, manifest_channel="stable", trial_s=trial_s
-    )
-    daemon = DaemonProcess(config, tmp_path / "daemon.log")
-    daemon.start()
-    return config, daemon
+@dataclass
+class Rig:
+    broker: MosquittoBroker
+    collector: Collector
+    publisher: Publisher
+    tmp_path: Path
+    daemons: list[DaemonProcess] = field(default_factory=list)
+
+    def daemon(self, trial_s: float) -> DaemonProcess:
+        """Start a daemon (the same device and state every time) following channel "stable"."""
+        config = write_config(
+            self.tmp_path / "device", self.broker, max_fps=2.0, manifest_channel="stable", trial_s=trial_s
+        )
+        daemon = DaemonProcess(config, self.tmp_path / f"daemon{len(self.daemons)}.log")
+        self.daemons.append(daemon)
+        daemon.start()
+        return daemon
+
+    def push(self, manifest: Manifest) -> None:
+        envelope = coordinator_envelope("manifest", manifest, OPERATOR)
+        self.publisher.publish(MANIFEST_TOPIC, envelope.wire, retain=True)
+
+
+@contextlib.contextmanager
+def rig(tmp_path: Path, name: str) -> Iterator[Rig]:
+    """Broker, device-topic subscriber and publisher; afterwards the whole capture must verify."""
+    broker = MosquittoBroker(tmp_path / "broker")
+    broker.start()
+    collector = collector_for(broker, name)
+    publisher = Publisher(broker)
+    setup = Rig(broker, collector, publisher, tmp_path)
+    try:
+        yield setup
+    finally:
+        publisher.close()
+        for daemon in setup.daemons:
+            daemon.ensure_dead()
+        cap = capture_of(collector)
+        collector.close()
+        broker.kill()
+    report = verify_capture(cap.lines, prefix=PREFIX)
+    assert report.ok, [p.to_dict() for p in report.problems]
 
 
 def test_a_pushed_model_is_downloaded_smoke_tested_swapped_and_committed(tmp_path: Path) -> None:
-    broker = MosquittoBroker(tmp_path / "broker")
-    broker.start()
-    collector = collector_for(broker, "update")
-    publisher = Publisher(broker)
     files = release_files(tmp_path / "release")
     tiny_sha = hashlib.sha256(files["tiny.onnx"]).hexdigest()
-    daemon: DaemonProcess | None = None
-    try:
-        with ArtifactServer(files) as server:
-            server.drop_after = 300  # the first response breaks off: the daemon resumes with Range
-            _, daemon = start(tmp_path, broker, trial_s=3.0)
-            wait_until(lambda: proof_models(collector), 90, "a first proof with the configured model")
-            manifest = tiny_manifest(server, files, version=1)
-            publisher.publish(
-                MANIFEST_TOPIC, coordinator_envelope("manifest", manifest, OPERATOR).wire, retain=True
-            )
-            wait_until(
-                lambda: ("committed", None, 1) in deploy_states(collector), 90, "the release to be committed"
-            )
-            wait_until(lambda: "tiny" in proof_models(collector), 30, "a proof made with the new model")
-            status = daemon.status()
-            assert any(r is not None and r.startswith("bytes=") for r in server.requests), server.requests
-        code = daemon.terminate()
-        assert code == 0, daemon.tail()
+    with rig(tmp_path, "update") as r, ArtifactServer(files) as server:
+        collector = r.collector
+        server.drop_after = 300  # the first response breaks off: the daemon resumes with Range
+        daemon = r.daemon(trial_s=3.0)
+        wait_until(lambda: proof_models(collector), 90, "a first proof with the configured model")
+        r.push(tiny_manifest(server, files, version=1))
+        wait_until(
+            lambda: ("committed", None, 1) in deploy_states(collector), 90, "the release to be committed"
+        )
+        wait_until(lambda: "tiny" in proof_models(collector), 30, "a proof made with the new model")
+        status = own_status(daemon)
+        assert any(r is not None and r.startswith("bytes=") for r in server.requests), server.requests
+        assert daemon.terminate() == 0, daemon.tail()
 
         states = [s for s, _, _ in deploy_states(collector)]
-        assert states[0] == "received" and states[-1] == "committed"
+        assert states[0] == "received" and states[-1] == "committed" and "downloading" in states
         assert [s for s in states if s != "downloading"] == [
             "received",
             "staged",
@@ -133,7 +161,6 @@ def test_a_pushed_model_is_downloaded_smoke_tested_swapped_and_committed(tmp_pat
             "activated",
             "committed",
         ]
-        assert "downloading" in states
         models = proof_models(collector)
         first_tiny = models.index("tiny")
         assert set(models[:first_tiny]) == {"efficientnet-lite0-int8"} and set(models[first_tiny:]) == {
@@ -145,11 +172,9 @@ def test_a_pushed_model_is_downloaded_smoke_tested_swapped_and_committed(tmp_pat
         assert {e.raw["body"]["model_sha256"] for e in tiny_proofs} == {tiny_sha}
         assert status["model"]["id"] == "tiny" and status["model"]["release"] == f"tiny-1.0.0-{tiny_sha[:12]}"
 
-        # A restart runs the committed release; the retained manifest is a duplicate: no new deploy.
+        # A restart runs the committed release; the stored manifest is a duplicate: no new deploy.
         before = len(deploy_states(collector))
-        restarted = DaemonProcess(daemon.config, tmp_path / "daemon2.log")
-        daemon = restarted
-        restarted.start()
+        restarted = r.daemon(trial_s=3.0)
         wait_until(
             lambda: own_status(restarted).get("model", {}).get("id") == "tiny", 60, "the restart on tiny"
         )
@@ -159,70 +184,37 @@ def test_a_pushed_model_is_downloaded_smoke_tested_swapped_and_committed(tmp_pat
         time.sleep(1.0)
         assert len(deploy_states(collector)) == before
         assert restarted.terminate() == 0, restarted.tail()
-    finally:
-        publisher.close()
-        if daemon is not None:
-            daemon.ensure_dead()
-        cap = capture_of(collector)
-        collector.close()
-        broker.kill()
-    report = verify_capture(cap.lines, prefix=PREFIX)
-    assert report.ok, [p.to_dict() for p in report.problems]
 
 
 def test_bad_bytes_fail_and_a_crash_on_trial_rolls_back(tmp_path: Path) -> None:
-    broker = MosquittoBroker(tmp_path / "broker")
-    broker.start()
-    collector = collector_for(broker, "update-fail")
-    publisher = Publisher(broker)
     files = release_files(tmp_path / "release")
-    daemon: DaemonProcess | None = None
-    try:
-        with ArtifactServer(files) as server:
-            config, daemon = start(tmp_path, broker, trial_s=600.0)
-            wait_until(lambda: proof_models(collector), 90, "a first proof with the configured model")
-            # v1 names a sha256 the served bytes do not have.
-            bad = tiny_manifest(server, files, version=1, tiny_onnx="ab" * 32)
-            publisher.publish(
-                MANIFEST_TOPIC, coordinator_envelope("manifest", bad, OPERATOR).wire, retain=True
-            )
-            wait_until(
-                lambda: ("failed", "hash_mismatch", 1) in deploy_states(collector), 60, "hash_mismatch"
-            )
-            assert daemon.status()["model"]["id"] == "efficientnet-lite0-int8"
+    with rig(tmp_path, "update-fail") as r, ArtifactServer(files) as server:
+        collector = r.collector
+        daemon = r.daemon(trial_s=600.0)
+        wait_until(lambda: proof_models(collector), 90, "a first proof with the configured model")
+        # v1 names a sha256 the served bytes do not have.
+        r.push(tiny_manifest(server, files, version=1, tiny_onnx="ab" * 32))
+        wait_until(lambda: ("failed", "hash_mismatch", 1) in deploy_states(collector), 60, "hash_mismatch")
+        assert own_status(daemon)["model"]["id"] == "efficientnet-lite0-int8"
 
-            # v2 is good; the daemon is killed while it is on trial (trial_s = 600).
-            good = tiny_manifest(server, files, version=2)
-            publisher.publish(
-                MANIFEST_TOPIC, coordinator_envelope("manifest", good, OPERATOR).wire, retain=True
-            )
-            wait_until(lambda: ("activated", None, 2) in deploy_states(collector), 60, "activation of v2")
-            wait_until(lambda: daemon.status().get("model", {}).get("trial") is True, 30, "v2 on trial")
-            daemon.kill9()
-            restarted = DaemonProcess(config, tmp_path / "daemon2.log")
-            daemon = restarted
-            restarted.start()
-            wait_until(
-                lambda: ("rolled_back", "crashed_in_trial", 2) in deploy_states(collector),
-                60,
-                "the rollback of the release that was on trial",
-            )
-            wait_until(lambda: own_status(restarted).get("model"), 60, "the restarted daemon's status")
-            assert own_status(restarted)["model"]["id"] == "efficientnet-lite0-int8"
-            # The retained v2 comes again on reconnect: a rolled-back version is not retried.
-            wait_until(
-                lambda: own_status(restarted).get("manifests", {}).get("stable"), 30, "the retained manifest"
-            )
-            failed_again = [s for s in deploy_states(collector) if s[2] == 2 and s[0] == "received"]
-            assert len(failed_again) == 1
-            assert restarted.terminate() == 0, restarted.tail()
-    finally:
-        publisher.close()
-        if daemon is not None:
-            daemon.ensure_dead()
-        cap = capture_of(collector)
-        collector.close()
-        broker.kill()
-    report = verify_capture(cap.lines, prefix=PREFIX)
-    assert report.ok, [p.to_dict() for p in report.problems]
-    assert MODEL.exists()
+        # v2 is good; the daemon is killed while it is on trial (trial_s = 600).
+        r.push(tiny_manifest(server, files, version=2))
+        wait_until(lambda: ("activated", None, 2) in deploy_states(collector), 60, "activation of v2")
+        wait_until(lambda: own_status(daemon).get("model", {}).get("trial") is True, 30, "v2 on trial")
+        daemon.kill9()
+        restarted = r.daemon(trial_s=600.0)
+        wait_until(
+            lambda: ("rolled_back", "crashed_in_trial", 2) in deploy_states(collector),
+            60,
+            "the rollback of the release that was on trial",
+        )
+        wait_until(
+            lambda: own_status(restarted).get("manifests", {}).get("stable"), 60, "the stored manifest"
+        )
+        assert own_status(restarted)["model"]["id"] == "efficientnet-lite0-int8"
+        time.sleep(1.0)
+        # The stored v2 is judged again at start: a rolled-back version is not tried again.
+        assert [s for s in deploy_states(collector) if s[2] == 2 and s[0] == "received"] == [
+            ("received", None, 2)
+        ]
+        assert restarted.terminate() == 0, restarted.tail()
