@@ -212,6 +212,20 @@ def _row(values: tuple[Any, ...]) -> OutboxRow:
     )
 
 
+@dataclass(frozen=True)
+class _NewMessage:
+    """A message on its way into the outbox (``size`` counts payload and topic bytes)."""
+
+    topic: str
+    body: bytes
+    qos: int
+    retain: bool
+    kind: str
+    prio: int
+    size: int
+    state: Mapping[str, StateValue] | None
+
+
 class _Refused(Exception):
     """Internal: the policy refuses the new message (reason in args[0])."""
 
@@ -389,7 +403,7 @@ class Outbox:
         with self._lock:
             self._check_open()
             try:
-                row_id = self._put_locked(topic, body, qos, retain, kind, prio, size, state)
+                row_id = self._put_locked(_NewMessage(topic, body, qos, retain, kind, prio, size, state))
             except sqlite3.Error as exc:
                 self._rollback()
                 self._bytes = self._safe_sum()
@@ -420,17 +434,8 @@ class Outbox:
         except sqlite3.Error:
             return self._bytes
 
-    def _put_locked(
-        self,
-        topic: str,
-        body: bytes,
-        qos: int,
-        retain: bool,
-        kind: str,
-        prio: int,
-        size: int,
-        state: Mapping[str, StateValue] | None,
-    ) -> int | None:
+    def _put_locked(self, msg: _NewMessage) -> int | None:
+        kind, prio, size = msg.kind, msg.prio, msg.size
         max_bytes = self.settings.max_bytes
         evict: list[tuple[int, str, int]] = []
         refused: str | None = None
@@ -448,20 +453,7 @@ class Outbox:
         checkpointed = False
         while True:
             try:
-                return self._commit_put(
-                    topic,
-                    body,
-                    qos,
-                    retain,
-                    kind,
-                    prio,
-                    size,
-                    state,
-                    evict,
-                    reason_evict,
-                    disk_evict,
-                    refused,
-                )
+                return self._commit_put(msg, evict, reason_evict, disk_evict, refused)
             except sqlite3.OperationalError as exc:
                 self._rollback()
                 if not is_disk_full(exc):
@@ -505,19 +497,13 @@ class Outbox:
 
     def _commit_put(
         self,
-        topic: str,
-        body: bytes,
-        qos: int,
-        retain: bool,
-        kind: str,
-        prio: int,
-        size: int,
-        state: Mapping[str, StateValue] | None,
+        msg: _NewMessage,
         evict: list[tuple[int, str, int]],
         reason_evict: str,
         disk_evict: list[tuple[int, str, int]],
         refused: str | None,
     ) -> int | None:
+        kind, size = msg.kind, msg.size
         drops: Counter[tuple[str, str]] = Counter(self._unsaved_drops)
         freed = 0
         self._db.execute("BEGIN IMMEDIATE")
@@ -532,14 +518,14 @@ class Outbox:
             cur = self._db.execute(
                 "INSERT INTO outbox (topic, payload, qos, retain, kind, priority, size, created_ms) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (topic, body, qos, int(retain), kind, prio, size, self._clock_ms()),
+                (msg.topic, msg.body, msg.qos, int(msg.retain), kind, msg.prio, size, self._clock_ms()),
             )
             row_id = cur.lastrowid
         else:
             drops[(kind, refused)] += 1
         self._count(drops)
-        if state:
-            self._write_state(state)
+        if msg.state:
+            self._write_state(msg.state)
         self._db.execute("COMMIT")
         self._unsaved_drops.clear()
         self._bytes += (size if row_id is not None else 0) - freed
