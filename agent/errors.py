@@ -82,6 +82,17 @@ class StorageError(EdgeproofError):
     exit_code = 10
 
 
+class CorruptStateError(StorageError):
+    """Local state (outbox, state store) is unreadable: garbage, truncated or not ours.
+
+    Its own exit code, listed in the systemd unit's ``RestartPreventExitStatus``, so the
+    service stops instead of restarting every few seconds; ``edgeproof state recover``
+    salvages what it can.
+    """
+
+    exit_code = 12
+
+
 class DeployError(EdgeproofError):
     """A model release could not be downloaded, checked, smoke-tested or activated.
 

@@ -122,7 +122,7 @@ class Capture:
 
 
 def run_network(workdir: Path, clip: Path, seconds: float, window: int) -> dict[str, Any]:
-    from agent.device.challenges import expected_sketch
+    from agent.challenge_run import expected_sketch
     from agent.device.daemon import Daemon
     from agent.protocol.capture import verify_capture
     from agent.protocol.challenge import sketch_matches

@@ -2,43 +2,18 @@
 
 The synthetic input is derived from the nonce (so it cannot be precomputed),
 run through the active model, and the outputs are projected to 32 integers.
-The coordinator runs the same model on the same input and compares.
+The coordinator runs the same model on the same input and compares
+(:mod:`agent.challenge_run`, shared by both roles).
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
-import numpy as np
-
+from agent.challenge_run import expected_sketch
 from agent.errors import ProtocolError
-from agent.inference.cards import InputSpec
 from agent.inference.pipeline import Pipeline
-from agent.protocol.challenge import output_sketch, synthetic_input
 from agent.protocol.messages import Challenge, ChallengeResponse
-
-
-def challenge_tensor(spec: InputSpec, nonce: str) -> np.ndarray:
-    """The model input for a challenge: nonce-derived uint8 pixels, preprocessed like a frame.
-
-    Deriving pixels (not raw tensors) keeps the input inside the model's real
-    input distribution and works for every card dtype and layout alike.
-    """
-    pixels = synthetic_input(nonce, (spec.height, spec.width, 3), np.uint8)
-    from agent.inference.preprocess import Preprocessor
-
-    return Preprocessor(spec.model_copy(update={"resize": "stretch"}))(np.ascontiguousarray(pixels)).tensor
-
-
-def expected_sketch(pipeline: Pipeline, nonce: str) -> tuple[list[int], int]:
-    """(sketch, latency µs) for ``nonce`` on this pipeline's model; used by both roles."""
-    tensor = challenge_tensor(pipeline.loaded.card.input, nonce)
-    start = time.perf_counter_ns()
-    outputs = pipeline.backend.run(tensor)
-    latency_us = (time.perf_counter_ns() - start) // 1000
-    floats = [np.asarray(o, dtype=np.float64) for o in outputs]
-    return output_sketch(nonce, floats), latency_us
 
 
 class ChallengeResponder:

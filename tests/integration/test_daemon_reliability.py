@@ -827,7 +827,7 @@ def test_hostile_inbound_is_rejected_by_reason_and_the_daemon_keeps_working(tmp_
     assert not [r for r in logs if r.get("msg", "").startswith("inbound handler failed")]
 
     # The answer is right: the same sketch as the model run here on the nonce's synthetic input.
-    from agent.device.challenges import expected_sketch
+    from agent.challenge_run import expected_sketch
     from agent.inference.pipeline import Pipeline
     from agent.inference.runtime import backend_settings, resolve_profile
     from agent.protocol.challenge import sketch_matches

@@ -8,7 +8,8 @@ import pytest
 from blake3 import blake3
 from solders.keypair import Keypair
 
-from agent.device.challenges import ChallengeResponder, challenge_tensor, expected_sketch
+from agent.challenge_run import challenge_tensor, expected_sketch
+from agent.device.challenges import ChallengeResponder
 from agent.device.health import HealthProbe
 from agent.device.systemd import Notifier
 from agent.device.thermal import ThermalGovernor

@@ -1,0 +1,106 @@
+"""The one catalogue of reason names.
+
+Every refusal anywhere in edgeproof -- an inbound message the device or the
+coordinator will not accept, a challenge it will not answer, a release it will
+not install -- carries one of these names, so counters, logs, verdicts, deploy
+messages and docs all speak the same words.  ``docs/protocol.md`` (section
+"Reasons") lists the same table; ``tests/unit/test_protocol_reasons.py`` checks
+that every reason literal in ``agent/`` is catalogued here and documented there.
+
+A reason is a lower-case identifier (the ``Ident`` schema type), so it fits in a
+``verdict`` or ``deploy`` body as is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Reason:
+    name: str
+    #: ``message`` (one inbound envelope), ``challenge``, ``deploy`` (a release), ``local`` (state, config)
+    scope: str
+    meaning: str
+
+
+_TABLE: tuple[Reason, ...] = (
+    # --- one inbound message: bytes, envelope, signature, schema ---------------------------
+    Reason("oversized", "message", "raw bytes or the canonical envelope exceed the kind's size bound"),
+    Reason(
+        "malformed", "message", "not strict JSON, wrong envelope keys or types, non-canonical keys, bad topic"
+    ),
+    Reason("unknown_kind", "message", "the envelope's kind is not one this protocol version knows"),
+    Reason("wrong_kind", "message", "the kind does not belong on the topic it arrived on"),
+    Reason("schema", "message", "the body does not match the kind's schema (unknown keys, bounds, types)"),
+    Reason("bad_signature", "message", "the ed25519 signature does not verify for the envelope's signer"),
+    Reason(
+        "wrong_origin", "message", "the signer's role (device, coordinator, operator) may not send this kind"
+    ),
+    Reason("topic", "message", "the topic names another device or channel than the envelope"),
+    Reason("unknown_device", "message", "the signer is not the expected device or not a registered one"),
+    Reason("wrong_device", "message", "a coordinator message is addressed to another device"),
+    Reason(
+        "unpinned_coordinator",
+        "message",
+        "no coordinator key is pinned, so no coordinator message is trusted",
+    ),
+    Reason(
+        "untrusted_coordinator", "message", "a coordinator kind signed by a key other than the pinned one"
+    ),
+    # --- one signer's chain -----------------------------------------------------------------
+    Reason(
+        "replay",
+        "message",
+        "a seq at or below the highest already seen from this signer, or a nonce already answered",
+    ),
+    Reason("fork", "message", "same seq with another hash, or prev does not match the predecessor"),
+    Reason("chain_gap", "message", "seqs are missing between two envelopes of one signer"),
+    Reason("duplicate", "message", "the same envelope again (QoS 1 redelivery); harmless, not counted twice"),
+    # --- beacons and challenges at the device ----------------------------------------------
+    Reason(
+        "beacon_from_future",
+        "message",
+        "a beacon's slot or time is implausibly far ahead of the device clock",
+    ),
+    Reason("deadline_too_far", "challenge", "a challenge deadline further ahead than the configured horizon"),
+    Reason("rate_limited", "challenge", "more challenges than the token bucket allows"),
+    Reason("busy", "challenge", "the challenge queue is full"),
+    Reason("expired", "challenge", "the deadline (challenge) or expiry (manifest) has passed"),
+    Reason("wrong_model", "challenge", "the challenge names a model that is not the active one"),
+    # --- fleet manifests ---------------------------------------------------------------------
+    Reason("untrusted_operator", "message", "a manifest signed by a key the device does not trust"),
+    Reason("wrong_channel", "message", "a manifest for another channel than the topic it arrived on"),
+    Reason("stale_version", "message", "a manifest version at or below the accepted one"),
+    Reason("no_space", "deploy", "not enough free disk for the release"),
+    # --- a release: download, verify, smoke test, trial -------------------------------------
+    Reason("bad_url", "deploy", "an artifact URL or redirect that is not allowed"),
+    Reason("unreachable", "deploy", "the artifact server cannot be reached"),
+    Reason("cancelled", "deploy", "the download was stopped (shutdown)"),
+    Reason("too_long", "deploy", "the server sent more bytes than the manifest declares"),
+    Reason("hash_mismatch", "deploy", "the downloaded bytes do not hash to the manifest's sha256"),
+    Reason("io_error", "deploy", "the release could not be written to disk"),
+    Reason("install_failed", "deploy", "the release folder could not be installed"),
+    Reason("card_mismatch", "deploy", "the card in the release does not match its artifact"),
+    Reason("bad_release", "deploy", "the release folder is incomplete or inconsistent"),
+    Reason("load_failed", "deploy", "the release's card or model cannot be loaded"),
+    Reason("output_shape", "deploy", "the model's outputs do not have the shapes its card lists"),
+    Reason("not_finite", "deploy", "the model produced NaN or infinite outputs"),
+    Reason("too_slow", "deploy", "the smoke-test latency is over the profile's budget"),
+    Reason("inference_failed", "deploy", "the model raised during the smoke test or the trial"),
+    Reason("not_installed", "deploy", "the named release is not installed"),
+    Reason("not_active", "deploy", "the named release is not the active one"),
+    Reason("thermal", "local", "the thermal policy lowered the inference rate"),
+)
+
+#: name -> Reason
+REASONS: dict[str, Reason] = {r.name: r for r in _TABLE}
+#: Reasons of the ``http_<status>`` family (an artifact server's HTTP status) are catalogued as a pattern.
+HTTP_REASON_PREFIX = "http_"
+
+
+def is_reason(name: str) -> bool:
+    """True for a catalogued reason (or an ``http_<status>`` download failure)."""
+    if name.startswith(HTTP_REASON_PREFIX):
+        return name[len(HTTP_REASON_PREFIX) :].isdigit()
+    return name in REASONS
