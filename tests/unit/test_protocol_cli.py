@@ -105,7 +105,7 @@ def test_fork_replay_and_topic_mismatch(tmp_path: Path, capsys: pytest.CaptureFi
     report = json.loads(capsys.readouterr().out)
     assert code == 8
     reasons = [(p["line"], p["reason"]) for p in report["problems"]]
-    assert reasons == [(5, "fork"), (6, "topic"), (7, "topic")]
+    assert reasons == [(5, "fork"), (6, "wrong_kind"), (7, "topic")]
     assert report["problems"][0]["message"] == "heartbeat seq 1: seq 1 seen before with a different hash"
 
 
@@ -124,7 +124,7 @@ def test_coordinator_messages(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     code, _ = _run(tmp_path, lines, "--coordinator", str(B.pubkey()), "--json")
     report = json.loads(capsys.readouterr().out)
     assert code == 8
-    assert report["problems"][0]["reason"] == "unknown_device"
+    assert report["problems"][0]["reason"] == "untrusted_coordinator"
 
 
 def test_manifests_are_checked_against_their_channel_topic(
