@@ -372,3 +372,40 @@ def test_every_decision_record_is_indexed():
     for name in records:
         assert f"({name})" in index, name
         assert (DOCS / "decisions" / name).read_text(encoding="utf-8").startswith(f"# {name[:4]}. ")
+
+
+# ---------------------------------------------------------------------- broker (deploy/mosquitto)
+
+MOSQUITTO = DEPLOY / "mosquitto"
+
+
+def acl_lines(kind: str) -> list[str]:
+    """The topics of every `pattern <kind>` line of the shipped ACL."""
+    lines = (MOSQUITTO / "acl").read_text(encoding="utf-8").splitlines()
+    return [line.split(None, 2)[2] for line in lines if line.split()[:2] == ["pattern", kind]]
+
+
+def test_acl_lets_a_device_write_exactly_its_outbound_channels():
+    from agent.protocol.topics import COORDINATOR_PUBLISHES, DEVICE_PUBLISHES
+
+    written = acl_lines("write")
+    assert sorted(written) == sorted(f"edgeproof/v1/dev/%u/{c}" for c in DEVICE_PUBLISHES)
+    assert not any("#" in topic or "+" in topic for topic in written), written
+    assert not set(DEVICE_PUBLISHES) & set(COORDINATOR_PUBLISHES)
+    device_reads = [t for t in acl_lines("read") if t.startswith("edgeproof/v1/dev/")]
+    assert sorted(device_reads) == sorted(f"edgeproof/v1/dev/%u/{c}" for c in COORDINATOR_PUBLISHES)
+
+
+def test_broker_ties_client_id_to_user_name_on_its_listener():
+    lines = [
+        line.strip()
+        for line in (MOSQUITTO / "mosquitto.conf").read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    assert "use_username_as_clientid true" in lines
+    assert lines.count("listener 8883") == 1
+    # A listener option above the first listener would open an extra default listener on 1883.
+    assert lines.index("use_username_as_clientid true") > lines.index("listener 8883")
+    dev = (MOSQUITTO / "mosquitto.dev.conf").read_text(encoding="utf-8")
+    # The anonymous dev broker must not force client ids: clients without a user name are refused.
+    assert "\nuse_username_as_clientid" not in dev and "allow_anonymous true" in dev
