@@ -273,7 +273,16 @@ def test_scripts_pass_shellcheck(script, shell):
 def test_install_help_explains():
     result = install("--help")
     assert result.returncode == 0, result.stderr
-    for word in ("Usage", "--prefix", "--no-venv", "--no-start", "--dry-run", "python3-venv", CONF, KEY):
+    words = (
+        "Usage",
+        "--prefix",
+        "--no-venv",
+        "--no-start",
+        "--dry-run",
+        "--coordinator-key",
+        "COORDINATOR_KEY",
+    )
+    for word in (*words, "python3-venv", "symbolic link", CONF, KEY):
         assert word in result.stdout, word
 
 
