@@ -143,35 +143,74 @@ def device_transport(secure: SecureBroker, tmp_path: Path, name: str) -> tuple[M
     return MqttTransport(secure.settings(DEV_A, session_expiry_s=3600), outbox, client_id=DEV_A), outbox
 
 
-def test_a_peer_presenting_a_device_id_as_client_id_cannot_take_over_its_session(
-    secure_broker: SecureBroker, tmp_path: Path
-) -> None:
-    inbox: list[tuple[str, bytes]] = []
-    arrived = threading.Condition()
+PROBE = b"probe"
 
-    def on_inbound(topic: str, payload: bytes) -> None:
-        with arrived:
-            inbox.append((topic, payload))
-            arrived.notify_all()
 
-    def wait_inbox(count: int, timeout: float) -> bool:
-        with arrived:
-            return arrived.wait_for(lambda: len(inbox) >= count, timeout)
+class Inbox:
+    """What device A's transport dispatched to its handlers, in order (subscription probes apart)."""
 
-    # 1. Device A connects as the agent does (clean_start=False, session expiry), subscribes to its
-    #    inbound channels, and goes offline with a clean DISCONNECT: the broker keeps its session.
-    transport, outbox = device_transport(secure_broker, tmp_path, "outbox-1")
+    def __init__(self) -> None:
+        self.items: list[tuple[str, bytes]] = []
+        self.probes = 0
+        self._cond = threading.Condition()
+
+    def handler(self, topic: str, payload: bytes) -> None:
+        with self._cond:
+            if payload == PROBE:
+                self.probes += 1
+            else:
+                self.items.append((topic, payload))
+            self._cond.notify_all()
+
+    def wait(self, count: int, timeout: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: len(self.items) >= count, timeout)
+
+    def wait_probe(self, timeout: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: self.probes > 0, timeout)
+
+
+def connect_device(
+    secure: SecureBroker, tmp_path: Path, name: str, inbox: Inbox
+) -> tuple[MqttTransport, Outbox]:
+    transport, outbox = device_transport(secure, tmp_path, name)
     for channel in COORDINATOR_PUBLISHES:
-        transport.subscribe(dev_topic(DEV_A, channel), lambda t, p: None)
+        transport.subscribe(dev_topic(DEV_A, channel), inbox.handler)
     transport.start()
     transport.wait_connected(10)
-    assert transport.flush(5)
-    time.sleep(0.5)  # let the SUBACKs come back before going away
+    return transport, outbox
+
+
+def wait_subscribed(coord: Peer, inbox: Inbox) -> None:
+    """Until A's subscriptions are in place (one SUBSCRIBE after CONNACK): a probe gets through."""
+    deadline = time.monotonic() + 10
+    while not inbox.wait_probe(0.5):
+        assert time.monotonic() < deadline, "device A's subscriptions never became active"
+        assert not coord.publish(dev_topic(DEV_A, "challenge"), PROBE).is_failure
+
+
+def assert_b_only_ever_was_b(secure: SecureBroker) -> None:
+    log = secure.broker.log_text()
+    assert "already connected, closing old connection" not in log, log[-3000:]
+    # The broker gave B's connections B's own client id (its user name), never A's.
+    assert f"as {DEV_B} (p5, c1, k30, u'{DEV_B}')" in log, log[-3000:]
+    assert f"as {DEV_A} (p5, c1, k30, u'{DEV_B}')" not in log, log[-3000:]
+
+
+def test_a_peer_presenting_a_device_id_as_client_id_leaves_its_queued_messages_alone(
+    secure_broker: SecureBroker, tmp_path: Path
+) -> None:
+    inbox = Inbox()
+    coord = coordinator(secure_broker, subscribe=(dev_topic(DEV_B, "hb"),))
+    # 1. Device A connects as the agent does (clean_start=False, session expiry), subscribes to its
+    #    inbound channels, and goes offline with a clean DISCONNECT: the broker keeps its session.
+    transport, outbox = connect_device(secure_broker, tmp_path, "outbox-1", inbox)
+    wait_subscribed(coord, inbox)
     transport.stop()
     outbox.close()
 
     # 2. While A is away the coordinator addresses it: these QoS 1 messages are queued for A.
-    coord = coordinator(secure_broker, subscribe=(dev_topic(DEV_B, "hb"),))
     queued = [
         (dev_topic(DEV_A, "challenge"), b"challenge-1"),
         (dev_topic(DEV_A, "verdict"), b"verdict-1"),
@@ -181,9 +220,10 @@ def test_a_peer_presenting_a_device_id_as_client_id_cannot_take_over_its_session
     for topic, payload in queued:
         assert not coord.publish(topic, payload).is_failure
 
-    # 3. Broker user B presents A's device id as client id, with a clean start (under a broker that
-    #    honours the client id this would discard A's session and everything queued in it).
+    # 3. Broker user B presents A's device id as client id, with a clean start: a broker that
+    #    honours the client id discards A's session and everything queued in it.
     intruder = Peer(secure_broker, DEV_B, DEV_A, clean_start=True)
+    transport = None
     try:
         reason, session_present = intruder.connacks[0]
         # B is let in, but only as itself: it works on its own topics and got no session of A's.
@@ -191,40 +231,58 @@ def test_a_peer_presenting_a_device_id_as_client_id_cannot_take_over_its_session
         assert not intruder.publish(dev_topic(DEV_B, "hb"), b"b-is-b").is_failure
         assert coord.wait(lambda: coord.messages == [(dev_topic(DEV_B, "hb"), b"b-is-b")], 10), coord.messages
 
-        # 4. A comes back (new process, same client id) and receives what was queued, in order.
-        transport, outbox = device_transport(secure_broker, tmp_path, "outbox-2")
-        for channel in COORDINATOR_PUBLISHES:
-            transport.subscribe(dev_topic(DEV_A, channel), on_inbound)
-        transport.start()
-        transport.wait_connected(10)
-        assert wait_inbox(len(queued), 10), f"A received {inbox} of its queued {queued}"
-        assert inbox == queued
-
-        # 5. With A online, B tries again with A's client id: A is not disconnected, B is not
-        #    disconnected by A's presence, and a fresh challenge still reaches A (and only A).
-        intruder.close()
-        again = Peer(secure_broker, DEV_B, DEV_A, clean_start=True, subscribe=(f"{PREFIX}/#",))
-        try:
-            assert not again.connacks[0][0].is_failure
-            assert not coord.publish(dev_topic(DEV_A, "challenge"), b"challenge-3").is_failure
-            assert wait_inbox(len(queued) + 1, 10)
-            time.sleep(QUIET_S)
-            assert inbox == [*queued, (dev_topic(DEV_A, "challenge"), b"challenge-3")]
-            status = transport.status()
-            assert status.connected and status.reconnects == 0, status
-            assert again.disconnects == [] and again.messages == []
-        finally:
-            again.close()
+        # 4. A comes back (a new process, same client id) and receives what was queued, in order,
+        #    while B stays connected as itself.
+        transport, outbox = connect_device(secure_broker, tmp_path, "outbox-2", inbox)
+        assert inbox.wait(len(queued), 10), f"A received {inbox.items} of its queued {queued}"
+        time.sleep(QUIET_S)
+        assert inbox.items == queued
+        assert transport.status().reconnects == 0 and intruder.disconnects == []
     finally:
         intruder.close()
+        if transport is not None:
+            transport.stop()
+            outbox.close()
+        coord.close()
+    assert_b_only_ever_was_b(secure_broker)
+
+
+def test_a_peer_presenting_a_device_id_as_client_id_does_not_disconnect_the_device(
+    secure_broker: SecureBroker, tmp_path: Path
+) -> None:
+    inbox = Inbox()
+    coord = coordinator(secure_broker)
+    transport, outbox = connect_device(secure_broker, tmp_path, "outbox", inbox)
+    try:
+        wait_subscribed(coord, inbox)
+        assert not coord.publish(dev_topic(DEV_A, "challenge"), b"challenge-1").is_failure
+        assert inbox.wait(1, 10), inbox.items  # A is online and subscribed
+        # B connects with A's client id, twice (a clean start, then a resumed session), while A is
+        # online: a broker that honours the client id closes A's connection each time.
+        for clean_start in (True, False):
+            intruder = Peer(secure_broker, DEV_B, DEV_A, clean_start=clean_start, subscribe=(f"{PREFIX}/#",))
+            try:
+                assert not intruder.connacks[0][0].is_failure
+                time.sleep(QUIET_S)
+                status = transport.status()
+                assert status.connected and status.reconnects == 0, status
+                assert intruder.disconnects == []
+            finally:
+                intruder.close()
+        # A's session is untouched: a fresh challenge reaches A, and only A.
+        assert not coord.publish(dev_topic(DEV_A, "challenge"), b"challenge-2").is_failure
+        assert inbox.wait(2, 10), inbox.items
+        time.sleep(QUIET_S)
+        assert inbox.items == [
+            (dev_topic(DEV_A, "challenge"), b"challenge-1"),
+            (dev_topic(DEV_A, "challenge"), b"challenge-2"),
+        ]
+        assert transport.status().reconnects == 0
+    finally:
         transport.stop()
         outbox.close()
         coord.close()
-    log = secure_broker.broker.log_text()
-    assert "already connected, closing old connection" not in log, log[-3000:]
-    # The broker gave B's connections B's own client id (its user name), never A's.
-    assert f"as {DEV_B} (p5, c1, k30, u'{DEV_B}')" in log, log[-3000:]
-    assert f"as {DEV_A} (p5, c1, k30, u'{DEV_B}')" not in log, log[-3000:]
+    assert_b_only_ever_was_b(secure_broker)
 
 
 def test_a_device_cannot_publish_on_its_own_inbound_channels(secure_broker: SecureBroker) -> None:
