@@ -353,8 +353,9 @@ class ControlServer:
         with self._lock:
             conns, threads = list(self._conns), list(self._threads)
         for conn in conns:
+            # Reading side only: a blocked read returns, an answer still being sent gets out.
             with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
+                conn.shutdown(socket.SHUT_RD)
         deadline = time.monotonic() + timeout
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
