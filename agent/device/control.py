@@ -61,6 +61,7 @@ MAIN_LOOP_TIMEOUT_S = 5.0
 #: Main-loop ops run per pass of the daemon's loop.
 MAIN_LOOP_OPS_PER_PASS = 4
 _ACCEPT_POLL_S = 0.25
+_LOG_EVERY_S = 1.0
 _REFUSAL_SEND_TIMEOUT_S = 0.5
 _MAX_ID = 2**53 - 1
 _ENVELOPE_KEYS = frozenset({"op", "id"})
@@ -327,6 +328,8 @@ class ControlServer:
         self._queue: queue.Queue[_Pending] = queue.Queue()
         self._refused: Counter[str] = Counter()
         self._answered: Counter[str] = Counter()
+        self._logged_at: dict[str, float] = {}
+        self._unlogged: Counter[str] = Counter()
         self._accepted = 0
 
     # -- lifecycle
@@ -371,9 +374,20 @@ class ControlServer:
     # -- counting
 
     def _refuse(self, reason: str, message: str, uid: int | None) -> None:
+        # Counted exactly; logged at most once per second per reason, so a flood cannot fill the journal.
+        now = time.monotonic()
         with self._lock:
             self._refused[reason] += 1
-        log.warning("control request refused", extra={"reason": reason, "error": message[:200], "uid": uid})
+            quiet = now - self._logged_at.get(reason, -_LOG_EVERY_S) < _LOG_EVERY_S
+            if quiet:
+                self._unlogged[reason] += 1
+                return
+            self._logged_at[reason] = now
+            suppressed = self._unlogged.pop(reason, 0)
+        log.warning(
+            "control request refused",
+            extra={"reason": reason, "error": message[:200], "uid": uid, "suppressed": suppressed},
+        )
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
