@@ -407,19 +407,9 @@ else:
 """
 
 
-def as_nobody(path: Path) -> str:
-    """The real client, run as uid/gid 65534 with no groups (system Python: the venv is under /root)."""
-    done = subprocess.run(
-        [
-            "setpriv",
-            f"--reuid={NOBODY}",
-            f"--regid={NOBODY}",
-            "--clear-groups",
-            "/usr/bin/python3",
-            "-c",
-            NOBODY_CLIENT,
-            str(path),
-        ],
+def as_nobody(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *argv],
         cwd="/",
         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
         capture_output=True,
@@ -427,12 +417,30 @@ def as_nobody(path: Path) -> str:
         timeout=60,
         check=False,
     )
+
+
+def nobody_python() -> str:
+    """A Python that uid 65534 can run and import the client with (the venv may sit under /root)."""
+    for python in (sys.executable, "/usr/bin/python3"):
+        if as_nobody([python, "-c", "import agent.device.control_client"]).returncode == 0:
+            return python
+    pytest.fail(
+        f"uid {NOBODY} can run no Python that imports agent from {ROOT} (tried {sys.executable} "
+        "and /usr/bin/python3); the other-uid test needs one",
+        pytrace=False,
+    )
+
+
+def client_as_nobody(python: str, path: Path) -> str:
+    """The real client, run as uid/gid 65534 with no supplementary groups."""
+    done = as_nobody([python, "-c", NOBODY_CLIENT, str(path)])
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
 
 
 def test_a_client_with_another_uid_is_kept_out_by_the_mode_and_by_peercred() -> None:
     assert os.geteuid() == 0, "this test runs the client as another uid, so it needs root"
+    python = nobody_python()
     # A directory nobody can traverse, unlike pytest's 0700 tmp root (this test only).
     workdir = Path(tempfile.mkdtemp(prefix="edgeproof-ctl-"))
     try:
@@ -441,13 +449,13 @@ def test_a_client_with_another_uid_is_kept_out_by_the_mode_and_by_peercred() -> 
             for folder in (daemon.config.parent, daemon.state_dir):
                 os.chmod(folder, 0o711)
             # The socket file is 0600: the kernel refuses the connect itself.
-            assert as_nobody(daemon.socket) == (
+            assert client_as_nobody(python, daemon.socket) == (
                 f"ControlPermissionError permission denied on the control socket {daemon.socket}"
             )
             assert status_live(daemon.config)["control"]["refused"] == {}
             # Past the mode (loosened by hand here), SO_PEERCRED still refuses uid 65534.
             os.chmod(daemon.socket, 0o666)
-            assert as_nobody(daemon.socket) == (
+            assert client_as_nobody(python, daemon.socket) == (
                 "refused peer_refused the daemon refused status: peer_refused: "
                 f"uid {NOBODY} may not use this socket (only uid 0)"
             )
