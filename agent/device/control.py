@@ -216,7 +216,7 @@ class LineReader:
 def _check_directory(folder: Path) -> None:
     """The socket's directory must be the daemon's own and writable by nobody else."""
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    st = os.lstat(folder)
+    st = os.stat(folder)  # a symlinked state dir is fine: its target is what must be ours
     if not stat.S_ISDIR(st.st_mode):
         raise CorruptStateError(f"{folder} is not a directory; the control socket cannot be made there")
     if st.st_uid != os.geteuid() or st.st_mode & 0o022:
@@ -346,7 +346,8 @@ class ControlServer:
 
     def stop(self, timeout: float = 2.0) -> None:
         """Stop accepting, answer queued ops ``unavailable``, close connections, remove the socket."""
-        self._stopping.set()
+        with self._lock:
+            self._stopping.set()
         if self._accept_thread is not None:
             self._accept_thread.join(timeout)
         if self._sock is not None:
@@ -507,9 +508,10 @@ class ControlServer:
 
     def _via_main_loop(self, request: Request) -> bytes:
         pending = _Pending(request)
-        if self._stopping.is_set():
-            raise Refusal("unavailable", "the daemon is stopping")
-        self._queue.put(pending)
+        with self._lock:  # stop() sets _stopping under this lock, then drains the queue
+            if self._stopping.is_set():
+                raise Refusal("unavailable", "the daemon is stopping")
+            self._queue.put(pending)
         if pending.done.wait(self.main_loop_timeout_s):
             return pending.answer
         with pending.lock:

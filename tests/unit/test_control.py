@@ -257,6 +257,20 @@ def test_a_directory_others_can_write_is_refused(folder: Path) -> None:
     assert not (folder / SOCKET_NAME).exists()
 
 
+def test_a_symlinked_state_dir_is_accepted_when_its_target_is_ours(tmp_path: Path, ops: Ops) -> None:
+    target = tmp_path / "data"
+    target.mkdir(mode=0o750)
+    link = tmp_path / "state"
+    link.symlink_to(target)
+    srv = ControlServer(link / SOCKET_NAME, ops.registry())
+    srv.start()
+    try:
+        assert stat.S_ISSOCK(os.lstat(target / SOCKET_NAME).st_mode)
+        assert ControlClient(link / SOCKET_NAME).call("echo", text="via link")["text"] == "via link"
+    finally:
+        srv.stop()
+
+
 def test_stop_leaves_a_successors_socket_alone(server: ControlServer) -> None:
     server.path.unlink()
     successor = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
