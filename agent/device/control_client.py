@@ -1,5 +1,7 @@
 """The client side of the daemon's control socket (see :mod:`agent.device.control`).
 
+``socket_path(state_dir)`` is re-exported here for callers.
+
 One connection per call, one request line, one answer line, all within ``timeout_s``.  Every
 failure is an :class:`~agent.errors.EdgeproofError` subclass with a message that says what to
 do, so the CLI prints it without a traceback.  Standard library only.
@@ -13,8 +15,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.device.control import SOCKET_NAME
+from agent.device.control_protocol import socket_path
 from agent.errors import EdgeproofError
+
+__all__ = [
+    "ControlClient",
+    "ControlError",
+    "ControlPermissionError",
+    "ControlRefusedError",
+    "ControlTimeoutError",
+    "DaemonNotRunningError",
+    "socket_path",
+]
 
 DEFAULT_TIMEOUT_S = 10.0
 #: Largest answer line the client reads (a status snapshot is a few KiB).
@@ -47,10 +59,6 @@ class ControlRefusedError(ControlError):
     def __init__(self, message: str, *, reason: str, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
         self.reason = reason
-
-
-def socket_path(state_dir: Path) -> Path:
-    return state_dir / SOCKET_NAME
 
 
 class ControlClient:

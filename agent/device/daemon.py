@@ -28,7 +28,8 @@ from typing import Any
 from agent import __version__
 from agent.config import SOURCE_NONE, AgentConfig
 from agent.device.challenges import ChallengeResponder
-from agent.device.control import SOCKET_NAME, ControlServer, daemon_ops
+from agent.device.control import ControlServer, daemon_ops
+from agent.device.control_protocol import socket_path
 from agent.device.health import HealthProbe
 from agent.device.manifests import DeviceFacts, check_manifest
 from agent.device.metrics import MetricsServer, Snapshot
@@ -523,7 +524,7 @@ class Daemon:
 
     def start(self) -> None:
         # First: a second daemon on this state dir stops here, before it touches the broker.
-        self.control = ControlServer(self.state_dir / SOCKET_NAME, daemon_ops(self))
+        self.control = ControlServer(socket_path(self.state_dir), daemon_ops(self))
         self.control.start()
         will = self.signer.sideband("status", self.status_body("offline"), self.clock_ms())
         self.transport.set_will(self.topics.status(self.dev), will.wire, retain=True)

@@ -36,8 +36,8 @@ from typing import Any
 
 import pytest
 
-from agent.device.control import MAX_REQUEST_BYTES, SOCKET_NAME
 from agent.device.control_client import ControlClient
+from agent.device.control_protocol import MAX_REQUEST_BYTES, SOCKET_NAME
 from tests.integration.test_daemon_reliability import (
     DEV,
     ROOT,

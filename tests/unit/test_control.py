@@ -21,22 +21,20 @@ from typing import Any
 import pytest
 
 from agent.cli import main
-from agent.device.control import (
-    MAX_REQUEST_BYTES,
-    SOCKET_NAME,
-    ControlServer,
-    Op,
-    Refusal,
-    bind_socket,
-    daemon_ops,
-    decode_line,
-    parse_request,
-)
+from agent.device.control import ControlServer, bind_socket, daemon_ops
 from agent.device.control_client import (
     ControlClient,
     ControlRefusedError,
     ControlTimeoutError,
     DaemonNotRunningError,
+)
+from agent.device.control_protocol import (
+    MAX_REQUEST_BYTES,
+    SOCKET_NAME,
+    Op,
+    Refusal,
+    decode_line,
+    parse_request,
 )
 from agent.errors import CorruptStateError, StorageError
 from agent.protocol.reasons import REASONS
