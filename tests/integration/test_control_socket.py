@@ -183,11 +183,21 @@ def test_status_live_and_ping_are_the_running_daemons_own_chain_head(tmp_path: P
         wait_until(lambda: ping["seq"] in capture_of(collector).first, 30, f"envelope seq {ping['seq']}")
         assert capture_of(collector).first[ping["seq"]].hash == ping["head"]
 
+        # A queued op waits for the loop's next pass; the loop wakes at least once a second.
+        latencies = []
+        client = ControlClient(daemon.socket)
+        for _ in range(5):
+            started = time.monotonic()
+            assert client.call("ping")["thread"] == "MainThread"
+            latencies.append(time.monotonic() - started)
+        assert max(latencies) < 1.0 + PERIOD_SLACK_S, latencies
+        print(f"ping round trips (s): {' '.join(f'{t:.3f}' for t in latencies)}")
+
         text = edgeproof(daemon.config, "status", "--live")
         assert text.returncode == 0, text.stderr
         assert "chain seq / last acked" in text.stdout and "running" in text.stdout
         again = status_live(daemon.config)
-        assert again["control"]["answered"] == {"status": 2, "ping": 1}
+        assert again["control"]["answered"] == {"status": 2, "ping": 6}
 
         assert daemon.terminate() == 0
         assert not os.path.lexists(daemon.socket)  # removed at shutdown
