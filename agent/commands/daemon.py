@@ -43,6 +43,13 @@ def run_run(args: argparse.Namespace) -> int:
     return run_daemon(load_config(args.config), duration_s=args.duration)
 
 
+def _coordinator_line(data: dict[str, Any]) -> str:
+    coordinator = data.get("coordinator") or {}
+    if not coordinator.get("pinned"):
+        return "not pinned, every coordinator message is refused (set [coordinator] pubkey)"
+    return f"pinned {coordinator.get('pubkey')}"
+
+
 def run_status(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     state_dir = Path(config.device.state_dir)
@@ -76,6 +83,7 @@ def run_status(args: argparse.Namespace) -> int:
             "dropped": outbox_stats.get("dropped_total"),
             "connected": data.get("transport", {}).get("connected"),
             "thermal": data.get("thermal", {}).get("level"),
+            "coordinator": _coordinator_line(data),
         },
     )
     verdicts = data.get("verdicts", [])

@@ -27,11 +27,15 @@ from typing import Any
 
 from agent import __version__
 from agent.config import SOURCE_NONE, AgentConfig
+from agent.device.beacon_guard import BeaconTolerance, check_beacon
+from agent.device.challenge_guard import ChallengeGuard, ChallengeLimits, SqliteChallengeMemory
 from agent.device.challenges import ChallengeResponder
+from agent.device.coordinator_pin import UNPINNED_NOTICE, check_coordinator_pin
 from agent.device.health import HealthProbe
 from agent.device.manifests import DeviceFacts, check_manifest
 from agent.device.metrics import MetricsServer, Snapshot
 from agent.device.model_store import ModelStore
+from agent.device.rejection_log import RejectionLog
 from agent.device.status import write_status
 from agent.device.systemd import Notifier
 from agent.device.thermal import ThermalGovernor, ThermalState
@@ -55,6 +59,9 @@ log = logging.getLogger(__name__)
 NO_BEACON = "0" * 64
 THERMAL_CHECK_S = 5.0
 STATUS_EVERY_S = 2.0
+#: How often answered nonces past their deadline are forgotten, and held-back refusal log lines summed up.
+NONCE_SWEEP_S = 60.0
+REJECTION_LOG_S = 10.0
 # A lost source is reopened by the main loop with capped exponential backoff, never by
 # sleeping inside read(): heartbeats, windows, watchdog pings and SIGTERM keep running.
 SOURCE_RETRY_MIN_S = 1.0
@@ -112,6 +119,7 @@ class Daemon:
         self.notifier = Notifier()
         self.stop_event = threading.Event()
         self._challenges: queue.Queue[Challenge] = queue.Queue(maxsize=16)
+        self._init_guards(config)
         self.beacon: tuple[int, str] = (0, NO_BEACON)
         self.verdicts: deque[dict[str, Any]] = deque(maxlen=20)
         self.fleet = DeviceFacts(self.dev, self.profile.id, frozenset(config.fleet.tags))
@@ -141,6 +149,21 @@ class Daemon:
                 **self.pipeline.describe(),
             },
         )
+
+    def _init_guards(self, config: AgentConfig) -> None:
+        """Inbound guards: challenge admission (durable nonce/seq memory), beacon plausibility, log thinning."""
+        ch = config.challenges
+        limits = ChallengeLimits(
+            rate_per_min=ch.rate_per_min, burst=ch.burst, horizon_ms=int(ch.deadline_horizon_s * 1000)
+        )
+        self.challenge_memory = SqliteChallengeMemory(self.state_dir)
+        self.challenge_guard = ChallengeGuard(self.challenge_memory, limits, time.monotonic())
+        self.beacon_tolerance = BeaconTolerance(
+            tolerance_ms=int(config.beacons.tolerance_s * 1000),
+            tolerance_slots=config.beacons.tolerance_slots,
+        )
+        self._last_beacon: Beacon | None = None
+        self.rejection_log = RejectionLog(interval_s=REJECTION_LOG_S, now_s=time.monotonic())
 
     def _open_pipeline(self, card: Path) -> Pipeline:
         # The configured backend override applies to the configured model only; a fleet release's
@@ -253,31 +276,35 @@ class Daemon:
 
     def _refused(self, topic: str, payload: bytes, exc: ProtocolError) -> None:
         self._reject(exc.reason)
-        log.warning(
-            "inbound message rejected",
-            extra={"topic": topic, "reason": exc.reason, "error": exc.message[:200], "bytes": len(payload)},
-        )
+        if self.rejection_log.should_log(exc.reason, time.monotonic()):
+            log.warning(
+                "inbound message rejected",
+                extra={
+                    "topic": topic,
+                    "reason": exc.reason,
+                    "error": exc.message[:200],
+                    "bytes": len(payload),
+                },
+            )
+
+    def _log_held_rejections(self) -> None:
+        """One line per reason for the refusals whose own lines were held back (a flood)."""
+        for reason, count in sorted(self.rejection_log.flush().items()):
+            log.warning(
+                "inbound rejections not logged one by one",
+                extra={"reason": reason, "count": count, "interval_s": self.rejection_log.interval_s},
+            )
 
     def _verify_inbound(self, topic: str, payload: bytes, kind: str) -> Envelope | None:
         try:
             env = verify_envelope(payload)
             if env.kind != kind:
                 raise ProtocolError(f"expected a {kind} on {topic}, got {env.kind}", reason="wrong_kind")
-            pinned = self.config.coordinator.pubkey
-            if pinned and env.origin == "coordinator" and env.dev != pinned:
-                raise ProtocolError(
-                    f"{kind} signed by {env.dev}, not the coordinator", reason="unknown_device"
-                )
+            check_coordinator_pin(env, self.config.coordinator.pubkey)
             addressed = getattr(env.body, "device", None)
             if addressed is not None and addressed != self.dev:
                 raise ProtocolError(
                     f"{kind} is addressed to device {addressed}, not us", reason="wrong_device"
-                )
-            if isinstance(env.body, Beacon) and env.body.slot < self.beacon[0]:
-                # A replayed old (genuinely signed) beacon would make our heartbeats stale.
-                raise ProtocolError(
-                    f"beacon slot {env.body.slot} is older than the current slot {self.beacon[0]}",
-                    reason="replay",
                 )
             return env
         except ProtocolError as exc:
@@ -286,20 +313,32 @@ class Daemon:
 
     def on_beacon(self, topic: str, payload: bytes) -> None:
         env = self._verify_inbound(topic, payload, "beacon")
-        if env is not None:
-            assert isinstance(env.body, Beacon)
-            self.beacon = (env.body.slot, env.body.nonce)
+        if env is None:
+            return
+        assert isinstance(env.body, Beacon)
+        try:
+            # An older beacon (a replay) would make our heartbeats stale; one from the future
+            # would make every genuine beacon after it look older.
+            check_beacon(env.body, self._last_beacon, self.clock_ms(), self.beacon_tolerance)
+        except ProtocolError as exc:
+            self._refused(topic, payload, exc)
+            return
+        self._last_beacon = env.body
+        self.beacon = (env.body.slot, env.body.nonce)
 
     def on_challenge(self, topic: str, payload: bytes) -> None:
         env = self._verify_inbound(topic, payload, "challenge")
         if env is None:
             return
-        assert isinstance(env.body, Challenge)
         try:
-            self._challenges.put_nowait(env.body)
-        except queue.Full:
-            self._reject("busy")
-            log.warning("challenge dropped: queue full", extra={"nonce": env.body.nonce[:16]})
+            # Only this (inbound) thread puts, so the room seen here is still there below.
+            challenge = self.challenge_guard.admit(
+                env, now_ms=self.clock_ms(), now_s=time.monotonic(), room=not self._challenges.full()
+            )
+        except ProtocolError as exc:
+            self._refused(topic, payload, exc)
+            return
+        self._challenges.put_nowait(challenge)
 
     def on_verdict(self, topic: str, payload: bytes) -> None:
         env = self._verify_inbound(topic, payload, "verdict")
@@ -377,20 +416,25 @@ class Daemon:
             if env is not None:
                 self._consider_manifest(channel, env, topic, stored.encode())
 
-    def answer_challenges(self) -> None:
-        while True:
+    def answer_challenges(self, limit: int) -> int:
+        """Answer at most ``limit`` queued challenges (the main loop's timers run between calls)."""
+        done = 0
+        while done < limit:
             try:
                 challenge = self._challenges.get_nowait()
             except queue.Empty:
-                return
+                break
+            done += 1
             try:
                 response = self.responder.answer(challenge)
             except ProtocolError as exc:
                 self._reject(exc.reason)
-                log.warning("challenge refused", extra={"reason": exc.reason, "error": exc.message})
+                if self.rejection_log.should_log(exc.reason, time.monotonic()):
+                    log.warning("challenge refused", extra={"reason": exc.reason, "error": exc.message})
                 continue
             self.emit("challenge_response", response)
             self.counters["challenges_answered"] += 1
+        return done
 
     # ------------------------------------------------------------------ status
 
@@ -423,10 +467,19 @@ class Daemon:
             "window": {"start_ms": self.window.start_ms, "inferences": self.window.inferences},
             "thermal": {"level": self.thermal_state.level, "rate_bp": self.thermal_state.rate_bp},
             "beacon_slot": self.beacon[0],
+            "coordinator": self._coordinator_status(),
             "verdicts": list(self.verdicts),
             "manifests": self._manifests_copy(),
             "rejected_inbound": dict(self.rejected_inbound),
             "counters": dict(self.counters),
+        }
+
+    def _coordinator_status(self) -> dict[str, Any]:
+        pinned = self.config.coordinator.pubkey
+        return {
+            "pinned": bool(pinned),
+            "pubkey": pinned or None,
+            "notice": None if pinned else UNPINNED_NOTICE,
         }
 
     def _manifests_copy(self) -> dict[str, dict[str, Any]]:
@@ -543,6 +596,9 @@ class Daemon:
         watchdog_every = self.notifier.watchdog_s / 2 if self.notifier.watchdog_s else None
         next_watchdog = start
         next_frame = start
+        next_sweep = start + NONCE_SWEEP_S
+        next_log_summary = start + REJECTION_LOG_S
+        per_pass = cfg.challenges.per_pass
         try:
             while not self.stop_event.is_set():
                 now = mono()
@@ -568,7 +624,7 @@ class Daemon:
                 if now >= next_window:
                     self.close_window()
                     next_window = now + cfg.proofs.window_s
-                self.answer_challenges()
+                self.answer_challenges(per_pass)
                 swap = self.updater.poll()
                 if swap is not None:
                     self._swap(swap)
@@ -578,6 +634,12 @@ class Daemon:
                 if now >= next_status:
                     self.write_status()
                     next_status = now + STATUS_EVERY_S
+                if now >= next_sweep:
+                    self._forget_expired_nonces()
+                    next_sweep = now + NONCE_SWEEP_S
+                if now >= next_log_summary:
+                    self._log_held_rejections()
+                    next_log_summary = now + REJECTION_LOG_S
                 if self.inference_enabled and self.source is None and now >= next_source_retry:
                     self._open_source()
                     next_source_retry = mono() + self._source_retry_s
@@ -587,15 +649,25 @@ class Daemon:
                     self.infer_once()
                     rate = cfg.inference.max_fps * self.thermal_state.rate_bp / 10_000
                     next_frame = max(next_frame + (1 / rate if rate > 0 else 0), mono() - 1.0)
-                wake_at = min(next_hb, next_window, next_thermal, next_status)
+                wake_at = min(next_hb, next_window, next_thermal, next_status, next_log_summary)
+                if watchdog_every is not None:
+                    wake_at = min(wake_at, next_watchdog)
                 if self.source is not None and self.thermal_state.rate_bp > 0:
                     wake_at = min(wake_at, next_frame)
+                if not self._challenges.empty():
+                    continue  # more to answer: the timers above are checked between answers
                 delay = wake_at - mono()
                 if delay > 0:
                     self.stop_event.wait(min(delay, 1.0))
         finally:
             self.shutdown()
         return 0
+
+    def _forget_expired_nonces(self) -> None:
+        try:
+            self.challenge_guard.forget_expired(self.clock_ms())
+        except StorageError as exc:
+            log.warning("expired challenge nonces not forgotten", extra={"error": str(exc)})
 
     def infer_once(self) -> None:
         assert self.source is not None
@@ -639,12 +711,14 @@ class Daemon:
             self.stop_event.set()
             self.updater.stop()
             self.transport.stop()
+            self._log_held_rejections()
             self.write_status()
             if self.metrics_server is not None:
                 self.metrics_server.stop()
             if self.source is not None:
                 self.source.close()
             self.outbox.close()
+            self.challenge_memory.close()
 
 
 def run_daemon(config: AgentConfig, *, duration_s: float | None = None) -> int:
