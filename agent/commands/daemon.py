@@ -46,7 +46,7 @@ def run_run(args: argparse.Namespace) -> int:
 def _coordinator_line(data: dict[str, Any]) -> str:
     coordinator = data.get("coordinator") or {}
     if not coordinator.get("pinned"):
-        return "not pinned, every coordinator message is refused (set [coordinator] pubkey)"
+        return "not pinned, every coordinator message is refused (set coordinator.pubkey)"
     return f"pinned {coordinator.get('pubkey')}"
 
 

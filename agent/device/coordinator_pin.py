@@ -6,7 +6,7 @@ from agent.errors import ProtocolError
 from agent.protocol.envelope import Envelope
 
 UNPINNED_NOTICE = "coordinator: not pinned, every coordinator message is refused"
-PIN_HINT = "set [coordinator] pubkey to your coordinator's base58 public key"
+PIN_HINT = "set coordinator.pubkey to your coordinator's base58 public key"
 
 
 def check_coordinator_pin(env: Envelope, pinned: str) -> None:

@@ -24,6 +24,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -114,6 +115,7 @@ def write_config(
     metrics_port: int | None = None,
     manifest_channel: str | None = None,
     trial_s: float = 60.0,
+    extra: str = "",
 ) -> Path:
     workdir.mkdir(parents=True, exist_ok=True)
     key = workdir / "device-key.json"
@@ -162,6 +164,7 @@ def write_config(
             f'pubkey = "{coordinator}"',
             *metrics,
             *fleet,
+            extra,
         ]
     )
     path = workdir / "agent.toml"
@@ -177,9 +180,10 @@ def clean_env() -> dict[str, str]:
 class DaemonProcess:
     """``python -m agent run`` in a subprocess; only this process is ever signalled, by its pid."""
 
-    def __init__(self, config: Path, log_path: Path) -> None:
+    def __init__(self, config: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
         self.config = config
         self.log_path = log_path
+        self.env = env or {}
         self.state_dir = config.parent / "state"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -199,7 +203,7 @@ class DaemonProcess:
                     str(self.config),
                 ],
                 cwd=ROOT,
-                env=clean_env(),
+                env={**clean_env(), **self.env},
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=log,
@@ -704,7 +708,8 @@ def test_hostile_inbound_is_rejected_by_reason_and_the_daemon_keeps_working(tmp_
                     "wrong_kind",
                 ),
                 (topic, device_heartbeat.wire, "wrong_kind"),
-                (topic, coordinator_envelope(kind, good[kind], signer=ROGUE).wire, "unknown_device"),
+                # Another key than the pinned coordinator (was `unknown_device` before issue 6).
+                (topic, coordinator_envelope(kind, good[kind], signer=ROGUE).wire, "untrusted_coordinator"),
             ]
             if kind != "beacon":
                 hostile.append((topic, coordinator_envelope(kind, other[kind]).wire, "wrong_device"))
@@ -818,12 +823,18 @@ def test_hostile_inbound_is_rejected_by_reason_and_the_daemon_keeps_working(tmp_
     with Outbox(OutboxSettings(path=str(tmp_path / "device" / "state" / "outbox.sqlite3"))) as kept:
         assert kept.get_state("manifest.stable.version") == 5
 
-    # One log line per rejection, naming the reason.
+    # Every rejection is logged naming its reason: one line each, up to 5 per reason per 10 s;
+    # beyond that one summary line per reason carries the count (a flood does not flood journald).
     logs = daemon.logs()
     logged = Counter(
         r["reason"] for r in logs if r.get("msg") in ("inbound message rejected", "challenge refused")
     )
-    assert logged == expected
+    assert all(n <= 5 * 3 for n in logged.values()), logged
+    held: Counter[str] = Counter()
+    for r in logs:
+        if r.get("msg") == "inbound rejections not logged one by one":
+            held[r["reason"]] += r["count"]
+    assert logged + held == expected
     assert not [r for r in logs if r.get("msg", "").startswith("inbound handler failed")]
 
     # The answer is right: the same sketch as the model run here on the nonce's synthetic input.
@@ -859,6 +870,156 @@ def test_hostile_inbound_is_rejected_by_reason_and_the_daemon_keeps_working(tmp_
         s.value for s in families["edgeproof_manifests_accepted"].samples if s.name.endswith("_total")
     ]
     assert accepted == [1.0]
+
+
+def heartbeats_quoting(collector: Collector, nonce: str) -> list[Envelope]:
+    return [e for e in capture_of(collector).of_kind("heartbeat") if e.raw["body"]["beacon_nonce"] == nonce]
+
+
+def test_a_beacon_from_the_future_is_refused_and_the_next_genuine_beacon_is_quoted(tmp_path: Path) -> None:
+    """Issue 6, beacon lockout: on main a signed beacon with a huge slot was taken, and every
+    genuine beacon after it was refused as a replay until a restart."""
+    broker = MosquittoBroker(tmp_path / "broker")
+    broker.start()
+    collector = collector_for(broker, "beacons")
+    config = write_config(
+        tmp_path / "device",
+        broker,
+        coordinator=str(COORDINATOR.pubkey()),
+        extra="[beacons]\ntolerance_s = 60",
+    )
+    daemon = DaemonProcess(config, tmp_path / "daemon.log")
+    publisher = Publisher(broker)
+    topic = f"{PREFIX}/beacon"
+    daemon.start()
+    try:
+        wait_until(lambda: capture_of(collector).kinds()["heartbeat"] >= 2, 90, "the daemon online")
+        now = now_ms()
+        # First beacon after the start: its time is an hour ahead (no earlier beacon to compare with).
+        ahead = Beacon(slot=100, nonce="a1" * 32, time_ms=now + 3_600_000, slot_ms=30_000)
+        publisher.publish(topic, coordinator_envelope("beacon", ahead, seq=10).wire)
+        genuine = Beacon(slot=100, nonce="a2" * 32, time_ms=now - 10_000, slot_ms=30_000)
+        publisher.publish(topic, coordinator_envelope("beacon", genuine, seq=11).wire)
+        wait_until(lambda: heartbeats_quoting(collector, "a2" * 32), 30, "a heartbeat quoting slot 100")
+        # A genuinely signed beacon with a huge slot and a plausible time: the lockout attempt.
+        huge = Beacon(slot=10**12, nonce="a3" * 32, time_ms=now_ms(), slot_ms=30_000)
+        publisher.publish(topic, coordinator_envelope("beacon", huge, seq=12).wire)
+        following = Beacon(slot=101, nonce="a4" * 32, time_ms=now_ms(), slot_ms=30_000)
+        publisher.publish(topic, coordinator_envelope("beacon", following, seq=13).wire)
+        quoted = wait_until(
+            lambda: heartbeats_quoting(collector, "a4" * 32), 30, "a heartbeat quoting slot 101"
+        )
+        wait_until(
+            lambda: daemon.status().get("rejected_inbound") == {"beacon_from_future": 2},
+            15,
+            "both future beacons counted",
+        )
+        assert daemon.terminate() == 0, daemon.tail()
+    finally:
+        publisher.close()
+        daemon.ensure_dead()
+        cap = capture_of(collector)
+        collector.close()
+        broker.kill()
+    assert quoted[0].raw["body"]["beacon_slot"] == 101
+    quoted_nonces = {e.raw["body"]["beacon_nonce"] for e in cap.of_kind("heartbeat")}
+    assert "a1" * 32 not in quoted_nonces and "a3" * 32 not in quoted_nonces
+    # Once slot 101 was quoted, no later heartbeat quotes anything else.
+    after = [e for e in cap.of_kind("heartbeat") if e.seq >= quoted[0].seq]
+    assert {e.raw["body"]["beacon_slot"] for e in after} == {101}
+    refused = [r for r in daemon.logs() if r.get("msg") == "inbound message rejected"]
+    assert [r["reason"] for r in refused] == ["beacon_from_future", "beacon_from_future"]
+    assert re.fullmatch(
+        r"beacon time is 3[0-6]\d{5} ms ahead of the device clock \(tolerance 60000 ms\)", refused[0]["error"]
+    ), refused[0]["error"]
+    assert re.fullmatch(
+        rf"beacon slot {10**12} is {10**12 - 100} slots past slot 100; at most [5-9] can have started since "
+        r"\(slot 30000 ms\)",
+        refused[1]["error"],
+    ), refused[1]["error"]
+
+
+def test_without_a_coordinator_pin_every_coordinator_message_is_refused_and_proofs_continue(
+    tmp_path: Path,
+) -> None:
+    """Issue 6, unpinned coordinator: on main an empty pin trusted whoever signed."""
+    broker = MosquittoBroker(tmp_path / "broker")
+    broker.start()
+    collector = collector_for(broker, "unpinned")
+    metrics_port = free_port()
+    config = write_config(tmp_path / "device", broker, coordinator="", metrics_port=metrics_port)
+    card = load_card(str(MODEL)).card
+    daemon = DaemonProcess(config, tmp_path / "daemon.log")
+    publisher = Publisher(broker)
+    daemon.start()
+    try:
+        wait_until(lambda: capture_of(collector).kinds()["heartbeat"] >= 2, 90, "the daemon online")
+        good = bodies(DEV, card.sha256)
+        topics = {
+            "beacon": f"{PREFIX}/beacon",
+            "challenge": f"{PREFIX}/dev/{DEV}/challenge",
+            "verdict": f"{PREFIX}/dev/{DEV}/verdict",
+            "voucher": f"{PREFIX}/dev/{DEV}/voucher",
+        }
+        for seq, (kind, topic) in enumerate(topics.items(), start=1):
+            publisher.publish(topic, coordinator_envelope(kind, good[kind], seq=seq).wire)
+        sent_ms = now_ms()
+        wait_until(
+            lambda: daemon.status().get("rejected_inbound") == {"unpinned_coordinator": 4},
+            30,
+            "four coordinator messages refused as unpinned",
+        )
+        wait_until(
+            lambda: (
+                any(e.ts > sent_ms for e in capture_of(collector).of_kind("proof"))
+                and sum(e.ts > sent_ms for e in capture_of(collector).of_kind("heartbeat")) >= 3
+            ),
+            60,
+            "proofs and heartbeats after the refusals",
+        )
+        owner_json = edgeproof_status(config)
+        owner_text = subprocess.run(
+            [sys.executable, "-m", "agent", "status", "--config", str(config)],
+            cwd=ROOT,
+            env=clean_env(),
+            capture_output=True,
+            timeout=60,
+            check=True,
+        ).stdout.decode()
+        scraped = (
+            urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+        )
+        assert daemon.terminate() == 0, daemon.tail()
+    finally:
+        publisher.close()
+        daemon.ensure_dead()
+        cap = capture_of(collector)
+        collector.close()
+        broker.kill()
+    assert owner_json["coordinator"] == {
+        "pinned": False,
+        "pubkey": None,
+        "notice": "coordinator: not pinned, every coordinator message is refused",
+    }
+    assert owner_json["rejected_inbound"] == {"unpinned_coordinator": 4}
+    assert owner_json["beacon_slot"] == 0 and "challenges_answered" not in owner_json["counters"]
+    assert "vouchers_seen" not in owner_json["counters"]
+    assert "not pinned, every coordinator message is refused (set coordinator.pubkey)" in owner_text
+    assert owner_json["verdicts"] == []
+    # Heartbeats quote no beacon; proofs and heartbeats kept flowing; nothing was answered.
+    assert {
+        (e.raw["body"]["beacon_slot"], e.raw["body"]["beacon_nonce"]) for e in cap.of_kind("heartbeat")
+    } == {(0, "0" * 64)}
+    assert cap.kinds()["proof"] >= 1 and cap.kinds()["challenge_response"] == 0
+    families = {f.name: f for f in text_string_to_metric_families(scraped)}
+    by_reason = {
+        s.labels["reason"]: s.value
+        for s in families["edgeproof_inbound_rejected"].samples
+        if s.name.endswith("_total")
+    }
+    assert by_reason == {"unpinned_coordinator": 4.0}
+    report = verify_capture(cap.lines, prefix=PREFIX)
+    assert report.ok, [p.to_dict() for p in report.problems]
 
 
 # ---------------------------------------------------------------------------------------- 4. full outbox

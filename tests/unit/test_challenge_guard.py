@@ -232,7 +232,7 @@ def test_no_pin_refuses_every_coordinator_kind_and_another_key_is_untrusted() ->
         with pytest.raises(ProtocolError, match=f"{kind} refused: no coordinator key is pinned") as info:
             check_coordinator_pin(env, "")
         assert info.value.reason == "unpinned_coordinator"
-        assert info.value.hint == "set [coordinator] pubkey to your coordinator's base58 public key"
+        assert info.value.hint == "set coordinator.pubkey to your coordinator's base58 public key"
         check_coordinator_pin(env, pinned)
         rogue = build_envelope(OTHER, kind, body, seq=1, prev=GENESIS_PREV, ts=NOW)
         assert reason_of(lambda e=rogue: check_coordinator_pin(e, pinned)) == "untrusted_coordinator"
