@@ -20,13 +20,11 @@ deadline, seq as the signer's highest).  Clocks are arguments, so every rule is 
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
-from agent.errors import CorruptStateError, ProtocolError, StorageError
+from agent.errors import ProtocolError
 from agent.protocol.envelope import Envelope
 from agent.protocol.messages import Challenge
 
@@ -172,62 +170,3 @@ class MemoryChallengeMemory:
 
     def set_signer_seq(self, signer: str, seq: int) -> None:
         self.seqs[signer] = max(seq, self.seqs.get(signer, 0))
-
-
-class SqliteChallengeMemory:
-    """A durable :class:`ChallengeMemory`: one small SQLite file in the state folder."""
-
-    FILE = "challenges.sqlite3"
-
-    def __init__(self, state_dir: Path) -> None:
-        self.path = state_dir / self.FILE
-        self._lock = threading.Lock()
-        try:
-            state_dir.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("CREATE TABLE IF NOT EXISTS nonces (nonce TEXT PRIMARY KEY, until_ms INTEGER)")
-            self._db.execute("CREATE TABLE IF NOT EXISTS signer_seqs (signer TEXT PRIMARY KEY, seq INTEGER)")
-        except sqlite3.DatabaseError as exc:
-            raise CorruptStateError(
-                f"challenge memory {self.path} is unreadable: {exc}",
-                hint="restore it from a backup; removing it lets replayed challenges be answered again",
-            ) from exc
-        except (OSError, sqlite3.Error) as exc:
-            raise StorageError(f"cannot open {self.path}: {exc}") from exc
-
-    def _run(self, sql: str, args: tuple[str | int, ...]) -> tuple[list[tuple[int, ...]], int]:
-        """(rows, rows changed) of one statement."""
-        try:
-            with self._lock:
-                cursor = self._db.execute(sql, args)
-                return list(cursor.fetchall()), cursor.rowcount
-        except sqlite3.Error as exc:
-            raise StorageError(f"challenge memory {self.path}: {exc}") from exc
-
-    def nonce_seen(self, nonce: str) -> bool:
-        return bool(self._run("SELECT 1 FROM nonces WHERE nonce = ?", (nonce,))[0])
-
-    def remember_nonce(self, nonce: str, until_ms: int) -> None:
-        self._run(
-            "INSERT INTO nonces VALUES (?, ?) ON CONFLICT(nonce) DO UPDATE SET until_ms = max(until_ms, ?)",
-            (nonce, until_ms, until_ms),
-        )
-
-    def forget_nonces(self, before_ms: int) -> int:
-        return self._run("DELETE FROM nonces WHERE until_ms < ?", (before_ms,))[1]
-
-    def signer_seq(self, signer: str) -> int:
-        rows, _ = self._run("SELECT seq FROM signer_seqs WHERE signer = ?", (signer,))
-        return int(rows[0][0]) if rows else 0
-
-    def set_signer_seq(self, signer: str, seq: int) -> None:
-        self._run(
-            "INSERT INTO signer_seqs VALUES (?, ?) ON CONFLICT(signer) DO UPDATE SET seq = max(seq, ?)",
-            (signer, seq, seq),
-        )
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()

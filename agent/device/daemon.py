@@ -28,7 +28,7 @@ from typing import Any
 from agent import __version__
 from agent.config import SOURCE_NONE, AgentConfig
 from agent.device.beacon_guard import BeaconTolerance, check_beacon
-from agent.device.challenge_guard import ChallengeGuard, ChallengeLimits, SqliteChallengeMemory
+from agent.device.challenge_guard import ChallengeGuard, ChallengeLimits
 from agent.device.challenges import ChallengeResponder
 from agent.device.coordinator_pin import UNPINNED_NOTICE, check_coordinator_pin
 from agent.device.health import HealthProbe
@@ -36,6 +36,7 @@ from agent.device.manifests import DeviceFacts, check_manifest
 from agent.device.metrics import MetricsServer, Snapshot
 from agent.device.model_store import ModelStore
 from agent.device.rejection_log import RejectionLog
+from agent.device.state_store import StateStore
 from agent.device.status import write_status
 from agent.device.systemd import Notifier
 from agent.device.thermal import ThermalGovernor, ThermalState
@@ -61,6 +62,7 @@ THERMAL_CHECK_S = 5.0
 STATUS_EVERY_S = 2.0
 #: How often answered nonces past their deadline are forgotten, and held-back refusal log lines summed up.
 NONCE_SWEEP_S = 60.0
+STATE_FILE = "device-state.sqlite3"
 REJECTION_LOG_S = 10.0
 # A lost source is reopened by the main loop with capped exponential backoff, never by
 # sleeping inside read(): heartbeats, windows, watchdog pings and SIGTERM keep running.
@@ -89,6 +91,9 @@ class Daemon:
             spin_wait=inf.max_fps == 0,  # paced frames: idle workers sleep instead of spinning
         )
         self.outbox = Outbox(config.outbox)
+        # The device state store (challenge nonce memory, signer seqs).  Interim: a file of its
+        # own; the `state` branch opens it on the outbox's file (one transaction with the queue).
+        self.state = StateStore.open(self.state_dir / STATE_FILE, synchronous=config.outbox.synchronous)
         state = self.outbox.state()
         seq, prev = int(state.get("seq") or 0), str(state.get("prev") or GENESIS_PREV)
         self.signer = ChainSigner(keypair, seq=seq, prev=prev)
@@ -156,8 +161,7 @@ class Daemon:
         limits = ChallengeLimits(
             rate_per_min=ch.rate_per_min, burst=ch.burst, horizon_ms=int(ch.deadline_horizon_s * 1000)
         )
-        self.challenge_memory = SqliteChallengeMemory(self.state_dir)
-        self.challenge_guard = ChallengeGuard(self.challenge_memory, limits, time.monotonic())
+        self.challenge_guard = ChallengeGuard(self.state, limits, time.monotonic())
         self.beacon_tolerance = BeaconTolerance(
             tolerance_ms=int(config.beacons.tolerance_s * 1000),
             tolerance_slots=config.beacons.tolerance_slots,
@@ -718,7 +722,7 @@ class Daemon:
             if self.source is not None:
                 self.source.close()
             self.outbox.close()
-            self.challenge_memory.close()
+            self.state.close()
 
 
 def run_daemon(config: AgentConfig, *, duration_s: float | None = None) -> int:

@@ -13,12 +13,12 @@ from agent.device.challenge_guard import (
     ChallengeGuard,
     ChallengeLimits,
     MemoryChallengeMemory,
-    SqliteChallengeMemory,
     TokenBucket,
     seq_key,
 )
 from agent.device.coordinator_pin import check_coordinator_pin
 from agent.device.rejection_log import RejectionLog
+from agent.device.state_store import StateStore
 from agent.errors import ProtocolError
 from agent.protocol.envelope import GENESIS_PREV, Envelope, build_envelope
 from agent.protocol.messages import Beacon, Challenge, Verdict
@@ -150,30 +150,20 @@ def test_token_bucket_is_bounded_and_ignores_a_clock_stepping_back() -> None:
 # ------------------------------------------------------------------------------ durable memory
 
 
-def test_sqlite_memory_survives_a_reopen(tmp_path: Path) -> None:
-    first = SqliteChallengeMemory(tmp_path)
-    g = ChallengeGuard(first, ChallengeLimits(), now_s=0.0)
-    g.admit(challenge("11" * 32, seq=7), now_ms=NOW, now_s=0.0)
-    first.set_signer_seq("k", 3)
-    first.set_signer_seq("k", 2)  # never lowers
-    first.close()
-
-    second = SqliteChallengeMemory(tmp_path)
-    assert second.nonce_seen("11" * 32) and not second.nonce_seen("22" * 32)
-    assert second.signer_seq("k") == 3 and second.signer_seq("nobody") == 0
-    g2 = ChallengeGuard(second, ChallengeLimits(), now_s=0.0)
-    assert reason_of(lambda: g2.admit(challenge("11" * 32, seq=8), now_ms=NOW, now_s=0.0)) == "replay"
-    assert reason_of(lambda: g2.admit(challenge("22" * 32, seq=7), now_ms=NOW, now_s=0.0)) == "replay"
-    assert second.forget_nonces(NOW + 60_001) == 1 and not second.nonce_seen("11" * 32)
-    second.close()
-
-
-def test_sqlite_memory_refuses_a_garbage_file(tmp_path: Path) -> None:
-    (tmp_path / SqliteChallengeMemory.FILE).write_bytes(b"not a database at all" * 100)
-    from agent.errors import CorruptStateError
-
-    with pytest.raises(CorruptStateError, match="is unreadable"):
-        SqliteChallengeMemory(tmp_path)
+def test_the_real_state_store_keeps_nonces_and_seqs_across_a_reopen(tmp_path: Path) -> None:
+    """The guard on the device's durable state store (agent/device/state_store.py), reopened."""
+    path = tmp_path / "state.sqlite3"
+    with StateStore.open(path) as first:
+        g = ChallengeGuard(first, ChallengeLimits(), now_s=0.0)
+        g.admit(challenge("11" * 32, seq=7), now_ms=NOW, now_s=0.0)
+    with StateStore.open(path) as second:
+        assert second.nonce_seen("11" * 32) and not second.nonce_seen("22" * 32)
+        assert second.signer_seq(seq_key(str(COORDINATOR.pubkey()))) == 7
+        g2 = ChallengeGuard(second, ChallengeLimits(), now_s=0.0)
+        assert reason_of(lambda: g2.admit(challenge("11" * 32, seq=8), now_ms=NOW, now_s=0.0)) == "replay"
+        assert reason_of(lambda: g2.admit(challenge("22" * 32, seq=7), now_ms=NOW, now_s=0.0)) == "replay"
+        assert g2.forget_expired(NOW + 60_001) == 1 and not second.nonce_seen("11" * 32)
+        assert g2.admit(challenge("22" * 32, seq=8), now_ms=NOW, now_s=0.0).nonce == "22" * 32
 
 
 # ------------------------------------------------------------------------------ beacons
