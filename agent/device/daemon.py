@@ -342,6 +342,11 @@ class Daemon:
         except ProtocolError as exc:
             self._refused(topic, payload, exc)
             return
+        except StorageError as exc:
+            # Not remembered, so not answered: a replay of it could not be recognised.
+            self.counters["challenges_not_stored"] += 1
+            log.error("challenge not taken: the state store failed", extra={"error": str(exc)})
+            return
         self._challenges.put_nowait(challenge)
 
     def on_verdict(self, topic: str, payload: bytes) -> None:
@@ -474,9 +479,14 @@ class Daemon:
             "coordinator": self._coordinator_status(),
             "verdicts": list(self.verdicts),
             "manifests": self._manifests_copy(),
-            "rejected_inbound": dict(self.rejected_inbound),
+            "rejected_inbound": self._rejected_copy(),
             "counters": dict(self.counters),
         }
+
+    def _rejected_copy(self) -> dict[str, int]:
+        # The inbound thread may add a reason while the status or a scrape reads.
+        with self._count_lock:
+            return dict(self.rejected_inbound)
 
     def _coordinator_status(self) -> dict[str, Any]:
         pinned = self.config.coordinator.pubkey
@@ -516,10 +526,11 @@ class Daemon:
             agent_version=__version__,
             mode="inference" if self.inference_enabled else "heartbeats-only",
             counters=counters,
-            rejected_inbound=dict(self.rejected_inbound),
+            rejected_inbound=self._rejected_copy(),
             chain_seq=seq,
             outbox=self.outbox.stats().as_dict(),
             transport=self.transport.status().as_dict(),
+            coordinator_pinned=bool(self.config.coordinator.pubkey),
         )
 
     def _start_metrics(self) -> None:

@@ -1018,6 +1018,7 @@ def test_without_a_coordinator_pin_every_coordinator_message_is_refused_and_proo
         if s.name.endswith("_total")
     }
     assert by_reason == {"unpinned_coordinator": 4.0}
+    assert [s.value for s in families["edgeproof_coordinator_pinned"].samples] == [0.0]
     report = verify_capture(cap.lines, prefix=PREFIX)
     assert report.ok, [p.to_dict() for p in report.problems]
 
@@ -1199,6 +1200,7 @@ def test_heartbeats_only_mode_and_prometheus_endpoint(tmp_path: Path) -> None:
     info = [k for k in second if k.startswith("edgeproof_device_info")]
     assert len(info) == 1 and "mode=heartbeats-only" in info[0] and f"device={DEV}" in info[0]
     assert not any(k.startswith("edgeproof_inbound_rejected_total") for k in second)
+    assert second["edgeproof_coordinator_pinned"] == 1
     report = verify_capture(cap.lines, prefix=PREFIX)
     assert report.ok, [p.to_dict() for p in report.problems]
     # It listens where configured (loopback).
