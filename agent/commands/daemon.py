@@ -43,11 +43,13 @@ def run_run(args: argparse.Namespace) -> int:
     return run_daemon(load_config(args.config), duration_s=args.duration)
 
 
-def _coordinator_line(data: dict[str, Any]) -> str:
-    coordinator = data.get("coordinator") or {}
-    if not coordinator.get("pinned"):
+def _coordinator_line(data: dict[str, Any], configured: str) -> str:
+    """The daemon's own account of its pin; the config's for a status file written before it had one."""
+    coordinator = data.get("coordinator")
+    pubkey = coordinator.get("pubkey") if isinstance(coordinator, dict) else configured
+    if not pubkey:
         return "not pinned, every coordinator message is refused (set coordinator.pubkey)"
-    return f"pinned {coordinator.get('pubkey')}"
+    return f"pinned {pubkey}"
 
 
 def run_status(args: argparse.Namespace) -> int:
@@ -83,7 +85,7 @@ def run_status(args: argparse.Namespace) -> int:
             "dropped": outbox_stats.get("dropped_total"),
             "connected": data.get("transport", {}).get("connected"),
             "thermal": data.get("thermal", {}).get("level"),
-            "coordinator": _coordinator_line(data),
+            "coordinator": _coordinator_line(data, config.coordinator.pubkey),
         },
     )
     verdicts = data.get("verdicts", [])

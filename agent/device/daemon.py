@@ -60,10 +60,11 @@ log = logging.getLogger(__name__)
 NO_BEACON = "0" * 64
 THERMAL_CHECK_S = 5.0
 STATUS_EVERY_S = 2.0
-#: How often answered nonces past their deadline are forgotten, and held-back refusal log lines summed up.
+#: How often answered nonces past their deadline are forgotten.
 NONCE_SWEEP_S = 60.0
-STATE_FILE = "device-state.sqlite3"
+#: How often the refusals whose log lines were held back (a flood) are summed up, one line per reason.
 REJECTION_LOG_S = 10.0
+STATE_FILE = "device-state.sqlite3"
 # A lost source is reopened by the main loop with capped exponential backoff, never by
 # sleeping inside read(): heartbeats, windows, watchdog pings and SIGTERM keep running.
 SOURCE_RETRY_MIN_S = 1.0
