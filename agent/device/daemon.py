@@ -40,7 +40,7 @@ from agent.device.systemd import Notifier
 from agent.device.thermal import ThermalGovernor, ThermalState
 from agent.device.updater import ModelUpdater, Swap
 from agent.device.window import WorkWindow
-from agent.errors import EdgeproofError, ProtocolError, SourceError, StorageError
+from agent.errors import CorruptStateError, EdgeproofError, ProtocolError, SourceError, StorageError
 from agent.identity import device_id, load_keypair
 from agent.inference.commitments import CommitmentHasher, default_leaf_hash
 from agent.inference.pipeline import Pipeline
@@ -655,6 +655,10 @@ class Daemon:
 def run_daemon(config: AgentConfig, *, duration_s: float | None = None) -> int:
     try:
         daemon = Daemon(config)
+    except CorruptStateError as exc:
+        # Exit code 12 (RestartPreventExitStatus): no restart loop; `edgeproof state recover`.
+        log.critical("state unreadable", extra={"reason": "unreadable_state", "error": exc.message})
+        raise
     except EdgeproofError:
         raise
     daemon.install_signals()

@@ -46,7 +46,9 @@ class Recovery:
     moved_to: list[str] = field(default_factory=list)
     #: kind -> envelopes queued again.
     kept: Counter[str] = field(default_factory=Counter)
-    #: reason -> rows not queued again (unverifiable, not ours, refused by the outbox bound).
+    #: reason (agent/protocol/reasons.py) -> rows not queued again: the verifier's reason
+    #: (``bad_signature``, ``unknown_device``, ...), ``wrong_kind``, ``malformed`` (a row whose
+    #: columns are not a queued row's), ``not_requeued`` (the outbox bound), ``unreadable_state``.
     lost: Counter[str] = field(default_factory=Counter)
     read_errors: int = 0
     chain_before: dict[str, Any] = field(default_factory=dict)
@@ -123,10 +125,10 @@ def _verified(found: Salvage, dev: str, out: Recovery) -> list[tuple[Envelope, i
         try:
             env = verify_envelope(row.payload, expected_signer=dev)
         except ProtocolError as exc:
-            out.lost[f"unverifiable:{exc.reason}"] += 1
+            out.lost[exc.reason] += 1
             continue
         if env.kind != row.kind:
-            out.lost["kind_mismatch"] += 1
+            out.lost["wrong_kind"] += 1
             continue
         kept.append((env, row.qos, row.retain, row.priority, row.topic))
     return kept
@@ -149,9 +151,9 @@ def recover_state(config: AgentConfig) -> Recovery:
     found = salvage(Path(out.moved_to[0]))
     out.read_errors = found.read_errors
     if found.unreadable is not None:
-        out.lost["unreadable_file"] += 1
+        out.lost["unreadable_state"] += 1
     if found.malformed_ids:
-        out.lost["malformed_row"] += len(found.malformed_ids)
+        out.lost["malformed"] += len(found.malformed_ids)
     kept = _verified(found, dev, out)
     file = SqliteFile.open(path, synchronous=config.outbox.synchronous)
     try:
@@ -171,7 +173,7 @@ def recover_state(config: AgentConfig) -> Recovery:
                 seq=None if env.sideband else env.seq,
             )
             if row is None:
-                out.lost["outbox_full"] += 1
+                out.lost["not_requeued"] += 1
             else:
                 out.kept[env.kind] += 1
         outbox.close()
