@@ -54,8 +54,11 @@ def run_recover(args: argparse.Namespace) -> int:
             "lost": f"{report['lost_total']} {report['lost'] or ''}".strip(),
             "read errors": result.read_errors,
             "chain head restored": f"seq {chain.get('seq')} ({str(chain.get('head'))[:16]}...)",
+            "chain head found in": report["head_sources"] or "nowhere",
             "manifest versions": report["restored"].get("manifest_versions"),
             "signer seqs": report["restored"].get("signer_seqs"),
         },
     )
+    for warning in result.warnings:
+        print(f"warning: {warning}")
     return 0

@@ -51,8 +51,10 @@ class Recovery:
     #: columns are not a queued row's), ``not_requeued`` (the outbox bound), ``unreadable_state``.
     lost: Counter[str] = field(default_factory=Counter)
     read_errors: int = 0
-    chain_before: dict[str, Any] = field(default_factory=dict)
+    #: Where a chain head was found: ``copy``, ``damaged_file``, ``newest_salvaged`` -> seq.
+    head_sources: dict[str, int] = field(default_factory=dict)
     restored: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -65,7 +67,9 @@ class Recovery:
             "lost": dict(sorted(self.lost.items())),
             "lost_total": sum(self.lost.values()),
             "read_errors": self.read_errors,
+            "head_sources": dict(self.head_sources),
             "restored": self.restored,
+            "warnings": list(self.warnings),
         }
 
 
@@ -158,8 +162,14 @@ def recover_state(config: AgentConfig) -> Recovery:
     file = SqliteFile.open(path, synchronous=config.outbox.synchronous)
     try:
         store = StateStore(file, copy_path=copy_path(state_dir))
-        seq, head = store.chain_head()
-        out.chain_before = {"seq": seq, "head": head}
+        copy_seq, _ = store.chain_head()
+        if copy_path(state_dir).exists():
+            out.head_sources["copy"] = copy_seq
+        if found.chain_head is not None:
+            out.head_sources["damaged_file"] = found.chain_head[0]
+        chained = [env.seq for env, *_ in kept if not env.sideband]
+        if chained:
+            out.head_sources["newest_salvaged"] = max(chained)
         _restore(store, found, kept)
         outbox = Outbox(config.outbox, file=file)
         for env, qos, retain, priority, topic in kept:
@@ -185,6 +195,11 @@ def recover_state(config: AgentConfig) -> Recovery:
             "nonces": snap["nonces"],
             "copy": snap["copy"],
         }
+        if snap["chain"]["seq"] == 0:
+            out.warnings.append(
+                "no chain head was found (no state copy, none in the damaged file, no salvaged envelope): the "
+                "next envelope has seq 1; if this device ever sent envelopes the coordinator will see a fork"
+            )
     finally:
         file.close()
     return out

@@ -54,6 +54,7 @@ from tests.support.mosquitto import MosquittoBroker, free_port
 pytestmark = pytest.mark.integration
 
 V1_FILE = ROOT / "tests" / "data" / "state" / "outbox-v1.sqlite3"
+V1_HEAD = "5244b80d96d6bbe2217f566a2310fc4c9b0be3817bf54fb292c182dbdf209bbb"
 RECOVER_HINT = (
     "  fix: stop the agent and run `edgeproof state recover --config FILE`: it moves the file aside (kept, "
     "never deleted), re-queues every envelope it can still read and restores the chain head and manifest "
@@ -187,6 +188,7 @@ def test_state_recover_keeps_what_verifies_and_never_rolls_the_chain_back(tmp_pa
     assert moved.name.startswith("outbox.sqlite3.corrupt-") and moved.exists()  # kept, never deleted
     # The chain head comes back from the copy, whatever the damage.
     assert report["restored"]["chain"] == {"seq": 40, "head": head.hash}
+    assert report["head_sources"]["copy"] == 40 and report["warnings"] == []
     with Outbox(OutboxSettings(path=str(db))) as outbox:
         rows = outbox.pending()
     requeued = [verify_envelope(r.payload) for r in rows]
@@ -439,3 +441,35 @@ def test_status_with_a_mangled_page_is_exit_12(tmp_path: Path) -> None:
     assert done.returncode == 12, done.stderr
     assert done.stderr.startswith(f"edgeproof: error: state file {db} is unreadable: ")
     assert "Traceback" not in done.stderr
+
+
+def test_recover_a_damaged_version_1_file_takes_the_head_from_what_is_left_of_it(tmp_path: Path) -> None:
+    """A device upgraded from schema 1 has no state copy yet: the damaged file's own state table counts."""
+    config = write_config(tmp_path / "device", no_broker())
+    state = tmp_path / "device" / "state"
+    state.mkdir()
+    db = state / "outbox.sqlite3"
+    shutil.copyfile(V1_FILE, db)
+    mangle_page_holding(db, b'"seq":4,')  # the page of the queued rows
+    assert cli("run", "--config", str(config)).returncode == 12
+    report = json.loads(cli("state", "recover", "--config", str(config), "--json").stdout)
+    assert report["head_sources"] == {"damaged_file": 5}
+    assert report["restored"]["chain"] == {"seq": 5, "head": V1_HEAD}
+    assert report["restored"]["manifest_versions"] == {"stable": 7}
+    assert report["warnings"] == []
+    with StateStore.open(db, copy_path=state / "state-copy.json") as store:
+        assert store.record("deploy.stable.failed_version") == 6
+        assert store.manifest_envelope("stable") == '{"stored":1}'
+
+
+def test_recover_with_no_head_anywhere_warns_that_the_chain_restarts(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "device", no_broker())
+    state = tmp_path / "device" / "state"
+    state.mkdir()
+    (state / "outbox.sqlite3").write_bytes(b"")
+    done = cli("state", "recover", "--config", str(config))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.endswith(
+        "warning: no chain head was found (no state copy, none in the damaged file, no salvaged envelope): the "
+        "next envelope has seq 1; if this device ever sent envelopes the coordinator will see a fork\n"
+    )
