@@ -385,3 +385,35 @@ def test_a_newer_schema_is_refused_not_called_corrupt(tmp_path: Path) -> None:
         make(tmp_path)
     assert not isinstance(info.value, CorruptStateError)
     assert info.value.message == f"state file {path} has schema version 9, newer than this agent's (2)"
+
+
+def test_a_foreign_or_mangled_schema_is_corrupt_state(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    raw = sqlite3.connect(path)
+    raw.execute("CREATE TABLE photos (id INTEGER)")
+    raw.close()
+    with pytest.raises(CorruptStateError) as info:
+        make(tmp_path)
+    assert info.value.message == f"state file {path} is unreadable: holds tables that are not ours (photos)"
+    path.unlink()
+    raw = sqlite3.connect(path)
+    raw.execute("CREATE TABLE outbox (id INTEGER PRIMARY KEY, topic TEXT)")
+    raw.close()
+    with pytest.raises(CorruptStateError) as info:
+        make(tmp_path)
+    assert info.value.message == (
+        f"state file {path} is unreadable: table outbox lacks columns "
+        "['attempts', 'created_ms', 'kind', 'payload', 'priority', 'qos', 'retain', 'size']: not an edgeproof state file"
+    )
+    assert info.value.exit_code == 12
+
+
+def test_zero_length_file_is_corrupt_state_not_a_fresh_outbox(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    path.write_bytes(b"")
+    with pytest.raises(CorruptStateError) as info:
+        make(tmp_path)
+    assert (
+        info.value.message == f"state file {path} is unreadable: the file is empty (zero length): truncated"
+    )
+    assert path.read_bytes() == b""  # left as it was, for `state recover`
