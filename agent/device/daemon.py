@@ -6,8 +6,9 @@ paho's network thread and the transport's publisher/inbound threads never run
 inference; inbound challenges are queued for the main loop.
 
 Every outgoing message is signed, chained and committed to the SQLite outbox
-together with the chain head before it is published, so SIGKILL at any point
-neither loses an envelope nor forks the chain.  SIGTERM closes the current
+together with the chain head (the device state store, same SQLite file, same
+transaction; its second copy is written just before) before it is published, so
+SIGKILL at any point neither loses an envelope nor forks the chain (ADR 0012).  SIGTERM closes the current
 window, emits its proof and flushes what the broker will take.
 """
 
@@ -36,24 +37,26 @@ from agent.device.manifests import DeviceFacts, check_manifest
 from agent.device.metrics import MetricsServer, Snapshot
 from agent.device.model_store import ModelStore
 from agent.device.rejection_log import RejectionLog
+from agent.device.state_copy import copy_path
 from agent.device.state_store import StateStore
 from agent.device.status import write_status
 from agent.device.systemd import Notifier
 from agent.device.thermal import ThermalGovernor, ThermalState
 from agent.device.updater import ModelUpdater, Swap
 from agent.device.window import WorkWindow
-from agent.errors import EdgeproofError, ProtocolError, SourceError, StorageError
+from agent.errors import CorruptStateError, EdgeproofError, ProtocolError, SourceError, StorageError
 from agent.identity import device_id, load_keypair
 from agent.inference.commitments import CommitmentHasher, default_leaf_hash
 from agent.inference.pipeline import Pipeline
 from agent.inference.runtime import backend_settings, resolve_profile
 from agent.inference.sources import FrameSource, open_source
 from agent.protocol.chain import ChainSigner
-from agent.protocol.envelope import GENESIS_PREV, Envelope, verify_envelope
+from agent.protocol.envelope import Envelope, verify_envelope
 from agent.protocol.messages import Beacon, Challenge, Deploy, Health, Heartbeat, Status, Verdict
 from agent.protocol.topics import Topics
 from agent.transport.mqtt import MqttTransport
 from agent.transport.outbox import Outbox
+from agent.transport.sqlite_file import SqliteFile
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +67,6 @@ STATUS_EVERY_S = 2.0
 NONCE_SWEEP_S = 60.0
 #: How often the refusals whose log lines were held back (a flood) are summed up, one line per reason.
 REJECTION_LOG_S = 10.0
-STATE_FILE = "device-state.sqlite3"
 # A lost source is reopened by the main loop with capped exponential backoff, never by
 # sleeping inside read(): heartbeats, windows, watchdog pings and SIGTERM keep running.
 SOURCE_RETRY_MIN_S = 1.0
@@ -91,12 +93,15 @@ class Daemon:
             litert_delegates=inf.litert_delegates or None,
             spin_wait=inf.max_fps == 0,  # paced frames: idle workers sleep instead of spinning
         )
-        self.outbox = Outbox(config.outbox)
-        # The device state store (challenge nonce memory, signer seqs).  Interim: a file of its
-        # own; the `state` branch opens it on the outbox's file (one transaction with the queue).
-        self.state = StateStore.open(self.state_dir / STATE_FILE, synchronous=config.outbox.synchronous)
-        state = self.outbox.state()
-        seq, prev = int(state.get("seq") or 0), str(state.get("prev") or GENESIS_PREV)
+        # One SQLite file, two owners: the device state store and the message queue.
+        self.db = SqliteFile.open(config.outbox.path, synchronous=config.outbox.synchronous)
+        try:
+            self.state = StateStore(self.db, copy_path=copy_path(self.state_dir))
+            self.outbox = Outbox(config.outbox, file=self.db)
+        except BaseException:
+            self.db.close()
+            raise
+        seq, prev = self.state.chain_head()
         self.signer = ChainSigner(keypair, seq=seq, prev=prev)
         self.topics = Topics(config.mqtt.topic_prefix)
         self._emit_lock = threading.Lock()
@@ -107,8 +112,7 @@ class Daemon:
             self.profile,
             self.backend_settings,
             self._report_deploy,
-            self.outbox.get_state,
-            self.outbox.set_state,
+            self.state,
             fallback_card=Path(inf.model),
             open_pipeline=self._open_pipeline,
             trial_s=config.fleet.trial_s,
@@ -213,11 +217,16 @@ class Daemon:
         with self._emit_lock:
             env = self.signer.prepare(kind, body, self.clock_ms())
             topic = self.topics.for_kind(kind, self.dev)
-            state: dict[str, int | str | None] | None = None
-            if not env.sideband:
-                state = {"seq": env.seq, "prev": env.hash}
+            chained = not env.sideband
             try:
-                row = self.transport.enqueue(topic, env.wire, kind=kind, retain=retain, state=state)
+                row = self.transport.enqueue(
+                    topic,
+                    env.wire,
+                    kind=kind,
+                    retain=retain,
+                    seq=env.seq if chained else None,
+                    in_transaction=self.state.chain_step(env.seq, env.hash) if chained else None,
+                )
             except StorageError as exc:
                 self.counters[f"{kind}_lost"] += 1
                 log.error("message not stored", extra={"kind": kind, "error": str(exc)})
@@ -375,7 +384,6 @@ class Daemon:
             self._consider_manifest(self.topics.parse(topic).channel or "", env, topic, payload)
 
     def _consider_manifest(self, channel: str, env: Envelope, topic: str, payload: bytes) -> None:
-        key = f"manifest.{channel}.version"
         try:
             decision = check_manifest(
                 env,
@@ -383,7 +391,7 @@ class Daemon:
                 operators=self.config.fleet.operator_keys,
                 facts=self.fleet,
                 now_ms=self.clock_ms(),
-                accepted_version=int(self.outbox.get_state(key) or 0),
+                accepted_version=self.state.manifest_version(channel),
                 free_bytes=shutil.disk_usage(self.state_dir).free,
             )
         except ProtocolError as exc:
@@ -401,9 +409,7 @@ class Daemon:
         try:
             # The envelope itself is kept: the broker does not re-send a retained message to a
             # persistent session it already delivered it to, and a restart must resume the work.
-            self.outbox.set_state(
-                {key: decision.manifest.version, f"manifest.{channel}.envelope": payload.decode()}
-            )
+            self.state.accept_manifest(channel, decision.manifest.version, payload.decode())
         except StorageError as exc:
             log.error("manifest version not stored", extra={"channel": channel, "error": str(exc)})
         self.counters["manifests_accepted"] += 1
@@ -418,7 +424,7 @@ class Daemon:
     def _restore_manifests(self) -> None:
         """Re-judge the manifests accepted before a restart (a channel no longer configured is ignored)."""
         for channel in self.config.fleet.channels:
-            stored = self.outbox.get_state(f"manifest.{channel}.envelope")
+            stored = self.state.manifest_envelope(channel)
             if not isinstance(stored, str):
                 continue
             topic = self.topics.manifest(channel)
@@ -473,6 +479,7 @@ class Daemon:
             },
             "chain": {"seq": seq, "head": head, "last_acked_seq": self.last_acked_seq()},
             "outbox": outbox,
+            "state": self.state.snapshot(),
             "transport": self.transport.status().as_dict(),
             "window": {"start_ms": self.window.start_ms, "inferences": self.window.inferences},
             "thermal": {"level": self.thermal_state.level, "rate_bp": self.thermal_state.rate_bp},
@@ -504,16 +511,8 @@ class Daemon:
     def last_acked_seq(self) -> int:
         """Highest seq with nothing older still waiting in the outbox."""
         seq, _ = self.signer.state()
-        import json
-
-        for row in self.outbox.pending(limit=50):
-            try:
-                pending_seq = int(json.loads(row.payload)["seq"])
-            except (ValueError, KeyError, TypeError):
-                continue
-            if row.kind != "status":
-                return max(0, pending_seq - 1)
-        return seq
+        oldest = self.outbox.oldest_seq()  # the seq column: chained envelopes only
+        return seq if oldest is None else max(0, oldest - 1)
 
     def metrics_snapshot(self) -> Snapshot:
         """What ``/metrics`` reports (read on the metrics server's thread)."""
@@ -734,12 +733,16 @@ class Daemon:
             if self.source is not None:
                 self.source.close()
             self.outbox.close()
-            self.state.close()
+            self.db.close()
 
 
 def run_daemon(config: AgentConfig, *, duration_s: float | None = None) -> int:
     try:
         daemon = Daemon(config)
+    except CorruptStateError as exc:
+        # Exit code 12 (RestartPreventExitStatus): no restart loop; `edgeproof state recover`.
+        log.critical("state unreadable", extra={"reason": "unreadable_state", "error": exc.message})
+        raise
     except EdgeproofError:
         raise
     daemon.install_signals()

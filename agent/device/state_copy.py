@@ -26,6 +26,9 @@ from agent.protocol.envelope import GENESIS_PREV
 log = logging.getLogger(__name__)
 
 COPY_FORMAT = 1
+#: The copy's file name in the device's state directory (not beside the queue file, which an
+#: operator may move away as a whole).
+COPY_FILE = "state-copy.json"
 
 
 @dataclass
@@ -43,6 +46,10 @@ class CopyData:
             "manifests": dict(sorted(self.manifests.items())),
             "signers": dict(sorted(self.signers.items())),
         }
+
+
+def copy_path(state_dir: Path) -> Path:
+    return state_dir / COPY_FILE
 
 
 def _ints(value: object, what: str) -> dict[str, int]:

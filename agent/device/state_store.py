@@ -268,7 +268,7 @@ class StateStore:
     def set_chain_head(self, seq: int, prev: str) -> None:
         """Advance the head on its own (``state recover``); never moves it backwards."""
         with self._lock:
-            if seq < self._copy.seq or (seq == self._copy.seq and prev == self._copy.prev):
+            if seq <= self._copy.seq:
                 return
             self._write("writing the chain head", self.chain_step(seq, prev))
 

@@ -91,6 +91,16 @@ _TABLE: tuple[Reason, ...] = (
     Reason("not_installed", "deploy", "the named release is not installed"),
     Reason("not_active", "deploy", "the named release is not the active one"),
     Reason("thermal", "local", "the thermal policy lowered the inference rate"),
+    Reason(
+        "unreadable_state",
+        "local",
+        "the device's state file is garbage, truncated, not SQLite or fails its integrity check (exit code 12)",
+    ),
+    Reason(
+        "not_requeued",
+        "local",
+        "a salvaged envelope did not fit the outbox bound when state recover re-queued it",
+    ),
 )
 
 #: name -> Reason

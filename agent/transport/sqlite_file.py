@@ -10,7 +10,10 @@ Opening refuses (:class:`~agent.errors.CorruptStateError`, exit code 12) a file 
 is not a SQLite database, fails ``PRAGMA quick_check`` or holds tables that are not ours, with a
 message naming the file and the recovery command.  A file written by a newer agent is a
 :class:`~agent.errors.StorageError` (upgrade, do not "recover").  ``read_only=True`` opens with
-a ``mode=ro`` URI: nothing is created, migrated or written (``edgeproof status``).
+a ``mode=ro`` URI: nothing is migrated or written (``edgeproof status``).  With no ``-wal``
+file beside it (the last writer closed cleanly, everything is in the main file) it adds
+``immutable=1``, so SQLite creates no ``-wal``/``-shm`` files either; with a ``-wal`` file
+(a writer runs, or died) those exist already and normal read locking applies.
 """
 
 from __future__ import annotations
@@ -136,8 +139,9 @@ class SqliteFile:
         _check_header(path)
         try:
             if read_only:
+                wal = path.with_name(path.name + "-wal")
                 db = sqlite3.connect(
-                    f"{path.resolve().as_uri()}?mode=ro",
+                    f"{path.resolve().as_uri()}?mode=ro" + ("" if wal.exists() else "&immutable=1"),
                     uri=True,
                     isolation_level=None,
                     check_same_thread=False,

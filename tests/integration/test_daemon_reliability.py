@@ -45,14 +45,14 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from prometheus_client.parser import text_string_to_metric_families
 from solders.keypair import Keypair
 
+from agent.device.state_store import StateStore
 from agent.device.status import read_status
 from agent.identity import device_id
 from agent.inference.cards import load_card
 from agent.protocol.capture import verify_capture
 from agent.protocol.envelope import GENESIS_PREV, Envelope, build_envelope, envelope_hash, verify_envelope
 from agent.protocol.messages import Beacon, Challenge, Heartbeat, Manifest, Verdict, Voucher
-from agent.transport.outbox import RESERVE_BYTES, Outbox
-from agent.transport.settings import OutboxSettings
+from agent.transport.outbox import RESERVE_BYTES
 from tests.support.mosquitto import Collector, MosquittoBroker, free_port
 
 pytestmark = pytest.mark.integration
@@ -282,12 +282,15 @@ def outbox_facts(path: Path) -> dict[str, Any]:
     db = sqlite3.connect(str(path))
     try:
         integrity = db.execute("PRAGMA integrity_check").fetchone()[0]
-        state = {k: json.loads(v) for k, v in db.execute("SELECT key, value FROM state").fetchall()}
-        pending = [bytes(p) for (p,) in db.execute("SELECT payload FROM outbox ORDER BY id").fetchall()]
+        head = db.execute("SELECT seq, prev FROM chain_head WHERE id = 1").fetchone()
+        rows = db.execute("SELECT payload, seq FROM outbox ORDER BY id").fetchall()
         drops = {(k, r): c for k, r, c in db.execute("SELECT kind, reason, count FROM drops").fetchall()}
     finally:
         db.close()
-    pending_seqs = {json.loads(p)["seq"] for p in pending if json.loads(p)["kind"] != "status"}
+    state = {"seq": 0, "prev": GENESIS_PREV} if head is None else {"seq": head[0], "prev": head[1]}
+    pending_seqs = {json.loads(p)["seq"] for p, _ in rows if json.loads(p)["kind"] != "status"}
+    # The queue's seq column says the same as the payloads (the daemon reads only the column).
+    assert {seq for _, seq in rows if seq is not None} == pending_seqs
     return {"integrity": integrity, "state": state, "pending_seqs": pending_seqs, "drops": drops}
 
 
@@ -819,9 +822,12 @@ def test_hostile_inbound_is_rejected_by_reason_and_the_daemon_keeps_working(tmp_
     assert owner_view["counters"]["manifests_accepted"] == 1
     stable = owner_view["manifests"]["stable"]
     assert (stable["version"], stable["operator"], stable["eligible"]) == (5, str(OPERATOR.pubkey()), True)
-    # The accepted version is kept beside the chain head, so a restart still refuses v4.
-    with Outbox(OutboxSettings(path=str(tmp_path / "device" / "state" / "outbox.sqlite3"))) as kept:
-        assert kept.get_state("manifest.stable.version") == 5
+    # The accepted version is kept beside the chain head (and in the state copy), so a restart
+    # still refuses v4.
+    state_dir = tmp_path / "device" / "state"
+    with StateStore.open(state_dir / "outbox.sqlite3") as kept:
+        assert kept.manifest_version("stable") == 5
+    assert json.loads((state_dir / "state-copy.json").read_text())["manifests"] == {"stable": 5}
 
     # Every rejection is logged naming its reason: one line each, up to 5 per reason per 10 s;
     # beyond that one summary line per reason carries the count (a flood does not flood journald).
