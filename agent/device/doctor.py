@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from agent.config import SOURCE_NONE, AgentConfig, load_config
+from agent.device.coordinator_pin import PIN_HINT, UNPINNED_NOTICE
 from agent.device.health import HealthProbe
 from agent.device.status import pid_alive, read_status
 from agent.errors import EdgeproofError
@@ -263,12 +264,12 @@ def diagnose(config_path: str | None, *, root: Path = Path("/"), broker_timeout_
 
     def coordinator() -> tuple[Status, str, str]:
         if not cfg.coordinator.pubkey:
-            return (
-                "warn",
-                "no coordinator key: any validly signed beacon, challenge or verdict is accepted",
-                "set coordinator.pubkey to your coordinator's public key",
-            )
-        return "ok", f"only {cfg.coordinator.pubkey} is trusted for beacons, challenges and verdicts", ""
+            return "fail", UNPINNED_NOTICE + " (no beacon is quoted, no challenge answered)", PIN_HINT
+        return (
+            "ok",
+            f"only {cfg.coordinator.pubkey} is trusted for beacons, challenges, verdicts and vouchers",
+            "",
+        )
 
     report.attempt("daemon", daemon)
     key_ok = report.attempt("key", key)

@@ -15,7 +15,7 @@ Stages, each reported to the operator as a ``deploy`` message on ``dev/{dev}/dep
   error during the trial rolls back to the previous release (or the configured model).  A
   daemon that dies during a trial (e.g. the new model crashes the runtime) rolls back when it
   starts again.  After a clean trial the release is committed and older ones are pruned.
-* A failed release version is remembered per channel (in the outbox's state table), so the
+* A failed release version is remembered per channel (a record in the device state store), so the
   broker re-delivering the retained manifest does not start the same failing download again.
 """
 
@@ -31,6 +31,7 @@ from pathlib import Path
 from agent.device.download import fetch_artifact
 from agent.device.model_store import Active, ModelStore, Release
 from agent.device.smoke import SmokeResult, smoke_test
+from agent.device.state_store import StateStore
 from agent.errors import DeployError, EdgeproofError, StorageError
 from agent.inference.backends.base import BackendSettings
 from agent.inference.cards import load_card
@@ -44,8 +45,11 @@ log = logging.getLogger(__name__)
 PROGRESS_STEP_BP = 2_500
 
 Report = Callable[[Deploy], None]
-StateGet = Callable[[str], object]
-StateSet = Callable[[dict[str, int | str | None]], None]
+
+
+def failed_key(channel: str) -> str:
+    """The state store record naming the last failed manifest version of ``channel``."""
+    return f"deploy.{channel}.failed_version"
 
 
 @dataclass(frozen=True)
@@ -85,8 +89,7 @@ class ModelUpdater:
         profile: Profile,
         settings: BackendSettings,
         report: Report,
-        state_get: StateGet,
-        state_set: StateSet,
+        state: StateStore,
         *,
         fallback_card: Path,
         open_pipeline: Callable[[Path], Pipeline],
@@ -98,8 +101,7 @@ class ModelUpdater:
         self.profile = profile
         self.settings = settings
         self.report = report
-        self._get = state_get
-        self._set = state_set
+        self.state = state
         self.fallback_card = fallback_card
         self.open_pipeline = open_pipeline
         self.trial_s = trial_s
@@ -143,7 +145,7 @@ class ModelUpdater:
     def offer(self, manifest: Manifest) -> None:
         """An accepted, eligible manifest: prepare it unless it runs already or failed before."""
         release = Release.from_manifest(manifest)
-        if self._get(f"deploy.{manifest.channel}.failed_version") == manifest.version:
+        if self.state.record(failed_key(manifest.channel)) == manifest.version:
             return
         try:
             active = self.store.active()
@@ -242,7 +244,7 @@ class ModelUpdater:
             "model release failed", extra={"release": release.key, "reason": reason, "error": message[:300]}
         )
         try:
-            self._set({f"deploy.{manifest.channel}.failed_version": manifest.version})
+            self.state.set_record(failed_key(manifest.channel), manifest.version)
         except EdgeproofError as exc:
             log.warning("failed release version not stored", extra={"error": exc.message})
         self.report(deploy_body(release, "failed", reason=reason))
@@ -285,7 +287,7 @@ class ModelUpdater:
         failed = active.current
         restored = self.store.rollback()
         try:
-            self._set({f"deploy.{failed.channel}.failed_version": failed.manifest_version})
+            self.state.set_record(failed_key(failed.channel), failed.manifest_version)
         except EdgeproofError as exc:
             log.warning("failed release version not stored", extra={"error": exc.message})
         self.report(deploy_body(failed, "rolled_back", reason=reason))

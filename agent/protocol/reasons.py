@@ -103,6 +103,16 @@ _TABLE: tuple[Reason, ...] = (
     Reason("unknown_op", "local", "a control request names an op the daemon does not offer"),
     Reason("unavailable", "local", "the daemon's main loop did not take the op in time, or it is stopping"),
     Reason("op_failed", "local", "a control op raised an unexpected error"),
+    Reason(
+        "unreadable_state",
+        "local",
+        "the device's state file is garbage, truncated, not SQLite or fails its integrity check (exit code 12)",
+    ),
+    Reason(
+        "not_requeued",
+        "local",
+        "a salvaged envelope did not fit the outbox bound when state recover re-queued it",
+    ),
 )
 
 #: name -> Reason

@@ -43,11 +43,21 @@ and treat the envelope as never created.
 
 Chain state
 -----------
-``put(..., state={"seq": n, "prev": h})`` writes the key/value pairs in the same transaction
-as the message, so a SIGKILL between signing and queuing cannot fork the hash chain.  The
-state is committed even when the policy refuses the message: the envelope then exists (signed,
-counted as dropped) and the next one chains to it, so the coordinator sees an honest gap
-rather than two envelopes with the same ``seq``.
+The queue knows nothing of chain heads.  ``put(..., seq=n, in_transaction=step)`` stores the
+envelope's ``seq`` in its row (so nobody parses payloads to learn it, see :meth:`oldest_seq`)
+and runs ``step(connection)`` inside the same transaction as the message: the device state
+store (:mod:`agent.device.state_store`, sharing this SQLite file) advances the chain head that
+way, so a SIGKILL between signing and queuing cannot fork the hash chain.  The step is
+committed even when the policy refuses the message: the envelope then exists (signed, counted
+as dropped) and the next one chains to it, so the coordinator sees an honest gap rather than
+two envelopes with the same ``seq``.
+
+Schema
+------
+``PRAGMA user_version`` is the file's schema version (:data:`SCHEMA_VERSION`).  A version 1
+file (no ``seq`` column) is migrated in place when opened: ``ALTER TABLE ... ADD COLUMN seq``
+and the seq of each queued chained envelope copied once from its payload.
+:func:`read_stats` opens the file read-only (``mode=ro``): no reserve file, no migration.
 
 Broker refusals
 ---------------
@@ -63,10 +73,9 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -81,6 +90,7 @@ from agent.transport.disk_full import (
     is_disk_full,
 )
 from agent.transport.settings import OutboxSettings
+from agent.transport.sqlite_file import SqliteFile, columns, require_columns, translate
 
 log = logging.getLogger(__name__)
 
@@ -98,9 +108,11 @@ def kind_priority(kind: str) -> int:
     return _LEVEL[priority_of(kind)]
 
 
-StateValue = int | str | None
+#: Runs inside the queue's transaction, on its connection (e.g. a chain head advance).
+TxnStep = Callable[[sqlite3.Connection], None]
+#: Kinds whose envelopes do not advance the chain (their rows carry no seq).
+_SIDEBAND_KINDS = frozenset({"status"})
 
-_SCHEMA_VERSION = 1
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -112,7 +124,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     priority INTEGER NOT NULL,
     size INTEGER NOT NULL,
     created_ms INTEGER NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0
+    attempts INTEGER NOT NULL DEFAULT 0,
+    seq INTEGER
 );
 CREATE INDEX IF NOT EXISTS outbox_priority ON outbox (priority, id);
 CREATE TABLE IF NOT EXISTS drops (
@@ -120,10 +133,6 @@ CREATE TABLE IF NOT EXISTS drops (
     reason TEXT NOT NULL,
     count INTEGER NOT NULL,
     PRIMARY KEY (kind, reason)
-);
-CREATE TABLE IF NOT EXISTS state (
-    key TEXT PRIMARY KEY,
-    value TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS parked (
     id INTEGER PRIMARY KEY,
@@ -137,11 +146,28 @@ CREATE TABLE IF NOT EXISTS parked (
     created_ms INTEGER NOT NULL,
     attempts INTEGER NOT NULL,
     reason TEXT NOT NULL,
-    parked_ms INTEGER NOT NULL
+    parked_ms INTEGER NOT NULL,
+    seq INTEGER
 );
 """
 
-_COLUMNS = "id, topic, payload, qos, retain, kind, priority, size, created_ms, attempts"
+_COLUMNS = "id, topic, payload, qos, retain, kind, priority, size, created_ms, attempts, seq"
+_NEEDED = {
+    "outbox": {
+        "id",
+        "topic",
+        "payload",
+        "qos",
+        "retain",
+        "kind",
+        "priority",
+        "size",
+        "created_ms",
+        "attempts",
+    },
+    "drops": {"kind", "reason", "count"},
+    "parked": {"id", "topic", "payload", "kind", "size", "reason", "parked_ms"},
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +182,8 @@ class OutboxRow:
     size: int
     created_ms: int
     attempts: int
+    #: The envelope's chain position; None for side-band envelopes and non-envelope payloads.
+    seq: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,7 +235,76 @@ def _row(values: tuple[Any, ...]) -> OutboxRow:
         size=values[7],
         created_ms=values[8],
         attempts=values[9],
+        seq=None if values[10] is None else int(values[10]),
     )
+
+
+def _legacy_seq(kind: str, payload: bytes) -> int | None:
+    """The seq of a version 1 row, read once from its payload by the migration."""
+    if kind in _SIDEBAND_KINDS:
+        return None
+    try:
+        seq = json.loads(payload)["seq"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return seq if isinstance(seq, int) and not isinstance(seq, bool) else None
+
+
+def _migrate(db: sqlite3.Connection) -> int:
+    """Version 1 -> 2: add the ``seq`` columns; returns how many queued rows got their seq."""
+    filled = 0
+    for table in ("outbox", "parked"):
+        if "seq" in columns(db, table):
+            continue
+        db.execute(f"ALTER TABLE {table} ADD COLUMN seq INTEGER")
+        for row_id, kind, payload in db.execute(f"SELECT id, kind, payload FROM {table}").fetchall():
+            seq = _legacy_seq(str(kind), bytes(payload))
+            if seq is not None:
+                db.execute(f"UPDATE {table} SET seq = ? WHERE id = ?", (seq, row_id))
+                filled += 1
+    return filled
+
+
+def _stats(
+    db: sqlite3.Connection, max_bytes: int, now_ms: int, unsaved: Counter[tuple[str, str]]
+) -> OutboxStats:
+    depth, total, oldest = db.execute(
+        "SELECT COUNT(*), COALESCE(SUM(size), 0), MIN(created_ms) FROM outbox"
+    ).fetchone()
+    drops: dict[str, dict[str, int]] = {}
+    counted: Counter[tuple[str, str]] = Counter(unsaved)
+    for kind, reason, count in db.execute("SELECT kind, reason, count FROM drops").fetchall():
+        counted[(kind, reason)] += count
+    for (kind, reason), count in sorted(counted.items()):
+        drops.setdefault(kind, {})[reason] = count
+    parked = db.execute("SELECT COUNT(*) FROM parked").fetchone()[0]
+    age = None if oldest is None else max(0, now_ms - int(oldest))
+    return OutboxStats(
+        depth=int(depth),
+        bytes=int(total),
+        max_bytes=max_bytes,
+        oldest_age_ms=age,
+        drops=drops,
+        parked=int(parked),
+    )
+
+
+def read_stats(settings: OutboxSettings, *, busy_timeout_s: float = 2.0) -> OutboxStats:
+    """The stats of an outbox file, opened read-only (``edgeproof status``).
+
+    Creates nothing (no reserve file, no migration, no schema).  Every SQLite failure becomes
+    one :class:`StorageError` (locked) or :class:`~agent.errors.CorruptStateError` (unreadable).
+    """
+    path = Path(settings.path)
+    file = SqliteFile.open(path, read_only=True, busy_timeout_s=busy_timeout_s)
+    try:
+        for table, needed in _NEEDED.items():
+            require_columns(file, table, needed)
+        return _stats(file.db, settings.max_bytes, _now_ms(), Counter())
+    except sqlite3.Error as exc:
+        raise translate(path, exc, "reading the outbox") from exc
+    finally:
+        file.close()
 
 
 @dataclass(frozen=True)
@@ -221,7 +318,8 @@ class _NewMessage:
     kind: str
     prio: int
     size: int
-    state: Mapping[str, StateValue] | None
+    seq: int | None
+    step: TxnStep | None
 
 
 class _Refused(Exception):
@@ -235,65 +333,57 @@ class Outbox:
         self,
         settings: OutboxSettings,
         *,
+        file: SqliteFile | None = None,
         clock_ms: Any = None,
         max_page_count: int | None = None,
         reserve_bytes: int = RESERVE_BYTES,
     ) -> None:
-        """Open (or create) the outbox at ``settings.path``.
+        """Open (or create) the outbox at ``settings.path``, or use its tables in ``file``.
 
-        ``max_page_count`` caps the database file (in pages) as a hard size limit; tests use it
-        to simulate a full disk.  ``clock_ms`` (a ``() -> int``) replaces the wall clock in tests.
-        ``reserve_bytes`` is the size of the ballast file kept for a full disk (0: none).
+        ``file`` is the state file shared with the device state store (the caller closes it);
+        without it the outbox opens ``settings.path`` itself.  ``max_page_count`` caps the
+        database file (in pages) as a hard size limit; tests use it to simulate a full disk.
+        ``clock_ms`` (a ``() -> int``) replaces the wall clock in tests.  ``reserve_bytes`` is
+        the size of the ballast file kept for a full disk (0: none).
         """
         self.settings = settings
         self.path = Path(settings.path)
         self._clock_ms = clock_ms or _now_ms
-        self._lock = threading.RLock()
         self._unsaved_drops: Counter[tuple[str, str]] = Counter()
         self._closed = False
         self._listeners: list[Callable[[], None]] = []
+        self._owns_file = file is None
+        if file is None:
+            file = SqliteFile.open(self.path, synchronous=settings.synchronous, max_page_count=max_page_count)
+        elif max_page_count is not None:
+            file.db.execute(f"PRAGMA max_page_count={int(max_page_count)}")
+        self._file = file
+        self._db = file.db
+        self._lock = file.lock
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(
-                str(self.path), isolation_level=None, check_same_thread=False, timeout=10.0
-            )
-        except (OSError, sqlite3.Error) as exc:
-            raise StorageError(
-                f"outbox {self.path} cannot be opened: {exc}",
-                hint="check that outbox.path is on a writable filesystem and the agent's user owns it",
-            ) from exc
-        try:
-            mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise StorageError(
-                    f"outbox {self.path}: SQLite refused WAL mode (got {mode!r})",
-                    hint="put outbox.path on a local filesystem (WAL does not work on network shares)",
-                )
-            self._db.execute(f"PRAGMA synchronous={settings.synchronous}")
-            self._db.execute("PRAGMA busy_timeout=10000")
-            self._db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
-            self._db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
-            if max_page_count is not None:
-                self._db.execute(f"PRAGMA max_page_count={int(max_page_count)}")
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            if version > _SCHEMA_VERSION:
-                raise StorageError(
-                    f"outbox {self.path} has schema version {version}, newer than this agent's "
-                    f"({_SCHEMA_VERSION})",
-                    hint="upgrade the agent, or move the file away to start a fresh outbox",
-                )
-            self._db.executescript(_SCHEMA)
-            if version != _SCHEMA_VERSION:
-                self._db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
-            self._bytes = self._sum_bytes()
-        except sqlite3.DatabaseError as exc:
-            self._db.close()
-            raise StorageError(
-                f"outbox {self.path} is not a usable SQLite database: {exc}",
-                hint="move the file away (it will be recreated) or free disk space",
-            ) from exc
+            with self._lock:
+                self._db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
+                self._db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
+                for table, needed in _NEEDED.items():
+                    require_columns(file, table, needed)
+                self._db.execute("BEGIN IMMEDIATE")
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+                filled = _migrate(self._db)
+                file.mark_current()
+                self._db.execute("COMMIT")
+                if filled:
+                    log.info("outbox migrated to schema 2", extra={"path": str(self.path), "rows": filled})
+                self._bytes = self._sum_bytes()
+        except sqlite3.Error as exc:
+            file.rollback()
+            if self._owns_file:
+                file.close()
+            raise translate(self.path, exc, "opening the outbox") from exc
         except StorageError:
-            self._db.close()
+            if self._owns_file:
+                file.close()
             raise
         self._guard = DiskFullGuard(self._db, self.path, reserve_bytes)
 
@@ -331,14 +421,6 @@ class Outbox:
                 "INSERT INTO drops (kind, reason, count) VALUES (?, ?, ?) "
                 "ON CONFLICT (kind, reason) DO UPDATE SET count = count + excluded.count",
                 (kind, reason, count),
-            )
-
-    def _write_state(self, state: Mapping[str, StateValue]) -> None:
-        for key, value in state.items():
-            self._db.execute(
-                "INSERT INTO state (key, value) VALUES (?, ?) "
-                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                (key, json.dumps(value)),
             )
 
     def _victims(self, priority: int, exclude: set[int]) -> Iterable[tuple[int, str, int]]:
@@ -384,12 +466,15 @@ class Outbox:
         retain: bool = False,
         kind: str = "other",
         priority: int | None = None,
-        state: Mapping[str, StateValue] | None = None,
+        seq: int | None = None,
+        in_transaction: TxnStep | None = None,
     ) -> int | None:
         """Queue a message durably; returns its row id, or None if the overflow policy refused it.
 
-        ``state`` is written in the same transaction (and also when the message is refused).
-        Raises :class:`StorageError` only if nothing at all could be written.
+        ``seq`` is stored with the row (a chained envelope's position).  ``in_transaction`` runs
+        inside the same transaction, before it commits (and also when the message is refused);
+        it may run more than once if a full disk makes the transaction retry.  Raises
+        :class:`StorageError` only if nothing at all could be written.
         """
         if qos not in (0, 1, 2):
             raise ValueError(f"qos must be 0, 1 or 2, got {qos}")
@@ -401,7 +486,9 @@ class Outbox:
         with self._lock:
             self._check_open()
             try:
-                row_id = self._put_locked(_NewMessage(topic, body, qos, retain, kind, prio, size, state))
+                row_id = self._put_locked(
+                    _NewMessage(topic, body, qos, retain, kind, prio, size, seq, in_transaction)
+                )
             except sqlite3.Error as exc:
                 self._rollback()
                 self._bytes = self._safe_sum()
@@ -411,6 +498,11 @@ class Outbox:
                     hint="free disk space on the outbox filesystem or lower outbox.max_bytes; "
                     "the message and its chain state were not written",
                 ) from exc
+            except BaseException:
+                # e.g. the transaction step failed (a StorageError writing the state copy)
+                self._rollback()
+                self._bytes = self._safe_sum()
+                raise
             listeners = list(self._listeners) if row_id is not None else []
         for listener in listeners:
             listener()
@@ -514,16 +606,26 @@ class Outbox:
         row_id: int | None = None
         if refused is None:
             cur = self._db.execute(
-                "INSERT INTO outbox (topic, payload, qos, retain, kind, priority, size, created_ms) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (msg.topic, msg.body, msg.qos, int(msg.retain), kind, msg.prio, size, self._clock_ms()),
+                "INSERT INTO outbox (topic, payload, qos, retain, kind, priority, size, created_ms, seq) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    msg.topic,
+                    msg.body,
+                    msg.qos,
+                    int(msg.retain),
+                    kind,
+                    msg.prio,
+                    size,
+                    self._clock_ms(),
+                    msg.seq,
+                ),
             )
             row_id = cur.lastrowid
         else:
             drops[(kind, refused)] += 1
         self._count(drops)
-        if msg.state:
-            self._write_state(msg.state)
+        if msg.step is not None:
+            msg.step(self._db)
         self._db.execute("COMMIT")
         self._unsaved_drops.clear()
         self._bytes += (size if row_id is not None else 0) - freed
@@ -628,7 +730,7 @@ class Outbox:
             if self.settings.max_parked > 0:
                 self._db.execute(
                     f"INSERT OR REPLACE INTO parked ({_COLUMNS}, reason, parked_ms) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         row.id,
                         row.topic,
@@ -640,6 +742,7 @@ class Outbox:
                         row.size,
                         row.created_ms,
                         row.attempts,
+                        row.seq,
                         reason,
                         self._clock_ms(),
                     ),
@@ -671,7 +774,7 @@ class Outbox:
             cur = self._db.execute(
                 f"SELECT {_COLUMNS}, reason, parked_ms FROM parked ORDER BY id DESC LIMIT ?", (limit,)
             )
-            return [ParkedRow(_row(v[:10]), str(v[10]), int(v[11])) for v in cur.fetchall()]
+            return [ParkedRow(_row(v[:11]), str(v[11]), int(v[12])) for v in cur.fetchall()]
 
     def requeue_parked(self) -> int:
         """Put every parked row back at the end of the outbox (after fixing e.g. the ACL)."""
@@ -686,66 +789,26 @@ class Outbox:
                     retain=row.retain,
                     kind=row.kind,
                     priority=row.priority,
+                    seq=row.seq,
                 )
                 if new_id is not None:
                     self._db.execute("DELETE FROM parked WHERE id = ?", (row.id,))
             return len(rows)
 
-    def get_state(self, key: str, default: StateValue = None) -> StateValue:
-        with self._lock:
-            self._check_open()
-            got = self._db.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
-            if got is None:
-                return default
-            value: StateValue = json.loads(got[0])
-            return value
-
-    def state(self) -> dict[str, StateValue]:
-        with self._lock:
-            self._check_open()
-            return {k: json.loads(v) for k, v in self._db.execute("SELECT key, value FROM state").fetchall()}
-
-    def set_state(self, state: Mapping[str, StateValue]) -> None:
-        """Write key/value pairs atomically (without a message)."""
-
-        def write() -> None:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._write_state(state)
-            self._db.execute("COMMIT")
-
+    def oldest_seq(self) -> int | None:
+        """The lowest seq still queued (chained envelopes only); None if none is waiting."""
         with self._lock:
             self._check_open()
             try:
-                self._write("set_state", write)
+                got = self._db.execute("SELECT MIN(seq) FROM outbox WHERE seq IS NOT NULL").fetchone()
             except sqlite3.Error as exc:
-                self._rollback()
-                raise StorageError(
-                    f"outbox {self.path}: cannot write state: {exc}",
-                    hint="free disk space on the outbox filesystem",
-                ) from exc
+                raise translate(self.path, exc, "reading the outbox") from exc
+            return None if got[0] is None else int(got[0])
 
     def stats(self) -> OutboxStats:
         with self._lock:
             self._check_open()
-            depth, total, oldest = self._db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(size), 0), MIN(created_ms) FROM outbox"
-            ).fetchone()
-            drops: dict[str, dict[str, int]] = {}
-            counted: Counter[tuple[str, str]] = Counter(self._unsaved_drops)
-            for kind, reason, count in self._db.execute("SELECT kind, reason, count FROM drops").fetchall():
-                counted[(kind, reason)] += count
-            for (kind, reason), count in sorted(counted.items()):
-                drops.setdefault(kind, {})[reason] = count
-            parked = self._db.execute("SELECT COUNT(*) FROM parked").fetchone()[0]
-            age = None if oldest is None else max(0, self._clock_ms() - int(oldest))
-            return OutboxStats(
-                depth=int(depth),
-                bytes=int(total),
-                max_bytes=self.settings.max_bytes,
-                oldest_age_ms=age,
-                drops=drops,
-                parked=int(parked),
-            )
+            return _stats(self._db, self.settings.max_bytes, self._clock_ms(), self._unsaved_drops)
 
     def __len__(self) -> int:
         with self._lock:
@@ -765,7 +828,8 @@ class Outbox:
                     self._unsaved_drops.clear()
                 except sqlite3.Error:
                     self._rollback()
-            self._db.close()
+            if self._owns_file:
+                self._file.close()
 
     def __enter__(self) -> Outbox:
         return self

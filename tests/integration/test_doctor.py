@@ -29,7 +29,7 @@ def fake_root(tmp_path: Path, temp_mc: int = 45_000) -> Path:
     return root
 
 
-def write_config(tmp_path: Path, port: int, **inference: Any) -> Path:
+def write_config(tmp_path: Path, port: int, coordinator: str = COORDINATOR, **inference: Any) -> Path:
     key = tmp_path / "device-key.json"
     if not key.exists():
         init_keypair(key, seed=bytes([5]) * 32)
@@ -49,7 +49,7 @@ threads = 1
 host = "127.0.0.1"
 port = {port}
 [coordinator]
-pubkey = "{COORDINATOR}"
+pubkey = "{coordinator}"
 """
     path = tmp_path / "agent.toml"
     path.write_text(text)
@@ -146,3 +146,45 @@ def test_a_camera_held_by_the_running_daemon_is_not_opened(
     assert d["daemon"] == f"running, pid {os.getpid()}; chain seq 12, last acked 11; broker connected"
     assert (s["source"], d["source"]) == ("skip", f"0 is in use by the running daemon (pid {os.getpid()})")
     assert code == 1 and report["failed"] == ["broker"]
+
+
+def test_an_unpinned_coordinator_fails_with_the_fix(
+    mosquitto: MosquittoBroker,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The shipped example's ``pubkey = ""``: the daemon refuses every coordinator message, so the
+    device cannot earn; doctor says so and how to fix it (issue 6; it was a warning that any key
+    was trusted)."""
+    config = write_config(tmp_path, mosquitto.port, coordinator="")
+    code, report = doctor(capsys, config, fake_root(tmp_path))
+    assert code == 1 and report["failed"] == ["coordinator"]
+    check = next(c for c in report["checks"] if c["name"] == "coordinator")
+    assert check == {
+        "name": "coordinator",
+        "status": "fail",
+        "detail": "coordinator: not pinned, every coordinator message is refused "
+        "(no beacon is quoted, no challenge answered)",
+        "hint": "set coordinator.pubkey to your coordinator's base58 public key",
+    }
+    # The table a person reads names it too (wide enough that no cell wraps).
+    monkeypatch.setenv("COLUMNS", "400")
+    assert (
+        main(
+            [
+                "doctor",
+                "--config",
+                str(config),
+                "--root",
+                str(fake_root(tmp_path / "t")),
+                "--broker-timeout",
+                "5",
+            ]
+        )
+        == 1
+    )
+    text = capsys.readouterr().out
+    assert "edgeproof doctor: 1 failed: coordinator" in text
+    assert "coordinator: not pinned, every coordinator message is refused" in text
+    assert "set coordinator.pubkey to your coordinator's base58 public key" in text
