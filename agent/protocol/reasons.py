@@ -91,6 +91,19 @@ _TABLE: tuple[Reason, ...] = (
     Reason("not_installed", "deploy", "the named release is not installed"),
     Reason("not_active", "deploy", "the named release is not the active one"),
     Reason("thermal", "local", "the thermal policy lowered the inference rate"),
+    Reason(
+        "too_slow_download",
+        "deploy",
+        "an artifact did not arrive within its deadline (declared length at the minimum rate, or the floor)",
+    ),
+    Reason(
+        "version_reused",
+        "message",
+        "a manifest with the version already accepted on its channel but other content",
+    ),
+    Reason(
+        "superseded", "deploy", "a newer manifest on the channel replaced the release before it was ready"
+    ),
 )
 
 #: name -> Reason
