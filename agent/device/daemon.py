@@ -29,7 +29,7 @@ from agent import __version__
 from agent.config import SOURCE_NONE, AgentConfig
 from agent.device.challenges import ChallengeResponder
 from agent.device.health import HealthProbe
-from agent.device.manifests import DeviceFacts, check_manifest
+from agent.device.manifests import DeviceFacts, check_manifest, stored_manifest
 from agent.device.metrics import MetricsServer, Snapshot
 from agent.device.model_store import ModelStore
 from agent.device.status import write_status
@@ -100,6 +100,8 @@ class Daemon:
             open_pipeline=self._open_pipeline,
             trial_s=config.fleet.trial_s,
             download_timeout_s=config.fleet.download_timeout_s,
+            download_min_rate_bps=config.fleet.download_min_rate_bps,
+            download_deadline_floor_s=config.fleet.download_deadline_floor_s,
         )
         card_path, self.release = self.updater.startup_card()
         self.pipeline = self._open_pipeline(card_path)
@@ -335,6 +337,8 @@ class Daemon:
                 facts=self.fleet,
                 now_ms=self.clock_ms(),
                 accepted_version=int(self.outbox.get_state(key) or 0),
+                accepted_manifest=stored_manifest(self.outbox.get_state(f"manifest.{channel}.envelope")),
+                committed_release=self.updater.committed_key(),
                 free_bytes=shutil.disk_usage(self.state_dir).free,
             )
         except ProtocolError as exc:
@@ -344,8 +348,8 @@ class Daemon:
         with self._count_lock:
             self.manifests[channel] = summary
         if decision.eligible:
-            # Also for a duplicate (a stored or re-delivered manifest): an unfinished download
-            # resumes; a running or failed release is not started again.
+            # Also for a duplicate (the same content, stored or re-delivered, not expired): an
+            # unfinished download resumes; a running or failed release is not started again.
             self.updater.offer(decision.manifest)
         if decision.duplicate:
             return
@@ -367,7 +371,11 @@ class Daemon:
         )
 
     def _restore_manifests(self) -> None:
-        """Re-judge the manifests accepted before a restart (a channel no longer configured is ignored)."""
+        """Re-judge the manifests accepted before a restart (a channel no longer configured is ignored).
+
+        An expired one is refused (``expired``), unless its release runs committed.  Then staging
+        files that no offered release needs (failed, superseded, expired) are deleted.
+        """
         for channel in self.config.fleet.channels:
             stored = self.outbox.get_state(f"manifest.{channel}.envelope")
             if not isinstance(stored, str):
@@ -376,6 +384,7 @@ class Daemon:
             env = self._verify_inbound(topic, stored.encode(), "manifest")
             if env is not None:
                 self._consider_manifest(channel, env, topic, stored.encode())
+        self.updater.clean_staging()
 
     def answer_challenges(self) -> None:
         while True:
