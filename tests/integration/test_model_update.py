@@ -49,7 +49,15 @@ def release_files(folder: Path, seed: int = 0) -> dict[str, bytes]:
     return {name: (folder / name).read_bytes() for name in ("tiny.onnx", "tiny.toml")}
 
 
-def tiny_manifest(server: ArtifactServer, files: dict[str, bytes], version: int, **sha: str) -> Manifest:
+def tiny_manifest(
+    server: ArtifactServer,
+    files: dict[str, bytes],
+    version: int,
+    *,
+    expires_ms: int | None = None,
+    missing: frozenset[str] = frozenset(),  # artifacts whose URL the server answers with 404
+    **sha: str,
+) -> Manifest:
     return Manifest.model_validate(
         {
             "channel": "stable",
@@ -61,13 +69,13 @@ def tiny_manifest(server: ArtifactServer, files: dict[str, bytes], version: int,
             "artifacts": [
                 {
                     "name": name,
-                    "url": server.url(name),
+                    "url": server.url(f"gone/{name}" if name in missing else name),
                     "sha256": sha.get(name.replace(".", "_"), hashlib.sha256(data).hexdigest()),
                     "length": len(data),
                 }
                 for name, data in files.items()
             ],
-            "expires_ms": now_ms() + 3_600_000,
+            "expires_ms": now_ms() + 3_600_000 if expires_ms is None else expires_ms,
             "stages": [10_000],
             "stage": 0,
         }
@@ -79,6 +87,23 @@ def deploy_states(collector: Collector) -> list[tuple[str, Any, int]]:
         (e.raw["body"]["state"], e.raw["body"].get("reason"), e.raw["body"]["manifest_version"])
         for e in capture_of(collector).of_kind("deploy")
     ]
+
+
+def deploy_shas(collector: Collector) -> set[str]:
+    return {e.raw["body"]["model_sha256"] for e in capture_of(collector).of_kind("deploy")}
+
+
+def staging_of(tmp_path: Path) -> Path:
+    return tmp_path / "device" / "state" / "models" / ".staging"
+
+
+def partial_bytes(staging: Path) -> int:
+    """Bytes the daemon has written to .part files so far."""
+    return sum(p.stat().st_size for p in staging.glob("*/*.part")) if staging.is_dir() else 0
+
+
+def rejected(daemon: DaemonProcess, reason: str) -> int:
+    return int(own_status(daemon).get("rejected_inbound", {}).get(reason, 0))
 
 
 def proof_models(collector: Collector) -> list[str]:
@@ -217,4 +242,110 @@ def test_bad_bytes_fail_and_a_crash_on_trial_rolls_back(tmp_path: Path) -> None:
         assert [s for s in deploy_states(collector) if s[2] == 2 and s[0] == "received"] == [
             ("received", None, 2)
         ]
+        assert restarted.terminate() == 0, restarted.tail()
+
+
+def test_staging_is_cleaned_after_a_failure_and_a_partial_download_survives_a_restart(tmp_path: Path) -> None:
+    files = release_files(tmp_path / "release")
+    staging = staging_of(tmp_path)
+    with rig(tmp_path, "update-staging") as r, ArtifactServer(files) as server:
+        collector = r.collector
+        daemon = r.daemon(trial_s=2.0)
+        wait_until(lambda: proof_models(collector), 90, "a first proof with the configured model")
+        # v1: the model downloads completely, then the card's URL answers 404.
+        r.push(tiny_manifest(server, files, version=1, missing=frozenset({"tiny.toml"})))
+        wait_until(lambda: ("failed", "http_404", 1) in deploy_states(collector), 60, "v1 to fail")
+        assert server.paths[-2:] == ["http /tiny.onnx", "http /gone/tiny.toml"]
+        assert list(staging.iterdir()) == []  # the downloaded tiny.onnx of the failed release is gone
+
+        # v2 trickles; the daemon dies mid-download and starts again with the server at full speed.
+        server.trickle_s = 0.4
+        r.push(tiny_manifest(server, files, version=2))
+        wait_until(lambda: partial_bytes(staging) >= 2, 60, "v2's download to be under way")
+        daemon.kill9()
+        kept = partial_bytes(staging)
+        server.trickle_s = None
+        stale = staging / "old-9.9.9-0123456789ab"
+        stale.mkdir()
+        (stale / "old.onnx.part").write_bytes(b"left by a release nobody offers any more")
+        served = len(server.requests)
+        restarted = r.daemon(trial_s=2.0)
+        wait_until(lambda: ("committed", None, 2) in deploy_states(collector), 90, "v2 to be committed")
+        # The restart resumed the partial download of the pending release and deleted the stale files.
+        assert server.requests[served] == f"bytes={kept}-", server.requests[served:]
+        assert server.paths[served] == "http /tiny.onnx"
+        assert list(staging.iterdir()) == []
+        assert restarted.terminate() == 0, restarted.tail()
+
+
+def test_an_expired_accepted_manifest_is_not_resumed_after_a_restart(tmp_path: Path) -> None:
+    files = release_files(tmp_path / "release")
+    staging = staging_of(tmp_path)
+    with rig(tmp_path, "update-expired") as r, ArtifactServer(files) as server:
+        collector = r.collector
+        server.trickle_s = 0.4
+        daemon = r.daemon(trial_s=2.0)
+        wait_until(lambda: proof_models(collector), 90, "a first proof with the configured model")
+        expires = now_ms() + 15_000
+        r.push(tiny_manifest(server, files, version=1, expires_ms=expires))
+        wait_until(lambda: partial_bytes(staging) >= 1, 14, "the download to be under way before the expiry")
+        daemon.kill9()
+        server.trickle_s = None
+        time.sleep(max(0.0, (expires - now_ms()) / 1000 + 0.5))
+        served = list(server.paths)
+        restarted = r.daemon(trial_s=2.0)
+        # The stored manifest is judged again at start: expired, refused, counted.
+        wait_until(lambda: rejected(restarted, "expired") >= 1, 60, "the refusal of the expired manifest")
+        time.sleep(2.0)
+        status = own_status(restarted)
+        assert server.paths == served  # no download request reached the artifact server
+        assert [s for s in deploy_states(collector) if s[0] == "received"] == [("received", None, 1)]
+        assert status["model"]["id"] == "efficientnet-lite0-int8" and status["model"]["release"] is None
+        assert "stable" not in status["manifests"]
+        assert list(staging.iterdir()) == []  # its partial download belongs to no pending release
+        assert restarted.terminate() == 0, restarted.tail()
+
+
+def test_a_committed_release_outlives_its_manifest_and_a_reused_version_is_refused(tmp_path: Path) -> None:
+    files_a = release_files(tmp_path / "release-a")
+    files_b = release_files(tmp_path / "release-b", seed=1)  # another model
+    sha_a = hashlib.sha256(files_a["tiny.onnx"]).hexdigest()
+    sha_b = hashlib.sha256(files_b["tiny.onnx"]).hexdigest()
+    assert sha_a != sha_b
+    with (
+        rig(tmp_path, "update-reuse") as r,
+        ArtifactServer(files_a) as server_a,
+        ArtifactServer(files_b) as server_b,
+    ):
+        collector = r.collector
+        daemon = r.daemon(trial_s=2.0)
+        wait_until(lambda: proof_models(collector), 90, "a first proof with the configured model")
+        expires = now_ms() + 45_000
+        r.push(tiny_manifest(server_a, files_a, version=1, expires_ms=expires))
+        wait_until(lambda: ("committed", None, 1) in deploy_states(collector), 40, "v1 to be committed")
+        assert now_ms() < expires, "the rig was too slow: v1 expired before its release committed"
+
+        # v1 again with another model: refused by name, never downloaded.
+        r.push(tiny_manifest(server_b, files_b, version=1))
+        wait_until(lambda: rejected(daemon, "version_reused") >= 1, 30, "the refusal of the reused version")
+        time.sleep(1.0)
+        assert server_b.paths == []
+        assert sha_b not in deploy_shas(collector)
+        assert own_status(daemon)["model"]["sha256"] == sha_a
+        assert daemon.terminate() == 0, daemon.tail()
+
+        # v1 expires; after a restart its committed release still runs and nothing is installed.
+        time.sleep(max(0.0, (expires - now_ms()) / 1000 + 0.5))
+        before, served_a = len(deploy_states(collector)), len(server_a.paths)
+        restarted = r.daemon(trial_s=2.0)
+        wait_until(
+            lambda: own_status(restarted).get("manifests", {}).get("stable"), 60, "the stored manifest"
+        )
+        time.sleep(2.0)
+        status = own_status(restarted)
+        assert status["model"]["sha256"] == sha_a and status["model"]["release"] == f"tiny-1.0.0-{sha_a[:12]}"
+        assert status["manifests"]["stable"]["model_sha256"] == sha_a
+        assert "expired" not in status["rejected_inbound"]
+        assert len(deploy_states(collector)) == before
+        assert (len(server_a.paths), server_b.paths) == (served_a, [])
         assert restarted.terminate() == 0, restarted.tail()
