@@ -20,8 +20,11 @@ from typing import Any
 
 import pytest
 
+from agent.device.model_store import ModelStore
+from agent.device.updater import ModelUpdater
+from agent.inference.runtime import backend_settings, resolve_profile
 from agent.protocol.capture import verify_capture
-from agent.protocol.messages import Manifest
+from agent.protocol.messages import Deploy, Manifest
 from tests.integration.test_daemon_reliability import (
     OPERATOR,
     PREFIX,
@@ -288,7 +291,10 @@ def test_an_expired_accepted_manifest_is_not_resumed_after_a_restart(tmp_path: P
         wait_until(lambda: proof_models(collector), 90, "a first proof with the configured model")
         expires = now_ms() + 15_000
         r.push(tiny_manifest(server, files, version=1, expires_ms=expires))
-        wait_until(lambda: partial_bytes(staging) >= 1, 14, "the download to be under way before the expiry")
+        wait_until(
+            lambda: "http /tiny.onnx" in server.paths, 14, "the download to be under way before the expiry"
+        )
+        time.sleep(1.0)  # a few bytes trickle in
         daemon.kill9()
         server.trickle_s = None
         time.sleep(max(0.0, (expires - now_ms()) / 1000 + 0.5))
@@ -349,3 +355,87 @@ def test_a_committed_release_outlives_its_manifest_and_a_reused_version_is_refus
         assert len(deploy_states(collector)) == before
         assert (len(server_a.paths), server_b.paths) == (served_a, [])
         assert restarted.terminate() == 0, restarted.tail()
+
+
+# ------------------------------------------------- the updater in-process, with real servers and models
+
+
+@dataclass
+class Updater:
+    """A ModelUpdater on a real store, recording its deploy reports and its state."""
+
+    updater: ModelUpdater
+    reports: list[Deploy]
+    state: dict[str, object]
+
+    def states(self) -> list[tuple[str, Any, int]]:
+        return [(d.state, d.reason, d.manifest_version) for d in list(self.reports)]
+
+    def wait_ready(self, what: str) -> None:
+        swap = wait_until(self.updater.poll, 60, what)
+        assert swap.release is not None
+
+
+def in_process_updater(models: Path) -> Updater:
+    profile = resolve_profile("generic-x86_64")
+    reports: list[Deploy] = []
+    state: dict[str, object] = {}
+
+    def no_trial_failure(card: Path) -> Any:
+        raise AssertionError(f"no trial runs here ({card})")
+
+    updater = ModelUpdater(
+        ModelStore(models),
+        profile,
+        backend_settings(profile, threads=1),
+        reports.append,
+        state.get,
+        state.update,
+        fallback_card=models / "unused.toml",
+        open_pipeline=no_trial_failure,
+        trial_s=1.0,
+    )
+    updater.start()
+    return Updater(updater, reports, state)
+
+
+def test_a_newer_release_supersedes_a_download_and_a_stop_keeps_the_partial(tmp_path: Path) -> None:
+    files_a = release_files(tmp_path / "release-a")
+    files_b = release_files(tmp_path / "release-b", seed=1)
+    staging = tmp_path / "models" / ".staging"
+    with ArtifactServer(files_a) as server_a, ArtifactServer(files_b) as server_b:
+        server_a.trickle_s = 0.4
+        first = in_process_updater(tmp_path / "models")
+        try:
+            first.updater.offer(tiny_manifest(server_a, files_a, version=1))
+            wait_until(lambda: partial_bytes(staging) >= 1, 30, "v1's download to be under way")
+            # v2 on the same channel supersedes v1 mid-download: v1 stops, its files go, v2 installs.
+            first.updater.offer(tiny_manifest(server_b, files_b, version=2))
+            first.wait_ready("v2 to be ready")
+            assert ("failed", "superseded", 1) in first.states()
+            assert first.states()[-1] == ("activated", None, 2)
+            assert "deploy.stable.failed_version" not in first.state  # superseded is not a failure
+            assert list(staging.iterdir()) == []
+        finally:
+            first.updater.stop()
+
+        # A stop mid-download is not a failure: the partial stays and the next updater resumes it.
+        second = in_process_updater(tmp_path / "models2")
+        staging2 = tmp_path / "models2" / ".staging"
+        second.updater.offer(tiny_manifest(server_a, files_a, version=3))
+        wait_until(lambda: partial_bytes(staging2) >= 2, 30, "v3's download to be under way")
+        started = time.monotonic()
+        second.updater.stop(timeout=10.0)
+        assert time.monotonic() - started < 1.5
+        kept = partial_bytes(staging2)
+        assert second.states() == [("received", None, 3)] and second.state == {}
+        server_a.trickle_s = None
+        served = len(server_a.requests)
+        third = in_process_updater(tmp_path / "models2")
+        try:
+            third.updater.offer(tiny_manifest(server_a, files_a, version=3))
+            third.wait_ready("v3 to be ready after the resume")
+            assert server_a.requests[served] == f"bytes={kept}-"
+            assert list(staging2.iterdir()) == []
+        finally:
+            third.updater.stop()
