@@ -20,6 +20,7 @@ never https to http.  Environment proxies are not used.
 
 from __future__ import annotations
 
+import errno
 import http.client
 import io
 import ipaddress
@@ -106,6 +107,8 @@ def _connect_one(info: Any, check: Check, stall_s: float) -> socket.socket:
     try:
         sock.setblocking(False)
         err = sock.connect_ex(address)
+        if err not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EALREADY):
+            raise OSError(err, f"connect to {address[0]} port {address[1]}: {os.strerror(err)}")
         give_up = time.monotonic() + stall_s
         with selectors.DefaultSelector() as selector:
             selector.register(sock, selectors.EVENT_WRITE)

@@ -167,7 +167,7 @@ class ModelUpdater:
             return
         if self._get(f"deploy.{manifest.channel}.failed_version") == manifest.version:
             return
-        if self.committed_key() == release.key or self._active_key() == release.key:
+        if self._active_key() == release.key:
             return
         with self._wake:
             if self._busy_key() == release.key or (self._ready and self._ready.release.key == release.key):
@@ -217,8 +217,8 @@ class ModelUpdater:
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
-        self._job_stop.set()
         with self._wake:
+            self._job_stop.set()  # under the lock: the job the worker may just have started
             self._wake.notify()
         if self._thread is not None:
             self._thread.join(timeout)
