@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/inference_overhead.py [--frames N] [--threads T] [--json]
 
-For each card in models/ this runs what ``edgeproof bench`` runs (agent/inference/bench.py):
+For each card in models/ this runs what ``edgeproof bench`` runs (agent/device/bench.py):
 the bare loop (plain ``session.run`` / ``invoke``) and the agent path (backend wrapper +
 per-inference commitments on the daemon's hashing thread) in adjacent blocks on the same
 session, tensors and threads; then the peak RSS (VmHWM) of a bare-runtime child and of an
@@ -20,8 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from agent.device.bench import run_bench  # noqa: E402
 from agent.errors import EdgeproofError  # noqa: E402
-from agent.inference.bench import run_bench  # noqa: E402
 from agent.inference.runtime import backend_settings, resolve_profile  # noqa: E402
 
 RATIO_BAR = 0.95

@@ -175,7 +175,7 @@ def run_infer(args: argparse.Namespace) -> int:
 
 
 def run_bench_cmd(args: argparse.Namespace) -> int:
-    from agent.inference.bench import run_bench
+    from agent.device.bench import run_bench
 
     settings = _settings(args)
     with progress_bar("bench", args.frames, enabled=None if not args.json else False) as bar:

@@ -28,6 +28,7 @@ from typing import Any
 from agent import __version__
 from agent.config import SOURCE_NONE, AgentConfig
 from agent.device.challenges import ChallengeResponder
+from agent.device.commitments import CommitmentHasher
 from agent.device.health import HealthProbe
 from agent.device.manifests import DeviceFacts, check_manifest, stored_manifest
 from agent.device.metrics import MetricsServer, Snapshot
@@ -39,12 +40,12 @@ from agent.device.updater import ModelUpdater, Swap
 from agent.device.window import WorkWindow
 from agent.errors import EdgeproofError, ProtocolError, SourceError, StorageError
 from agent.identity import device_id, load_keypair
-from agent.inference.commitments import CommitmentHasher, default_leaf_hash
 from agent.inference.pipeline import Pipeline
 from agent.inference.runtime import backend_settings, resolve_profile
 from agent.inference.sources import FrameSource, open_source
 from agent.protocol.chain import ChainSigner
 from agent.protocol.envelope import GENESIS_PREV, Envelope, verify_envelope
+from agent.protocol.leaf import default_leaf_hash
 from agent.protocol.messages import Beacon, Challenge, Deploy, Health, Heartbeat, Status, Verdict
 from agent.protocol.topics import Topics
 from agent.transport.mqtt import MqttTransport

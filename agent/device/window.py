@@ -7,8 +7,9 @@ from collections import Counter
 import numpy as np
 
 from agent import __version__
-from agent.inference.commitments import CommitmentHasher, Commitments, LeafHash, default_leaf_hash
+from agent.device.commitments import CommitmentHasher, Commitments
 from agent.inference.pipeline import LatencyStats
+from agent.protocol.leaf import LeafHash, default_leaf_hash
 from agent.protocol.messages import MAX_SUMMARY_LABELS, Health, Latency, Proof
 
 OTHER_LABEL = "other"

@@ -2,7 +2,7 @@
 
 Each step returns what the model saw (the resized uint8 image, the smallest
 tensor that binds the input) and what it produced (the raw output tensors);
-the daemon hands both to :mod:`agent.inference.commitments`, whose SHA-256
+the daemon hands both to :mod:`agent.device.commitments`, whose SHA-256
 digests become the leaves of a work proof's Merkle roots.  The frame itself
 never leaves the device.
 """

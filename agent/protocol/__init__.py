@@ -6,6 +6,10 @@
 * :mod:`~agent.protocol.chain` -- hash chain signer and verifier (replay, gap, fork)
 * :mod:`~agent.protocol.merkle` -- RFC 6962 Merkle roots, incremental builder, inclusion proofs
 * :mod:`~agent.protocol.challenge` -- synthetic challenge input, output sketch, tolerance
+* :mod:`~agent.protocol.kinds` -- the one table of message kinds (schema, origin, bound, topic, priority)
+* :mod:`~agent.protocol.inbound` -- the role-neutral check of one inbound message
+* :mod:`~agent.protocol.reasons` -- the one catalogue of reason names
+* :mod:`~agent.protocol.leaf` -- the tensor digests a proof's Merkle leaves are made of
 * :mod:`~agent.protocol.topics` -- MQTT topic names, QoS/retain, filters
 
 The full specification with test vectors is ``docs/protocol.md``.
@@ -21,7 +25,6 @@ if TYPE_CHECKING:
     from agent.protocol.chain import ChainSigner, ChainVerifier, Link, LinkResult
     from agent.protocol.envelope import (
         GENESIS_PREV,
-        MAX_BYTES,
         Envelope,
         build_envelope,
         encode,
@@ -29,7 +32,8 @@ if TYPE_CHECKING:
         signed_bytes,
         verify_envelope,
     )
-    from agent.protocol.messages import BODIES, KINDS
+    from agent.protocol.inbound import Accepted, Rejection, Trust, check_inbound
+    from agent.protocol.kinds import BODIES, KINDS, MAX_BYTES, SPECS, KindSpec
     from agent.protocol.topics import DEFAULT_PREFIX, Topics
 
 # Names re-exported lazily (PEP 562): importing one submodule, e.g. merkle for the
@@ -43,16 +47,22 @@ _EXPORTS = {
     "Link": "chain",
     "LinkResult": "chain",
     "GENESIS_PREV": "envelope",
-    "MAX_BYTES": "envelope",
+    "MAX_BYTES": "kinds",
     "Envelope": "envelope",
     "build_envelope": "envelope",
     "encode": "envelope",
     "envelope_hash": "envelope",
     "signed_bytes": "envelope",
     "verify_envelope": "envelope",
-    "BODIES": "messages",
-    "KINDS": "messages",
+    "BODIES": "kinds",
+    "KINDS": "kinds",
+    "SPECS": "kinds",
+    "KindSpec": "kinds",
     "DEFAULT_PREFIX": "topics",
+    "Accepted": "inbound",
+    "Rejection": "inbound",
+    "Trust": "inbound",
+    "check_inbound": "inbound",
     "Topics": "topics",
 }
 
@@ -63,14 +73,20 @@ __all__ = [
     "GENESIS_PREV",
     "KINDS",
     "MAX_BYTES",
+    "SPECS",
+    "Accepted",
     "ChainSigner",
     "ChainVerifier",
     "Envelope",
+    "KindSpec",
     "Link",
     "LinkResult",
+    "Rejection",
     "Topics",
+    "Trust",
     "build_envelope",
     "canonical",
+    "check_inbound",
     "encode",
     "envelope_hash",
     "parse_json",

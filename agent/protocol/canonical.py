@@ -99,6 +99,20 @@ def _refuse_float(text: str) -> Any:
     )
 
 
+#: Digits (sign included) of the longest integer literal accepted: 2**64 - 1 has 20 digits.
+MAX_INT_DIGITS = 21
+
+
+def _bounded_int(text: str) -> int:
+    # Refuse before int() runs: a 5,000-digit literal would otherwise escape as a bare ValueError
+    # (Python's int/str conversion limit), and a 4,000-digit one costs quadratic time.
+    if len(text) > MAX_INT_DIGITS:
+        raise ProtocolError(
+            f"integer literal of {len(text)} characters; allowed -2**63 .. 2**64-1", reason="malformed"
+        )
+    return int(text)
+
+
 def _refuse_constant(text: str) -> Any:
     raise ProtocolError(f"{text} is not valid JSON", reason="malformed")
 
@@ -125,6 +139,7 @@ def parse_json(data: bytes | str) -> Any:
         obj = json.loads(
             text,
             parse_float=_refuse_float,
+            parse_int=_bounded_int,
             parse_constant=_refuse_constant,
             object_pairs_hook=_no_duplicates,
         )
@@ -132,5 +147,7 @@ def parse_json(data: bytes | str) -> Any:
         raise ProtocolError(f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
     except RecursionError as exc:
         raise ProtocolError("not JSON: nested too deeply") from exc
+    except (ValueError, TypeError, OverflowError) as exc:  # a last line: nothing escapes unnamed
+        raise ProtocolError(f"not JSON: {type(exc).__name__}: {str(exc)[:120]}") from exc
     check_value(obj)
     return obj

@@ -17,8 +17,9 @@ from typing import Any
 
 from agent.errors import ProtocolError
 from agent.protocol.chain import ChainVerifier, Link, format_ranges
-from agent.protocol.envelope import Envelope, verify_envelope
-from agent.protocol.messages import ORIGIN
+from agent.protocol.envelope import Envelope
+from agent.protocol.inbound import Accepted, Rejection, Trust, check_inbound
+from agent.protocol.kinds import ORIGIN
 from agent.protocol.topics import DEFAULT_PREFIX, Topics
 
 #: Per-signer counters, in display order.
@@ -146,22 +147,31 @@ def _claimed_dev(payload: str) -> str | None:
     return None
 
 
+#: Rejection reason -> the per-signer counter it is counted in.
 _REASON_COUNTER = {
     "bad_signature": "bad_signature",
     "oversized": "oversized",
-    "schema": "schema",
-    "unknown_kind": "schema",
-    "malformed": "schema",
-    "unknown_device": "schema",
+    "topic": "topic",
+    "wrong_kind": "topic",
+    "fork": "forks",
+    "replay": "replays",
+    "duplicate": "duplicates",
 }
+_LINK_COUNTER = {Link.LATE: "late", Link.GAP: "gaps"}
 
 
 class CaptureVerifier:
-    """Feed lines with :meth:`feed`; read :attr:`report` (``finish()`` fills the missing ranges)."""
+    """Feed lines with :meth:`feed`; read :attr:`report` (``finish()`` fills the missing ranges).
+
+    Each line is judged by the shared :func:`~agent.protocol.inbound.check_inbound`, with no
+    registry (any device key), the pinned coordinator if one is given, and each signer's
+    chain followed from the first envelope seen (a capture may start mid-chain).
+    """
 
     def __init__(self, *, prefix: str = DEFAULT_PREFIX, coordinator: str | None = None) -> None:
         self.topics = Topics(prefix)
         self.coordinator = coordinator
+        self.trust = Trust(coordinators=frozenset({coordinator}) if coordinator else None)
         self.report = CaptureReport()
         self._chains: dict[str, ChainVerifier] = {}
         self._gap_lines: list[tuple[str, tuple[int, int], int]] = []
@@ -173,6 +183,9 @@ class CaptureVerifier:
 
     def _problem(self, number: int, reason: str, message: str, dev: str | None) -> None:
         self.report.problems.append(Problem(number, reason, message, dev))
+
+    def _chain_of(self, env: Envelope) -> ChainVerifier:
+        return self._chains.setdefault(env.dev, ChainVerifier(history=1_000_000))
 
     def feed(self, number: int, line: str | bytes) -> None:
         if isinstance(line, bytes):
@@ -193,81 +206,49 @@ class CaptureVerifier:
         except ProtocolError as exc:
             self.report.malformed.append(Problem(number, exc.reason, exc.message))
             return
-        try:
-            env = verify_envelope(payload)
-        except ProtocolError as exc:
-            dev = _claimed_dev(payload)
-            if dev is None:
-                self.report.malformed.append(Problem(number, exc.reason, exc.message))
-                return
-            signer = self._signer(dev)
-            signer.counts["messages"] += 1
-            signer.counts[_REASON_COUNTER.get(exc.reason, "schema")] += 1
-            self._problem(number, exc.reason, exc.message, dev)
-            return
-        signer = self._signer(env.dev)
-        signer.counts["messages"] += 1
+        result = check_inbound(topic, payload, self.trust, self._chain_of, topics=self.topics)
+        if isinstance(result, Accepted):
+            self._accepted(number, result)
+        else:
+            self._rejected(number, result, payload)
+
+    def _count_kind(self, signer: SignerReport, env: Envelope) -> None:
         signer.kinds[env.kind] = signer.kinds.get(env.kind, 0) + 1
         signer.roles.add(ORIGIN[env.kind])
-        if self._check_signer(number, env, signer) and (
-            topic is None or self._check_topic(number, topic, env, signer)
-        ):
-            self._chain(number, env, signer)
-
-    def _check_signer(self, number: int, env: Envelope, signer: SignerReport) -> bool:
-        if self.coordinator is not None and ORIGIN[env.kind] == "coordinator" and env.dev != self.coordinator:
-            signer.counts["schema"] += 1
-            self._problem(
-                number, "unknown_device", f"{env.kind} signed by {env.dev}, not the coordinator", env.dev
-            )
-            return False
-        return True
-
-    def _check_topic(self, number: int, topic: str, env: Envelope, signer: SignerReport) -> bool:
-        try:
-            info = self.topics.parse(topic)
-        except ProtocolError as exc:
-            signer.counts["topic"] += 1
-            self._problem(number, "topic", exc.message, env.dev)
-            return False
-        about = env.dev if ORIGIN[env.kind] == "device" else getattr(env.body, "device", None)
-        if info.scope == "manifest":
-            about = getattr(env.body, "channel", None)
-            if info.channel != about:
-                signer.counts["topic"] += 1
-                self._problem(number, "topic", f"manifest for channel {about} published on {topic}", env.dev)
-                return False
-        if info.kind != env.kind or (info.dev is not None and info.dev != about):
-            signer.counts["topic"] += 1
-            self._problem(
-                number, "topic", f"{env.kind} seq {env.seq} about {about} published on {topic}", env.dev
-            )
-            return False
-        return True
-
-    def _chain(self, number: int, env: Envelope, signer: SignerReport) -> None:
-        chain = self._chains.setdefault(env.dev, ChainVerifier(history=1_000_000))
-        result = chain.observe(env)
-        if result.ok:
-            signer.counts["valid"] += 1
         if not env.sideband:
             signer.first_seq = env.seq if signer.first_seq is None else min(signer.first_seq, env.seq)
             signer.last_seq = env.seq if signer.last_seq is None else max(signer.last_seq, env.seq)
-        counter = {
-            Link.FORK: "forks",
-            Link.REPLAY: "replays",
-            Link.DUPLICATE: "duplicates",
-            Link.LATE: "late",
-            Link.GAP: "gaps",
-        }.get(result.link)
+
+    def _accepted(self, number: int, result: Accepted) -> None:
+        env = result.envelope
+        signer = self._signer(env.dev)
+        signer.counts["messages"] += 1
+        signer.counts["valid"] += 1
+        self._count_kind(signer, env)
+        link = result.link
+        if link is None:
+            return
+        counter = _LINK_COUNTER.get(link.link)
         if counter:
             signer.counts[counter] += 1
-        if result.link is Link.GAP and result.missing is not None:
+        if link.link is Link.GAP and link.missing is not None:
             # A valid envelope; the gap itself is a chain problem (reported from ``missing`` at the end).
-            signer.counts["valid"] += 1
-            self._gap_lines.append((env.dev, result.missing, number))
-        if result.link in (Link.FORK, Link.REPLAY):
-            self._problem(number, result.link.value, f"{env.kind} seq {env.seq}: {result.detail}", env.dev)
+            self._gap_lines.append((env.dev, link.missing, number))
+
+    def _rejected(self, number: int, result: Rejection, payload: str) -> None:
+        dev = result.dev if result.dev is not None else _claimed_dev(payload)
+        if dev is None:
+            self.report.malformed.append(Problem(number, result.reason, result.message))
+            return
+        signer = self._signer(dev)
+        signer.counts["messages"] += 1
+        if result.envelope is not None:
+            self._count_kind(signer, result.envelope)
+        signer.counts[_REASON_COUNTER.get(result.reason, "schema")] += 1
+        if result.reason == "duplicate":
+            signer.counts["valid"] += 1  # a QoS 1 redelivery: valid, and harmless
+            return
+        self._problem(number, result.reason, result.message, dev)
 
     def finish(self) -> CaptureReport:
         for dev, chain in self._chains.items():

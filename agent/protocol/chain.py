@@ -22,7 +22,7 @@ from solders.keypair import Keypair
 
 from agent.errors import ProtocolError
 from agent.protocol.envelope import GENESIS_PREV, Envelope, build_envelope
-from agent.protocol.messages import SIDEBAND_KINDS
+from agent.protocol.kinds import SIDEBAND_KINDS
 from agent.validation import Strict
 
 
@@ -79,7 +79,7 @@ class Link(enum.StrEnum):
 
     OK = "ok"  # the next envelope, prev matches
     START = "start"  # first envelope seen from this signer (genesis, or mid-chain when capture started late)
-    GAP = "gap"  # seq jumped: ``missing`` names the unseen range
+    GAP = "chain_gap"  # seq jumped: ``missing`` names the unseen range
     LATE = "late"  # fills a previously reported gap (reordered delivery), links consistently
     DUPLICATE = "duplicate"  # same seq and same hash as an envelope already seen (QoS 1 redelivery)
     REPLAY = "replay"  # seq at or below what was seen and not in the remembered history

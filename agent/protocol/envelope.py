@@ -13,8 +13,8 @@ Wire form (canonical JSON, see :mod:`agent.protocol.canonical`)::
   chained envelope has ``seq`` 1 and ``prev`` = 64 zeros.  Side-band kinds
   (``status``) carry the signer's current chain head ``(seq, hash)`` and do not
   advance it (``seq`` 0 / zero ``prev`` before the first chained envelope).
-* the whole canonical wire encoding (with ``sig``) must fit :data:`MAX_BYTES`
-  of its kind.
+* the whole canonical wire encoding (with ``sig``) must fit its kind's bound
+  (:data:`agent.protocol.kinds.MAX_BYTES`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ from solders.signature import Signature
 
 from agent.errors import ProtocolError
 from agent.protocol.canonical import DOMAIN, canonical, check_value, parse_json
-from agent.protocol.messages import BODIES, ORIGIN, SIDEBAND_KINDS, body_to_dict
+from agent.protocol.kinds import BODIES, MAX_BYTES, ORIGIN, SIDEBAND_KINDS
+from agent.protocol.messages import body_to_dict
 from agent.validation import Strict
 
 VERSION = 1
@@ -39,21 +40,6 @@ ENVELOPE_KEYS = frozenset({"v", "kind", "dev", "seq", "ts", "prev", "body", "sig
 SEQ_MAX = 2**63 - 1
 TS_MAX = 2**53 - 1
 
-#: Maximum size in bytes of the canonical wire encoding (envelope with ``sig``) per kind.
-MAX_BYTES: dict[str, int] = {
-    "beacon": 1024,
-    "heartbeat": 2048,
-    "proof": 8192,
-    "challenge": 1024,
-    "challenge_response": 2048,
-    "verdict": 2048,
-    "claim": 1024,
-    "voucher": 4096,
-    "receipt": 1024,
-    "status": 1024,
-    "deploy": 1024,
-    "manifest": 4096,
-}
 #: Raw input larger than this is refused before parsing (the largest per-kind bound).
 MAX_WIRE_BYTES = max(MAX_BYTES.values())
 
@@ -214,15 +200,27 @@ def _field(env: dict[str, Any], key: str, kind: type) -> Any:
     return value
 
 
-def verify_envelope(data: bytes | str | dict[str, Any], *, expected_signer: str | None = None) -> Envelope:
-    """Parse and fully verify an envelope using only the public key in ``dev``.
+@dataclass(frozen=True)
+class Parsed:
+    """An envelope whose structure is checked but whose signature and body are not (yet)."""
 
-    Checks, in order: raw size, strict JSON, envelope keys and types, known kind,
-    canonical size bound of the kind, the signer (if ``expected_signer``), the
-    signature, the body schema and the seq/prev genesis rule.  Raises
-    :class:`ProtocolError` with ``reason`` one of ``oversized``, ``malformed``,
-    ``unknown_kind``, ``bad_signature``, ``unknown_device``, ``schema``.
-    Chain continuity is not checked here (see :mod:`agent.protocol.chain`).
+    kind: str
+    dev: str
+    seq: int
+    ts: int
+    prev: str
+    sig: str
+    raw: dict[str, Any]
+    pubkey: Pubkey
+    signature: Signature
+
+
+def parse_envelope(data: bytes | str | dict[str, Any]) -> Parsed:
+    """Size, strict JSON, envelope keys and types, known kind, the kind's size bound, key formats.
+
+    Cheap checks only (no signature, no body schema), so a receiver can refuse an
+    envelope by kind, topic or signer before it pays for a signature check.  Raises
+    :class:`ProtocolError` with ``reason`` ``oversized``, ``malformed`` or ``unknown_kind``.
     """
     if isinstance(data, dict):
         env = data
@@ -248,17 +246,17 @@ def verify_envelope(data: bytes | str | dict[str, Any], *, expected_signer: str 
         )
     kind = _field(env, "kind", str)
     if kind not in BODIES:
-        raise ProtocolError(f"unknown kind {kind!r}", reason="unknown_kind")
+        raise ProtocolError(f"unknown kind {kind[:40]!r}", reason="unknown_kind")
     dev = _field(env, "dev", str)
     seq = _field(env, "seq", int)
     ts = _field(env, "ts", int)
     prev = _field(env, "prev", str)
-    body = _field(env, "body", dict)
+    _field(env, "body", dict)
     sig_text = _field(env, "sig", str)
     if not 0 <= seq <= SEQ_MAX:
-        raise ProtocolError(f"seq out of range (got {seq})", reason="malformed")
+        raise ProtocolError("seq out of range", reason="malformed")
     if not 0 <= ts <= TS_MAX:
-        raise ProtocolError(f"ts out of range (got {ts})", reason="malformed")
+        raise ProtocolError("ts out of range", reason="malformed")
     if len(prev) != 64 or not set(prev) <= _HEX:
         raise ProtocolError("prev must be 64 lower-case hex characters", reason="malformed")
     wire_size = len(canonical(env))
@@ -273,27 +271,52 @@ def verify_envelope(data: bytes | str | dict[str, Any], *, expected_signer: str 
             raise ValueError("not canonical base58")
     except ValueError as exc:
         raise ProtocolError(f"dev is not a base58 public key: {exc}", reason="malformed") from exc
-    if expected_signer is not None and dev != expected_signer:
-        raise ProtocolError(f"{kind} signed by {dev}, expected {expected_signer}", reason="unknown_device")
     try:
         sig = Signature.from_string(sig_text)
         if str(sig) != sig_text:
             raise ValueError("not canonical base58")
     except ValueError as exc:
         raise ProtocolError(f"sig is not a base58 signature: {exc}", reason="malformed") from exc
-    to_sign = signed_bytes(env)
-    if not sig.verify(pubkey, to_sign):
-        raise ProtocolError(f"{kind} seq {seq}: signature does not verify for {dev}", reason="bad_signature")
-    model = validate_body(kind, body)
-    _check_chain_fields(kind, seq, prev)
+    return Parsed(kind, dev, seq, ts, prev, sig_text, env, pubkey, sig)
+
+
+def verify_parsed(parsed: Parsed) -> Envelope:
+    """The signature, the body schema and the seq/prev genesis rule of a parsed envelope."""
+    to_sign = signed_bytes(parsed.raw)
+    if not parsed.signature.verify(parsed.pubkey, to_sign):
+        raise ProtocolError(
+            f"{parsed.kind} seq {parsed.seq}: signature does not verify for {parsed.dev}",
+            reason="bad_signature",
+        )
+    model = validate_body(parsed.kind, parsed.raw["body"])
+    _check_chain_fields(parsed.kind, parsed.seq, parsed.prev)
     return Envelope(
-        kind=kind,
-        dev=dev,
-        seq=seq,
-        ts=ts,
-        prev=prev,
+        kind=parsed.kind,
+        dev=parsed.dev,
+        seq=parsed.seq,
+        ts=parsed.ts,
+        prev=parsed.prev,
         body=model,
-        sig=sig_text,
-        raw=env,
+        sig=parsed.sig,
+        raw=parsed.raw,
         hash=hashlib.sha256(to_sign).hexdigest(),
     )
+
+
+def verify_envelope(data: bytes | str | dict[str, Any], *, expected_signer: str | None = None) -> Envelope:
+    """Parse and fully verify an envelope using only the public key in ``dev``.
+
+    Checks, in order: raw size, strict JSON, envelope keys and types, known kind,
+    canonical size bound of the kind, the signer (if ``expected_signer``), the
+    signature, the body schema and the seq/prev genesis rule.  Raises
+    :class:`ProtocolError` with ``reason`` one of ``oversized``, ``malformed``,
+    ``unknown_kind``, ``unknown_device``, ``bad_signature``, ``schema``.
+    Chain continuity is not checked here (see :mod:`agent.protocol.chain`), nor
+    who may send what where (see :mod:`agent.protocol.inbound`).
+    """
+    parsed = parse_envelope(data)
+    if expected_signer is not None and parsed.dev != expected_signer:
+        raise ProtocolError(
+            f"{parsed.kind} signed by {parsed.dev}, expected {expected_signer}", reason="unknown_device"
+        )
+    return verify_parsed(parsed)

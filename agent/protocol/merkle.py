@@ -1,7 +1,7 @@
 """Merkle commitments over tensor digests (RFC 6962 / RFC 9162 Merkle Tree Hash).
 
-Each item is a 32-byte SHA-256 digest (:func:`tensor_digest` of one input or
-output tensor).  Hashing is domain separated:
+Each item is a 32-byte tensor digest of one input or output (the leaf digest the
+proof names, :mod:`agent.protocol.leaf`).  Tree hashing is SHA-256, domain separated:
 
 * leaf  = SHA-256(0x00 || item digest)
 * node  = SHA-256(0x01 || left || right)
@@ -22,22 +22,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 from agent.errors import ProtocolError
 
 LEAF_PREFIX = b"\x00"
 NODE_PREFIX = b"\x01"
 EMPTY_ROOT = hashlib.sha256(b"").digest()
-
-
-def tensor_digest(array: Any) -> bytes:
-    """SHA-256 of a tensor's raw bytes in C order (numpy array or bytes-like)."""
-    if isinstance(array, bytes | bytearray | memoryview):
-        return hashlib.sha256(array).digest()
-    import numpy as np
-
-    return hashlib.sha256(np.ascontiguousarray(array).data).digest()
 
 
 def _item(digest: bytes) -> bytes:
@@ -100,9 +90,6 @@ class MerkleBuilder:
             size *= 2
         self._stack.append((size, node))
         self._count += 1
-
-    def add_tensor(self, array: Any) -> None:
-        self.add(tensor_digest(array))
 
     def root(self) -> bytes:
         if not self._stack:

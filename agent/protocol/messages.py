@@ -8,7 +8,7 @@ base58 keys, identifiers), every list and mapping has a small maximum length,
 every number is a bounded integer, there are no free-form blobs (no bytes, no
 base64 fields in device messages), unknown keys are refused, and each kind has
 an encoded-size bound enforced on the whole envelope (see
-:data:`agent.protocol.envelope.MAX_BYTES`).  A work proof carries only
+:data:`agent.protocol.kinds.MAX_BYTES`).  A work proof carries only
 *commitments* (Merkle roots over tensor digests) and *aggregates* (counts,
 latency percentiles, health).
 
@@ -400,43 +400,6 @@ Body = (
     | Deploy
     | Manifest
 )
-
-#: kind -> body model.
-BODIES: dict[str, type[Strict]] = {
-    "beacon": Beacon,
-    "heartbeat": Heartbeat,
-    "proof": Proof,
-    "challenge": Challenge,
-    "challenge_response": ChallengeResponse,
-    "verdict": Verdict,
-    "claim": Claim,
-    "voucher": Voucher,
-    "receipt": Receipt,
-    "status": Status,
-    "deploy": Deploy,
-    "manifest": Manifest,
-}
-
-#: Who signs each kind: the device, the coordinator or a fleet operator (manifests).
-ORIGIN: dict[str, Literal["device", "coordinator", "operator"]] = {
-    "beacon": "coordinator",
-    "heartbeat": "device",
-    "proof": "device",
-    "challenge": "coordinator",
-    "challenge_response": "device",
-    "verdict": "coordinator",
-    "claim": "device",
-    "voucher": "coordinator",
-    "receipt": "device",
-    "status": "device",
-    "deploy": "device",
-    "manifest": "operator",
-}
-
-#: Kinds that do not advance the signer's hash chain (side-band: status, incl. the MQTT last will).
-SIDEBAND_KINDS = frozenset({"status"})
-
-KINDS = tuple(BODIES)
 
 
 def body_to_dict(body: Strict) -> dict[str, Any]:

@@ -26,29 +26,30 @@ import re
 from dataclasses import dataclass
 
 from agent.errors import ProtocolError
+from agent.protocol.kinds import (
+    CHANNEL_KIND,
+    COORDINATOR_PUBLISHES,
+    DEVICE_PUBLISHES,
+    KIND_CHANNEL,
+    RETAINED_CHANNELS,
+    SPECS,
+)
 
 DEFAULT_PREFIX = "edgeproof/v1"
 
-#: device topic channel -> envelope kind
-CHANNEL_KIND: dict[str, str] = {
-    "hb": "heartbeat",
-    "proof": "proof",
-    "challenge": "challenge",
-    "response": "challenge_response",
-    "verdict": "verdict",
-    "claim": "claim",
-    "voucher": "voucher",
-    "receipt": "receipt",
-    "status": "status",
-    "deploy": "deploy",
-}
-KIND_CHANNEL: dict[str, str] = {kind: channel for channel, kind in CHANNEL_KIND.items()}
-
-#: Channels published by the device (it subscribes to the others).
-DEVICE_PUBLISHES = ("hb", "proof", "response", "claim", "receipt", "status", "deploy")
-#: Channels published by the coordinator to one device.
-COORDINATOR_PUBLISHES = ("challenge", "verdict", "voucher")
-RETAINED_CHANNELS = frozenset({"status"})
+# The channel <-> kind mapping, who publishes which channel and what is retained all come
+# from the one kind table (agent/protocol/kinds.py).
+__all__ = [
+    "CHANNEL_KIND",
+    "COORDINATOR_PUBLISHES",
+    "DEFAULT_PREFIX",
+    "DEVICE_PUBLISHES",
+    "KIND_CHANNEL",
+    "RETAINED_CHANNELS",
+    "TopicInfo",
+    "Topics",
+    "topic_matches",
+]
 QOS = 1
 
 _B58 = re.compile(r"^[1-9A-HJ-NP-Za-km-z]{32,44}$")
@@ -80,7 +81,8 @@ class TopicInfo:
 
     @property
     def retain(self) -> bool:
-        return self.scope in ("beacon", "manifest") or self.channel in RETAINED_CHANNELS
+        kind = self.kind
+        return kind is not None and SPECS[kind].retained
 
 
 def _check_prefix(prefix: str) -> str:

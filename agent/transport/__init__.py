@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from agent.transport.backoff import Backoff, backoff_delay
 from agent.transport.outbox import (
-    KIND_PRIORITY,
     PRIORITY_HIGH,
     PRIORITY_LOW,
     PRIORITY_NORMAL,
@@ -12,11 +11,11 @@ from agent.transport.outbox import (
     OutboxRow,
     OutboxStats,
     ParkedRow,
+    kind_priority,
 )
 from agent.transport.settings import MqttSettings, OutboxSettings, OverflowPolicy, TlsSettings
 
 __all__ = [
-    "KIND_PRIORITY",
     "PRIORITY_HIGH",
     "PRIORITY_LOW",
     "PRIORITY_NORMAL",
@@ -30,4 +29,5 @@ __all__ = [
     "ParkedRow",
     "TlsSettings",
     "backoff_delay",
+    "kind_priority",
 ]

@@ -72,6 +72,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from agent.errors import StorageError
+from agent.protocol.kinds import priority_of
 from agent.transport.disk_full import (
     RESERVE_BYTES,
     WAL_AUTOCHECKPOINT_PAGES,
@@ -89,16 +90,13 @@ PRIORITY_LOW = 0
 PRIORITY_NORMAL = 1
 PRIORITY_HIGH = 2
 
-# Default priority per message kind; anything not listed is NORMAL.
-KIND_PRIORITY: dict[str, int] = {
-    "hb": PRIORITY_LOW,
-    "heartbeat": PRIORITY_LOW,
-    "proof": PRIORITY_HIGH,
-    "response": PRIORITY_HIGH,
-    "challenge_response": PRIORITY_HIGH,
-    "claim": PRIORITY_HIGH,
-    "receipt": PRIORITY_HIGH,
-}
+_LEVEL = {"low": PRIORITY_LOW, "normal": PRIORITY_NORMAL, "high": PRIORITY_HIGH}
+
+
+def kind_priority(kind: str) -> int:
+    """A message kind's default drop priority, from the one kind table (agent/protocol/kinds.py)."""
+    return _LEVEL[priority_of(kind)]
+
 
 StateValue = int | str | None
 
@@ -398,7 +396,7 @@ class Outbox:
         if not isinstance(payload, bytes | bytearray | memoryview):
             raise TypeError(f"payload must be bytes, got {type(payload).__name__}")
         body = bytes(payload)
-        prio = KIND_PRIORITY.get(kind, PRIORITY_NORMAL) if priority is None else priority
+        prio = kind_priority(kind) if priority is None else priority
         size = len(body) + len(topic.encode("utf-8"))
         with self._lock:
             self._check_open()

@@ -49,12 +49,12 @@ from solders.keypair import Keypair
 
 from agent.identity import device_id, write_keypair
 from agent.inference.cards import load_card
-from agent.inference.commitments import LEAF_HASHES, default_leaf_hash, input_digest, output_digest
 from agent.inference.pipeline import Pipeline
 from agent.inference.preprocess import Preprocessor
 from agent.inference.runtime import backend_settings, resolve_profile
 from agent.protocol.chain import ChainVerifier
 from agent.protocol.envelope import MAX_BYTES, Envelope, build_envelope, verify_envelope
+from agent.protocol.leaf import LEAF_HASHES, default_leaf_hash, input_digest, output_digest
 from agent.protocol.merkle import merkle_root
 from agent.protocol.messages import Beacon, Challenge, Proof
 from agent.protocol.topics import DEVICE_PUBLISHES, Topics

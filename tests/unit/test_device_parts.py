@@ -10,13 +10,13 @@ from solders.keypair import Keypair
 
 from agent.challenge_run import challenge_tensor, expected_sketch
 from agent.device.challenges import ChallengeResponder
+from agent.device.commitments import CommitmentHasher
 from agent.device.health import HealthProbe
 from agent.device.systemd import Notifier
 from agent.device.thermal import ThermalGovernor
 from agent.device.window import WorkWindow
 from agent.errors import ProtocolError
 from agent.inference.backends.base import BackendSettings
-from agent.inference.commitments import CommitmentHasher
 from agent.inference.pipeline import Pipeline
 from agent.profiles import ThermalPolicy
 from agent.protocol.challenge import sketch_matches

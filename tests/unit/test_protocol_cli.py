@@ -105,7 +105,7 @@ def test_fork_replay_and_topic_mismatch(tmp_path: Path, capsys: pytest.CaptureFi
     report = json.loads(capsys.readouterr().out)
     assert code == 8
     reasons = [(p["line"], p["reason"]) for p in report["problems"]]
-    assert reasons == [(5, "fork"), (6, "topic"), (7, "topic")]
+    assert reasons == [(5, "fork"), (6, "wrong_kind"), (7, "topic")]
     assert report["problems"][0]["message"] == "heartbeat seq 1: seq 1 seen before with a different hash"
 
 
@@ -124,7 +124,7 @@ def test_coordinator_messages(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     code, _ = _run(tmp_path, lines, "--coordinator", str(B.pubkey()), "--json")
     report = json.loads(capsys.readouterr().out)
     assert code == 8
-    assert report["problems"][0]["reason"] == "unknown_device"
+    assert report["problems"][0]["reason"] == "untrusted_coordinator"
 
 
 def test_manifests_are_checked_against_their_channel_topic(
@@ -171,3 +171,18 @@ def test_missing_file(capsys: pytest.CaptureFixture[str]) -> None:
 def test_bare_group_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["proofs"]) == 2
     assert "verify" in capsys.readouterr().err
+
+
+def test_a_huge_integer_line_is_one_named_problem_not_an_abort(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Any device can post this line; it used to escape parse_json as a bare ValueError and abort
+    # the whole audit.  Now it is one malformed line and the rest of the capture is verified.
+    lines = _clean_capture()
+    hostile = lines[0].replace('"seq":1', '"seq":' + "9" * 5000, 1)
+    lines.insert(1, hostile)
+    code, _ = _run(tmp_path, lines, "--json")
+    report = json.loads(capsys.readouterr().out)
+    assert code == 8
+    assert report["valid"] == 4
+    assert [(p["line"], p["reason"]) for p in report["problems"] + report["malformed"]] == [(2, "malformed")]

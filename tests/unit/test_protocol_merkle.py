@@ -17,7 +17,6 @@ from agent.protocol.merkle import (
     leaf_hash,
     merkle_root,
     node_hash,
-    tensor_digest,
     verify_inclusion,
 )
 
@@ -57,13 +56,16 @@ def test_items_must_be_digests() -> None:
         merkle_root([b"short"])
 
 
-def test_tensor_digest_is_sha256_of_c_order_bytes() -> None:
+def test_leaf_items_are_digests_of_c_order_bytes() -> None:
+    from agent.protocol.leaf import input_digest, output_digest
+
     a = np.arange(12, dtype=np.uint8).reshape(3, 4)
-    assert tensor_digest(a) == _h(a.tobytes())
-    assert tensor_digest(a.T) == _h(np.ascontiguousarray(a.T).tobytes())
-    assert tensor_digest(b"abc") == _h(b"abc")
+    assert input_digest(a, "sha256") == _h(a.tobytes())
+    assert input_digest(a.T, "sha256") == _h(np.ascontiguousarray(a.T).tobytes())
+    f = np.arange(6, dtype=np.float32)
+    assert output_digest([a, f], "sha256") == _h(a.tobytes() + f.tobytes())
     builder = MerkleBuilder()
-    builder.add_tensor(a)
+    builder.add(input_digest(a, "sha256"))
     assert builder.root() == merkle_root([_h(a.tobytes())])
 
 

@@ -9,7 +9,7 @@ from solders.keypair import Keypair
 
 from agent.errors import ProtocolError
 from agent.protocol.envelope import MAX_BYTES, build_envelope, validate_body
-from agent.protocol.messages import BODIES, ORIGIN, SIDEBAND_KINDS
+from agent.protocol.kinds import BODIES, ORIGIN, SIDEBAND_KINDS
 from agent.protocol.vectors import heartbeat_body, proof_body
 
 KP = Keypair.from_seed(bytes([9]) * 32)

@@ -75,10 +75,10 @@ def test_doc_quotes_the_vectors() -> None:
 
 
 def test_leaf_items_match_the_agents_commitments() -> None:
-    """The documented items are exactly what agent/inference/commitments.py computes."""
+    """The documented items are exactly what agent/protocol/leaf.py computes."""
     import numpy as np
 
-    from agent.inference.commitments import input_digest, output_digest
+    from agent.protocol.leaf import input_digest, output_digest
 
     v = generate()["leaf_items"]
     image = np.arange(48, dtype=np.uint8).reshape(4, 4, 3)

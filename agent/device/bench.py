@@ -26,11 +26,12 @@ from typing import Any
 
 import numpy as np
 
+from agent.device.commitments import CommitmentHasher, Commitments
 from agent.errors import EdgeproofError
 from agent.inference.backends.base import BackendSettings
-from agent.inference.commitments import CommitmentHasher, Commitments, LeafHash, default_leaf_hash
 from agent.inference.pipeline import Pipeline
 from agent.inference.sources import synthetic_frame
+from agent.protocol.leaf import LeafHash, default_leaf_hash
 
 DISTINCT_TENSORS = 16
 
@@ -198,7 +199,7 @@ def measure_rss(card_path: str, pipeline: Pipeline, frames: int) -> tuple[dict[s
             [
                 sys.executable,
                 "-m",
-                "agent.inference.bench",
+                "agent.device.bench",
                 card_path,
                 str(tensors),
                 str(resized),

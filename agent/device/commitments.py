@@ -1,14 +1,11 @@
-"""Per-inference commitments, hashed off the inference thread.
+"""Per-inference commitments of one work window, hashed off the inference thread.
 
 A work proof commits to every inference with two Merkle roots: one over the
-digests of what the model saw (the resized uint8 image, the smallest tensor
-that binds the input) and one over the digests of what it produced (the raw
-output tensors).  The tensor digest is BLAKE3 (32 bytes) when the ``blake3``
-package is importable, else SHA-256; the proof names which (``leaf_hash``), so
-a verifier always knows how to recompute a revealed leaf.  BLAKE3 is ~3.8x
-cheaper than SHA-256 here even with SHA-NI (9 µs vs 35 µs for a 48 KiB image),
-and more so on CPUs without SHA extensions (Raspberry Pi 4); see
-docs/decisions/0008.
+input items and one over the output items.  What an item is (which bytes, which
+digest, named in the proof as ``leaf_hash``) is a wire fact defined in
+:mod:`agent.protocol.leaf`; this module is the device's machinery that computes
+them without slowing inference down.  BLAKE3 is ~3.8x cheaper than SHA-256 here
+even with SHA-NI (docs/decisions/0008).
 
 The inference thread only hands references to :class:`CommitmentHasher`; one
 worker thread hashes them in submission order (both hashers release the GIL on
@@ -23,62 +20,16 @@ output arrays per run and the preprocessor allocates a new resized image.
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal
 
 import numpy as np
 
-from agent.errors import BackendUnavailableError
+from agent.protocol.leaf import LeafHash, digest_arrays, hasher
 from agent.protocol.merkle import MerkleBuilder
 
 DEFAULT_BATCH = 16
-LeafHash = Literal["blake3", "sha256"]
-LEAF_HASHES: tuple[LeafHash, ...] = ("blake3", "sha256")
-
-
-def default_leaf_hash() -> LeafHash:
-    """BLAKE3 when the package is installed (a dependency; Termux may lack a wheel), else SHA-256."""
-    return "blake3" if importlib.util.find_spec("blake3") is not None else "sha256"
-
-
-def _hasher(leaf_hash: LeafHash) -> Callable[[], Any]:
-    if leaf_hash == "sha256":
-        return hashlib.sha256
-    try:
-        from blake3 import blake3
-    except ImportError as exc:
-        raise BackendUnavailableError(
-            "leaf hash 'blake3' needs the blake3 package, which is not installed",
-            hint="pip install blake3 (a dependency of edgeproof)",
-        ) from exc
-    return blake3
-
-
-def _bytes_of(array: np.ndarray) -> memoryview:
-    """The tensor's bytes in C order as an unsigned-byte buffer (what every hasher accepts)."""
-    return np.ascontiguousarray(array).reshape(-1).view(np.uint8).data
-
-
-def _digest(new: Callable[[], Any], arrays: Iterable[np.ndarray]) -> bytes:
-    digest = new()
-    for array in arrays:
-        digest.update(_bytes_of(array))
-    return bytes(digest.digest())
-
-
-def input_digest(resized: np.ndarray, leaf_hash: LeafHash = "sha256") -> bytes:
-    """Digest of the resized uint8 image the model saw (C order)."""
-    return _digest(_hasher(leaf_hash), (resized,))
-
-
-def output_digest(outputs: list[np.ndarray], leaf_hash: LeafHash = "sha256") -> bytes:
-    """Digest over the raw bytes of every output tensor, concatenated in card order."""
-    return _digest(_hasher(leaf_hash), outputs)
 
 
 @dataclass
@@ -90,11 +41,11 @@ class Commitments:
     outputs: MerkleBuilder = field(default_factory=MerkleBuilder)
 
     def __post_init__(self) -> None:
-        self._new = _hasher(self.leaf_hash)  # resolved once, not per inference
+        self._new = hasher(self.leaf_hash)  # resolved once, not per inference
 
     def add(self, resized: np.ndarray, outputs: list[np.ndarray]) -> None:
-        self.inputs.add(_digest(self._new, (resized,)))
-        self.outputs.add(_digest(self._new, outputs))
+        self.inputs.add(digest_arrays(self._new, (resized,)))
+        self.outputs.add(digest_arrays(self._new, outputs))
 
     @property
     def count(self) -> int:
