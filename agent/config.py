@@ -134,6 +134,10 @@ class FleetSettings(Strict):
     trial_s: Annotated[float, Field(ge=1, le=86_400)] = 60.0
     # Socket timeout of artifact downloads (a stalled download is retried with HTTP Range).
     download_timeout_s: Annotated[float, Field(gt=0, le=600)] = 30.0
+    # Each artifact download must finish within max(download_deadline_floor_s,
+    # length / download_min_rate_bps) seconds, retries included, or it fails (too_slow_download).
+    download_min_rate_bps: Annotated[int, Field(ge=1, le=10**10)] = 16_384
+    download_deadline_floor_s: Annotated[float, Field(ge=1, le=604_800)] = 120.0
 
     _channels = field_validator("channels", "tags")(_idents)
     _keys = field_validator("operator_keys")(_pubkeys)

@@ -36,7 +36,7 @@ from agent.device.control import ControlServer, daemon_ops
 from agent.device.control_protocol import socket_path
 from agent.device.coordinator_pin import UNPINNED_NOTICE, check_coordinator_pin
 from agent.device.health import HealthProbe
-from agent.device.manifests import DeviceFacts, check_manifest
+from agent.device.manifests import DeviceFacts, check_manifest, stored_manifest
 from agent.device.metrics import MetricsServer, Snapshot
 from agent.device.model_store import ModelStore
 from agent.device.rejection_log import RejectionLog
@@ -123,6 +123,8 @@ class Daemon:
             open_pipeline=self._open_pipeline,
             trial_s=config.fleet.trial_s,
             download_timeout_s=config.fleet.download_timeout_s,
+            download_min_rate_bps=config.fleet.download_min_rate_bps,
+            download_deadline_floor_s=config.fleet.download_deadline_floor_s,
         )
         card_path, self.release = self.updater.startup_card()
         self.pipeline = self._open_pipeline(card_path)
@@ -398,6 +400,8 @@ class Daemon:
                 facts=self.fleet,
                 now_ms=self.clock_ms(),
                 accepted_version=self.state.manifest_version(channel),
+                accepted_manifest=stored_manifest(self.state.manifest_envelope(channel)),
+                committed_release=self.updater.committed_key(),
                 free_bytes=shutil.disk_usage(self.state_dir).free,
             )
         except ProtocolError as exc:
@@ -407,8 +411,8 @@ class Daemon:
         with self._count_lock:
             self.manifests[channel] = summary
         if decision.eligible:
-            # Also for a duplicate (a stored or re-delivered manifest): an unfinished download
-            # resumes; a running or failed release is not started again.
+            # Also for a duplicate (the same content, stored or re-delivered, not expired): an
+            # unfinished download resumes; a running or failed release is not started again.
             self.updater.offer(decision.manifest)
         if decision.duplicate:
             return
@@ -428,7 +432,11 @@ class Daemon:
         )
 
     def _restore_manifests(self) -> None:
-        """Re-judge the manifests accepted before a restart (a channel no longer configured is ignored)."""
+        """Re-judge the manifests accepted before a restart (a channel no longer configured is ignored).
+
+        An expired one is refused (``expired``), unless its release runs committed.  Then staging
+        files that no offered release needs (failed, superseded, expired) are deleted.
+        """
         for channel in self.config.fleet.channels:
             stored = self.state.manifest_envelope(channel)
             if not isinstance(stored, str):
@@ -437,6 +445,7 @@ class Daemon:
             env = self._verify_inbound(topic, stored.encode(), "manifest")
             if env is not None:
                 self._consider_manifest(channel, env, topic, stored.encode())
+        self.updater.clean_staging()
 
     def answer_challenges(self, limit: int) -> int:
         """Answer at most ``limit`` queued challenges (the main loop's timers run between calls)."""

@@ -90,6 +90,17 @@ _TABLE: tuple[Reason, ...] = (
     Reason("inference_failed", "deploy", "the model raised during the smoke test or the trial"),
     Reason("not_installed", "deploy", "the named release is not installed"),
     Reason("not_active", "deploy", "the named release is not the active one"),
+    Reason(
+        "failed", "deploy", "the release failed for a reason outside the named ones (the message says why)"
+    ),
+    Reason(
+        "internal_error",
+        "deploy",
+        "the updater hit a bug while preparing the release (logged with its traceback)",
+    ),
+    Reason("crashed_in_trial", "deploy", "the agent restarted while the release was on trial: rolled back"),
+    Reason("unusable", "deploy", "the active release cannot be loaded at start: rolled back"),
+    Reason("trial_failed", "deploy", "the model raised during its trial: rolled back"),
     Reason("thermal", "local", "the thermal policy lowered the inference rate"),
     # --- the daemon's local control socket (also uses ``oversized`` and ``malformed``) -----
     Reason("peer_refused", "local", "a control-socket peer whose uid is neither root nor the daemon's"),
@@ -112,6 +123,19 @@ _TABLE: tuple[Reason, ...] = (
         "not_requeued",
         "local",
         "a salvaged envelope did not fit the outbox bound when state recover re-queued it",
+    ),
+    Reason(
+        "too_slow_download",
+        "deploy",
+        "an artifact did not arrive within its deadline (declared length at the minimum rate, or the floor)",
+    ),
+    Reason(
+        "version_reused",
+        "message",
+        "a manifest with the version already accepted on its channel but other content",
+    ),
+    Reason(
+        "superseded", "deploy", "a newer manifest on the channel replaced the release before it was ready"
     ),
 )
 
