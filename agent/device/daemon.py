@@ -34,7 +34,7 @@ from agent.device.challenges import ChallengeResponder
 from agent.device.commitments import CommitmentHasher
 from agent.device.control import ControlServer, daemon_ops
 from agent.device.control_protocol import socket_path
-from agent.device.coordinator_pin import UNPINNED_NOTICE, check_coordinator_pin
+from agent.device.coordinator_pin import UNPINNED_NOTICE
 from agent.device.health import HealthProbe
 from agent.device.manifests import DeviceFacts, check_manifest, stored_manifest
 from agent.device.metrics import MetricsServer, Snapshot
@@ -53,7 +53,9 @@ from agent.inference.pipeline import Pipeline
 from agent.inference.runtime import backend_settings, resolve_profile
 from agent.inference.sources import FrameSource, open_source
 from agent.protocol.chain import ChainSigner
-from agent.protocol.envelope import Envelope, verify_envelope
+from agent.protocol.envelope import Envelope
+from agent.protocol.inbound import Rejection, Trust, check_inbound
+from agent.protocol.kinds import DEVICE_INBOUND
 from agent.protocol.leaf import default_leaf_hash
 from agent.protocol.messages import Beacon, Challenge, Deploy, Health, Heartbeat, Status, Verdict
 from agent.protocol.topics import Topics
@@ -110,6 +112,14 @@ class Daemon:
         seq, prev = self.state.chain_head()
         self.signer = ChainSigner(keypair, seq=seq, prev=prev)
         self.topics = Topics(config.mqtt.topic_prefix)
+        pin = config.coordinator.pubkey
+        #: Whom this device believes: only its pinned coordinator (no pin: nobody) and its operators.
+        self.trust = Trust(
+            coordinators=frozenset({pin}) if pin else frozenset(),
+            operators=frozenset(config.fleet.operator_keys),
+            kinds=DEVICE_INBOUND,
+            audience=self.dev,
+        )
         self._emit_lock = threading.Lock()
         self.counters: Counter[str] = Counter()
         self.transport = MqttTransport(config.mqtt, self.outbox, client_id=self.dev)
@@ -318,20 +328,18 @@ class Daemon:
             )
 
     def _verify_inbound(self, topic: str, payload: bytes, kind: str) -> Envelope | None:
-        try:
-            env = verify_envelope(payload)
-            if env.kind != kind:
-                raise ProtocolError(f"expected a {kind} on {topic}, got {env.kind}", reason="wrong_kind")
-            check_coordinator_pin(env, self.config.coordinator.pubkey)
-            addressed = getattr(env.body, "device", None)
-            if addressed is not None and addressed != self.dev:
-                raise ProtocolError(
-                    f"{kind} is addressed to device {addressed}, not us", reason="wrong_device"
-                )
-            return env
-        except ProtocolError as exc:
-            self._refused(topic, payload, exc)
+        """The shared inbound check (agent/protocol/inbound.py): size, JSON, kind on its topic,
+        the pin (or operator trust), signature, schema, addressee.  The device-specific checks
+        (beacon plausibility, challenge admission, manifest eligibility) follow in the handlers."""
+        result = check_inbound(topic, payload, self.trust, topics=self.topics)
+        if isinstance(result, Rejection):
+            self._refused(topic, payload, result.error())
             return None
+        env = result.envelope
+        if env.kind != kind:  # the subscription routes by topic, and the topic names the kind
+            self._refused(topic, payload, ProtocolError(f"expected a {kind} on {topic}", reason="wrong_kind"))
+            return None
+        return env
 
     def on_beacon(self, topic: str, payload: bytes) -> None:
         env = self._verify_inbound(topic, payload, "beacon")

@@ -16,11 +16,12 @@ from agent.device.challenge_guard import (
     TokenBucket,
     seq_key,
 )
-from agent.device.coordinator_pin import check_coordinator_pin
 from agent.device.rejection_log import RejectionLog
 from agent.device.state_store import StateStore
 from agent.errors import ProtocolError
 from agent.protocol.envelope import GENESIS_PREV, Envelope, build_envelope
+from agent.protocol.inbound import Accepted, Rejection, Trust, check_inbound
+from agent.protocol.kinds import DEVICE_INBOUND
 from agent.protocol.messages import Beacon, Challenge, Verdict
 
 COORDINATOR = Keypair.from_seed(bytes([7] * 32))
@@ -211,21 +212,26 @@ def test_after_a_long_silence_the_slot_may_have_moved_on_accordingly() -> None:
 
 
 def test_no_pin_refuses_every_coordinator_kind_and_another_key_is_untrusted() -> None:
+    # The daemon's trust: the pin (or nobody) through the shared check_inbound.
     pinned = str(COORDINATOR.pubkey())
     bodies = {
         "beacon": beacon(1, NOW),
         "challenge": Challenge(device=DEVICE, nonce="11" * 32, model_sha256=MODEL, deadline_ms=NOW),
         "verdict": Verdict(device=DEVICE, ref_kind="proof", ref_seq=1, ref_hash="33" * 32, accepted=True),
     }
+    unpinned = Trust(coordinators=frozenset(), kinds=DEVICE_INBOUND, audience=DEVICE)
+    pin = Trust(coordinators=frozenset({pinned}), kinds=DEVICE_INBOUND, audience=DEVICE)
     for kind, body in bodies.items():
         env = build_envelope(COORDINATOR, kind, body, seq=1, prev=GENESIS_PREV, ts=NOW)
-        with pytest.raises(ProtocolError, match=f"{kind} refused: no coordinator key is pinned") as info:
-            check_coordinator_pin(env, "")
-        assert info.value.reason == "unpinned_coordinator"
-        assert info.value.hint == "set coordinator.pubkey to your coordinator's base58 public key"
-        check_coordinator_pin(env, pinned)
+        refused = check_inbound(None, env.wire, unpinned)
+        assert isinstance(refused, Rejection) and refused.reason == "unpinned_coordinator"
+        assert refused.message == f"{kind} refused: no coordinator key is pinned"
+        assert refused.hint == "set coordinator.pubkey to your coordinator's base58 public key"
+        assert isinstance(check_inbound(None, env.wire, pin), Accepted)
         rogue = build_envelope(OTHER, kind, body, seq=1, prev=GENESIS_PREV, ts=NOW)
-        assert reason_of(lambda e=rogue: check_coordinator_pin(e, pinned)) == "untrusted_coordinator"
+        other = check_inbound(None, rogue.wire, pin)
+        assert isinstance(other, Rejection) and other.reason == "untrusted_coordinator"
+        assert other.message == f"{kind} signed by {OTHER.pubkey()}, not the pinned coordinator {pinned}"
 
 
 # ------------------------------------------------------------------------------ log thinning
