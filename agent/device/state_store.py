@@ -155,6 +155,7 @@ class StateStore:
                 "state store: migrated the version 1 state table",
                 extra={"path": str(self.path), "keys": moved},
             )
+        self.file.mark_current()
         db.execute("COMMIT")
 
     def _db_view(self) -> CopyData:
@@ -203,7 +204,6 @@ class StateStore:
         for signer, seq in merged.signers.items():
             if seq > mine.signers.get(signer, 0):
                 db.execute("INSERT OR REPLACE INTO signer_seqs (signer, seq) VALUES (?, ?)", (signer, seq))
-        self.file.mark_current()
         db.execute("COMMIT")
         if merged.to_json() != copy.to_json():
             write_copy(self.copy_path, merged)
