@@ -6,10 +6,11 @@ paho's network thread and the transport's publisher/inbound threads never run
 inference; inbound challenges are queued for the main loop.
 
 Every outgoing message is signed, chained and committed to the SQLite outbox
-together with the chain head (the device state store, same SQLite file, same
-transaction; its second copy is written just before) before it is published, so
-SIGKILL at any point neither loses an envelope nor forks the chain (ADR 0012).  SIGTERM closes the current
-window, emits its proof and flushes what the broker will take.
+together with the chain head (the device state store: same SQLite file, same
+transaction; its second copy is written just before) before it is published,
+so SIGKILL at any point neither loses an envelope nor forks the chain (ADR
+0012).  SIGTERM closes the current window, emits its proof and flushes what the
+broker will take.
 """
 
 from __future__ import annotations

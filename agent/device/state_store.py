@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from agent.device.state_copy import CopyData, read_copy, write_copy
-from agent.errors import StorageError
+from agent.errors import CorruptStateError, StorageError
 from agent.protocol.envelope import GENESIS_PREV
 from agent.transport.sqlite_file import SqliteFile, require_columns, tables, translate
 
@@ -137,7 +137,12 @@ class StateStore:
         cls, path: Path | str, *, copy_path: Path | None = None, synchronous: str = "FULL"
     ) -> StateStore:
         """Open (or create) a state file of its own (the daemon shares one with its outbox instead)."""
-        return cls(SqliteFile.open(path, synchronous=synchronous), copy_path=copy_path, owns_file=True)
+        file = SqliteFile.open(path, synchronous=synchronous)
+        try:
+            return cls(file, copy_path=copy_path, owns_file=True)
+        except BaseException:
+            file.close()
+            raise
 
     # ------------------------------------------------------------------ opening
 
@@ -155,6 +160,7 @@ class StateStore:
                 "state store: migrated the version 1 state table",
                 extra={"path": str(self.path), "keys": moved},
             )
+        self.file.mark_current()
         db.execute("COMMIT")
 
     def _db_view(self) -> CopyData:
@@ -172,6 +178,14 @@ class StateStore:
             return mine
         copy, problem = read_copy(self.copy_path)
         if problem is not None:
+            if mine.seq == 0:
+                # The copy existed (so the device has signed before) and the database knows no
+                # head: starting at seq 1 would fork the chain.  An operator must decide.
+                raise CorruptStateError(
+                    f"{problem}, and the state file {self.path} holds no chain head",
+                    hint=f"restore {self.copy_path} from a backup; only if this device never sent an envelope, "
+                    "delete it (the chain then starts at seq 1)",
+                )
             self.notes.append(problem)
             log.error("state copy unusable; using the database alone", extra={"problem": problem})
         if copy is None:
@@ -203,7 +217,6 @@ class StateStore:
         for signer, seq in merged.signers.items():
             if seq > mine.signers.get(signer, 0):
                 db.execute("INSERT OR REPLACE INTO signer_seqs (signer, seq) VALUES (?, ?)", (signer, seq))
-        self.file.mark_current()
         db.execute("COMMIT")
         if merged.to_json() != copy.to_json():
             write_copy(self.copy_path, merged)

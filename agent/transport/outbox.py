@@ -54,10 +54,11 @@ two envelopes with the same ``seq``.
 
 Schema
 ------
-``PRAGMA user_version`` is the file's schema version (:data:`SCHEMA_VERSION`).  A version 1
-file (no ``seq`` column) is migrated in place when opened: ``ALTER TABLE ... ADD COLUMN seq``
-and the seq of each queued chained envelope copied once from its payload.
-:func:`read_stats` opens the file read-only (``mode=ro``): no reserve file, no migration.
+The tables, row types, migration and statistics are in :mod:`agent.transport.outbox_schema`.
+``PRAGMA user_version`` is the file's schema version.  A version 1 file (no ``seq`` column) is
+migrated in place when opened: ``ALTER TABLE ... ADD COLUMN seq`` and the seq of each queued
+chained envelope copied once from its payload.  :func:`read_stats` opens the file read-only
+(``mode=ro``): no reserve file, no migration.
 
 Broker refusals
 ---------------
@@ -70,13 +71,11 @@ parked rows are kept; they can be inspected with :meth:`parked` and put back wit
 
 from __future__ import annotations
 
-import json
 import logging
 import sqlite3
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -89,8 +88,21 @@ from agent.transport.disk_full import (
     DiskFullGuard,
     is_disk_full,
 )
+from agent.transport.outbox_schema import (
+    COLUMNS,
+    NEEDED,
+    SCHEMA,
+    migrate,
+    now_ms,
+    row_of,
+    stats_of,
+)
+from agent.transport.outbox_schema import OutboxRow as OutboxRow
+from agent.transport.outbox_schema import OutboxStats as OutboxStats
+from agent.transport.outbox_schema import ParkedRow as ParkedRow
+from agent.transport.outbox_schema import read_stats as read_stats
 from agent.transport.settings import OutboxSettings
-from agent.transport.sqlite_file import SqliteFile, columns, require_columns, translate
+from agent.transport.sqlite_file import SqliteFile, require_columns, translate
 
 log = logging.getLogger(__name__)
 
@@ -110,201 +122,6 @@ def kind_priority(kind: str) -> int:
 
 #: Runs inside the queue's transaction, on its connection (e.g. a chain head advance).
 TxnStep = Callable[[sqlite3.Connection], None]
-#: Kinds whose envelopes do not advance the chain (their rows carry no seq).
-_SIDEBAND_KINDS = frozenset({"status"})
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS outbox (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    topic TEXT NOT NULL,
-    payload BLOB NOT NULL,
-    qos INTEGER NOT NULL,
-    retain INTEGER NOT NULL,
-    kind TEXT NOT NULL,
-    priority INTEGER NOT NULL,
-    size INTEGER NOT NULL,
-    created_ms INTEGER NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    seq INTEGER
-);
-CREATE INDEX IF NOT EXISTS outbox_priority ON outbox (priority, id);
-CREATE TABLE IF NOT EXISTS drops (
-    kind TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    count INTEGER NOT NULL,
-    PRIMARY KEY (kind, reason)
-);
-CREATE TABLE IF NOT EXISTS parked (
-    id INTEGER PRIMARY KEY,
-    topic TEXT NOT NULL,
-    payload BLOB NOT NULL,
-    qos INTEGER NOT NULL,
-    retain INTEGER NOT NULL,
-    kind TEXT NOT NULL,
-    priority INTEGER NOT NULL,
-    size INTEGER NOT NULL,
-    created_ms INTEGER NOT NULL,
-    attempts INTEGER NOT NULL,
-    reason TEXT NOT NULL,
-    parked_ms INTEGER NOT NULL,
-    seq INTEGER
-);
-"""
-
-_COLUMNS = "id, topic, payload, qos, retain, kind, priority, size, created_ms, attempts, seq"
-_NEEDED = {
-    "outbox": {
-        "id",
-        "topic",
-        "payload",
-        "qos",
-        "retain",
-        "kind",
-        "priority",
-        "size",
-        "created_ms",
-        "attempts",
-    },
-    "drops": {"kind", "reason", "count"},
-    "parked": {"id", "topic", "payload", "kind", "size", "reason", "parked_ms"},
-}
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxRow:
-    id: int
-    topic: str
-    payload: bytes
-    qos: int
-    retain: bool
-    kind: str
-    priority: int
-    size: int
-    created_ms: int
-    attempts: int
-    #: The envelope's chain position; None for side-band envelopes and non-envelope payloads.
-    seq: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ParkedRow:
-    row: OutboxRow
-    reason: str
-    parked_ms: int
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxStats:
-    depth: int
-    bytes: int
-    max_bytes: int
-    oldest_age_ms: int | None
-    # kind -> reason -> count, persistent across restarts.
-    drops: dict[str, dict[str, int]] = field(default_factory=dict)
-    parked: int = 0
-
-    @property
-    def dropped_total(self) -> int:
-        return sum(sum(reasons.values()) for reasons in self.drops.values())
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "depth": self.depth,
-            "bytes": self.bytes,
-            "max_bytes": self.max_bytes,
-            "oldest_age_ms": self.oldest_age_ms,
-            "drops": {kind: dict(reasons) for kind, reasons in self.drops.items()},
-            "dropped_total": self.dropped_total,
-            "parked": self.parked,
-        }
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def _row(values: tuple[Any, ...]) -> OutboxRow:
-    return OutboxRow(
-        id=values[0],
-        topic=values[1],
-        payload=bytes(values[2]),
-        qos=values[3],
-        retain=bool(values[4]),
-        kind=values[5],
-        priority=values[6],
-        size=values[7],
-        created_ms=values[8],
-        attempts=values[9],
-        seq=None if values[10] is None else int(values[10]),
-    )
-
-
-def _legacy_seq(kind: str, payload: bytes) -> int | None:
-    """The seq of a version 1 row, read once from its payload by the migration."""
-    if kind in _SIDEBAND_KINDS:
-        return None
-    try:
-        seq = json.loads(payload)["seq"]
-    except (ValueError, KeyError, TypeError):
-        return None
-    return seq if isinstance(seq, int) and not isinstance(seq, bool) else None
-
-
-def _migrate(db: sqlite3.Connection) -> int:
-    """Version 1 -> 2: add the ``seq`` columns; returns how many queued rows got their seq."""
-    filled = 0
-    for table in ("outbox", "parked"):
-        if "seq" in columns(db, table):
-            continue
-        db.execute(f"ALTER TABLE {table} ADD COLUMN seq INTEGER")
-        for row_id, kind, payload in db.execute(f"SELECT id, kind, payload FROM {table}").fetchall():
-            seq = _legacy_seq(str(kind), bytes(payload))
-            if seq is not None:
-                db.execute(f"UPDATE {table} SET seq = ? WHERE id = ?", (seq, row_id))
-                filled += 1
-    return filled
-
-
-def _stats(
-    db: sqlite3.Connection, max_bytes: int, now_ms: int, unsaved: Counter[tuple[str, str]]
-) -> OutboxStats:
-    depth, total, oldest = db.execute(
-        "SELECT COUNT(*), COALESCE(SUM(size), 0), MIN(created_ms) FROM outbox"
-    ).fetchone()
-    drops: dict[str, dict[str, int]] = {}
-    counted: Counter[tuple[str, str]] = Counter(unsaved)
-    for kind, reason, count in db.execute("SELECT kind, reason, count FROM drops").fetchall():
-        counted[(kind, reason)] += count
-    for (kind, reason), count in sorted(counted.items()):
-        drops.setdefault(kind, {})[reason] = count
-    parked = db.execute("SELECT COUNT(*) FROM parked").fetchone()[0]
-    age = None if oldest is None else max(0, now_ms - int(oldest))
-    return OutboxStats(
-        depth=int(depth),
-        bytes=int(total),
-        max_bytes=max_bytes,
-        oldest_age_ms=age,
-        drops=drops,
-        parked=int(parked),
-    )
-
-
-def read_stats(settings: OutboxSettings, *, busy_timeout_s: float = 2.0) -> OutboxStats:
-    """The stats of an outbox file, opened read-only (``edgeproof status``).
-
-    Creates nothing (no reserve file, no migration, no schema).  Every SQLite failure becomes
-    one :class:`StorageError` (locked) or :class:`~agent.errors.CorruptStateError` (unreadable).
-    """
-    path = Path(settings.path)
-    file = SqliteFile.open(path, read_only=True, busy_timeout_s=busy_timeout_s)
-    try:
-        for table, needed in _NEEDED.items():
-            require_columns(file, table, needed)
-        return _stats(file.db, settings.max_bytes, _now_ms(), Counter())
-    except sqlite3.Error as exc:
-        raise translate(path, exc, "reading the outbox") from exc
-    finally:
-        file.close()
 
 
 @dataclass(frozen=True)
@@ -348,7 +165,7 @@ class Outbox:
         """
         self.settings = settings
         self.path = Path(settings.path)
-        self._clock_ms = clock_ms or _now_ms
+        self._clock_ms = clock_ms or now_ms
         self._unsaved_drops: Counter[tuple[str, str]] = Counter()
         self._closed = False
         self._listeners: list[Callable[[], None]] = []
@@ -364,13 +181,13 @@ class Outbox:
             with self._lock:
                 self._db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
                 self._db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
-                for table, needed in _NEEDED.items():
+                for table, needed in NEEDED.items():
                     require_columns(file, table, needed)
                 self._db.execute("BEGIN IMMEDIATE")
-                for statement in _SCHEMA.split(";"):
+                for statement in SCHEMA.split(";"):
                     if statement.strip():
                         self._db.execute(statement)
-                filled = _migrate(self._db)
+                filled = migrate(self._db)
                 file.mark_current()
                 self._db.execute("COMMIT")
                 if filled:
@@ -649,10 +466,10 @@ class Outbox:
             self._check_open()
             try:
                 cur = self._db.execute(
-                    f"SELECT {_COLUMNS} FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
+                    f"SELECT {COLUMNS} FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
                     (after_id, -1 if limit is None else limit),
                 )
-                return [_row(v) for v in cur.fetchall()]
+                return [row_of(v) for v in cur.fetchall()]
             except sqlite3.Error as exc:
                 raise StorageError(f"outbox {self.path} cannot be read: {exc}") from exc
 
@@ -721,15 +538,15 @@ class Outbox:
 
         def move() -> OutboxRow | None:
             self._db.execute("BEGIN IMMEDIATE")
-            got = self._db.execute(f"SELECT {_COLUMNS} FROM outbox WHERE id = ?", (row_id,)).fetchone()
+            got = self._db.execute(f"SELECT {COLUMNS} FROM outbox WHERE id = ?", (row_id,)).fetchone()
             if got is None:
                 self._db.execute("ROLLBACK")
                 return None
-            row = _row(got)
+            row = row_of(got)
             self._db.execute("DELETE FROM outbox WHERE id = ?", (row_id,))
             if self.settings.max_parked > 0:
                 self._db.execute(
-                    f"INSERT OR REPLACE INTO parked ({_COLUMNS}, reason, parked_ms) "
+                    f"INSERT OR REPLACE INTO parked ({COLUMNS}, reason, parked_ms) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         row.id,
@@ -772,9 +589,9 @@ class Outbox:
         with self._lock:
             self._check_open()
             cur = self._db.execute(
-                f"SELECT {_COLUMNS}, reason, parked_ms FROM parked ORDER BY id DESC LIMIT ?", (limit,)
+                f"SELECT {COLUMNS}, reason, parked_ms FROM parked ORDER BY id DESC LIMIT ?", (limit,)
             )
-            return [ParkedRow(_row(v[:11]), str(v[11]), int(v[12])) for v in cur.fetchall()]
+            return [ParkedRow(row_of(v[:11]), str(v[11]), int(v[12])) for v in cur.fetchall()]
 
     def requeue_parked(self) -> int:
         """Put every parked row back at the end of the outbox (after fixing e.g. the ACL)."""
@@ -808,7 +625,7 @@ class Outbox:
     def stats(self) -> OutboxStats:
         with self._lock:
             self._check_open()
-            return _stats(self._db, self.settings.max_bytes, self._clock_ms(), self._unsaved_drops)
+            return stats_of(self._db, self.settings.max_bytes, self._clock_ms(), self._unsaved_drops)
 
     def __len__(self) -> int:
         with self._lock:

@@ -473,3 +473,80 @@ def test_recover_with_no_head_anywhere_warns_that_the_chain_restarts(tmp_path: P
         "warning: no chain head was found (no state copy, none in the damaged file, no salvaged envelope): the "
         "next envelope has seq 1; if this device ever sent envelopes the coordinator will see a fork\n"
     )
+
+
+# ---------------------------------------------------------------------------------------- crash window
+
+CRASHING_WRITER = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+from pathlib import Path
+from solders.keypair import Keypair
+from agent.device.state_store import StateStore
+from agent.protocol.chain import ChainSigner
+from agent.protocol.messages import Health, Heartbeat
+from agent.transport.outbox import Outbox
+from agent.transport.settings import OutboxSettings
+from agent.transport.sqlite_file import SqliteFile
+
+db = Path({db!r})
+file = SqliteFile.open(db)
+store = StateStore(file, copy_path=db.parent / "state-copy.json")
+outbox = Outbox(OutboxSettings(path=str(db)), file=file, reserve_bytes=0)
+signer = ChainSigner(Keypair.from_seed(bytes(range(32))), seq=store.chain_head()[0], prev=store.chain_head()[1])
+
+def emit(i, die=None):
+    body = Heartbeat(beacon_slot=0, beacon_nonce="0" * 64, uptime_s=i, health=Health(cpu_bp=1, mem_bp=2))
+    env = signer.prepare("heartbeat", body, 1_800_000_000_000 + i)
+    step = store.chain_step(env.seq, env.hash)
+    def run(conn):
+        step(conn)
+        if die == "before_commit":
+            os.kill(os.getpid(), signal.SIGKILL)  # the copy is written, the commit never happens
+    outbox.put("t/hb", env.wire, kind="heartbeat", seq=env.seq, in_transaction=run)
+    signer.commit(env)
+    if die == "after_commit":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return env
+
+for i in range({count}):
+    emit(i)
+print(signer.state()[1], flush=True)
+emit({count}, die={die!r})
+"""
+
+
+@pytest.mark.parametrize("die", ["before_commit", "after_commit"])
+def test_sigkill_around_the_commit_leaves_a_gap_or_nothing_never_a_reused_seq(
+    tmp_path: Path, die: str
+) -> None:
+    db = tmp_path / "outbox.sqlite3"
+    script = CRASHING_WRITER.format(root=str(ROOT), db=str(db), count=3, die=die)
+    child = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=clean_env(),
+    )
+    assert child.returncode == -9, child.stderr
+    head3 = child.stdout.strip()
+    raw = sqlite3.connect(db)
+    committed = raw.execute("SELECT seq, prev FROM chain_head").fetchone()
+    queued = [seq for (seq,) in raw.execute("SELECT seq FROM outbox ORDER BY id")]
+    raw.close()
+    copy = json.loads((tmp_path / "state-copy.json").read_text())
+    assert copy["seq"] == 4  # the copy is always written first
+    if die == "before_commit":
+        assert committed == (3, head3) and queued == [1, 2, 3]  # seq 4 was never queued, never sent
+    else:
+        assert committed[0] == 4 and queued == [1, 2, 3, 4]
+    # The next life signs seq 5 on top of the copy's head: a gap at 4 (before_commit) or the
+    # plain successor (after_commit); seq 4 is never signed twice.
+    with StateStore.open(db, copy_path=tmp_path / "state-copy.json") as store:
+        seq, prev = store.chain_head()
+        assert (seq, prev) == (4, copy["prev"])
+        signer = ChainSigner(DEVICE, seq=seq, prev=prev)
+        env = signer.next("heartbeat", heartbeat(9), 1_800_000_000_009)
+        assert (env.seq, env.prev) == (5, copy["prev"])

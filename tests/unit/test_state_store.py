@@ -171,3 +171,18 @@ def test_garbage_file_is_corrupt_state(tmp_path: Path) -> None:
     assert info.value.message == f"state file {db} is unreadable: not a SQLite database (wrong header)"
     assert "edgeproof state recover --config FILE" in str(info.value)
     assert info.value.exit_code == 12
+
+
+def test_an_unusable_copy_with_no_head_in_the_database_refuses_to_start_at_seq_1(tmp_path: Path) -> None:
+    db, copy = tmp_path / "s.sqlite3", tmp_path / "copy.json"
+    with StateStore.open(db, copy_path=copy) as store:
+        store.set_chain_head(7, H1)
+    db.unlink()  # the queue file is lost ...
+    copy.write_text('{"format": 1, "seq": "seven"}', encoding="utf-8")  # ... and the copy is damaged
+    with pytest.raises(CorruptStateError) as info:
+        StateStore.open(db, copy_path=copy)
+    assert info.value.message == (
+        f"{copy} is not a usable state copy: seq is not a non-negative integer, and the state file {db} "
+        "holds no chain head"
+    )
+    assert info.value.exit_code == 12
