@@ -17,8 +17,8 @@ import pytest
 from agent.device.download import fetch_artifact
 from agent.errors import DeployError
 from agent.protocol.messages import Artifact
-from tests.integration.test_mqtt_tls_acl import make_ca, make_cert
 from tests.support.artifact_server import ArtifactServer
+from tests.support.tls_broker import make_ca, make_cert
 
 pytestmark = pytest.mark.integration
 
