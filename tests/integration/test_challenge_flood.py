@@ -35,7 +35,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent.inference.cards import load_card
 from agent.protocol.messages import Challenge
-from tests.integration.test_daemon_reliability import (
+from tests.support.daemon_rig import (
     COORDINATOR,
     DEV,
     MODEL,
@@ -45,13 +45,12 @@ from tests.integration.test_daemon_reliability import (
     DaemonProcess,
     capture_of,
     collector_for,
-    coordinator_envelope,
     edgeproof_status,
-    forged,
     now_ms,
     wait_until,
     write_config,
 )
+from tests.support.envelopes import coordinator_envelope, forged
 from tests.support.mosquitto import MosquittoBroker, free_port
 
 pytestmark = pytest.mark.integration

@@ -1,7 +1,7 @@
 """The daemon's local control socket, against a real daemon process and a real Mosquitto.
 
 Each test runs ``python -m agent run`` (the shipped EfficientNet-Lite0 model, a synthetic
-source, 1 s heartbeats; see test_daemon_reliability.py) and talks to ``state_dir/control.sock``
+source, 1 s heartbeats; see tests/support/daemon_rig.py) and talks to ``state_dir/control.sock``
 with the real client, the real CLI (``edgeproof status --live``) or raw sockets:
 
 * ``status --live`` is the daemon's own state: its pid, and a chain head that is exactly the
@@ -38,7 +38,7 @@ import pytest
 
 from agent.device.control_client import ControlClient
 from agent.device.control_protocol import MAX_REQUEST_BYTES, SOCKET_NAME
-from tests.integration.test_daemon_reliability import (
+from tests.support.daemon_rig import (
     DEV,
     ROOT,
     DaemonProcess,

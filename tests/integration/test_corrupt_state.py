@@ -34,7 +34,7 @@ from agent.protocol.messages import Health, Heartbeat
 from agent.transport.outbox import Outbox
 from agent.transport.settings import OutboxSettings
 from agent.transport.sqlite_file import SqliteFile
-from tests.integration.test_daemon_reliability import (
+from tests.support.daemon_rig import (
     DEVICE,
     OPERATOR,
     ROOT,
@@ -43,12 +43,11 @@ from tests.integration.test_daemon_reliability import (
     capture_of,
     clean_env,
     collector_for,
-    coordinator_envelope,
-    manifest,
     outbox_facts,
     wait_until,
     write_config,
 )
+from tests.support.envelopes import coordinator_envelope, manifest
 from tests.support.mosquitto import MosquittoBroker, free_port
 
 pytestmark = pytest.mark.integration

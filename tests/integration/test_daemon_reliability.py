@@ -19,363 +19,59 @@ its log lines, ``/metrics``) is compared with what arrived.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import errno
 import json
 import os
 import re
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
-import paho.mqtt.client as paho
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from prometheus_client.parser import text_string_to_metric_families
-from solders.keypair import Keypair
 
 from agent.device.state_store import StateStore
 from agent.device.status import read_status
-from agent.identity import device_id
 from agent.inference.cards import load_card
 from agent.protocol.capture import verify_capture
-from agent.protocol.envelope import GENESIS_PREV, Envelope, build_envelope, envelope_hash, verify_envelope
-from agent.protocol.messages import Beacon, Challenge, Heartbeat, Manifest, Verdict, Voucher
+from agent.protocol.envelope import GENESIS_PREV, Envelope, build_envelope, envelope_hash
+from agent.protocol.messages import Beacon, Challenge, Heartbeat
 from agent.transport.outbox import RESERVE_BYTES
+from tests.support.daemon_rig import (
+    COORDINATOR,
+    DEV,
+    MODEL,
+    OPERATOR,
+    PREFIX,
+    ROGUE,
+    ROOT,
+    DaemonProcess,
+    Publisher,
+    capture_of,
+    chained_emitted,
+    clean_env,
+    collector_for,
+    edgeproof_status,
+    final_chain,
+    now_ms,
+    outbox_facts,
+    wait_until,
+    write_config,
+)
+from tests.support.envelopes import bodies, coordinator_envelope, forged, manifest
 from tests.support.mosquitto import Collector, MosquittoBroker, free_port
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
-MODEL = ROOT / "models" / "efficientnet-lite0-int8.toml"
-PREFIX = "edgeproof/v1"
-DEVICE_SEED = bytes(range(32))
-COORDINATOR_SEED = bytes([7] * 32)
-ROGUE_SEED = bytes([9] * 32)
-OPERATOR_SEED = bytes([11] * 32)
-#: Device-to-coordinator topics whose envelopes the daemon signs.
-DEVICE_CHANNELS = {"hb", "proof", "response", "status", "deploy"}
 OUTAGE_S = 30.0
-
-
-# ---------------------------------------------------------------------------------------- helpers
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, every: float = 0.2) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail naming ``what`` on timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(every)
-
-
-def write_key(path: Path, seed: bytes) -> Keypair:
-    """A Solana CLI keypair file (JSON array of the 64 secret+public bytes), mode 0600."""
-    keypair = Keypair.from_seed(seed)
-    path.write_text(json.dumps(list(bytes(keypair))), encoding="utf-8")
-    os.chmod(path, 0o600)
-    return keypair
-
-
-DEVICE = Keypair.from_seed(DEVICE_SEED)
-DEV = device_id(DEVICE)
-COORDINATOR = Keypair.from_seed(COORDINATOR_SEED)
-ROGUE = Keypair.from_seed(ROGUE_SEED)
-OPERATOR = Keypair.from_seed(OPERATOR_SEED)
-
-
-def write_config(
-    workdir: Path,
-    broker: MosquittoBroker,
-    *,
-    source: str = "synthetic:320x240:7",
-    max_fps: float = 2.0,
-    outbox_path: Path | None = None,
-    max_bytes: int | None = None,
-    coordinator: str = "",
-    metrics_port: int | None = None,
-    manifest_channel: str | None = None,
-    trial_s: float = 60.0,
-    extra: str = "",
-) -> Path:
-    workdir.mkdir(parents=True, exist_ok=True)
-    key = workdir / "device-key.json"
-    if not key.exists():
-        write_key(key, DEVICE_SEED)
-    outbox = [f'path = "{outbox_path}"'] if outbox_path is not None else []
-    if max_bytes is not None:
-        outbox.append(f"max_bytes = {max_bytes}")
-    metrics = (
-        ["[metrics]", "enabled = true", 'host = "127.0.0.1"', f"port = {metrics_port}"]
-        if metrics_port is not None
-        else []
-    )
-    fleet = (
-        [
-            "[fleet]",
-            f'channels = ["{manifest_channel}"]',
-            f'operator_keys = ["{OPERATOR.pubkey()}"]',
-            f"trial_s = {trial_s}",
-        ]
-        if manifest_channel is not None
-        else []
-    )
-    text = "\n".join(
-        [
-            "[device]",
-            f'key = "{key}"',
-            f'state_dir = "{workdir / "state"}"',
-            'profile = "generic-x86_64"',
-            "[inference]",
-            f'model = "{MODEL}"',
-            f'source = "{source}"',
-            f"max_fps = {max_fps}",
-            "threads = 1",
-            "[proofs]",
-            "window_s = 5",
-            "heartbeat_s = 1",
-            "[mqtt]",
-            f'host = "{broker.host}"',
-            f"port = {broker.port}",
-            "reconnect_min_s = 0.2",
-            "reconnect_max_s = 1.0",
-            "[outbox]",
-            *outbox,
-            "[coordinator]",
-            f'pubkey = "{coordinator}"',
-            *metrics,
-            *fleet,
-            extra,
-        ]
-    )
-    path = workdir / "agent.toml"
-    path.write_text(text + "\n", encoding="utf-8")
-    return path
-
-
-def clean_env() -> dict[str, str]:
-    """The test's environment without EDGEPROOF_* overrides (the config file is the whole truth)."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("EDGEPROOF_")}
-
-
-class DaemonProcess:
-    """``python -m agent run`` in a subprocess; only this process is ever signalled, by its pid."""
-
-    def __init__(self, config: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
-        self.config = config
-        self.log_path = log_path
-        self.env = env or {}
-        self.state_dir = config.parent / "state"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "agent",
-                    "--log-level",
-                    "info",
-                    "--log-format",
-                    "json",
-                    "run",
-                    "--config",
-                    str(self.config),
-                ],
-                cwd=ROOT,
-                env={**clean_env(), **self.env},
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=log,
-            )
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def terminate(self, timeout: float = 40.0) -> int:
-        """SIGTERM (closes the window, flushes) and wait; returns the exit code."""
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired as exc:
-            self.kill9()
-            raise AssertionError(f"daemon did not exit within {timeout}s of SIGTERM:\n{self.tail()}") from exc
-
-    def kill9(self) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-        return self.proc.wait(timeout=10)
-
-    def ensure_dead(self) -> None:
-        if self.alive():
-            self.kill9()
-
-    def status(self) -> dict[str, Any]:
-        try:
-            return read_status(self.state_dir) or {}
-        except Exception:
-            return {}  # half-written? never: it is replaced atomically; but do not fail a poll
-
-    def logs(self) -> list[dict[str, Any]]:
-        records = []
-        for line in self.log_path.read_text(encoding="utf-8", errors="replace").splitlines():
-            with contextlib.suppress(ValueError):
-                record = json.loads(line)
-                if isinstance(record, dict):
-                    records.append(record)
-        return records
-
-    def tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(
-                self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:]
-            )
-        except OSError:
-            return ""
-
-
-def edgeproof_status(config: Path) -> dict[str, Any]:
-    """``edgeproof status --config FILE --json``: what an owner sees."""
-    done = subprocess.run(
-        [sys.executable, "-m", "agent", "status", "--config", str(config), "--json"],
-        cwd=ROOT,
-        env=clean_env(),
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr.decode(errors="replace")
-    data: dict[str, Any] = json.loads(done.stdout)
-    return data
-
-
-def outbox_facts(path: Path) -> dict[str, Any]:
-    """Integrity, chain state and pending rows of an outbox file, read with plain sqlite3."""
-    db = sqlite3.connect(str(path))
-    try:
-        integrity = db.execute("PRAGMA integrity_check").fetchone()[0]
-        head = db.execute("SELECT seq, prev FROM chain_head WHERE id = 1").fetchone()
-        rows = db.execute("SELECT payload, seq FROM outbox ORDER BY id").fetchall()
-        drops = {(k, r): c for k, r, c in db.execute("SELECT kind, reason, count FROM drops").fetchall()}
-    finally:
-        db.close()
-    state = {"seq": 0, "prev": GENESIS_PREV} if head is None else {"seq": head[0], "prev": head[1]}
-    pending_seqs = {json.loads(p)["seq"] for p, _ in rows if json.loads(p)["kind"] != "status"}
-    # The queue's seq column says the same as the payloads (the daemon reads only the column).
-    assert {seq for _, seq in rows if seq is not None} == pending_seqs
-    return {"integrity": integrity, "state": state, "pending_seqs": pending_seqs, "drops": drops}
-
-
-@dataclass
-class Capture:
-    """The device's chained envelopes as delivered, deduplicated by (dev, seq)."""
-
-    lines: list[str] = field(default_factory=list)
-    first: dict[int, Envelope] = field(default_factory=dict)  # seq -> first delivery
-    raw: dict[int, bytes] = field(default_factory=dict)
-    arrival: list[int] = field(default_factory=list)  # seqs in order of first arrival
-    duplicates: Counter[int] = field(default_factory=Counter)  # seq -> extra identical deliveries
-    forks: list[int] = field(default_factory=list)  # seqs delivered with different bytes
-
-    @property
-    def seqs(self) -> set[int]:
-        return set(self.first)
-
-    def kinds(self) -> Counter[str]:
-        return Counter(env.kind for env in self.first.values())
-
-    def of_kind(self, kind: str) -> list[Envelope]:
-        return [self.first[s] for s in sorted(self.first) if self.first[s].kind == kind]
-
-
-def capture_of(collector: Collector, dev: str = DEV) -> Capture:
-    cap = Capture()
-    with collector._cond:
-        messages = list(collector.messages)
-    for topic, payload in messages:
-        parts = topic.split("/")
-        if parts[-2] != dev or parts[-1] not in DEVICE_CHANNELS:
-            continue
-        cap.lines.append(f"{topic} {payload.decode('utf-8')}")
-        env = verify_envelope(payload)  # every device message must verify on its own
-        if env.sideband:
-            continue
-        if env.seq in cap.raw:
-            if cap.raw[env.seq] == payload:
-                cap.duplicates[env.seq] += 1
-            else:
-                cap.forks.append(env.seq)
-            continue
-        cap.raw[env.seq] = payload
-        cap.first[env.seq] = env
-        cap.arrival.append(env.seq)
-    return cap
-
-
-def collector_for(broker: MosquittoBroker, name: str) -> Collector:
-    """A persistent-session subscriber (clean_start False, session expiry 3600 s, 1 s reconnect)."""
-    collector = Collector(broker, f"{PREFIX}/dev/{DEV}/+", client_id=f"reliability-{name}")
-    collector.client.reconnect_delay_set(1, 1)
-    return collector
-
-
-def final_chain(outbox_path: Path) -> tuple[int, str]:
-    facts = outbox_facts(outbox_path)
-    return int(facts["state"]["seq"]), str(facts["state"]["prev"])
-
-
-def chained_emitted(counters: dict[str, int]) -> int:
-    return sum(v for k, v in counters.items() if k.endswith("_emitted") and k != "status_emitted")
-
-
-class Publisher:
-    """The coordinator's (or an attacker's) plain MQTT client."""
-
-    def __init__(self, broker: MosquittoBroker) -> None:
-        self.client = paho.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id="reliability-publisher",
-            protocol=MQTTProtocolVersion.MQTTv5,
-        )
-        self.client.connect(broker.host, broker.port, 30)
-        self.client.loop_start()
-
-    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
-        info = self.client.publish(topic, payload, qos=1, retain=retain)
-        info.wait_for_publish(10)
-        assert info.is_published(), f"publish to {topic} not acknowledged"
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 @pytest.fixture
@@ -571,68 +267,6 @@ def test_sigkill_mid_window_then_restart_continues_the_chain_without_fork(tmp_pa
 
 
 # ---------------------------------------------------------------------------------------- 3. hostile
-
-
-def coordinator_envelope(kind: str, body: Any, signer: Keypair = COORDINATOR, seq: int = 1) -> Envelope:
-    prev = GENESIS_PREV if seq == 1 else "ab" * 32
-    return build_envelope(signer, kind, body, seq=seq, prev=prev, ts=now_ms())
-
-
-def bodies(dev: str, model_sha: str) -> dict[str, Any]:
-    """A valid body of each coordinator kind addressed to ``dev``."""
-    now = now_ms()
-    return {
-        "beacon": Beacon(slot=5, nonce="11" * 32, time_ms=now, slot_ms=30_000),
-        "challenge": Challenge(
-            device=dev, nonce="22" * 32, model_sha256=model_sha, deadline_ms=now + 120_000
-        ),
-        "verdict": Verdict(device=dev, ref_kind="proof", ref_seq=1, ref_hash="33" * 32, accepted=True),
-        "voucher": Voucher(
-            device=dev,
-            claim_id="44" * 16,
-            owner=str(ROGUE.pubkey()),
-            mint=str(COORDINATOR.pubkey()),
-            amount=1,
-            decimals=6,
-            transaction=base64.b64encode(b"\x01" * 64).decode(),
-            blockhash=str(ROGUE.pubkey()),
-            last_valid_block_height=1,
-        ),
-    }
-
-
-def manifest(version: int, *, channel: str = "stable", expires_ms: int | None = None) -> Manifest:
-    """A release of the shipped model on ``channel``, for every device (not installed: no updater yet)."""
-    card = load_card(str(MODEL)).card
-    return Manifest.model_validate(
-        {
-            "channel": channel,
-            "version": version,
-            "model_id": card.id,
-            "model_version": card.version,
-            "model": "model.onnx",
-            "card": "model.toml",
-            "artifacts": [
-                {
-                    "name": "model.onnx",
-                    "url": "https://127.0.0.1/m.onnx",
-                    "sha256": card.sha256,
-                    "length": 10,
-                },
-                {"name": "model.toml", "url": "https://127.0.0.1/m.toml", "sha256": "cd" * 32, "length": 10},
-            ],
-            "expires_ms": now_ms() + 3_600_000 if expires_ms is None else expires_ms,
-            "stages": [10_000],
-            "stage": 0,
-        }
-    )
-
-
-def forged(env: Envelope) -> bytes:
-    """The envelope with a valid-looking signature over other bytes."""
-    raw = dict(env.raw)
-    raw["sig"] = str(COORDINATOR.sign_message(b"something else"))
-    return json.dumps(raw, sort_keys=True, separators=(",", ":")).encode()
 
 
 def test_hostile_inbound_is_rejected_by_reason_and_the_daemon_keeps_working(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import pytest
 
 from agent.cli import main
 from agent.identity import init_keypair
+from tests.support.daemon_rig import DaemonProcess, wait_until
 from tests.support.mosquitto import MosquittoBroker, free_port
 
 pytestmark = pytest.mark.integration
@@ -155,8 +156,6 @@ def test_a_camera_held_by_the_running_daemon_is_not_opened(
 def test_while_the_daemon_runs_the_broker_is_checked_through_it(
     mosquitto: MosquittoBroker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from tests.integration.test_daemon_reliability import DaemonProcess, wait_until
-
     config = write_config(tmp_path, mosquitto.port)
     daemon = DaemonProcess(config, tmp_path / "daemon.log")
     daemon.start()

@@ -27,6 +27,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from tests.support.quantize_cards import write_card
 from tests.support.tflite_models import pooled_dense, pooled_dense_weights, write_tflite_and_card
 
 pytestmark = pytest.mark.integration
@@ -510,9 +511,6 @@ def test_bench_shows_a_progress_bar_on_a_terminal(tflite_card: Path) -> None:
 
 
 def test_quantize_shows_a_progress_bar_on_a_terminal(tmp_path: Path) -> None:
-    sys.path.insert(0, str(ROOT / "tests" / "unit"))
-    from test_quantize import write_card
-
     card = write_card(tmp_path)
     out_model = tmp_path / "tiny-int8.onnx"
     code, out, shown = run_on_terminal(

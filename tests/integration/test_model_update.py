@@ -25,19 +25,19 @@ from agent.device.updater import ModelUpdater
 from agent.inference.runtime import backend_settings, resolve_profile
 from agent.protocol.capture import verify_capture
 from agent.protocol.messages import Deploy, Manifest
-from tests.integration.test_daemon_reliability import (
+from tests.support.artifact_server import ArtifactServer
+from tests.support.daemon_rig import (
     OPERATOR,
     PREFIX,
     DaemonProcess,
     Publisher,
     capture_of,
     collector_for,
-    coordinator_envelope,
     now_ms,
     wait_until,
     write_config,
 )
-from tests.support.artifact_server import ArtifactServer
+from tests.support.envelopes import coordinator_envelope
 from tests.support.mosquitto import Collector, MosquittoBroker
 from tests.support.onnx_models import tiny_classifier, write_model_and_card
 

@@ -12,14 +12,12 @@ import numpy as np
 import pytest
 
 from agent.inference.cards import load_card
+from tests.support.quantize_cards import write_card
 
 ROOT = Path(__file__).resolve().parents[2]
 CALIB = ROOT / "tests" / "data" / "calib"
 MODELS = ROOT / "models"
 SHIPPED = sorted(MODELS.glob("*.toml"))
-
-sys.path.insert(0, str(ROOT / "tests" / "unit"))
-from test_quantize import write_card  # noqa: E402
 
 
 def edgeproof(*args: str) -> subprocess.CompletedProcess[str]:
