@@ -1,7 +1,8 @@
 """No test module imports another test module: shared test helpers live in tests/support/.
 
-Checked statically on every ``tests/**/test_*.py`` with ``ast``, lazy imports inside functions
-included.  A test module is reached as ``tests.integration.*`` / ``tests.unit.*``, relatively
+Checked statically with ``ast`` on every ``tests/**/test_*.py``, and on the support modules
+and conftests too (a helper that imports a test module is the same coupling), lazy imports
+inside functions included.  A test module is reached as ``tests.integration.*`` / ``tests.unit.*``, relatively
 (``from .test_x import``), or by its bare name (pytest puts each test directory on
 ``sys.path``, so ``import test_daemon_reliability`` would work too).
 """
@@ -19,6 +20,10 @@ TEST_PACKAGES = ("tests.integration", "tests.unit")
 
 def _test_module_paths() -> list[Path]:
     return sorted(TESTS.rglob("test_*.py"))
+
+
+def _checked_paths() -> list[Path]:
+    return sorted(TESTS.rglob("*.py"))
 
 
 def _is_test_module(name: str, test_stems: set[str]) -> bool:
@@ -51,13 +56,14 @@ def cross_test_imports(source: str, filename: str, test_stems: set[str]) -> list
 
 
 def test_no_test_module_imports_another_test_module() -> None:
-    modules = _test_module_paths()
-    stems = {p.stem for p in modules}
+    stems = {p.stem for p in _test_module_paths()}
+    checked = _checked_paths()
     # The scan sees the modules that used to share helpers this way (it is not vacuous).
-    assert {"test_daemon_reliability", "test_model_update", "test_test_layout"} <= stems
+    assert {"test_daemon_reliability", "test_model_update", "test_quantize", "test_test_layout"} <= stems
+    assert TESTS / "support" / "daemon_rig.py" in checked
     offences = [
         f"{path.relative_to(ROOT)}:{line}: imports {name}"
-        for path in modules
+        for path in checked
         for line, name in cross_test_imports(path.read_text(encoding="utf-8"), str(path), stems)
     ]
     assert offences == [], (
