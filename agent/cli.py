@@ -29,6 +29,7 @@ COMMAND_MODULES = (
     "agent.commands.daemon",
     "agent.commands.doctor",
     "agent.commands.demo",
+    "agent.commands.coordinator",
 )
 
 _STD_ATTRS = set(vars(logging.makeLogRecord({})))

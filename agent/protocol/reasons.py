@@ -91,6 +91,28 @@ _TABLE: tuple[Reason, ...] = (
     Reason("not_installed", "deploy", "the named release is not installed"),
     Reason("not_active", "deploy", "the named release is not the active one"),
     Reason("thermal", "local", "the thermal policy lowered the inference rate"),
+    # --- one inbound message at the coordinator (its own checks after check_inbound) ---------
+    Reason(
+        "stale_beacon",
+        "message",
+        "a heartbeat quotes a beacon more than the allowed number of slots older than the newest one",
+    ),
+    Reason(
+        "unknown_beacon", "message", "a heartbeat quotes a beacon slot or nonce the coordinator never issued"
+    ),
+    Reason(
+        "clock_skew",
+        "message",
+        "the envelope's ts is further ahead of the coordinator's ingest time than the configured bound",
+    ),
+    Reason(
+        "implausible_throughput",
+        "message",
+        "a proof claims more inferences in its window than the device's firmware profile allows",
+    ),
+    Reason(
+        "window_overlap", "message", "a proof's window overlaps a window already accepted from this device"
+    ),
 )
 
 #: name -> Reason
