@@ -88,6 +88,7 @@ class CoordinatorService:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_publish = self._on_publish
+        client.on_subscribe = self._on_subscribe
         return client
 
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
@@ -102,6 +103,13 @@ class CoordinatorService:
             "mqtt_connected",
             extra={"generation": self._generation, "session_present": bool(flags.session_present)},
         )
+
+    def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, rcs: Any, props: Any) -> None:
+        failed = [str(rc) for rc in rcs if rc.is_failure]
+        if failed:
+            log.error("mqtt_subscribe_refused", extra={"reasons": failed})
+        else:
+            log.info("mqtt_subscribed", extra={"filters": len(rcs)})
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
         self._connected.clear()

@@ -62,7 +62,9 @@ def _server_user() -> str | None:
             return name
         except KeyError:
             continue
-    raise PostgresMissingError("running as root and there is no 'postgres' or 'nobody' user to run PostgreSQL")
+    raise PostgresMissingError(
+        "running as root and there is no 'postgres' or 'nobody' user to run PostgreSQL"
+    )
 
 
 class PostgresServer:
@@ -76,7 +78,9 @@ class PostgresServer:
         if self.user is not None:
             info = pwd.getpwnam(self.user)
             os.chown(self.root, info.pw_uid, info.pw_gid)
-        self._run([pg_binary("initdb"), "-D", str(self.data), "-A", "trust", "-U", USER, "-E", "UTF8", "--no-sync"])
+        self._run(
+            [pg_binary("initdb"), "-D", str(self.data), "-A", "trust", "-U", USER, "-E", "UTF8", "--no-sync"]
+        )
 
     def _run(self, cmd: list[str], timeout: float = 90.0) -> subprocess.CompletedProcess[str]:
         full = ["runuser", "-u", self.user, "--", *cmd] if self.user is not None else cmd
@@ -95,7 +99,21 @@ class PostgresServer:
 
     def start(self) -> None:
         options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
-        self._run([pg_binary("pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "-t", "60", "start"])
+        self._run(
+            [
+                pg_binary("pg_ctl"),
+                "-D",
+                str(self.data),
+                "-l",
+                str(self.log),
+                "-o",
+                options,
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ]
+        )
         self.pid = int((self.data / "postmaster.pid").read_text().splitlines()[0])
         deadline = time.monotonic() + 30
         while not port_accepts("127.0.0.1", self.port):
