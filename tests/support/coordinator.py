@@ -123,7 +123,9 @@ def write_config(
     broker_port: int,
     database_url: str = "",
     client_id: str = "coord-test",
-    extra_ingest: str = "",
+    beacon_max_age_slots: int = 1_000_000,
+    late_window_seqs: int = 1024,
+    batch_max: int = 50,
 ) -> Path:
     """A coordinator config + key in ``folder``; returns the config path."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -142,10 +144,11 @@ sqlite_path = "coordinator.sqlite3"
 sqlite_synchronous = "NORMAL"
 
 [ingest]
-batch_max = 50
+batch_max = {batch_max}
 batch_ms = 20
-beacon_max_age_slots = 1000000000
-{extra_ingest}
+beacon_max_age_slots = {beacon_max_age_slots}
+late_window_seqs = {late_window_seqs}
+retry_max_s = 1.0
 
 [mqtt]
 host = "127.0.0.1"
@@ -211,3 +214,42 @@ class CoordinatorProcess:
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+
+class Publisher:
+    """A device-like MQTT v5 publisher (QoS 1, waits for each PUBACK)."""
+
+    def __init__(self, host: str, port: int, client_id: str = "test-devices") -> None:
+        import paho.mqtt.client as paho
+        from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+        self.client = paho.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=MQTTProtocolVersion.MQTTv5,
+        )
+        self.client.max_inflight_messages_set(100)
+        self.client.connect(host, port, 30)
+        self.client.loop_start()
+
+    def publish(self, items: list[tuple[str, bytes]], timeout: float = 30) -> None:
+        infos = [self.client.publish(topic, payload, qos=1) for topic, payload in items]
+        for info in infos:
+            info.wait_for_publish(timeout)
+            assert info.is_published(), "the broker did not acknowledge a publish"
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def wait_until(
+    predicate: Callable[[], bool], timeout: float, what: str, log: Callable[[], str] | None = None
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"timed out after {timeout} s waiting for {what}" + (f"\n{log()}" if log else "")
+            )
+        time.sleep(0.05)
