@@ -43,6 +43,9 @@ class StoredChain:
 
     def observe(self, env: Envelope) -> LinkResult:
         self.new_head = None
+        # The head row first: on PostgreSQL it is locked until commit, so a second process
+        # judging the same device waits here and then sees everything the first one stored.
+        head = self._store.head(self._dev, lock=True)
         stored = self._store.linked(self._dev, env.seq) if env.seq > 0 else None
         if env.sideband:
             if stored is not None and stored[0] != env.prev:
@@ -56,7 +59,6 @@ class StoredChain:
             if stored[0] == env.hash:
                 return LinkResult(Link.DUPLICATE, env.seq, detail=f"seq {env.seq} already stored")
             return LinkResult(Link.FORK, env.seq, detail=f"seq {env.seq} stored before with a different hash")
-        head = self._store.head(self._dev, lock=True)
         seq, digest, missing = (
             (head.seq, head.hash, head.missing) if head is not None else (0, GENESIS_PREV, ())
         )

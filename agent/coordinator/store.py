@@ -28,7 +28,7 @@ from agent.errors import StorageError
 
 
 class StorageUnavailableError(StorageError):
-    """The database cannot be reached right now (connection lost, locked): retry later."""
+    """The database cannot take the batch right now (connection lost, locked, a conflict): retry it."""
 
 
 @dataclass(frozen=True)
@@ -91,12 +91,17 @@ _MESSAGE_COLUMNS = (
 
 
 def _transient_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [sqlite3.OperationalError]
+    """Errors after which the same batch is retried: lost connection, lock, deadlock, conflict.
+
+    A unique-key conflict is among them: another process committed the same link first, and
+    the retry classifies the message again against what it stored (a ``duplicate``).
+    """
+    errors: list[type[BaseException]] = [sqlite3.OperationalError, sqlite3.IntegrityError]
     try:
         import psycopg
     except ImportError:  # PostgreSQL support not installed: SQLite only
         return tuple(errors)
-    errors += [psycopg.OperationalError, psycopg.InterfaceError]
+    errors += [psycopg.OperationalError, psycopg.InterfaceError, psycopg.IntegrityError]
     return tuple(errors)
 
 

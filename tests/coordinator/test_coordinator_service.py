@@ -191,10 +191,12 @@ def test_every_attack_is_rejected_with_its_own_reason_and_earns_nothing(
 
 
 def test_sigkill_mid_ingest_loses_nothing_and_counts_nothing_twice(
-    mosquitto: MosquittoBroker, tmp_path: Path
+    mosquitto: MosquittoBroker, database_url: str, tmp_path: Path
 ) -> None:
-    config = write_config(tmp_path / "coord", broker_port=mosquitto.port, batch_max=10)
-    store = open_store(tmp_path / "coord", "")
+    config = write_config(
+        tmp_path / "coord", broker_port=mosquitto.port, database_url=database_url, batch_max=10
+    )
+    store = open_store(tmp_path / "coord", database_url)
     devices = [Device(device_key(n)) for n in (31, 32, 33)]
     for device in devices:
         enroll_direct(store, device.keypair)
@@ -290,3 +292,52 @@ def test_database_unavailable_pauses_ingest_without_acking_and_loses_nothing(
     assert [r[0] for r in store.rows("SELECT chain_seq FROM messages ORDER BY chain_seq")] == list(
         range(1, 31)
     )
+
+
+def test_two_processes_on_one_shared_subscription_split_the_load_exactly_once(
+    mosquitto: MosquittoBroker, pg_url: str, tmp_path: Path
+) -> None:
+    store = open_store(tmp_path / "a", pg_url)
+    devices = [Device(device_key(n)) for n in (51, 52, 53)]
+    for device in devices:
+        enroll_direct(store, device.keypair)
+    slot = issue_beacons(store)
+    workers = []
+    for name in ("a", "b"):
+        config = write_config(
+            tmp_path / name, broker_port=mosquitto.port, database_url=pg_url, client_id=f"coord-{name}"
+        )
+        workers.append(CoordinatorProcess(config, tmp_path / f"coordinator-{name}.log"))
+    collector = Collector(mosquitto, T.prefix + "/dev/+/verdict", client_id="verdicts")
+    publisher = Publisher(mosquitto.host, mosquitto.port)
+    per_device = 60
+    try:
+        for worker in workers:
+            worker.start()
+        items = [(T.hb(d.id), d.heartbeat(slot, now_ms()).wire) for _ in range(per_device) for d in devices]
+        publisher.publish(items)
+        wait_until(lambda: count(store, "1 = 1") >= len(items), 90, "every row", workers[0].log)
+        wait_until(lambda: len(collector.payloads()) >= len(items), 30, "every verdict", workers[1].log)
+        assert [w.terminate() for w in workers] == [0, 0]
+    finally:
+        publisher.close()
+        collector.close()
+        for worker in workers:
+            worker.kill()
+    # Both processes took part, and every message was accepted once, in chain order per device.
+    committed = [sum(int(n) for n in re.findall(r"batch_committed messages=(\d+)", w.log())) for w in workers]
+    assert all(n > 0 for n in committed) and sum(committed) == len(items), committed
+    assert count(store) == len(items) and count(store, "accepted = 0") == 0
+    for device in devices:
+        seqs = [
+            r[0]
+            for r in store.rows(
+                "SELECT chain_seq FROM messages WHERE dev = ? ORDER BY chain_seq", (device.id,)
+            )
+        ]
+        assert seqs == list(range(1, per_device + 1))
+    # One coordinator chain, signed by two processes, never forked.
+    chain = ChainVerifier()
+    received = sorted(verdicts(collector), key=lambda v: v.seq)
+    assert [v.seq for v in received] == list(range(1, len(items) + 1))
+    assert all(chain.observe(v).link in (Link.START, Link.OK) for v in received)
