@@ -42,7 +42,8 @@ MIGRATIONS: tuple[Migration, ...] = (
                 missing TEXT NOT NULL,
                 updated_ms BIGINT NOT NULL
             )""",
-            # Every message received, accepted or not.  ``chain_seq`` is set only when the
+            # Every message received, accepted or not.  ``hash`` is the envelope hash when the
+            # signature verified, else the SHA-256 of the raw bytes.  ``chain_seq`` is set only when the
             # envelope took its place in the device's chain, so the unique index makes a
             # redelivery of an accepted link impossible to store twice.
             """CREATE TABLE messages (

@@ -148,7 +148,13 @@ class CoordinatorService:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
         self._with_retry(lambda: self._start_run())
-        self._connect()
+        try:
+            self._connect()
+        except BaseException:
+            with contextlib.suppress(StorageUnavailableError), self.store.transaction():
+                self.store.stop_run(self.run_id, now_ms())
+            self.store.close()
+            raise
         self._republish()
         log.info(
             "coordinator_started",

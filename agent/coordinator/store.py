@@ -199,7 +199,9 @@ class Store:
         if self.dialect.name == "sqlite":
             exists = self.one("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'")
         else:
-            exists = self.one("SELECT 1 FROM information_schema.tables WHERE table_name = 'schema_version'")
+            # to_regclass follows the search_path: a schema_version table elsewhere does not count.
+            found = self.one("SELECT to_regclass('schema_version')")
+            exists = found if found is not None and found[0] is not None else None
         if exists is None:
             return 0
         row = self.one("SELECT MAX(version) FROM schema_version")

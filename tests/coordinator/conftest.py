@@ -31,7 +31,8 @@ def pg_server() -> Iterator[PostgresServer]:
 
 @pytest.fixture
 def pg_url(pg_server: PostgresServer) -> str:
-    return pg_server.create_database(f"t_{uuid.uuid4().hex[:12]}")
+    """A fresh schema of the session's server for one test."""
+    return pg_server.create_schema(f"t_{uuid.uuid4().hex[:12]}")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

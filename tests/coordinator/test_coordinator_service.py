@@ -341,3 +341,36 @@ def test_two_processes_on_one_shared_subscription_split_the_load_exactly_once(
     received = sorted(verdicts(collector), key=lambda v: v.seq)
     assert [v.seq for v in received] == list(range(1, len(items) + 1))
     assert all(chain.observe(v).link in (Link.START, Link.OK) for v in received)
+
+
+def test_verdicts_committed_but_never_acknowledged_are_republished_at_start(
+    mosquitto: MosquittoBroker, tmp_path: Path
+) -> None:
+    from agent.coordinator.batch import Inbound, commit_batch
+    from agent.coordinator.ingest import Policy
+    from agent.profiles import load_profiles
+
+    config = write_config(tmp_path / "coord", broker_port=mosquitto.port)
+    store = open_store(tmp_path / "coord", "")
+    device = Device(device_key(61))
+    enroll_direct(store, device.keypair)
+    slot = issue_beacons(store)
+    # What a run killed after its commit and before the broker acknowledged its verdicts leaves.
+    policy = Policy(
+        clock_skew_ms=30_000, beacon_max_age_slots=2, late_window_seqs=8, profiles=load_profiles()
+    )
+    items = [Inbound(T.hb(device.id), device.heartbeat(slot, now_ms()).wire, now_ms()) for _ in range(3)]
+    commit_batch(store, items, policy=policy, keypair=COORD, topics=T, now_ms=now_ms())
+    assert [seq for seq, _, _ in store.unpublished_verdicts(SIGNER)] == [1, 2, 3]
+    collector = Collector(mosquitto, T.prefix + "/dev/+/verdict", client_id="verdicts")
+    coordinator = CoordinatorProcess(config, tmp_path / "coordinator.log")
+    try:
+        coordinator.start()
+        wait_until(lambda: len(collector.payloads()) >= 3, 30, "the republished verdicts", coordinator.log)
+        assert coordinator.terminate() == 0
+    finally:
+        collector.close()
+        coordinator.kill()
+    assert sorted(v.seq for v in verdicts(collector)) == [1, 2, 3]
+    assert store.unpublished_verdicts(SIGNER) == []
+    assert "verdicts_republished count=3" in coordinator.log()

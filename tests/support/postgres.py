@@ -2,7 +2,7 @@
 
     server = PostgresServer()      # initdb into a fresh private folder
     server.start()                 # pg_ctl start -w; server.pid is the postmaster's pid
-    url = server.create_database("t1")
+    url = server.create_schema("t1")   # or create_database("t1")
     server.stop(); server.start()  # an outage on the same port and data
     server.cleanup()               # stop (if running) and remove the folder
 
@@ -134,6 +134,14 @@ class PostgresServer:
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://{USER}@127.0.0.1:{self.port}/{database}"
+
+    def create_schema(self, name: str) -> str:
+        """A fresh, empty schema; the URL makes it the connection's search_path (cheaper than a database)."""
+        import psycopg
+
+        with psycopg.connect(self.url(), autocommit=True) as conn:
+            conn.execute(f'CREATE SCHEMA "{name}"')
+        return f"{self.url()}?options=-csearch_path%3D{name}"
 
     def create_database(self, name: str) -> str:
         import psycopg
