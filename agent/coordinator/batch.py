@@ -10,17 +10,24 @@ returns: if it raises, the whole batch is rolled back and can be retried as it i
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import pydantic
 from solders.keypair import Keypair
 
 from agent.coordinator.ingest import Outcome, Policy, VerdictInfo, classify
-from agent.coordinator.store import Store
+from agent.coordinator.store import MessageRow, Store
+from agent.errors import StorageError
 from agent.protocol.chain import ChainSigner
 from agent.protocol.envelope import GENESIS_PREV
 from agent.protocol.messages import Verdict
 from agent.protocol.topics import Topics
+
+log = logging.getLogger("edgeproof.coordinator")
 
 
 @dataclass(frozen=True)
@@ -50,15 +57,48 @@ class BatchResult:
 
 
 def _verdict_body(info: VerdictInfo) -> Verdict:
-    return Verdict(
-        device=info.device,
-        ref_kind=info.ref_kind,
-        ref_seq=info.ref_seq,
-        ref_hash=info.ref_hash,
-        accepted=info.accepted,
-        reason=info.reason,
-        detail=info.detail,
-    )
+    fields: dict[str, Any] = {
+        "device": info.device,
+        "ref_kind": info.ref_kind,
+        "ref_seq": info.ref_seq,
+        "ref_hash": info.ref_hash,
+        "accepted": info.accepted,
+        "reason": info.reason,
+    }
+    try:
+        return Verdict(**fields, detail=info.detail)
+    except pydantic.ValidationError:
+        return Verdict(**fields)  # a detail the schema does not take (e.g. a lone surrogate) is left out
+
+
+def _classify_safely(item: Inbound, store: Store, policy: Policy, signer_key: str, topics: Topics) -> Outcome:
+    """``classify``, with a bug in it recorded as ``internal_error`` instead of poisoning the batch.
+
+    An exception escaping here would fail the batch, the process would restart, the broker
+    would redeliver the same message and the coordinator would stall on it for ever.  Storage
+    errors still propagate: the batch is retried as a whole.
+    """
+    try:
+        return classify(item.topic, item.payload, item.ingest_ms, store, policy, signer_key, topics)
+    except StorageError:
+        raise
+    except Exception as exc:
+        log.exception("classify_failed", extra={"topic": item.topic[:200], "bytes": len(item.payload)})
+        row = MessageRow(
+            dev=None,
+            topic=item.topic,
+            kind=None,
+            seq=None,
+            chain_seq=None,
+            hash=hashlib.sha256(item.payload).hexdigest(),
+            ts=None,
+            ingest_ms=item.ingest_ms,
+            accepted=False,
+            reason="internal_error",
+            detail=f"{type(exc).__name__}"[:200],
+            raw=bytes(item.payload),
+        )
+        return Outcome(row)
 
 
 def commit_batch(
@@ -83,7 +123,7 @@ def commit_batch(
     with store.transaction():
         pending: list[tuple[int, VerdictInfo]] = []
         for item in items:
-            outcome = classify(item.topic, item.payload, item.ingest_ms, store, policy, signer_key, topics)
+            outcome = _classify_safely(item, store, policy, signer_key, topics)
             message_id = store.insert_message(outcome.row)
             if outcome.head is not None and outcome.row.dev is not None:
                 store.set_head(outcome.row.dev, outcome.head, item.ingest_ms)

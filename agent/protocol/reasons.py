@@ -113,6 +113,11 @@ _TABLE: tuple[Reason, ...] = (
     Reason(
         "window_overlap", "message", "a proof's window overlaps a window already accepted from this device"
     ),
+    Reason(
+        "internal_error",
+        "message",
+        "the coordinator failed to judge the message (a bug, logged); recorded, never counted",
+    ),
 )
 
 #: name -> Reason

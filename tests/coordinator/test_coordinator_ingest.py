@@ -265,3 +265,22 @@ def test_an_operator_key_is_never_a_device(rig: tuple[Store, Device]) -> None:
     signer = Keypair.from_seed(bytes([77]) * 32)
     env = ChainSigner(signer).next("heartbeat", heartbeat_body(SLOT), NOW)
     assert one(store, env) == (False, "unknown_device")
+
+
+def test_a_bug_while_judging_one_message_is_recorded_and_the_batch_goes_on(rig: tuple[Store, Device]) -> None:
+    store, device = rig
+    broken = Policy(
+        clock_skew_ms=30_000,
+        beacon_max_age_slots=2,
+        late_window_seqs=8,
+        profiles={"rpi4": "not a profile"},  # type: ignore[dict-item]  # a bug: not a Profile
+    )
+    proof = device.proof(NOW - 60_000, NOW, 10)
+    hb = device.heartbeat(SLOT, NOW)
+    batch = [Inbound(T.proof(device.id), proof.wire, NOW), Inbound(T.hb(device.id), hb.wire, NOW)]
+    result = commit_batch(store, batch, policy=broken, keypair=COORD, topics=T, now_ms=NOW)
+    assert [(o.row.accepted, o.row.reason) for o in result.outcomes] == [
+        (False, "internal_error"),
+        (True, "chain_gap"),
+    ]
+    assert [m.reason for m in store.messages()] == ["internal_error", "chain_gap"]
