@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Install or upgrade the edgeproof device agent on Debian / Raspberry Pi OS as a systemd service.
 # Idempotent: run it again from a newer checkout to upgrade; the config and the device key are
-# never overwritten. `deploy/install.sh --help` explains the options.
+# never overwritten (only the [coordinator] pubkey line, when --coordinator-key is given). It never
+# follows a symbolic link where it expects a file or folder of its own, and the device key is
+# created by the agent's user, so nothing the agent can plant in its state folder makes root
+# write or chown another file. `deploy/install.sh --help` explains the options.
 set -euo pipefail
 
 usage() {
@@ -15,8 +18,10 @@ Install (or upgrade) the edgeproof device agent from the checkout this script is
   3. create /opt/edgeproof/venv and pip-install the agent into it, with the extras that fit
      the board: "litert" on 64-bit ARM boards; on Jetson a hint for NVIDIA's onnxruntime-gpu
   4. copy models/ and firmware_profiles/ to /usr/share/edgeproof/
-  5. write /etc/edgeproof/agent.toml from deploy/agent.example.toml, only if it does not exist
-  6. create the device key /var/lib/edgeproof/device-key.json (mode 0600), only if it does not exist
+  5. write /etc/edgeproof/agent.toml from deploy/agent.example.toml, only if it does not exist;
+     with --coordinator-key, pin that key in its [coordinator] pubkey (also in an existing one)
+  6. create the device key /var/lib/edgeproof/device-key.json (mode 0600) as the user
+     "edgeproof", only if it does not exist
   7. install /etc/systemd/system/edgeproof.service, then, when systemd is PID 1,
      systemctl daemon-reload and enable --now (restart when it is already running)
 
@@ -30,13 +35,22 @@ Options:
                  with $EDGEPROOF_BIN, else `edgeproof` on PATH, else the checkout's .venv
   --no-start     install and enable the unit but do not start or restart it
   --extras LIST  pip extras instead of the detected ones, e.g. --extras litert or --extras ""
+  --coordinator-key BASE58
+                 pin the coordinator's public key (base58, 32 bytes) in [coordinator] pubkey;
+                 re-run with another key to change the pin. Without it an existing pin is
+                 kept; with no pin at all the agent refuses every coordinator-signed message
+                 (beacons, challenges, verdicts, vouchers) until one is set
   --dry-run      print what would be done; change nothing
   -h, --help     show this help
 
-Environment: PYTHON (default python3) is the interpreter the venv is made from.
+Environment: PYTHON (default python3) is the interpreter the venv is made from;
+COORDINATOR_KEY is --coordinator-key (the option wins).
+
+A symbolic link where install.sh expects its own file or folder (the config, the state
+folder, the device key, ...) is refused, never followed: remove it and run install.sh again.
 
 After installing: edit /etc/edgeproof/agent.toml ([mqtt] host, username, password_file,
-[coordinator] pubkey, [inference] source), check it with
+[inference] source; [coordinator] pubkey unless --coordinator-key set it), check it with
   /opt/edgeproof/venv/bin/edgeproof config check /etc/edgeproof/agent.toml
 then `sudo systemctl restart edgeproof` and `journalctl -u edgeproof -f`. See docs/operations.md.
 EOF
@@ -52,6 +66,7 @@ die() {
 
 step() { printf '==> %s\n' "$*"; }
 note() { printf '    %s\n' "$*"; }
+warn() { printf 'install.sh: warning: %s\n' "$*" >&2; }
 
 # run CMD...: execute, or only print it with --dry-run.
 run() {
@@ -74,6 +89,7 @@ NO_START=0
 DRY_RUN=0
 EXTRAS=auto
 PYTHON=${PYTHON:-python3}
+COORD_KEY=${COORDINATOR_KEY:-}
 
 while [ $# -gt 0 ]; do
 	case "$1" in
@@ -97,6 +113,16 @@ while [ $# -gt 0 ]; do
 		;;
 	--extras=*)
 		EXTRAS=${1#--extras=}
+		shift
+		;;
+	--coordinator-key)
+		[ $# -ge 2 ] || die "--coordinator-key needs the coordinator's base58 public key" \
+			"deploy/install.sh --coordinator-key <base58 key your coordinator publishes>"
+		COORD_KEY=$2
+		shift 2
+		;;
+	--coordinator-key=*)
+		COORD_KEY=${1#--coordinator-key=}
 		shift
 		;;
 	--no-venv)
@@ -181,6 +207,37 @@ if [ "$NO_VENV" = 0 ]; then
 		die "python3-venv is missing (the venv module cannot bootstrap pip)" "sudo apt-get install python3-venv"
 fi
 
+# base58_bytes KEY: how many bytes KEY decodes to in base58 (Bitcoin/Solana alphabet), or
+# "invalid" when it holds a character outside the alphabet. Python's stdlib only: the agent's
+# venv may not exist yet.
+base58_bytes() {
+	"$PYTHON" - "$1" <<'PY'
+import sys
+
+ALPHABET = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+text = sys.argv[1]
+if not text or any(c not in ALPHABET for c in text):
+    print("invalid")
+    sys.exit(0)
+number = 0
+for c in text:
+    number = number * 58 + ALPHABET.index(c)
+zeros = len(text) - len(text.lstrip("1"))
+print(zeros + (number.bit_length() + 7) // 8)
+PY
+}
+
+if [ -n "$COORD_KEY" ]; then
+	COORD_BYTES=$(base58_bytes "$COORD_KEY") || die "$PYTHON cannot check the coordinator key"
+	if [ "$COORD_BYTES" = invalid ]; then
+		die "--coordinator-key '$COORD_KEY' is not base58 (allowed: 1-9 A-H J-N P-Z a-k m-z; no 0 O I l)" \
+			"copy the coordinator's public key exactly as your coordinator publishes it"
+	elif [ "$COORD_BYTES" != 32 ]; then
+		die "--coordinator-key '$COORD_KEY' decodes to $COORD_BYTES bytes, not the 32 of an ed25519 public key" \
+			"copy the coordinator's public key exactly as your coordinator publishes it"
+	fi
+fi
+
 # The board decides the pip extras. The agent itself detects its firmware profile at run time
 # (edgeproof profile detect); this only needs to know ARM / Jetson / 32-bit.
 ARCH=$(uname -m)
@@ -238,6 +295,38 @@ note "key:    $DEST$KEY"
 note "data:   $DEST$SHARE_DIR"
 note "unit:   $DEST$UNIT_DIR/$UNIT_NAME"
 
+# no_link PATH...: refuse (before anything is changed) a symbolic link where install.sh expects a
+# file or folder of its own. Following one would let whoever planted it (the agent owns its state
+# folder) make this root script chmod, chown or write another file, e.g. /etc/shadow.
+no_link() {
+	local path
+	for path in "$@"; do
+		if [ -L "$path" ]; then
+			die "$path is a symbolic link (to $(readlink -- "$path")); install.sh never follows one" \
+				"look at what planted it, remove the link (rm -- '$path') and run install.sh again"
+		fi
+	done
+}
+no_link "$DEST/opt/edgeproof" "$DEST$VENV_DIR" "$DEST$CONF_DIR" "$DEST$CONF" "$DEST$STATE_DIR" \
+	"$DEST$KEY" "$DEST$SHARE_DIR" "$DEST$SHARE_DIR/models" "$DEST$SHARE_DIR/firmware_profiles" \
+	"$DEST$DOC_DIR"
+for existing in "$DEST$CONF" "$DEST$KEY"; do
+	if [ -e "$existing" ] && [ ! -f "$existing" ]; then
+		die "$existing exists but is not a regular file" "move it away and run install.sh again"
+	fi
+done
+
+# as_agent CMD...: run CMD as the agent's user (from /, which it can read), so that what it
+# creates in the agent-owned state folder is the agent's from the start: no chown needed.
+# With --prefix (no user is made) it runs as the caller.
+as_agent() {
+	if [ -n "$DEST" ]; then
+		run "$@"
+	else
+		run runuser -u "$USER_NAME" -- env -C / "$@"
+	fi
+}
+
 # mkd MODE OWNER GROUP DIR: a directory with that mode (owner/group only on a real install).
 mkd() {
 	if [ -n "$DEST" ]; then
@@ -261,6 +350,7 @@ put() {
 if [ -z "$DEST" ]; then
 	step "system user $USER_NAME"
 	command -v useradd >/dev/null 2>&1 || die "useradd not found" "sudo apt-get install passwd"
+	command -v runuser >/dev/null 2>&1 || die "runuser not found" "sudo apt-get install util-linux"
 	if ! getent group video >/dev/null; then
 		run groupadd --system video
 	fi
@@ -338,23 +428,99 @@ if [ -e "$DEST$CONF" ]; then
 	note "exists: kept (never overwritten); compare with $SHARE_DIR/agent.example.toml after upgrades"
 else
 	put 0640 root "$USER_NAME" "$EXAMPLE_SRC" "$CONF"
-	note "written from deploy/agent.example.toml: edit [mqtt] and [coordinator] before relying on it"
+	note "written from deploy/agent.example.toml: edit [mqtt] before relying on it"
+fi
+
+# coordinator_pin FILE: the [coordinator] pubkey of a TOML config ("" when unset).
+coordinator_pin() {
+	"$PYTHON" - "$1" <<'PY'
+import sys
+import tomllib
+
+with open(sys.argv[1], "rb") as handle:
+    data = tomllib.load(handle)
+section = data.get("coordinator", {})
+print(section.get("pubkey", "") if isinstance(section, dict) else "")
+PY
+}
+
+# set_coordinator_pin FILE KEY: rewrite FILE with [coordinator] pubkey = KEY (the line replaced,
+# or added to the section, or the section added), same owner and mode, by an atomic rename.
+set_coordinator_pin() {
+	local file=$1 key=$2 tmp
+	tmp=$(mktemp "$(dirname "$file")/.agent.toml.XXXXXX")
+	if ! awk -v key="$key" '
+		function pin() { print "pubkey = \"" key "\""; done = 1 }
+		/^[ \t]*\[/ {
+			if (in_section && !done) pin()
+			in_section = ($0 ~ /^[ \t]*\[coordinator\][ \t]*(#.*)?$/)
+		}
+		in_section && /^[ \t]*pubkey[ \t]*=/ { if (!done) pin(); next }
+		{ print }
+		END {
+			if (in_section && !done) pin()
+			if (!done) { print ""; print "[coordinator]"; pin() }
+		}' "$file" >"$tmp"; then
+		rm -f -- "$tmp"
+		die "cannot rewrite $file"
+	fi
+	chmod 0640 "$tmp"
+	if [ -z "$DEST" ]; then
+		chown "root:$USER_NAME" "$tmp"
+	fi
+	mv -f -- "$tmp" "$file"
+}
+
+if [ -e "$DEST$CONF" ]; then
+	PIN_SOURCE=$DEST$CONF
+else
+	PIN_SOURCE=$EXAMPLE_SRC # --dry-run of a first install: the file it would write
+fi
+PINNED=$(coordinator_pin "$PIN_SOURCE") ||
+	die "$PIN_SOURCE is not valid TOML" "edgeproof config check $PIN_SOURCE names the line"
+if [ -n "$COORD_KEY" ] && [ "$COORD_KEY" = "$PINNED" ]; then
+	note "coordinator key pinned: $COORD_KEY (unchanged)"
+elif [ -n "$COORD_KEY" ]; then
+	if [ -n "$PINNED" ]; then
+		note "coordinator key changes from $PINNED"
+	fi
+	if [ "$DRY_RUN" = 1 ]; then
+		note "would set [coordinator] pubkey = \"$COORD_KEY\" in $DEST$CONF"
+	else
+		set_coordinator_pin "$DEST$CONF" "$COORD_KEY"
+		[ "$(coordinator_pin "$DEST$CONF")" = "$COORD_KEY" ] ||
+			die "the coordinator key did not land in $DEST$CONF" "set [coordinator] pubkey by hand"
+		note "coordinator key pinned: $COORD_KEY"
+	fi
+elif [ -n "$PINNED" ]; then
+	note "coordinator key pinned: $PINNED (kept; --coordinator-key changes it)"
+else
+	warn "no coordinator key is pinned ([coordinator] pubkey is empty in $DEST$CONF):"
+	warn "the agent refuses EVERY coordinator-signed message (beacons, challenges, verdicts,"
+	warn "vouchers; reason unpinned_coordinator) until one is. It still proves and heartbeats."
+	warn "Pin it: deploy/install.sh --coordinator-key <base58 key>, or set [coordinator] pubkey"
+	warn "in $CONF and restart the service."
 fi
 run "$EDGEPROOF" config check "$DEST$CONF"
 
 # ------------------------------------------------------------------ device key
 
 step "device key $DEST$KEY"
+# Made and read by the agent's user: root never writes, reads or chowns a path in the folder the
+# agent owns. Checked again here: the agent may have planted a link since the first check.
+no_link "$DEST$STATE_DIR" "$DEST$KEY"
+if [ -z "$DEST" ] && [ "$DRY_RUN" = 0 ] && ! runuser -u "$USER_NAME" -- test -x "$EDGEPROOF"; then
+	die "the $USER_NAME user cannot run $EDGEPROOF" \
+		"drop --no-venv, or point EDGEPROOF_BIN at an edgeproof outside /root that $USER_NAME can run"
+fi
 if [ -e "$DEST$KEY" ]; then
+	[ -f "$DEST$KEY" ] || die "$DEST$KEY exists but is not a regular file" "move it away and run install.sh again"
 	note "exists: kept (never overwritten)"
 	if [ "$DRY_RUN" = 0 ]; then
-		note "device id: $("$EDGEPROOF" keys show --key "$DEST$KEY")"
+		note "device id: $(as_agent "$EDGEPROOF" keys show --key "$DEST$KEY")"
 	fi
 else
-	run "$EDGEPROOF" keys init --key "$DEST$KEY"
-	if [ -z "$DEST" ]; then
-		run chown "$USER_NAME:$USER_NAME" "$KEY"
-	fi
+	as_agent "$EDGEPROOF" keys init --key "$DEST$KEY"
 fi
 
 # ------------------------------------------------------------------ systemd

@@ -34,6 +34,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     status.add_argument("--config", default=None, help="config file (TOML) naming device.state_dir")
     status.add_argument("--json", action="store_true", help="print the status as JSON")
+    status.add_argument(
+        "--live",
+        action="store_true",
+        help="ask the running daemon over its control socket (state_dir/control.sock) instead of "
+        "reading status.json; fails if it is not running",
+    )
     status.set_defaults(func=run_status)
 
 
@@ -43,10 +49,17 @@ def run_run(args: argparse.Namespace) -> int:
     return run_daemon(load_config(args.config), duration_s=args.duration)
 
 
+def live_status(state_dir: Path) -> dict[str, Any]:
+    """The running daemon's own status snapshot, over its control socket."""
+    from agent.device.control_client import ControlClient, socket_path
+
+    return ControlClient(socket_path(state_dir)).call("status")
+
+
 def run_status(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     state_dir = Path(config.device.state_dir)
-    data: dict[str, Any] | None = read_status(state_dir)
+    data: dict[str, Any] | None = live_status(state_dir) if args.live else read_status(state_dir)
     if data is None:
         raise EdgeproofError(
             f"no status in {state_dir}: the daemon has not run with this config",

@@ -29,6 +29,8 @@ from agent import __version__
 from agent.config import SOURCE_NONE, AgentConfig
 from agent.device.challenges import ChallengeResponder
 from agent.device.commitments import CommitmentHasher
+from agent.device.control import ControlServer, daemon_ops
+from agent.device.control_protocol import socket_path
 from agent.device.health import HealthProbe
 from agent.device.manifests import DeviceFacts, check_manifest
 from agent.device.metrics import MetricsServer, Snapshot
@@ -67,6 +69,9 @@ def now_ms() -> int:
 
 
 class Daemon:
+    #: The local control socket (started in start(); see agent/device/control.py).
+    control: ControlServer | None = None
+
     def __init__(self, config: AgentConfig, *, root: Path = Path("/"), clock_ms: Callable[[], int] = now_ms):
         self.config = config
         self.clock_ms = clock_ms
@@ -428,6 +433,7 @@ class Daemon:
             "manifests": self._manifests_copy(),
             "rejected_inbound": dict(self.rejected_inbound),
             "counters": dict(self.counters),
+            "control": self.control.stats() if self.control is not None else None,
         }
 
     def _manifests_copy(self) -> dict[str, dict[str, Any]]:
@@ -513,7 +519,14 @@ class Daemon:
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
 
+    def chain_head(self) -> tuple[int, str]:
+        """(seq, hash) of the last chained envelope this daemon signed."""
+        return self.signer.state()
+
     def start(self) -> None:
+        # First: a second daemon on this state dir stops here, before it touches the broker.
+        self.control = ControlServer(socket_path(self.state_dir), daemon_ops(self))
+        self.control.start()
         will = self.signer.sideband("status", self.status_body("offline"), self.clock_ms())
         self.transport.set_will(self.topics.status(self.dev), will.wire, retain=True)
         self.transport.subscribe(self.topics.beacon(), self.on_beacon)
@@ -570,6 +583,8 @@ class Daemon:
                     self.close_window()
                     next_window = now + cfg.proofs.window_s
                 self.answer_challenges()
+                if self.control is not None:
+                    self.control.run_main_loop_ops()
                 swap = self.updater.poll()
                 if swap is not None:
                     self._swap(swap)
@@ -638,6 +653,8 @@ class Daemon:
                 )
         finally:
             self.stop_event.set()
+            if self.control is not None:
+                self.control.stop()
             self.updater.stop()
             self.transport.stop()
             self.write_status()

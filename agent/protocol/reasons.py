@@ -91,6 +91,18 @@ _TABLE: tuple[Reason, ...] = (
     Reason("not_installed", "deploy", "the named release is not installed"),
     Reason("not_active", "deploy", "the named release is not the active one"),
     Reason("thermal", "local", "the thermal policy lowered the inference rate"),
+    # --- the daemon's local control socket (also uses ``oversized`` and ``malformed``) -----
+    Reason("peer_refused", "local", "a control-socket peer whose uid is neither root nor the daemon's"),
+    Reason("too_many_connections", "local", "every control-socket connection slot is in use"),
+    Reason("idle_timeout", "local", "no complete control request within the read timeout"),
+    Reason(
+        "bad_request",
+        "local",
+        "a control request that is not an object with an integer id, or has unknown keys",
+    ),
+    Reason("unknown_op", "local", "a control request names an op the daemon does not offer"),
+    Reason("unavailable", "local", "the daemon's main loop did not take the op in time, or it is stopping"),
+    Reason("op_failed", "local", "a control op raised an unexpected error"),
     # --- one inbound message at the coordinator (its own checks after check_inbound) ---------
     Reason(
         "stale_beacon",

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -16,100 +13,20 @@ import pytest
 from agent.errors import TransportError
 from agent.transport.mqtt import MqttTransport
 from agent.transport.outbox import Outbox
-from agent.transport.settings import MqttSettings, OutboxSettings
-from tests.support.mosquitto import Collector, MosquittoBroker, free_port
+from agent.transport.settings import OutboxSettings
+from tests.support.mosquitto import Collector
+from tests.support.tls_broker import DEV_A, DEV_B, PASSWORDS, SecureBroker, start_secure_broker
 
 pytestmark = pytest.mark.integration
-
-DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "mosquitto"
-DEV_A = "7xKXtg2CW87d97TXJSDpbD5jBkheTqA83TZRuJosgAsU"
-DEV_B = "9WzDXwBbmkg8ZTbNMqUxvQRAyrZzDsGYdLVL9zYtAWWM"
-PASSWORDS = {DEV_A: "pw-device-a", DEV_B: "pw-device-b", "coordinator": "pw-coordinator"}
-
-
-def openssl(*args: str, cwd: Path) -> None:
-    if shutil.which("openssl") is None:
-        raise RuntimeError("openssl is needed to create test certificates: apt-get install openssl")
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-def make_ca(directory: Path, name: str) -> None:
-    openssl(
-        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-        "-keyout", f"{name}.key", "-out", f"{name}.crt", "-days", "2", "-subj", f"/CN={name}",
-        "-addext", "basicConstraints=critical,CA:TRUE",
-        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-        cwd=directory,
-    )  # fmt: skip
-
-
-def make_cert(directory: Path, name: str, ca: str, cn: str, ext: str) -> None:
-    (directory / f"{name}.ext").write_text(ext + "\n")
-    openssl(
-        "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-        "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={cn}",
-        cwd=directory,
-    )  # fmt: skip
-    openssl(
-        "x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key",
-        "-CAcreateserial", "-out", f"{name}.crt", "-days", "2", "-extfile", f"{name}.ext",
-        cwd=directory,
-    )  # fmt: skip
-
-
-@dataclass
-class SecureBroker:
-    broker: MosquittoBroker
-    etc: Path
-
-    def settings(self, user: str, password: str | None = None, **kw: object) -> MqttSettings:
-        return MqttSettings.model_validate(
-            {
-                "host": "127.0.0.1",
-                "port": self.broker.port,
-                "username": user,
-                "password": PASSWORDS.get(user, "") if password is None else password,
-                "tls": {"ca_file": str(self.etc / "ca.crt"), **kw.pop("tls", {})},  # type: ignore[dict-item]
-                "reconnect_min_s": 0.2,
-                "reconnect_max_s": 1.0,
-                **kw,
-            }
-        )
-
-
-def render_production_conf(etc: Path, workdir: Path, port: int) -> str:
-    """deploy/mosquitto/mosquitto.conf with its paths moved into the test's tmp dir."""
-    text = (DEPLOY / "mosquitto.conf").read_text()
-    text = text.replace("/etc/mosquitto/edgeproof/", f"{etc}/")
-    text = text.replace("persistence_location /var/lib/mosquitto/", f"persistence_location {workdir}/")
-    text, n = re.subn(r"(?m)^listener 8883$", f"listener {port} 127.0.0.1", text)
-    assert n == 1, "the production conf must have exactly one `listener 8883` line"
-    text = text.replace("log_dest syslog", f"log_dest file {workdir}/mosquitto.log\nlog_type debug")
-    return text
 
 
 @pytest.fixture(scope="module")
 def secure_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBroker]:
-    etc = tmp_path_factory.mktemp("etc")
-    workdir = tmp_path_factory.mktemp("broker")
-    make_ca(etc, "ca")
-    make_cert(etc, "server", "ca", "127.0.0.1", "subjectAltName=IP:127.0.0.1")
-    make_cert(etc, "device", "ca", DEV_A, "extendedKeyUsage=clientAuth")
-    make_ca(etc, "other-ca")
-    shutil.copy(DEPLOY / "acl", etc / "acl")
-    passwd = etc / "passwd"
-    passwd.touch()
-    for user, password in PASSWORDS.items():
-        subprocess.run(
-            ["mosquitto_passwd", "-b", str(passwd), user, password], check=True, capture_output=True
-        )
-    port = free_port()
-    broker = MosquittoBroker(workdir, port=port, conf_text=render_production_conf(etc, workdir, port))
-    broker.start()
+    secure = start_secure_broker(tmp_path_factory.mktemp("etc"), tmp_path_factory.mktemp("broker"))
     try:
-        yield SecureBroker(broker, etc)
+        yield secure
     finally:
-        broker.kill()
+        secure.broker.kill()
 
 
 def coordinator(secure: SecureBroker, topic_filter: str = "edgeproof/v1/#") -> Collector:
@@ -296,3 +213,10 @@ def test_probe_connects_with_tls_and_names_each_refusal(secure_broker: SecureBro
         probe_broker(secure_broker.settings(DEV_A, tls=other), "edgeproof-doctor-test", timeout_s=10)
     assert "TLS verification of the broker" in str(unverified.value)
     assert "certificate verify failed" in str(unverified.value)
+
+
+def test_the_broker_listens_only_on_the_tls_port(secure_broker: SecureBroker) -> None:
+    # A listener option (e.g. use_username_as_clientid) above the first `listener` line makes
+    # Mosquitto open an extra default listener on 1883: plain MQTT on every address.
+    opened = re.findall(r"Opening ipv[46] listen socket on port (\d+)\.", secure_broker.broker.log_text())
+    assert opened == [str(secure_broker.broker.port)], opened

@@ -100,7 +100,11 @@ def edgeproof_bin() -> str:
 
 
 def installer_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEPROOF_") and k != "TERMUX_VERSION"}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("EDGEPROOF_") and k not in ("TERMUX_VERSION", "COORDINATOR_KEY")
+    }
     env["PYTHON"] = sys.executable
     env.update(extra)
     return env
@@ -117,9 +121,15 @@ def install(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def staged_install(prefix: Path) -> subprocess.CompletedProcess[str]:
-    result = install("--prefix", str(prefix), "--no-venv", EDGEPROOF_BIN=edgeproof_bin())
+def staged_install(prefix: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    result = install("--prefix", str(prefix), "--no-venv", *args, EDGEPROOF_BIN=edgeproof_bin(), **env)
     assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def refused_install(prefix: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    result = install("--prefix", str(prefix), "--no-venv", *args, EDGEPROOF_BIN=edgeproof_bin())
+    assert result.returncode != 0, result.stdout + result.stderr
     return result
 
 
@@ -177,6 +187,27 @@ def test_unit_has_the_required_settings():
     for section in unit.values():
         repeated = [k for k, v in section.items() if len(v) > 1 and k != "Environment"]
         assert not repeated, repeated
+
+
+def test_unit_does_not_restart_on_exit_codes_a_restart_cannot_fix():
+    from agent.errors import (
+        BackendUnavailableError,
+        ConfigError,
+        CorruptStateError,
+        KeyFileError,
+        ModelError,
+    )
+
+    listed = (setting("Service", "RestartPreventExitStatus") or "").split()
+    assert all(code.isdigit() for code in listed), listed
+    needs_a_human = (ConfigError, KeyFileError, ModelError, BackendUnavailableError, CorruptStateError)
+    assert sorted(int(code) for code in listed) == sorted(e.exit_code for e in needs_a_human)
+    assert CorruptStateError.exit_code == 12 and "12" in listed
+    # operations.md tells the owner what each of them means; 12 names the recovery command.
+    ops = (DOCS / "operations.md").read_text(encoding="utf-8")
+    for error in needs_a_human:
+        assert f"\n| {error.exit_code} |" in ops, error
+    assert "| 12 | local state is corrupt: run `edgeproof state recover --config FILE`" in ops
 
 
 def test_unit_watchdog_matches_the_daemon_ping_interval():
@@ -242,7 +273,16 @@ def test_scripts_pass_shellcheck(script, shell):
 def test_install_help_explains():
     result = install("--help")
     assert result.returncode == 0, result.stderr
-    for word in ("Usage", "--prefix", "--no-venv", "--no-start", "--dry-run", "python3-venv", CONF, KEY):
+    words = (
+        "Usage",
+        "--prefix",
+        "--no-venv",
+        "--no-start",
+        "--dry-run",
+        "--coordinator-key",
+        "COORDINATOR_KEY",
+    )
+    for word in (*words, "python3-venv", "symbolic link", CONF, KEY):
         assert word in result.stdout, word
 
 
@@ -346,6 +386,185 @@ def test_install_twice_keeps_key_and_config(tmp_path):
     assert f"device id: {device_id}" in result.stdout
 
 
+# ---------------------------------------------------------------------- install.sh: hostile state folder
+
+# The agent owns /var/lib/edgeproof: it can plant a link there that a root installer would follow
+# (`chown` and `install -d` follow links; `[ -e ]` too). install.sh refuses every link it meets
+# where it expects its own file or folder, before it changes anything, and leaves the target alone.
+
+
+def plant_victim(tmp_path: Path) -> Path:
+    victim = tmp_path / "victim" / "shadow"
+    victim.parent.mkdir()
+    victim.write_text("root:$6$secret:19000:0:99999:7:::\n")
+    victim.chmod(0o640)
+    return victim
+
+
+@pytest.mark.parametrize("target", ["existing file", "dangling"])
+def test_install_refuses_a_symlink_planted_at_the_key_path(tmp_path, target):
+    stage = tmp_path / "stage"
+    staged_install(stage)
+    key = stage / KEY.lstrip("/")
+    key.unlink()  # e.g. the agent moved its key away ...
+    victim = plant_victim(tmp_path)
+    link_to = victim if target == "existing file" else victim.parent / "new-file"
+    key.symlink_to(link_to)  # ... and put a link in its place
+    config_before = (stage / CONF.lstrip("/")).read_bytes()
+
+    result = refused_install(stage)
+    assert f"install.sh: error: {key} is a symbolic link (to {link_to}); install.sh never follows one" in (
+        result.stderr
+    )
+    assert f"rm -- '{key}'" in result.stderr  # the fix
+    assert "==> directories" not in result.stdout  # refused before anything was changed
+    assert key.is_symlink() and os.readlink(key) == str(link_to)
+    assert victim.read_text() == "root:$6$secret:19000:0:99999:7:::\n" and mode(victim) == 0o640
+    assert sorted(p.name for p in victim.parent.iterdir()) == ["shadow"]  # nothing created there
+    assert (stage / CONF.lstrip("/")).read_bytes() == config_before
+
+
+def test_install_refuses_a_symlinked_state_folder(tmp_path):
+    stage = tmp_path / "stage"
+    victim = plant_victim(tmp_path)
+    victim.parent.chmod(0o755)
+    state = stage / STATE_DIR.lstrip("/")
+    state.parent.mkdir(parents=True)
+    state.symlink_to(victim.parent)
+
+    result = refused_install(stage)
+    assert f"{state} is a symbolic link (to {victim.parent}); install.sh never follows one" in result.stderr
+    assert not (stage / "etc").exists() and not (stage / "opt").exists()  # nothing staged
+    assert mode(victim.parent) == 0o755  # `install -d -m 0750` through the link would chmod it
+    assert sorted(p.name for p in victim.parent.iterdir()) == ["shadow"]  # no key written there
+    assert victim.read_text().startswith("root:") and mode(victim) == 0o640
+
+
+def test_install_refuses_a_symlinked_config(tmp_path):
+    stage = tmp_path / "stage"
+    staged_install(stage)
+    config_path = stage / CONF.lstrip("/")
+    victim = plant_victim(tmp_path)
+    config_path.unlink()
+    config_path.symlink_to(victim)
+    result = refused_install(stage, "--coordinator-key", COORD_1)
+    assert f"{config_path} is a symbolic link (to {victim})" in result.stderr
+    assert victim.read_text().startswith("root:") and mode(victim) == 0o640
+
+
+def test_real_install_creates_the_key_as_the_agent_user_and_never_chowns(tmp_path):
+    # A dry run of a real install (no --prefix) shows the commands without running them.
+    result = install("--dry-run")
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    agent = "/opt/edgeproof/venv/bin/edgeproof"
+    assert f"would run: runuser -u edgeproof -- env -C / {agent} keys init --key {KEY}" in out
+    assert "chown" not in out, out
+    assert f"would run: install -d -m 0750 -o edgeproof -g edgeproof {STATE_DIR}" in out
+
+
+# ---------------------------------------------------------------------- install.sh: coordinator pin
+
+COORD_1 = "7xKXtg2CW87d97TXJSDpbD5jBkheTqA83TZRuJosgAsU"
+COORD_2 = "9WzDXwBbmkg8ZTbNMqUxvQRAyrZzDsGYdLVL9zYtAWWM"
+
+
+def pinned_example(key: str) -> str:
+    text = EXAMPLE.read_text()
+    assert text.count('pubkey = ""') == 1
+    return text.replace('pubkey = ""', f'pubkey = "{key}"')
+
+
+def test_install_without_coordinator_key_warns_that_coordinator_messages_are_refused(tmp_path):
+    stage = tmp_path / "stage"
+    result = staged_install(stage)
+    assert (stage / CONF.lstrip("/")).read_text() == EXAMPLE.read_text()  # installed unpinned
+    warning = result.stderr
+    assert "install.sh: warning: no coordinator key is pinned" in warning
+    assert "refuses EVERY coordinator-signed message" in warning
+    assert "unpinned_coordinator" in warning
+    assert "--coordinator-key" in warning
+
+
+def test_install_pins_the_coordinator_key_and_reruns_keep_or_change_it(tmp_path):
+    stage = tmp_path / "stage"
+    config_path = stage / CONF.lstrip("/")
+
+    first = staged_install(stage, "--coordinator-key", COORD_1)
+    assert config_path.read_text() == pinned_example(COORD_1)
+    assert mode(config_path) == 0o640
+    assert load_config(config_path, env={}).coordinator.pubkey == COORD_1
+    assert f"coordinator key pinned: {COORD_1}" in first.stdout
+    assert "warning" not in first.stderr
+
+    # The owner edits the config; a re-run without a key keeps both the edit and the pin.
+    edited = config_path.read_text().replace('host = "127.0.0.1"', 'host = "mqtt.example.org"')
+    config_path.write_text(edited)
+    kept = staged_install(stage)
+    assert config_path.read_text() == edited
+    assert f"coordinator key pinned: {COORD_1} (kept; --coordinator-key changes it)" in kept.stdout
+    assert "warning" not in kept.stderr
+
+    # The same key again changes nothing, byte for byte.
+    same = staged_install(stage, f"--coordinator-key={COORD_1}")
+    assert config_path.read_text() == edited
+    assert f"coordinator key pinned: {COORD_1} (unchanged)" in same.stdout
+
+    # Another key (here from the environment) replaces the pin and only the pin.
+    changed = staged_install(stage, COORDINATOR_KEY=COORD_2)
+    assert f"coordinator key changes from {COORD_1}" in changed.stdout
+    assert config_path.read_text() == edited.replace(COORD_1, COORD_2)
+    assert mode(config_path) == 0o640
+    assert not [p.name for p in config_path.parent.iterdir() if p.name != "agent.toml"]  # no temp left
+
+    # The option wins over the environment.
+    staged_install(stage, "--coordinator-key", COORD_1, COORDINATOR_KEY=COORD_2)
+    assert load_config(config_path, env={}).coordinator.pubkey == COORD_1
+
+
+@pytest.mark.parametrize("layout", ["no pubkey line", "no coordinator section"])
+def test_install_adds_a_missing_pin(tmp_path, layout):
+    stage = tmp_path / "stage"
+    staged_install(stage)
+    config_path = stage / CONF.lstrip("/")
+    text = config_path.read_text()
+    if layout == "no pubkey line":
+        text = text.replace('pubkey = ""\n', "")
+    else:
+        head, _, tail = text.partition("[coordinator]")
+        text = head + tail[tail.index("\n[") + 1 :]
+        assert "[coordinator]" not in text
+    config_path.write_text(text)
+    staged_install(stage, "--coordinator-key", COORD_2)
+    config = load_config(config_path, env={})
+    assert config.coordinator.pubkey == COORD_2
+    assert config_path.read_text().count(f'pubkey = "{COORD_2}"') == 1
+
+
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [
+        (COORD_1[:-1] + "0", "is not base58"),
+        ("l" + COORD_1[1:], "is not base58"),
+        ("1" * 31, "decodes to 31 bytes, not the 32 of an ed25519 public key"),
+        (COORD_1 + "1", "decodes to 33 bytes, not the 32 of an ed25519 public key"),
+    ],
+)
+def test_install_refuses_a_malformed_coordinator_key(tmp_path, key, message):
+    stage = tmp_path / "stage"
+    result = refused_install(stage, "--coordinator-key", key)
+    assert f"install.sh: error: --coordinator-key '{key}' {message}" in result.stderr
+    assert "fix:" in result.stderr
+    assert not stage.exists()
+
+
+def test_all_ones_is_the_32_zero_byte_key(tmp_path):
+    # Leading '1's are zero bytes in base58: 32 of them are a (useless, but well-formed) key.
+    stage = tmp_path / "stage"
+    staged_install(stage, "--coordinator-key", "1" * 32)
+    assert load_config(stage / CONF.lstrip("/"), env={}).coordinator.pubkey == "1" * 32
+
+
 # ---------------------------------------------------------------------- docs
 
 
@@ -372,3 +591,40 @@ def test_every_decision_record_is_indexed():
     for name in records:
         assert f"({name})" in index, name
         assert (DOCS / "decisions" / name).read_text(encoding="utf-8").startswith(f"# {name[:4]}. ")
+
+
+# ---------------------------------------------------------------------- broker (deploy/mosquitto)
+
+MOSQUITTO = DEPLOY / "mosquitto"
+
+
+def acl_lines(kind: str) -> list[str]:
+    """The topics of every `pattern <kind>` line of the shipped ACL."""
+    lines = (MOSQUITTO / "acl").read_text(encoding="utf-8").splitlines()
+    return [line.split(None, 2)[2] for line in lines if line.split()[:2] == ["pattern", kind]]
+
+
+def test_acl_lets_a_device_write_exactly_its_outbound_channels():
+    from agent.protocol.topics import COORDINATOR_PUBLISHES, DEVICE_PUBLISHES
+
+    written = acl_lines("write")
+    assert sorted(written) == sorted(f"edgeproof/v1/dev/%u/{c}" for c in DEVICE_PUBLISHES)
+    assert not any("#" in topic or "+" in topic for topic in written), written
+    assert not set(DEVICE_PUBLISHES) & set(COORDINATOR_PUBLISHES)
+    device_reads = [t for t in acl_lines("read") if t.startswith("edgeproof/v1/dev/")]
+    assert sorted(device_reads) == sorted(f"edgeproof/v1/dev/%u/{c}" for c in COORDINATOR_PUBLISHES)
+
+
+def test_broker_ties_client_id_to_user_name_on_its_listener():
+    lines = [
+        line.strip()
+        for line in (MOSQUITTO / "mosquitto.conf").read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    assert "use_username_as_clientid true" in lines
+    assert lines.count("listener 8883") == 1
+    # A listener option above the first listener would open an extra default listener on 1883.
+    assert lines.index("use_username_as_clientid true") > lines.index("listener 8883")
+    dev = (MOSQUITTO / "mosquitto.dev.conf").read_text(encoding="utf-8")
+    # The anonymous dev broker must not force client ids: clients without a user name are refused.
+    assert "\nuse_username_as_clientid" not in dev and "allow_anonymous true" in dev

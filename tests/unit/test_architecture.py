@@ -1,0 +1,44 @@
+"""Roles stay apart: which agent packages may import which (checked on the source, statically)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+#: package -> agent packages it must never import (anywhere in its modules, lazily or not).
+FORBIDDEN: dict[str, tuple[str, ...]] = {
+    # The wire protocol is pure and knows no role, no runtime and no transport.
+    "agent/protocol": ("agent.device", "agent.inference", "agent.transport", "agent.commands"),
+    # Inference knows nothing of proofs.
+    "agent/inference": ("agent.protocol", "agent.device", "agent.transport"),
+    # The transport moves bytes; it does not know the daemon or a coordinator.
+    "agent/transport": ("agent.device", "agent.inference"),
+}
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append((node.lineno, node.module))
+    return found
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_package_imports_stay_in_their_lane(package: str) -> None:
+    folder = ROOT / package
+    assert folder.is_dir(), f"{package} is listed but does not exist"
+    bad = [
+        f"{path.relative_to(ROOT)}:{line} imports {name}"
+        for path in sorted(folder.rglob("*.py"))
+        for line, name in _imports(path)
+        if any(name == f or name.startswith(f + ".") for f in FORBIDDEN[package])
+    ]
+    assert bad == []
