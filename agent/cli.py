@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "agent.commands.infer",
     "agent.commands.proofs",
     "agent.commands.daemon",
+    "agent.commands.state",
     "agent.commands.doctor",
     "agent.commands.demo",
     "agent.commands.coordinator",

@@ -75,11 +75,33 @@ class ProofSettings(Strict):
 
 
 class CoordinatorSettings(Strict):
-    # base58 public key of the coordinator; beacons, challenges and verdicts signed by any
-    # other key are refused.  Empty: accept any validly signed coordinator message (demo only).
+    # base58 public key of the coordinator; beacons, challenges, verdicts and vouchers signed by
+    # any other key are refused (untrusted_coordinator).  Empty: no coordinator is trusted, every
+    # coordinator message is refused (unpinned_coordinator); the device keeps proving.
     pubkey: str = ""
 
     _pubkey = field_validator("pubkey")(_base58_pubkey)
+
+
+class ChallengeSettings(Strict):
+    # Token bucket: challenges taken on per minute on average, and at once after a quiet spell.
+    # The excess is refused (rate_limited) before it costs an inference.
+    rate_per_min: Annotated[float, Field(gt=0, le=6_000)] = 30.0
+    burst: Annotated[int, Field(ge=1, le=1_000)] = 10
+    # A deadline further ahead than this is refused (deadline_too_far); answered nonces are
+    # remembered (durably) until their deadline, so this also bounds that memory.
+    deadline_horizon_s: Annotated[float, Field(gt=0, le=86_400)] = 300.0
+    # Challenges answered per main-loop pass: heartbeats, windows and watchdog pings are checked
+    # between them.
+    per_pass: Annotated[int, Field(ge=1, le=100)] = 1
+
+
+class BeaconSettings(Strict):
+    # A beacon whose time, or whose slot's implied start, is further ahead of the device clock
+    # than this is refused (beacon_from_future); see docs/protocol.md, "Beacons at the device".
+    tolerance_s: Annotated[float, Field(ge=1, le=3_600)] = 120.0
+    # Slots a beacon may be ahead of what the time since the last accepted beacon allows.
+    tolerance_slots: Annotated[int, Field(ge=0, le=1_000)] = 3
 
 
 _IDENT_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -112,6 +134,10 @@ class FleetSettings(Strict):
     trial_s: Annotated[float, Field(ge=1, le=86_400)] = 60.0
     # Socket timeout of artifact downloads (a stalled download is retried with HTTP Range).
     download_timeout_s: Annotated[float, Field(gt=0, le=600)] = 30.0
+    # Each artifact download must finish within max(download_deadline_floor_s,
+    # length / download_min_rate_bps) seconds, retries included, or it fails (too_slow_download).
+    download_min_rate_bps: Annotated[int, Field(ge=1, le=10**10)] = 16_384
+    download_deadline_floor_s: Annotated[float, Field(ge=1, le=604_800)] = 120.0
 
     _channels = field_validator("channels", "tags")(_idents)
     _keys = field_validator("operator_keys")(_pubkeys)
@@ -136,6 +162,8 @@ class AgentConfig(Strict):
     mqtt: MqttSettings = Field(default_factory=MqttSettings)
     outbox: OutboxSettings = Field(default_factory=OutboxSettings)
     coordinator: CoordinatorSettings = Field(default_factory=CoordinatorSettings)
+    challenges: ChallengeSettings = Field(default_factory=ChallengeSettings)
+    beacons: BeaconSettings = Field(default_factory=BeaconSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     fleet: FleetSettings = Field(default_factory=FleetSettings)
 

@@ -10,7 +10,7 @@ from agent.commands.output import print_json, print_kv, print_table
 from agent.config import load_config
 from agent.device.status import pid_alive, read_status
 from agent.errors import EdgeproofError
-from agent.transport.outbox import Outbox
+from agent.transport.outbox import read_stats
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -30,7 +30,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     status = sub.add_parser(
         "status",
         help="the daemon's local state: outbox depth, last acked seq, verdicts, active model",
-        description="Read the daemon's status file and outbox (works while it runs and after it stopped).",
+        description="Read the daemon's status file and, when it is stopped, its outbox (works while it "
+        "runs and after it stopped). Read-only: the outbox is opened with SQLite's mode=ro and no file is "
+        "created; a locked or unreadable outbox is one error message (exit code 10, or 12 if corrupt).",
     )
     status.add_argument("--config", default=None, help="config file (TOML) naming device.state_dir")
     status.add_argument("--json", action="store_true", help="print the status as JSON")
@@ -56,6 +58,15 @@ def live_status(state_dir: Path) -> dict[str, Any]:
     return ControlClient(socket_path(state_dir)).call("status")
 
 
+def _coordinator_line(data: dict[str, Any], configured: str) -> str:
+    """The daemon's own account of its pin; the config's for a status file written before it had one."""
+    coordinator = data.get("coordinator")
+    pubkey = coordinator.get("pubkey") if isinstance(coordinator, dict) else configured
+    if not pubkey:
+        return "not pinned, every coordinator message is refused (set coordinator.pubkey)"
+    return f"pinned {pubkey}"
+
+
 def run_status(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     state_dir = Path(config.device.state_dir)
@@ -68,11 +79,9 @@ def run_status(args: argparse.Namespace) -> int:
     data["running"] = bool(data.get("running")) and pid_alive(int(data.get("pid", 0)))
     outbox_path = Path(config.outbox.path)
     if outbox_path.exists() and not data["running"]:
-        outbox = Outbox(config.outbox)
-        try:
-            data["outbox"] = outbox.stats().as_dict()
-        finally:
-            outbox.close()
+        # Read-only: no reserve file, no migration, nothing written (a running daemon's own
+        # numbers are in its status file).
+        data["outbox"] = read_stats(config.outbox).as_dict()
     if args.json:
         print_json(data)
         return 0
@@ -89,6 +98,7 @@ def run_status(args: argparse.Namespace) -> int:
             "dropped": outbox_stats.get("dropped_total"),
             "connected": data.get("transport", {}).get("connected"),
             "thermal": data.get("thermal", {}).get("level"),
+            "coordinator": _coordinator_line(data, config.coordinator.pubkey),
         },
     )
     verdicts = data.get("verdicts", [])

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -23,7 +24,8 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]
     for column in columns:
         table.add_column(column)
     for row in rows:
-        table.add_row(*(str(cell) for cell in row))
+        # Cells are text, never rich markup: "[coordinator] pubkey" must print as it is.
+        table.add_row(*(escape(str(cell)) for cell in row))
     # A terminal sets its own width; piped or logged output (make demo in CI, journald) gets 140
     # columns instead of rich's default 80, which would cut model and provider names.
     Console(width=None if sys.stdout.isatty() else 140).print(table)

@@ -72,7 +72,7 @@ def _verdict_body(info: VerdictInfo) -> Verdict:
 
 
 def _classify_safely(item: Inbound, store: Store, policy: Policy, signer_key: str, topics: Topics) -> Outcome:
-    """``classify``, with a bug in it recorded as ``internal_error`` instead of poisoning the batch.
+    """``classify``, with a bug in it recorded as ``ingest_failed`` instead of poisoning the batch.
 
     An exception escaping here would fail the batch, the process would restart, the broker
     would redeliver the same message and the coordinator would stall on it for ever.  Storage
@@ -94,7 +94,7 @@ def _classify_safely(item: Inbound, store: Store, policy: Policy, signer_key: st
             ts=None,
             ingest_ms=item.ingest_ms,
             accepted=False,
-            reason="internal_error",
+            reason="ingest_failed",
             detail=f"{type(exc).__name__}"[:200],
             raw=bytes(item.payload),
         )

@@ -25,9 +25,7 @@ class ChallengeResponder:
     def answer(self, challenge: Challenge) -> ChallengeResponse:
         """Raise ProtocolError (named reason) for a challenge we must not answer."""
         if challenge.device != self.device_id:
-            raise ProtocolError(
-                f"challenge is for device {challenge.device}, not us", reason="unknown_device"
-            )
+            raise ProtocolError(f"challenge is for device {challenge.device}, not us", reason="wrong_device")
         active = self.pipeline.loaded.card.sha256
         if challenge.model_sha256 != active:
             raise ProtocolError(

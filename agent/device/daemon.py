@@ -6,9 +6,11 @@ paho's network thread and the transport's publisher/inbound threads never run
 inference; inbound challenges are queued for the main loop.
 
 Every outgoing message is signed, chained and committed to the SQLite outbox
-together with the chain head before it is published, so SIGKILL at any point
-neither loses an envelope nor forks the chain.  SIGTERM closes the current
-window, emits its proof and flushes what the broker will take.
+together with the chain head (the device state store: same SQLite file, same
+transaction; its second copy is written just before) before it is published,
+so SIGKILL at any point neither loses an envelope nor forks the chain (ADR
+0012).  SIGTERM closes the current window, emits its proof and flushes what the
+broker will take.
 """
 
 from __future__ import annotations
@@ -27,37 +29,50 @@ from typing import Any
 
 from agent import __version__
 from agent.config import SOURCE_NONE, AgentConfig
+from agent.device.beacon_guard import BeaconTolerance, check_beacon
+from agent.device.challenge_guard import ChallengeGuard, ChallengeLimits
 from agent.device.challenges import ChallengeResponder
 from agent.device.commitments import CommitmentHasher
 from agent.device.control import ControlServer, daemon_ops
 from agent.device.control_protocol import socket_path
+from agent.device.coordinator_pin import UNPINNED_NOTICE
 from agent.device.health import HealthProbe
-from agent.device.manifests import DeviceFacts, check_manifest
+from agent.device.manifests import DeviceFacts, check_manifest, stored_manifest
 from agent.device.metrics import MetricsServer, Snapshot
 from agent.device.model_store import ModelStore
+from agent.device.rejection_log import RejectionLog
+from agent.device.state_copy import copy_path
+from agent.device.state_store import StateStore
 from agent.device.status import write_status
 from agent.device.systemd import Notifier
 from agent.device.thermal import ThermalGovernor, ThermalState
 from agent.device.updater import ModelUpdater, Swap
 from agent.device.window import WorkWindow
-from agent.errors import EdgeproofError, ProtocolError, SourceError, StorageError
+from agent.errors import CorruptStateError, EdgeproofError, ProtocolError, SourceError, StorageError
 from agent.identity import device_id, load_keypair
 from agent.inference.pipeline import Pipeline
 from agent.inference.runtime import backend_settings, resolve_profile
 from agent.inference.sources import FrameSource, open_source
 from agent.protocol.chain import ChainSigner
-from agent.protocol.envelope import GENESIS_PREV, Envelope, verify_envelope
+from agent.protocol.envelope import Envelope
+from agent.protocol.inbound import Rejection, Trust, check_inbound
+from agent.protocol.kinds import DEVICE_INBOUND
 from agent.protocol.leaf import default_leaf_hash
 from agent.protocol.messages import Beacon, Challenge, Deploy, Health, Heartbeat, Status, Verdict
 from agent.protocol.topics import Topics
 from agent.transport.mqtt import MqttTransport
 from agent.transport.outbox import Outbox
+from agent.transport.sqlite_file import SqliteFile
 
 log = logging.getLogger(__name__)
 
 NO_BEACON = "0" * 64
 THERMAL_CHECK_S = 5.0
 STATUS_EVERY_S = 2.0
+#: How often answered nonces past their deadline are forgotten.
+NONCE_SWEEP_S = 60.0
+#: How often the refusals whose log lines were held back (a flood) are summed up, one line per reason.
+REJECTION_LOG_S = 10.0
 # A lost source is reopened by the main loop with capped exponential backoff, never by
 # sleeping inside read(): heartbeats, windows, watchdog pings and SIGTERM keep running.
 SOURCE_RETRY_MIN_S = 1.0
@@ -87,11 +102,25 @@ class Daemon:
             litert_delegates=inf.litert_delegates or None,
             spin_wait=inf.max_fps == 0,  # paced frames: idle workers sleep instead of spinning
         )
-        self.outbox = Outbox(config.outbox)
-        state = self.outbox.state()
-        seq, prev = int(state.get("seq") or 0), str(state.get("prev") or GENESIS_PREV)
+        # One SQLite file, two owners: the device state store and the message queue.
+        self.db = SqliteFile.open(config.outbox.path, synchronous=config.outbox.synchronous)
+        try:
+            self.state = StateStore(self.db, copy_path=copy_path(self.state_dir))
+            self.outbox = Outbox(config.outbox, file=self.db)
+        except BaseException:
+            self.db.close()
+            raise
+        seq, prev = self.state.chain_head()
         self.signer = ChainSigner(keypair, seq=seq, prev=prev)
         self.topics = Topics(config.mqtt.topic_prefix)
+        pin = config.coordinator.pubkey
+        #: Whom this device believes: only its pinned coordinator (no pin: nobody) and its operators.
+        self.trust = Trust(
+            coordinators=frozenset({pin}) if pin else frozenset(),
+            operators=frozenset(config.fleet.operator_keys),
+            kinds=DEVICE_INBOUND,
+            audience=self.dev,
+        )
         self._emit_lock = threading.Lock()
         self.counters: Counter[str] = Counter()
         self.transport = MqttTransport(config.mqtt, self.outbox, client_id=self.dev)
@@ -100,12 +129,13 @@ class Daemon:
             self.profile,
             self.backend_settings,
             self._report_deploy,
-            self.outbox.get_state,
-            self.outbox.set_state,
+            self.state,
             fallback_card=Path(inf.model),
             open_pipeline=self._open_pipeline,
             trial_s=config.fleet.trial_s,
             download_timeout_s=config.fleet.download_timeout_s,
+            download_min_rate_bps=config.fleet.download_min_rate_bps,
+            download_deadline_floor_s=config.fleet.download_deadline_floor_s,
         )
         card_path, self.release = self.updater.startup_card()
         self.pipeline = self._open_pipeline(card_path)
@@ -118,6 +148,7 @@ class Daemon:
         self.notifier = Notifier()
         self.stop_event = threading.Event()
         self._challenges: queue.Queue[Challenge] = queue.Queue(maxsize=16)
+        self._init_guards(config)
         self.beacon: tuple[int, str] = (0, NO_BEACON)
         self.verdicts: deque[dict[str, Any]] = deque(maxlen=20)
         self.fleet = DeviceFacts(self.dev, self.profile.id, frozenset(config.fleet.tags))
@@ -147,6 +178,20 @@ class Daemon:
                 **self.pipeline.describe(),
             },
         )
+
+    def _init_guards(self, config: AgentConfig) -> None:
+        """Inbound guards: challenge admission (durable nonce/seq memory), beacon plausibility, log thinning."""
+        ch = config.challenges
+        limits = ChallengeLimits(
+            rate_per_min=ch.rate_per_min, burst=ch.burst, horizon_ms=int(ch.deadline_horizon_s * 1000)
+        )
+        self.challenge_guard = ChallengeGuard(self.state, limits, time.monotonic())
+        self.beacon_tolerance = BeaconTolerance(
+            tolerance_ms=int(config.beacons.tolerance_s * 1000),
+            tolerance_slots=config.beacons.tolerance_slots,
+        )
+        self._last_beacon: Beacon | None = None
+        self.rejection_log = RejectionLog(interval_s=REJECTION_LOG_S, now_s=time.monotonic())
 
     def _open_pipeline(self, card: Path) -> Pipeline:
         # The configured backend override applies to the configured model only; a fleet release's
@@ -191,11 +236,16 @@ class Daemon:
         with self._emit_lock:
             env = self.signer.prepare(kind, body, self.clock_ms())
             topic = self.topics.for_kind(kind, self.dev)
-            state: dict[str, int | str | None] | None = None
-            if not env.sideband:
-                state = {"seq": env.seq, "prev": env.hash}
+            chained = not env.sideband
             try:
-                row = self.transport.enqueue(topic, env.wire, kind=kind, retain=retain, state=state)
+                row = self.transport.enqueue(
+                    topic,
+                    env.wire,
+                    kind=kind,
+                    retain=retain,
+                    seq=env.seq if chained else None,
+                    in_transaction=self.state.chain_step(env.seq, env.hash) if chained else None,
+                )
             except StorageError as exc:
                 self.counters[f"{kind}_lost"] += 1
                 log.error("message not stored", extra={"kind": kind, "error": str(exc)})
@@ -259,53 +309,72 @@ class Daemon:
 
     def _refused(self, topic: str, payload: bytes, exc: ProtocolError) -> None:
         self._reject(exc.reason)
-        log.warning(
-            "inbound message rejected",
-            extra={"topic": topic, "reason": exc.reason, "error": exc.message[:200], "bytes": len(payload)},
-        )
+        if self.rejection_log.should_log(exc.reason, time.monotonic()):
+            log.warning(
+                "inbound message rejected",
+                extra={
+                    "topic": topic,
+                    "reason": exc.reason,
+                    "error": exc.message[:200],
+                    "bytes": len(payload),
+                },
+            )
+
+    def _log_held_rejections(self) -> None:
+        """One line per reason for the refusals whose own lines were held back (a flood)."""
+        for reason, count in sorted(self.rejection_log.flush().items()):
+            log.warning(
+                "inbound rejections not logged one by one",
+                extra={"reason": reason, "count": count, "interval_s": self.rejection_log.interval_s},
+            )
 
     def _verify_inbound(self, topic: str, payload: bytes, kind: str) -> Envelope | None:
-        try:
-            env = verify_envelope(payload)
-            if env.kind != kind:
-                raise ProtocolError(f"expected a {kind} on {topic}, got {env.kind}", reason="wrong_kind")
-            pinned = self.config.coordinator.pubkey
-            if pinned and env.origin == "coordinator" and env.dev != pinned:
-                raise ProtocolError(
-                    f"{kind} signed by {env.dev}, not the coordinator", reason="unknown_device"
-                )
-            addressed = getattr(env.body, "device", None)
-            if addressed is not None and addressed != self.dev:
-                raise ProtocolError(
-                    f"{kind} is addressed to device {addressed}, not us", reason="wrong_device"
-                )
-            if isinstance(env.body, Beacon) and env.body.slot < self.beacon[0]:
-                # A replayed old (genuinely signed) beacon would make our heartbeats stale.
-                raise ProtocolError(
-                    f"beacon slot {env.body.slot} is older than the current slot {self.beacon[0]}",
-                    reason="replay",
-                )
-            return env
-        except ProtocolError as exc:
-            self._refused(topic, payload, exc)
+        """The shared inbound check (agent/protocol/inbound.py): size, JSON, kind on its topic,
+        the pin (or operator trust), signature, schema, addressee.  The device-specific checks
+        (beacon plausibility, challenge admission, manifest eligibility) follow in the handlers."""
+        result = check_inbound(topic, payload, self.trust, topics=self.topics)
+        if isinstance(result, Rejection):
+            self._refused(topic, payload, result.error())
             return None
+        env = result.envelope
+        if env.kind != kind:  # the subscription routes by topic, and the topic names the kind
+            self._refused(topic, payload, ProtocolError(f"expected a {kind} on {topic}", reason="wrong_kind"))
+            return None
+        return env
 
     def on_beacon(self, topic: str, payload: bytes) -> None:
         env = self._verify_inbound(topic, payload, "beacon")
-        if env is not None:
-            assert isinstance(env.body, Beacon)
-            self.beacon = (env.body.slot, env.body.nonce)
+        if env is None:
+            return
+        assert isinstance(env.body, Beacon)
+        try:
+            # An older beacon (a replay) would make our heartbeats stale; one from the future
+            # would make every genuine beacon after it look older.
+            check_beacon(env.body, self._last_beacon, self.clock_ms(), self.beacon_tolerance)
+        except ProtocolError as exc:
+            self._refused(topic, payload, exc)
+            return
+        self._last_beacon = env.body
+        self.beacon = (env.body.slot, env.body.nonce)
 
     def on_challenge(self, topic: str, payload: bytes) -> None:
         env = self._verify_inbound(topic, payload, "challenge")
         if env is None:
             return
-        assert isinstance(env.body, Challenge)
         try:
-            self._challenges.put_nowait(env.body)
-        except queue.Full:
-            self._reject("busy")
-            log.warning("challenge dropped: queue full", extra={"nonce": env.body.nonce[:16]})
+            # Only this (inbound) thread puts, so the room seen here is still there below.
+            challenge = self.challenge_guard.admit(
+                env, now_ms=self.clock_ms(), now_s=time.monotonic(), room=not self._challenges.full()
+            )
+        except ProtocolError as exc:
+            self._refused(topic, payload, exc)
+            return
+        except StorageError as exc:
+            # Not remembered, so not answered: a replay of it could not be recognised.
+            self.counters["challenges_not_stored"] += 1
+            log.error("challenge not taken: the state store failed", extra={"error": str(exc)})
+            return
+        self._challenges.put_nowait(challenge)
 
     def on_verdict(self, topic: str, payload: bytes) -> None:
         env = self._verify_inbound(topic, payload, "verdict")
@@ -332,7 +401,6 @@ class Daemon:
             self._consider_manifest(self.topics.parse(topic).channel or "", env, topic, payload)
 
     def _consider_manifest(self, channel: str, env: Envelope, topic: str, payload: bytes) -> None:
-        key = f"manifest.{channel}.version"
         try:
             decision = check_manifest(
                 env,
@@ -340,7 +408,9 @@ class Daemon:
                 operators=self.config.fleet.operator_keys,
                 facts=self.fleet,
                 now_ms=self.clock_ms(),
-                accepted_version=int(self.outbox.get_state(key) or 0),
+                accepted_version=self.state.manifest_version(channel),
+                accepted_manifest=stored_manifest(self.state.manifest_envelope(channel)),
+                committed_release=self.updater.committed_key(),
                 free_bytes=shutil.disk_usage(self.state_dir).free,
             )
         except ProtocolError as exc:
@@ -350,17 +420,15 @@ class Daemon:
         with self._count_lock:
             self.manifests[channel] = summary
         if decision.eligible:
-            # Also for a duplicate (a stored or re-delivered manifest): an unfinished download
-            # resumes; a running or failed release is not started again.
+            # Also for a duplicate (the same content, stored or re-delivered, not expired): an
+            # unfinished download resumes; a running or failed release is not started again.
             self.updater.offer(decision.manifest)
         if decision.duplicate:
             return
         try:
             # The envelope itself is kept: the broker does not re-send a retained message to a
             # persistent session it already delivered it to, and a restart must resume the work.
-            self.outbox.set_state(
-                {key: decision.manifest.version, f"manifest.{channel}.envelope": payload.decode()}
-            )
+            self.state.accept_manifest(channel, decision.manifest.version, payload.decode())
         except StorageError as exc:
             log.error("manifest version not stored", extra={"channel": channel, "error": str(exc)})
         self.counters["manifests_accepted"] += 1
@@ -373,30 +441,40 @@ class Daemon:
         )
 
     def _restore_manifests(self) -> None:
-        """Re-judge the manifests accepted before a restart (a channel no longer configured is ignored)."""
+        """Re-judge the manifests accepted before a restart (a channel no longer configured is ignored).
+
+        An expired one is refused (``expired``), unless its release runs committed.  Then staging
+        files that no offered release needs (failed, superseded, expired) are deleted.
+        """
         for channel in self.config.fleet.channels:
-            stored = self.outbox.get_state(f"manifest.{channel}.envelope")
+            stored = self.state.manifest_envelope(channel)
             if not isinstance(stored, str):
                 continue
             topic = self.topics.manifest(channel)
             env = self._verify_inbound(topic, stored.encode(), "manifest")
             if env is not None:
                 self._consider_manifest(channel, env, topic, stored.encode())
+        self.updater.clean_staging()
 
-    def answer_challenges(self) -> None:
-        while True:
+    def answer_challenges(self, limit: int) -> int:
+        """Answer at most ``limit`` queued challenges (the main loop's timers run between calls)."""
+        done = 0
+        while done < limit:
             try:
                 challenge = self._challenges.get_nowait()
             except queue.Empty:
-                return
+                break
+            done += 1
             try:
                 response = self.responder.answer(challenge)
             except ProtocolError as exc:
                 self._reject(exc.reason)
-                log.warning("challenge refused", extra={"reason": exc.reason, "error": exc.message})
+                if self.rejection_log.should_log(exc.reason, time.monotonic()):
+                    log.warning("challenge refused", extra={"reason": exc.reason, "error": exc.message})
                 continue
             self.emit("challenge_response", response)
             self.counters["challenges_answered"] += 1
+        return done
 
     # ------------------------------------------------------------------ status
 
@@ -425,15 +503,30 @@ class Daemon:
             },
             "chain": {"seq": seq, "head": head, "last_acked_seq": self.last_acked_seq()},
             "outbox": outbox,
+            "state": self.state.snapshot(),
             "transport": self.transport.status().as_dict(),
             "window": {"start_ms": self.window.start_ms, "inferences": self.window.inferences},
             "thermal": {"level": self.thermal_state.level, "rate_bp": self.thermal_state.rate_bp},
             "beacon_slot": self.beacon[0],
+            "coordinator": self._coordinator_status(),
             "verdicts": list(self.verdicts),
             "manifests": self._manifests_copy(),
-            "rejected_inbound": dict(self.rejected_inbound),
+            "rejected_inbound": self._rejected_copy(),
             "counters": dict(self.counters),
             "control": self.control.stats() if self.control is not None else None,
+        }
+
+    def _rejected_copy(self) -> dict[str, int]:
+        # The inbound thread may add a reason while the status or a scrape reads.
+        with self._count_lock:
+            return dict(self.rejected_inbound)
+
+    def _coordinator_status(self) -> dict[str, Any]:
+        pinned = self.config.coordinator.pubkey
+        return {
+            "pinned": bool(pinned),
+            "pubkey": pinned or None,
+            "notice": None if pinned else UNPINNED_NOTICE,
         }
 
     def _manifests_copy(self) -> dict[str, dict[str, Any]]:
@@ -443,16 +536,8 @@ class Daemon:
     def last_acked_seq(self) -> int:
         """Highest seq with nothing older still waiting in the outbox."""
         seq, _ = self.signer.state()
-        import json
-
-        for row in self.outbox.pending(limit=50):
-            try:
-                pending_seq = int(json.loads(row.payload)["seq"])
-            except (ValueError, KeyError, TypeError):
-                continue
-            if row.kind != "status":
-                return max(0, pending_seq - 1)
-        return seq
+        oldest = self.outbox.oldest_seq()  # the seq column: chained envelopes only
+        return seq if oldest is None else max(0, oldest - 1)
 
     def metrics_snapshot(self) -> Snapshot:
         """What ``/metrics`` reports (read on the metrics server's thread)."""
@@ -466,10 +551,11 @@ class Daemon:
             agent_version=__version__,
             mode="inference" if self.inference_enabled else "heartbeats-only",
             counters=counters,
-            rejected_inbound=dict(self.rejected_inbound),
+            rejected_inbound=self._rejected_copy(),
             chain_seq=seq,
             outbox=self.outbox.stats().as_dict(),
             transport=self.transport.status().as_dict(),
+            coordinator_pinned=bool(self.config.coordinator.pubkey),
         )
 
     def _start_metrics(self) -> None:
@@ -557,6 +643,9 @@ class Daemon:
         watchdog_every = self.notifier.watchdog_s / 2 if self.notifier.watchdog_s else None
         next_watchdog = start
         next_frame = start
+        next_sweep = start + NONCE_SWEEP_S
+        next_log_summary = start + REJECTION_LOG_S
+        per_pass = cfg.challenges.per_pass
         try:
             while not self.stop_event.is_set():
                 now = mono()
@@ -582,7 +671,7 @@ class Daemon:
                 if now >= next_window:
                     self.close_window()
                     next_window = now + cfg.proofs.window_s
-                self.answer_challenges()
+                self.answer_challenges(per_pass)
                 if self.control is not None:
                     self.control.run_main_loop_ops()
                 swap = self.updater.poll()
@@ -594,6 +683,12 @@ class Daemon:
                 if now >= next_status:
                     self.write_status()
                     next_status = now + STATUS_EVERY_S
+                if now >= next_sweep:
+                    self._forget_expired_nonces()
+                    next_sweep = now + NONCE_SWEEP_S
+                if now >= next_log_summary:
+                    self._log_held_rejections()
+                    next_log_summary = now + REJECTION_LOG_S
                 if self.inference_enabled and self.source is None and now >= next_source_retry:
                     self._open_source()
                     next_source_retry = mono() + self._source_retry_s
@@ -603,15 +698,25 @@ class Daemon:
                     self.infer_once()
                     rate = cfg.inference.max_fps * self.thermal_state.rate_bp / 10_000
                     next_frame = max(next_frame + (1 / rate if rate > 0 else 0), mono() - 1.0)
-                wake_at = min(next_hb, next_window, next_thermal, next_status)
+                wake_at = min(next_hb, next_window, next_thermal, next_status, next_log_summary)
+                if watchdog_every is not None:
+                    wake_at = min(wake_at, next_watchdog)
                 if self.source is not None and self.thermal_state.rate_bp > 0:
                     wake_at = min(wake_at, next_frame)
+                if not self._challenges.empty():
+                    continue  # more to answer: the timers above are checked between answers
                 delay = wake_at - mono()
                 if delay > 0:
                     self.stop_event.wait(min(delay, 1.0))
         finally:
             self.shutdown()
         return 0
+
+    def _forget_expired_nonces(self) -> None:
+        try:
+            self.challenge_guard.forget_expired(self.clock_ms())
+        except StorageError as exc:
+            log.warning("expired challenge nonces not forgotten", extra={"error": str(exc)})
 
     def infer_once(self) -> None:
         assert self.source is not None
@@ -657,17 +762,23 @@ class Daemon:
                 self.control.stop()
             self.updater.stop()
             self.transport.stop()
+            self._log_held_rejections()
             self.write_status()
             if self.metrics_server is not None:
                 self.metrics_server.stop()
             if self.source is not None:
                 self.source.close()
             self.outbox.close()
+            self.db.close()
 
 
 def run_daemon(config: AgentConfig, *, duration_s: float | None = None) -> int:
     try:
         daemon = Daemon(config)
+    except CorruptStateError as exc:
+        # Exit code 12 (RestartPreventExitStatus): no restart loop; `edgeproof state recover`.
+        log.critical("state unreadable", extra={"reason": "unreadable_state", "error": exc.message})
+        raise
     except EdgeproofError:
         raise
     daemon.install_signals()

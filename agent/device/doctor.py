@@ -7,9 +7,11 @@ broker answers an MQTT CONNECT with the configured TLS and credentials, the ther
 read.  A failed check names what is wrong and how to fix it; later checks that need its result
 are skipped rather than failing again for the same cause.
 
-Nothing here disturbs a running daemon: the broker probe uses its own client id and a clean,
-non-persistent session (agent/transport/probe.py), a camera the daemon holds is not opened, and
-the outbox database is not touched (``edgeproof status`` reads it).
+Nothing here disturbs a running daemon.  The broker ties every client id to its user name
+(deploy/mosquitto, ADR 0015), so a probe with the device's credentials would replace the
+daemon's session: while the daemon runs, the broker check asks the daemon itself over its
+control socket instead.  A camera the daemon holds is not opened, and the outbox database is not
+touched (``edgeproof status`` reads it).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from agent.config import SOURCE_NONE, AgentConfig, load_config
+from agent.device.coordinator_pin import PIN_HINT, UNPINNED_NOTICE
 from agent.device.health import HealthProbe
 from agent.device.status import pid_alive, read_status
 from agent.errors import EdgeproofError
@@ -235,6 +238,8 @@ def diagnose(config_path: str | None, *, root: Path = Path("/"), broker_timeout_
         from agent.transport.probe import probe_broker
 
         assert found.dev is not None
+        if found.daemon_pid is not None:
+            return _broker_through_daemon(state_dir)
         client_id = f"edgeproof-doctor-{found.dev[:8]}-{os.getpid()}"
         result = probe_broker(cfg.mqtt, client_id, timeout_s=broker_timeout_s)
         if cfg.mqtt.tls is None and cfg.mqtt.host not in ("127.0.0.1", "localhost", "::1"):
@@ -263,12 +268,12 @@ def diagnose(config_path: str | None, *, root: Path = Path("/"), broker_timeout_
 
     def coordinator() -> tuple[Status, str, str]:
         if not cfg.coordinator.pubkey:
-            return (
-                "warn",
-                "no coordinator key: any validly signed beacon, challenge or verdict is accepted",
-                "set coordinator.pubkey to your coordinator's public key",
-            )
-        return "ok", f"only {cfg.coordinator.pubkey} is trusted for beacons, challenges and verdicts", ""
+            return "fail", UNPINNED_NOTICE + " (no beacon is quoted, no challenge answered)", PIN_HINT
+        return (
+            "ok",
+            f"only {cfg.coordinator.pubkey} is trusted for beacons, challenges, verdicts and vouchers",
+            "",
+        )
 
     report.attempt("daemon", daemon)
     key_ok = report.attempt("key", key)
@@ -287,3 +292,28 @@ def diagnose(config_path: str | None, *, root: Path = Path("/"), broker_timeout_
         report.skip("broker", "no device key (the broker user is the device id)")
     report.attempt("coordinator", coordinator)
     return report
+
+
+def _broker_through_daemon(state_dir: Path) -> tuple[Status, str, str]:
+    """The running daemon's own connection, over its control socket (never a second session)."""
+    from agent.device.control_client import ControlClient, socket_path
+
+    try:
+        live = ControlClient(socket_path(state_dir)).call("status")
+    except EdgeproofError as exc:
+        return (
+            "warn",
+            f"the daemon runs but did not answer on its control socket: {exc.message}",
+            "a broker probe with the device's credentials would replace its session; "
+            "stop the service to probe the broker: systemctl stop edgeproof",
+        )
+    transport = live.get("transport", {})
+    where = f"{transport.get('host')}:{transport.get('port')}"
+    if transport.get("connected"):
+        return "ok", f"the running daemon is connected to {where} (asked over its control socket)", ""
+    error = transport.get("last_error") or "no error reported"
+    return (
+        "fail",
+        f"the running daemon is not connected to {where}: {error}",
+        "check the broker address, credentials and TLS in [mqtt]; journalctl -u edgeproof",
+    )

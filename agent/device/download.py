@@ -10,39 +10,53 @@ range was ignored (truncate, hash from 0), a ``416`` with a complete ``.part`` v
 Never more than ``length`` bytes are written: a larger announced size or an extra byte deletes
 the ``.part`` (``too_long``, the TUF "endless data" defence).  A wrong digest deletes it
 (``hash_mismatch``).  A good file is fsynced, renamed over the final name, the folder fsynced.
-4xx answers fail at once (``http_<code>``); 5xx and network errors (refused, reset, timeout,
-body cut short) are retried with resume after a capped, doubling backoff, ``max_attempts`` in
-all, then ``unreachable`` with the ``.part`` kept for a later call.  ``stop`` aborts with
-``cancelled`` (``.part`` kept); it is checked between chunks and attempts, so a read blocked on
-a silent server still takes up to ``timeout_s``.  Redirects are followed to http/https only.
-Local file errors are ``io_error``.  Every failure is a :class:`~agent.errors.DeployError`.
+Received bytes are written to the ``.part`` as they arrive, so a crash keeps them for resume.
+4xx answers fail at once (``http_<code>``); 5xx and network errors (refused, reset, no data for
+``timeout_s``, body cut short) are retried with resume after a capped, doubling backoff,
+``max_attempts`` in all, then ``unreachable`` with the ``.part`` kept for a later call.
+
+Time is bounded whatever the server does (agent/device/download_http.py: no blocking step
+waits longer than a quarter second).  Each call has an overall deadline of
+``max(deadline_floor_s, length / min_rate_bps)`` seconds from its first request, retries and
+backoff included; past it the call fails with ``too_slow_download`` (``.part`` kept), so a
+server trickling a byte at a time cannot hold a download forever.  ``stop`` aborts with
+``cancelled`` (``.part`` kept) within a quarter second, in any phase.  Redirects are followed
+only within the same origin (scheme, host and port) and never from https to http; any other
+redirect, or more than five, is ``bad_url`` naming both URLs.  Local file errors are
+``io_error``.  Every failure is a :class:`~agent.errors.DeployError`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import logging
 import os
 import re
+import ssl
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any, TypeAlias
+from typing import IO, TypeAlias
 
+from agent.device.download_http import MAX_REDIRECTS, REDIRECT_STATUSES, SCHEMES, redirect_target, request
 from agent.errors import DeployError
 from agent.protocol.messages import Artifact
 
 log = logging.getLogger(__name__)
 
-_SCHEMES = frozenset({"http", "https"})
+#: A download may be this slow on average (bytes/s) before it fails with ``too_slow_download`` ...
+DEFAULT_MIN_RATE_BPS = 16_384
+#: ... but never gets less time than this (seconds): connecting, retries, a small file.
+DEFAULT_DEADLINE_FLOOR_S = 120.0
+
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
 _HASH_CHUNK = 1024 * 1024
-_TRANSIENT = (OSError, http.client.HTTPException)  # URLError, timeouts, resets, IncompleteRead
+_TRANSIENT = (OSError, http.client.HTTPException)  # refused, resets, timeouts, IncompleteRead
+_USER_AGENT = "edgeproof-agent"
 _Progress: TypeAlias = Callable[[int, int], None] | None
 _Stop: TypeAlias = threading.Event | None
 
@@ -51,15 +65,9 @@ class _Retry(Exception):
     """A transient failure: back off, then try again from what the ``.part`` holds."""
 
 
-class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
-    def redirect_request(
-        self, req: urllib.request.Request, fp: IO[bytes], code: int, msg: str, headers: Any, newurl: str
-    ) -> urllib.request.Request | None:
-        if urllib.parse.urlsplit(newurl).scheme.lower() not in _SCHEMES:
-            raise DeployError(
-                f"{req.full_url} redirects to {newurl!r}: only http and https are followed", reason="bad_url"
-            )
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
+def deadline_s(length: int, min_rate_bps: int, floor_s: float) -> float:
+    """The overall time a download of ``length`` bytes may take."""
+    return max(floor_s, length / min_rate_bps)
 
 
 def _check_stop(stop: _Stop, name: str) -> None:
@@ -88,12 +96,15 @@ class _Download:
         chunk_bytes: int,
         progress: _Progress,
         stop: _Stop,
+        limits: tuple[int, float],  # (min_rate_bps, deadline_floor_s)
+        ssl_context: ssl.SSLContext | None,
     ) -> None:
         self.art, self.fh, self.stop = art, fh, stop
         self.timeout_s, self.chunk_bytes, self.progress = timeout_s, chunk_bytes, progress
-        self.opener = urllib.request.build_opener(_HttpOnlyRedirects())
+        self.limits, self.ssl_context = limits, ssl_context
         self.digest, self.have = hashlib.sha256(), 0
         self.resumed = False
+        self.deadline = float("inf")  # set when the first request starts
         if fh.seek(0, os.SEEK_END) > art.length:
             self.restart()  # longer than the artifact: not a prefix of it
         else:
@@ -105,11 +116,30 @@ class _Download:
         self.fh.truncate()
         self.digest, self.have = hashlib.sha256(), 0
 
-    def run(self, max_attempts: int, backoff_s: tuple[float, float], sleep: Callable[[float], None]) -> int:
+    def check(self) -> None:
+        """Called between every blocking step: stop, then the overall deadline."""
+        _check_stop(self.stop, self.art.name)
+        if time.monotonic() >= self.deadline:
+            rate, floor = self.limits
+            raise DeployError(
+                f"artifact {self.art.name}: only {self.have} of {self.art.length} bytes from {self.art.url} "
+                f"within the deadline of {deadline_s(self.art.length, rate, floor):.1f} s "
+                f"({self.art.length} bytes at {rate} bytes/s, at least {floor:.1f} s)",
+                reason="too_slow_download",
+                hint="for a slow link lower [fleet] download_min_rate_bps or raise download_deadline_floor_s",
+            )
+
+    def run(
+        self,
+        max_attempts: int,
+        backoff_s: tuple[float, float],
+        sleep: Callable[[float], None],
+    ) -> int:
         """Attempt until the ``.part`` holds ``length`` bytes; return the number of attempts."""
+        self.deadline = time.monotonic() + deadline_s(self.art.length, *self.limits)
         delay, last = backoff_s[0], ""
         for attempt in range(1, max_attempts + 1):
-            _check_stop(self.stop, self.art.name)
+            self.check()
             try:
                 self.attempt()
                 return attempt
@@ -117,10 +147,11 @@ class _Download:
                 last = str(exc)
                 log.warning("artifact download failed", extra={"artifact": self.art.name, "error": last})
                 if attempt < max_attempts:
+                    pause = max(0.0, min(delay, self.deadline - time.monotonic()))
                     if self.stop is not None and sleep is time.sleep:
-                        self.stop.wait(delay)  # wakes at once when stop is set
+                        self.stop.wait(pause)  # wakes at once when stop is set
                     else:
-                        sleep(delay)
+                        sleep(pause)
                     delay = min(delay * 2, backoff_s[1])
         raise DeployError(
             f"artifact {self.art.name}: could not download {self.art.url} after {max_attempts} attempts "
@@ -130,29 +161,33 @@ class _Download:
         )
 
     def attempt(self) -> None:
-        """One request; returns with ``have == length`` or raises ``_Retry`` / ``DeployError``."""
-        headers = {"Accept-Encoding": "identity"}
+        """One request (and its same-origin redirects); ``have == length`` or ``_Retry`` / ``DeployError``."""
+        headers = {"Accept-Encoding": "identity", "User-Agent": _USER_AGENT}
         if self.have:
             headers["Range"] = f"bytes={self.have}-"
-        try:
-            response = self.opener.open(
-                urllib.request.Request(self.art.url, headers=headers), timeout=self.timeout_s
-            )
-        except urllib.error.HTTPError as exc:
-            exc.close()
-            if exc.code == 416 and self.have == self.art.length:
-                return  # nothing left to send: verify what is there
-            if exc.code == 416:
-                self.restart()  # the server's file is shorter than our .part: not the same file
-                raise _Retry("HTTP 416 for a range inside the artifact; restarting at 0") from exc
-            if exc.code >= 500:
-                raise _Retry(f"HTTP {exc.code}") from exc
-            raise self._refused(exc.code) from exc
-        except _TRANSIENT as exc:
-            raise _Retry(f"{type(exc).__name__}: {exc}") from exc
-        with response:
-            self._accept(response)
-            self._read_body(response)
+        url = self.art.url
+        for _hop in range(MAX_REDIRECTS + 1):
+            try:
+                conn, response = request(
+                    url, headers, check=self.check, stall_s=self.timeout_s, context=self.ssl_context
+                )
+            except _TRANSIENT as exc:
+                raise _Retry(f"{type(exc).__name__}: {exc}") from exc
+            with contextlib.closing(conn), response:
+                location = response.getheader("Location")
+                if response.status in REDIRECT_STATUSES and location:
+                    url = redirect_target(self.art.name, url, location)
+                    continue
+                try:
+                    self._accept(response)
+                except _Complete:
+                    return
+                self._read_body(response)
+                return
+        raise DeployError(
+            f"artifact {self.art.name}: {self.art.url} redirects more than {MAX_REDIRECTS} times",
+            reason="bad_url",
+        )
 
     def _refused(self, code: int) -> DeployError:
         return DeployError(
@@ -185,6 +220,13 @@ class _Download:
                     "server ignored range, restarting", extra={"artifact": self.art.name, "have": self.have}
                 )
                 self.restart()
+        elif response.status == 416:
+            if self.have == self.art.length:
+                raise _Complete  # nothing left to send: verify what is there
+            self.restart()  # the server's file is shorter than our .part: not the same file
+            raise _Retry("HTTP 416 for a range inside the artifact; restarting at 0")
+        elif response.status >= 500:
+            raise _Retry(f"HTTP {response.status}")
         else:
             raise self._refused(response.status)
         announced = response.headers.get("Content-Length", "").strip()
@@ -192,26 +234,33 @@ class _Download:
             raise self._too_long(f"announced {self.have + int(announced)} bytes")
 
     def _read_body(self, response: http.client.HTTPResponse) -> None:
-        length = self.art.length
+        """Write what arrives as it arrives; progress at every multiple of ``chunk_bytes``."""
+        length, chunk = self.art.length, self.chunk_bytes
         while self.have < length:
-            _check_stop(self.stop, self.art.name)
+            self.check()
+            want = min(chunk - self.have % chunk, length - self.have)
             try:
-                data = response.read(min(self.chunk_bytes, length - self.have))
+                data = response.read1(want)
             except _TRANSIENT as exc:
                 raise _Retry(f"{type(exc).__name__} after {self.have} of {length} bytes: {exc}") from exc
             if not data:
                 raise _Retry(f"connection closed after {self.have} of {length} bytes")
             self.fh.write(data)
+            self.fh.flush()  # on disk (page cache) at once: a crash keeps it for the Range resume
             self.digest.update(data)
             self.have += len(data)
-            if self.progress is not None and self.have < length:
+            if self.progress is not None and self.have < length and self.have % chunk == 0:
                 self.progress(self.have, length)
         try:
-            extra = response.read(1)
+            extra = response.read1(1)
         except _TRANSIENT:
             extra = b""  # the body is complete; how the connection ended does not matter
         if extra:
             raise self._too_long("sent more data")
+
+
+class _Complete(Exception):
+    """A 416 to a range that starts at the end: the ``.part`` is complete."""
 
 
 def fetch_artifact(
@@ -225,12 +274,21 @@ def fetch_artifact(
     on_progress: Callable[[int, int], None] | None = None,  # (bytes_done, artifact.length)
     sleep: Callable[[float], None] = time.sleep,
     stop: threading.Event | None = None,  # set -> DeployError(reason="cancelled"), .part kept
+    min_rate_bps: int = DEFAULT_MIN_RATE_BPS,
+    deadline_floor_s: float = DEFAULT_DEADLINE_FLOOR_S,
+    ssl_context: ssl.SSLContext | None = None,  # None: the system's trusted CAs
 ) -> Path:
     """Download ``artifact`` into ``folder`` and return its verified path (see the module doc)."""
-    if max_attempts < 1 or chunk_bytes < 1:
-        raise ValueError("max_attempts and chunk_bytes must be at least 1")
+    if max_attempts < 1 or chunk_bytes < 1 or min_rate_bps < 1:
+        raise ValueError("max_attempts, chunk_bytes and min_rate_bps must be at least 1")
+    if not deadline_floor_s > 0 or not timeout_s > 0:
+        raise ValueError("deadline_floor_s and timeout_s must be positive")
     url = urllib.parse.urlsplit(artifact.url)
-    if url.scheme.lower() not in _SCHEMES or not url.hostname:
+    try:
+        port_ok = url.port is None or url.port > 0
+    except ValueError:
+        port_ok = False
+    if url.scheme.lower() not in SCHEMES or not url.hostname or not port_ok:
         raise DeployError(
             f"artifact {artifact.name}: refusing URL {artifact.url!r}: only http and https are allowed",
             reason="bad_url",
@@ -247,7 +305,8 @@ def fetch_artifact(
             log.warning("existing artifact is wrong, replacing", extra={"artifact": artifact.name})
             final.unlink()
         with part.open("r+b" if part.exists() else "w+b") as fh:
-            job = _Download(artifact, fh, timeout_s, chunk_bytes, on_progress, stop)
+            limits = (min_rate_bps, deadline_floor_s)
+            job = _Download(artifact, fh, timeout_s, chunk_bytes, on_progress, stop, limits, ssl_context)
             attempts = job.run(max_attempts, backoff_s, sleep)
             actual = job.digest.hexdigest()
             if actual == artifact.sha256:

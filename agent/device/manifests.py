@@ -2,10 +2,18 @@
 
 The protocol layer has already checked the envelope (size, signature, schema).  This module
 decides what a validly signed manifest means for *this* device, as a pure function: the
-caller passes the clock, the highest manifest version accepted so far on the channel and the
-free bytes of the state volume.  Refusals raise :class:`ProtocolError` with a named reason
-(``untrusted_operator``, ``wrong_channel``, ``stale_version``, ``expired``, ``no_space``), the
+caller passes the clock, the highest manifest version accepted so far on the channel and that
+manifest, the release the device runs committed, and the free bytes of the state volume.
+Refusals raise :class:`ProtocolError` with a named reason (``untrusted_operator``,
+``wrong_channel``, ``stale_version``, ``version_reused``, ``expired``, ``no_space``), the
 daemon counts and logs them like any other rejected inbound message.
+
+The accepted version again is a *duplicate* (the broker re-delivers the retained manifest on
+every reconnect; the daemon re-judges its stored one at start) only when its content is the
+accepted manifest's; other content under a used version is ``version_reused``.  Expired is
+expired, for a duplicate too, so a stored manifest never resumes a download after it expired;
+the one exception is the duplicate of the release the device already runs committed, which
+stays accepted (nothing would be installed, and it keeps being reported in ``status``).
 
 Installing an eligible manifest's model (download with resume, smoke test, atomic activation,
 trial, rollback) is the model updater's job (agent/device/updater.py).
@@ -17,8 +25,9 @@ import hashlib
 from collections.abc import Collection
 from dataclasses import dataclass
 
+from agent.device.model_store import release_key
 from agent.errors import ProtocolError
-from agent.protocol.envelope import Envelope
+from agent.protocol.envelope import Envelope, verify_envelope
 from agent.protocol.messages import Manifest
 
 #: Free space kept on the state volume beyond a manifest's downloads.
@@ -89,6 +98,27 @@ def targets_device(manifest: Manifest, facts: DeviceFacts) -> bool:
     )
 
 
+def expiry_problem(manifest: Manifest, now_ms: int) -> str | None:
+    """Why ``manifest`` is expired at ``now_ms``, or None while it is valid."""
+    if manifest.expires_ms > now_ms:
+        return None
+    return (
+        f"manifest version {manifest.version} on {manifest.channel!r} expired at {manifest.expires_ms} ms "
+        f"(now {now_ms} ms)"
+    )
+
+
+def stored_manifest(wire: object) -> Manifest | None:
+    """The manifest inside a stored envelope (as the daemon keeps it), None if there is none."""
+    if not isinstance(wire, str):
+        return None
+    try:
+        body = verify_envelope(wire.encode()).body
+    except ProtocolError:
+        return None
+    return body if isinstance(body, Manifest) else None
+
+
 def check_manifest(
     env: Envelope,
     *,
@@ -97,9 +127,16 @@ def check_manifest(
     facts: DeviceFacts,
     now_ms: int,
     accepted_version: int,
+    accepted_manifest: Manifest | None,
+    committed_release: str | None,
     free_bytes: int,
 ) -> ManifestDecision:
-    """Decide on one verified manifest envelope; ProtocolError names why it is refused."""
+    """Decide on one verified manifest envelope; ProtocolError names why it is refused.
+
+    ``accepted_manifest`` is the manifest accepted at ``accepted_version`` (None if unknown: a
+    manifest at that version is then refused, its content cannot be confirmed);
+    ``committed_release`` the key of the release the device runs committed, if any.
+    """
     manifest = env.body
     if not isinstance(manifest, Manifest):
         raise ProtocolError(f"expected a manifest, got {env.kind}", reason="wrong_kind")
@@ -119,16 +156,24 @@ def check_manifest(
             f"version {accepted_version}",
             reason="stale_version",
         )
+    duplicate = manifest.version == accepted_version
+    if duplicate and manifest != accepted_manifest:
+        raise ProtocolError(
+            f"manifest version {manifest.version} on {topic_channel!r} was already accepted with other "
+            f"content (model {_names(accepted_manifest)}); this one names model {_names(manifest)}",
+            reason="version_reused",
+            hint="an operator publishes every change under a new, higher version",
+        )
     bucket = rollout_bucket(facts.dev, manifest.channel, manifest.model_id, manifest.model_version)
     targeted = targets_device(manifest, facts)
-    if manifest.version == accepted_version:
+    expired = expiry_problem(manifest, now_ms)
+    runs_committed = committed_release == release_key(
+        manifest.model_id, manifest.model_version, manifest.model_sha256
+    )
+    if expired is not None and not (duplicate and runs_committed):
+        raise ProtocolError(expired, reason="expired")
+    if duplicate:
         return ManifestDecision(manifest, env.dev, duplicate=True, targeted=targeted, bucket=bucket)
-    if manifest.expires_ms <= now_ms:
-        raise ProtocolError(
-            f"manifest version {manifest.version} on {topic_channel!r} expired at {manifest.expires_ms} ms "
-            f"(now {now_ms} ms)",
-            reason="expired",
-        )
     decision = ManifestDecision(manifest, env.dev, duplicate=False, targeted=targeted, bucket=bucket)
     needed = manifest.total_bytes + HEADROOM_BYTES
     if decision.eligible and free_bytes < needed:
@@ -138,3 +183,9 @@ def check_manifest(
             reason="no_space",
         )
     return decision
+
+
+def _names(manifest: Manifest | None) -> str:
+    if manifest is None:
+        return "unknown (not stored)"
+    return f"{manifest.model_id} {manifest.model_version} sha256 {manifest.model_sha256[:12]}"

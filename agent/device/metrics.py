@@ -42,6 +42,8 @@ class Snapshot:
     chain_seq: int
     outbox: Mapping[str, Any]
     transport: Mapping[str, Any]
+    #: False when no coordinator key is pinned: every coordinator message is then refused.
+    coordinator_pinned: bool = True
 
 
 class DaemonCollector(Collector):
@@ -131,6 +133,11 @@ def _families(snap: Snapshot) -> Iterable[Metric]:
     for reason, count in sorted(snap.rejected_inbound.items()):
         rejected.add_metric([reason], count)
     yield rejected
+    yield GaugeMetricFamily(
+        "edgeproof_coordinator_pinned",
+        "1 when a coordinator key is pinned; 0: every coordinator message is refused (unpinned_coordinator)",
+        int(snap.coordinator_pinned),
+    )
 
     tr = snap.transport
     yield GaugeMetricFamily(

@@ -13,6 +13,12 @@ passed its trial is never rolled back to.  :meth:`ModelStore.rollback` returns t
 release or, without one, removes the pointer (the daemon then runs its configured model).
 Releases this store object installed and has not yet activated survive commit's pruning: the
 updater prepares the next release while the current one is on trial.
+
+Nothing is left behind: :meth:`ModelStore.discard` removes a failed or superseded release's
+staging folder (and its installed folder, unless it is the current or previous release), and
+:meth:`ModelStore.clean_staging` removes every staging folder that belongs to no release still
+being prepared (the updater calls it at start, once the stored manifests are offered again, so a
+partial download of the pending release is kept for its Range resume).
 """
 
 from __future__ import annotations
@@ -257,6 +263,50 @@ class ModelStore:
             self._prune({new.current.key, _key(new.previous), *self._fresh})
         log.info("model release committed", extra={"key": new.current.key, "previous": _key(new.previous)})
         return new
+
+    def discard(self, release: Release) -> None:
+        """Remove what a failed or superseded release left: its staging folder, and its installed
+        folder unless the pointer names it (current or previous)."""
+        with self._lock:
+            _remove_tree(self.root / STAGING / release.key)
+            try:
+                active = self.active()
+                in_use = active is not None and release.key in (active.current.key, _key(active.previous))
+            except StorageError:
+                in_use = True  # an unreadable pointer: keep every installed release
+            target = self.root / release.key
+            if not in_use and target.is_dir() and not target.is_symlink():
+                _remove_tree(target)
+                log.info("model release deleted", extra={"key": release.key})
+            self._fresh.discard(release.key)
+
+    def clean_staging(self, keep: set[str]) -> list[str]:
+        """Delete every entry of the staging folder not named in ``keep``; return the names deleted."""
+        staging = self.root / STAGING
+        removed: list[str] = []
+        with self._lock:
+            try:
+                entries = sorted(staging.iterdir())
+            except FileNotFoundError:
+                return removed
+            except OSError as exc:
+                log.warning("staging folder not cleaned", extra={"path": str(staging), "error": str(exc)})
+                return removed
+            for entry in entries:
+                if entry.name in keep:
+                    continue
+                if entry.is_dir() and not entry.is_symlink():
+                    _remove_tree(entry)
+                else:
+                    try:
+                        entry.unlink()
+                    except OSError as exc:
+                        log.warning("staging file not deleted", extra={"path": str(entry), "error": str(exc)})
+                        continue
+                removed.append(entry.name)
+        if removed:
+            log.info("stale staging files deleted", extra={"entries": removed})
+        return removed
 
     def _prune(self, keep: set[str | None]) -> None:
         try:

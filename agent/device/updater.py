@@ -15,8 +15,15 @@ Stages, each reported to the operator as a ``deploy`` message on ``dev/{dev}/dep
   error during the trial rolls back to the previous release (or the configured model).  A
   daemon that dies during a trial (e.g. the new model crashes the runtime) rolls back when it
   starts again.  After a clean trial the release is committed and older ones are pruned.
-* A failed release version is remembered per channel (in the outbox's state table), so the
+* A failed release version is remembered per channel (a record in the device state store), so the
   broker re-delivering the retained manifest does not start the same failing download again.
+  What a failed release left (staging files, an installed folder that is not the current or
+  previous release) is deleted.  A newer release offered on the same channel supersedes one
+  that is waiting or downloading (``failed``, reason ``superseded``; its files are deleted).
+  A stop (shutdown) is not a failure: the partial download stays for the next start, where
+  :meth:`ModelUpdater.clean_staging` deletes only what no offered release needs.
+* An expired manifest never starts or resumes a download or an install: the expiry is checked
+  when the release is offered, when its preparation starts and again before it is installed.
 """
 
 from __future__ import annotations
@@ -28,9 +35,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.device.download import fetch_artifact
+from agent.device.download import DEFAULT_DEADLINE_FLOOR_S, DEFAULT_MIN_RATE_BPS, fetch_artifact
+from agent.device.manifests import expiry_problem
 from agent.device.model_store import Active, ModelStore, Release
 from agent.device.smoke import SmokeResult, smoke_test
+from agent.device.state_store import StateStore
 from agent.errors import DeployError, EdgeproofError, StorageError
 from agent.inference.backends.base import BackendSettings
 from agent.inference.cards import load_card
@@ -44,8 +53,11 @@ log = logging.getLogger(__name__)
 PROGRESS_STEP_BP = 2_500
 
 Report = Callable[[Deploy], None]
-StateGet = Callable[[str], object]
-StateSet = Callable[[dict[str, int | str | None]], None]
+
+
+def failed_key(channel: str) -> str:
+    """The state store record naming the last failed manifest version of ``channel``."""
+    return f"deploy.{channel}.failed_version"
 
 
 @dataclass(frozen=True)
@@ -85,30 +97,35 @@ class ModelUpdater:
         profile: Profile,
         settings: BackendSettings,
         report: Report,
-        state_get: StateGet,
-        state_set: StateSet,
+        state: StateStore,
         *,
         fallback_card: Path,
         open_pipeline: Callable[[Path], Pipeline],
         trial_s: float = 60.0,
         download_timeout_s: float = 30.0,
+        download_min_rate_bps: int = DEFAULT_MIN_RATE_BPS,
+        download_deadline_floor_s: float = DEFAULT_DEADLINE_FLOOR_S,
         clock: Callable[[], float] = time.monotonic,
+        clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
     ) -> None:
         self.store = store
         self.profile = profile
         self.settings = settings
         self.report = report
-        self._get = state_get
-        self._set = state_set
+        self.state = state
         self.fallback_card = fallback_card
         self.open_pipeline = open_pipeline
         self.trial_s = trial_s
         self.download_timeout_s = download_timeout_s
+        self.download_limits = (download_min_rate_bps, download_deadline_floor_s)
         self.clock = clock
+        self.clock_ms = clock_ms
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._pending: dict[str, Manifest] = {}
-        self._busy: str | None = None  # release key being prepared
+        self._busy: Manifest | None = None  # the manifest being prepared
+        self._job_stop = threading.Event()  # stops the release being prepared (stop, supersede)
+        self._superseded = False
         self._ready: _Ready | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -141,21 +158,60 @@ class ModelUpdater:
     # ------------------------------------------------------------------ offers (transport thread)
 
     def offer(self, manifest: Manifest) -> None:
-        """An accepted, eligible manifest: prepare it unless it runs already or failed before."""
+        """An accepted, eligible manifest: prepare it unless it runs already, failed or expired.
+
+        A different release on a channel whose release is waiting or being prepared supersedes it.
+        """
         release = Release.from_manifest(manifest)
-        if self._get(f"deploy.{manifest.channel}.failed_version") == manifest.version:
+        expired = expiry_problem(manifest, self.clock_ms())
+        if expired is not None:
+            log.info("expired manifest not prepared", extra={"release": release.key, "error": expired})
             return
+        if self.state.record(failed_key(manifest.channel)) == manifest.version:
+            return
+        if self._active_key() == release.key:
+            return
+        with self._wake:
+            if self._busy_key() == release.key or (self._ready and self._ready.release.key == release.key):
+                return
+            replaced = self._pending.get(manifest.channel)
+            self._pending[manifest.channel] = manifest
+            busy = self._busy
+            if busy is not None and busy.channel == manifest.channel:
+                self._superseded = True
+                self._job_stop.set()
+            self._wake.notify()
+        if replaced is not None and Release.from_manifest(replaced).key != release.key:
+            self._superseded_release(replaced)
+
+    def committed_key(self) -> str | None:
+        """The key of the release the device runs committed (None: none, or on trial)."""
         try:
             active = self.store.active()
         except StorageError:
-            active = None
-        if active is not None and active.current.key == release.key:
-            return
-        with self._wake:
-            if self._busy == release.key or (self._ready and self._ready.release.key == release.key):
-                return
-            self._pending[manifest.channel] = manifest
-            self._wake.notify()
+            return None
+        return active.current.key if active is not None and active.state == "committed" else None
+
+    def _active_key(self) -> str | None:
+        try:
+            active = self.store.active()
+        except StorageError:
+            return None
+        return None if active is None else active.current.key
+
+    def _busy_key(self) -> str | None:
+        return None if self._busy is None else Release.from_manifest(self._busy).key
+
+    def _needed_keys(self) -> set[str]:
+        """Release keys still waiting or being prepared (call with the lock held)."""
+        keys = {Release.from_manifest(m).key for m in self._pending.values()}
+        busy = self._busy_key()
+        return keys | ({busy} if busy is not None else set())
+
+    def clean_staging(self) -> list[str]:
+        """Delete staging files no waiting or running release needs (at start, after the offers)."""
+        with self._lock:
+            return self.store.clean_staging(self._needed_keys())
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._worker, name="model-updater", daemon=True)
@@ -164,6 +220,7 @@ class ModelUpdater:
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
         with self._wake:
+            self._job_stop.set()  # under the lock: the job the worker may just have started
             self._wake.notify()
         if self._thread is not None:
             self._thread.join(timeout)
@@ -179,25 +236,40 @@ class ModelUpdater:
                     return
                 channel = next(iter(self._pending))
                 manifest = self._pending.pop(channel)
-                self._busy = Release.from_manifest(manifest).key
+                self._busy, self._superseded = manifest, False
+                self._job_stop = threading.Event()
+            error: tuple[str, str] | None = None
             try:
                 ready = self._prepare(manifest)
             except DeployError as exc:
-                self._failed(manifest, exc.reason, exc.message)
+                error = (exc.reason, exc.message)
             except EdgeproofError as exc:
-                self._failed(manifest, "failed", exc.message)
+                error = ("failed", exc.message)
             except Exception as exc:  # a bug must not kill the updater thread silently
                 log.exception("model updater crashed on a release")
-                self._failed(manifest, "internal_error", str(exc))
-            else:
-                with self._lock:
+                error = ("internal_error", str(exc))
+            with self._lock:
+                self._busy = None
+                if error is None:
                     self._ready = ready
-            finally:
-                with self._lock:
-                    self._busy = None
+                superseded = self._superseded
+            if error is None:
+                continue
+            if error[0] != "cancelled":
+                self._failed(manifest, *error)
+            elif superseded:
+                self._superseded_release(manifest)
+            else:  # shutdown: the partial download is kept for the next start
+                log.info("model release paused", extra={"release": Release.from_manifest(manifest).key})
+
+    def _check_expiry(self, manifest: Manifest) -> None:
+        problem = expiry_problem(manifest, self.clock_ms())
+        if problem is not None:
+            raise DeployError(problem, reason="expired")
 
     def _prepare(self, manifest: Manifest) -> _Ready:
         release = Release.from_manifest(manifest)
+        self._check_expiry(manifest)
         self.report(deploy_body(release, "received"))
         if not self.store.is_installed(release):
             staging = self.store.staging_dir(release)
@@ -218,9 +290,12 @@ class ModelUpdater:
                     staging,
                     timeout_s=self.download_timeout_s,
                     on_progress=progress,
-                    stop=self._stop,
+                    stop=self._job_stop,
+                    min_rate_bps=self.download_limits[0],
+                    deadline_floor_s=self.download_limits[1],
                 )
                 done += artifact.length
+            self._check_expiry(manifest)
             self.store.install(release)
         self.report(deploy_body(release, "staged"))
         card_path = self.store.card_path(release)
@@ -242,10 +317,24 @@ class ModelUpdater:
             "model release failed", extra={"release": release.key, "reason": reason, "error": message[:300]}
         )
         try:
-            self._set({f"deploy.{manifest.channel}.failed_version": manifest.version})
+            self.state.set_record(failed_key(manifest.channel), manifest.version)
         except EdgeproofError as exc:
             log.warning("failed release version not stored", extra={"error": exc.message})
+        self._discard(release)
         self.report(deploy_body(release, "failed", reason=reason))
+
+    def _superseded_release(self, manifest: Manifest) -> None:
+        """A newer release on the channel replaced this one before it was ready."""
+        release = Release.from_manifest(manifest)
+        log.info("model release superseded", extra={"release": release.key})
+        self._discard(release)
+        self.report(deploy_body(release, "failed", reason="superseded"))
+
+    def _discard(self, release: Release) -> None:
+        with self._lock:
+            if release.key in self._needed_keys():
+                return  # the same release is offered again (another channel or manifest version)
+            self.store.discard(release)
 
     # ------------------------------------------------------------------ main loop
 
@@ -285,7 +374,7 @@ class ModelUpdater:
         failed = active.current
         restored = self.store.rollback()
         try:
-            self._set({f"deploy.{failed.channel}.failed_version": failed.manifest_version})
+            self.state.set_record(failed_key(failed.channel), failed.manifest_version)
         except EdgeproofError as exc:
             log.warning("failed release version not stored", extra={"error": exc.message})
         self.report(deploy_body(failed, "rolled_back", reason=reason))

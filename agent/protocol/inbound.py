@@ -36,6 +36,9 @@ from agent.protocol.envelope import Envelope, parse_envelope, verify_parsed
 from agent.protocol.kinds import SPECS
 from agent.protocol.topics import Topics
 
+#: What to do about a missing pin (the device's config key; the installer writes it).
+PIN_HINT = "set coordinator.pubkey to your coordinator's base58 public key"
+
 
 class ChainObserver(Protocol):
     """What follows one signer's chain: :class:`~agent.protocol.chain.ChainVerifier`, :class:`SeqFloor`."""
@@ -96,7 +99,13 @@ class Rejection:
     kind: str | None = None
     #: The envelope, when it verified but was refused afterwards (addressee, chain).
     envelope: Envelope | None = None
+    #: What the receiver's operator can do about it, when there is something (e.g. pin a key).
+    hint: str | None = None
     ok: bool = False
+
+    def error(self) -> ProtocolError:
+        """The rejection as the project's exception (for a caller that raises or logs one)."""
+        return ProtocolError(self.message, reason=self.reason, hint=self.hint)
 
 
 #: Returns the chain follower of one signer, or None to skip chain checks for it.
@@ -118,13 +127,12 @@ def _check_signer(kind: str, dev: str, trust: Trust) -> None:
     elif origin == "coordinator":
         if trust.coordinators is not None and not trust.coordinators:
             raise ProtocolError(
-                f"{kind} signed by {dev}: no coordinator key is pinned, so no coordinator message is trusted",
-                reason="unpinned_coordinator",
-                hint="set [coordinator] pubkey in the agent config (deploy/install.sh --coordinator-key)",
+                f"{kind} refused: no coordinator key is pinned", reason="unpinned_coordinator", hint=PIN_HINT
             )
         if trust.coordinators is not None and dev not in trust.coordinators:
+            pinned = ", ".join(sorted(trust.coordinators))
             raise ProtocolError(
-                f"{kind} signed by {dev}, not the pinned coordinator", reason="untrusted_coordinator"
+                f"{kind} signed by {dev}, not the pinned coordinator {pinned}", reason="untrusted_coordinator"
             )
     elif trust.operators is not None and dev not in trust.operators:
         raise ProtocolError(
@@ -180,7 +188,7 @@ def check_inbound(
         _check_signer(kind, dev, trust)
         env = verify_parsed(parsed)
     except ProtocolError as exc:
-        return Rejection(exc.reason, exc.message, dev=dev, kind=kind)
+        return Rejection(exc.reason, exc.message, dev=dev, kind=kind, hint=exc.hint)
     addressed = getattr(env.body, "device", None)
     if (
         trust.audience is not None

@@ -90,6 +90,17 @@ _TABLE: tuple[Reason, ...] = (
     Reason("inference_failed", "deploy", "the model raised during the smoke test or the trial"),
     Reason("not_installed", "deploy", "the named release is not installed"),
     Reason("not_active", "deploy", "the named release is not the active one"),
+    Reason(
+        "failed", "deploy", "the release failed for a reason outside the named ones (the message says why)"
+    ),
+    Reason(
+        "internal_error",
+        "deploy",
+        "the updater hit a bug while preparing the release (logged with its traceback)",
+    ),
+    Reason("crashed_in_trial", "deploy", "the agent restarted while the release was on trial: rolled back"),
+    Reason("unusable", "deploy", "the active release cannot be loaded at start: rolled back"),
+    Reason("trial_failed", "deploy", "the model raised during its trial: rolled back"),
     Reason("thermal", "local", "the thermal policy lowered the inference rate"),
     # --- the daemon's local control socket (also uses ``oversized`` and ``malformed``) -----
     Reason("peer_refused", "local", "a control-socket peer whose uid is neither root nor the daemon's"),
@@ -103,6 +114,29 @@ _TABLE: tuple[Reason, ...] = (
     Reason("unknown_op", "local", "a control request names an op the daemon does not offer"),
     Reason("unavailable", "local", "the daemon's main loop did not take the op in time, or it is stopping"),
     Reason("op_failed", "local", "a control op raised an unexpected error"),
+    Reason(
+        "unreadable_state",
+        "local",
+        "the device's state file is garbage, truncated, not SQLite or fails its integrity check (exit code 12)",
+    ),
+    Reason(
+        "not_requeued",
+        "local",
+        "a salvaged envelope did not fit the outbox bound when state recover re-queued it",
+    ),
+    Reason(
+        "too_slow_download",
+        "deploy",
+        "an artifact did not arrive within its deadline (declared length at the minimum rate, or the floor)",
+    ),
+    Reason(
+        "version_reused",
+        "message",
+        "a manifest with the version already accepted on its channel but other content",
+    ),
+    Reason(
+        "superseded", "deploy", "a newer manifest on the channel replaced the release before it was ready"
+    ),
     # --- one inbound message at the coordinator (its own checks after check_inbound) ---------
     Reason(
         "stale_beacon",
@@ -126,7 +160,7 @@ _TABLE: tuple[Reason, ...] = (
         "window_overlap", "message", "a proof's window overlaps a window already accepted from this device"
     ),
     Reason(
-        "internal_error",
+        "ingest_failed",
         "message",
         "the coordinator failed to judge the message (a bug, logged); recorded, never counted",
     ),

@@ -55,7 +55,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from agent.errors import ConfigError, TransportError
 from agent.transport.backoff import Backoff
-from agent.transport.outbox import Outbox, OutboxRow, StateValue
+from agent.transport.outbox import Outbox, OutboxRow, TxnStep
 from agent.transport.settings import MqttSettings
 
 log = logging.getLogger(__name__)
@@ -311,13 +311,21 @@ class MqttTransport:
         qos: int = 1,
         retain: bool = False,
         priority: int | None = None,
-        state: dict[str, StateValue] | None = None,
+        seq: int | None = None,
+        in_transaction: TxnStep | None = None,
     ) -> int | None:
         """Queue durably (see :meth:`Outbox.put`) and wake the publisher."""
         if not topic or "+" in topic or "#" in topic:
             raise TransportError(f"cannot publish on topic {topic!r}: it is empty or has a wildcard")
         return self.outbox.put(
-            topic, payload, qos=qos, retain=retain, kind=kind, priority=priority, state=state
+            topic,
+            payload,
+            qos=qos,
+            retain=retain,
+            kind=kind,
+            priority=priority,
+            seq=seq,
+            in_transaction=in_transaction,
         )
 
     def wake(self) -> None:

@@ -43,11 +43,22 @@ and treat the envelope as never created.
 
 Chain state
 -----------
-``put(..., state={"seq": n, "prev": h})`` writes the key/value pairs in the same transaction
-as the message, so a SIGKILL between signing and queuing cannot fork the hash chain.  The
-state is committed even when the policy refuses the message: the envelope then exists (signed,
-counted as dropped) and the next one chains to it, so the coordinator sees an honest gap
-rather than two envelopes with the same ``seq``.
+The queue knows nothing of chain heads.  ``put(..., seq=n, in_transaction=step)`` stores the
+envelope's ``seq`` in its row (so nobody parses payloads to learn it, see :meth:`oldest_seq`)
+and runs ``step(connection)`` inside the same transaction as the message: the device state
+store (:mod:`agent.device.state_store`, sharing this SQLite file) advances the chain head that
+way, so a SIGKILL between signing and queuing cannot fork the hash chain.  The step is
+committed even when the policy refuses the message: the envelope then exists (signed, counted
+as dropped) and the next one chains to it, so the coordinator sees an honest gap rather than
+two envelopes with the same ``seq``.
+
+Schema
+------
+The tables, row types, migration and statistics are in :mod:`agent.transport.outbox_schema`.
+``PRAGMA user_version`` is the file's schema version.  A version 1 file (no ``seq`` column) is
+migrated in place when opened: ``ALTER TABLE ... ADD COLUMN seq`` and the seq of each queued
+chained envelope copied once from its payload.  :func:`read_stats` opens the file read-only
+(``mode=ro``): no reserve file, no migration.
 
 Broker refusals
 ---------------
@@ -60,14 +71,11 @@ parked rows are kept; they can be inspected with :meth:`parked` and put back wit
 
 from __future__ import annotations
 
-import json
 import logging
 import sqlite3
-import threading
-import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -80,7 +88,21 @@ from agent.transport.disk_full import (
     DiskFullGuard,
     is_disk_full,
 )
+from agent.transport.outbox_schema import (
+    COLUMNS,
+    NEEDED,
+    SCHEMA,
+    migrate,
+    now_ms,
+    row_of,
+    stats_of,
+)
+from agent.transport.outbox_schema import OutboxRow as OutboxRow
+from agent.transport.outbox_schema import OutboxStats as OutboxStats
+from agent.transport.outbox_schema import ParkedRow as ParkedRow
+from agent.transport.outbox_schema import read_stats as read_stats
 from agent.transport.settings import OutboxSettings
+from agent.transport.sqlite_file import SqliteFile, require_columns, translate
 
 log = logging.getLogger(__name__)
 
@@ -98,116 +120,8 @@ def kind_priority(kind: str) -> int:
     return _LEVEL[priority_of(kind)]
 
 
-StateValue = int | str | None
-
-_SCHEMA_VERSION = 1
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS outbox (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    topic TEXT NOT NULL,
-    payload BLOB NOT NULL,
-    qos INTEGER NOT NULL,
-    retain INTEGER NOT NULL,
-    kind TEXT NOT NULL,
-    priority INTEGER NOT NULL,
-    size INTEGER NOT NULL,
-    created_ms INTEGER NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS outbox_priority ON outbox (priority, id);
-CREATE TABLE IF NOT EXISTS drops (
-    kind TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    count INTEGER NOT NULL,
-    PRIMARY KEY (kind, reason)
-);
-CREATE TABLE IF NOT EXISTS state (
-    key TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS parked (
-    id INTEGER PRIMARY KEY,
-    topic TEXT NOT NULL,
-    payload BLOB NOT NULL,
-    qos INTEGER NOT NULL,
-    retain INTEGER NOT NULL,
-    kind TEXT NOT NULL,
-    priority INTEGER NOT NULL,
-    size INTEGER NOT NULL,
-    created_ms INTEGER NOT NULL,
-    attempts INTEGER NOT NULL,
-    reason TEXT NOT NULL,
-    parked_ms INTEGER NOT NULL
-);
-"""
-
-_COLUMNS = "id, topic, payload, qos, retain, kind, priority, size, created_ms, attempts"
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxRow:
-    id: int
-    topic: str
-    payload: bytes
-    qos: int
-    retain: bool
-    kind: str
-    priority: int
-    size: int
-    created_ms: int
-    attempts: int
-
-
-@dataclass(frozen=True, slots=True)
-class ParkedRow:
-    row: OutboxRow
-    reason: str
-    parked_ms: int
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxStats:
-    depth: int
-    bytes: int
-    max_bytes: int
-    oldest_age_ms: int | None
-    # kind -> reason -> count, persistent across restarts.
-    drops: dict[str, dict[str, int]] = field(default_factory=dict)
-    parked: int = 0
-
-    @property
-    def dropped_total(self) -> int:
-        return sum(sum(reasons.values()) for reasons in self.drops.values())
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "depth": self.depth,
-            "bytes": self.bytes,
-            "max_bytes": self.max_bytes,
-            "oldest_age_ms": self.oldest_age_ms,
-            "drops": {kind: dict(reasons) for kind, reasons in self.drops.items()},
-            "dropped_total": self.dropped_total,
-            "parked": self.parked,
-        }
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def _row(values: tuple[Any, ...]) -> OutboxRow:
-    return OutboxRow(
-        id=values[0],
-        topic=values[1],
-        payload=bytes(values[2]),
-        qos=values[3],
-        retain=bool(values[4]),
-        kind=values[5],
-        priority=values[6],
-        size=values[7],
-        created_ms=values[8],
-        attempts=values[9],
-    )
+#: Runs inside the queue's transaction, on its connection (e.g. a chain head advance).
+TxnStep = Callable[[sqlite3.Connection], None]
 
 
 @dataclass(frozen=True)
@@ -221,7 +135,8 @@ class _NewMessage:
     kind: str
     prio: int
     size: int
-    state: Mapping[str, StateValue] | None
+    seq: int | None
+    step: TxnStep | None
 
 
 class _Refused(Exception):
@@ -235,65 +150,57 @@ class Outbox:
         self,
         settings: OutboxSettings,
         *,
+        file: SqliteFile | None = None,
         clock_ms: Any = None,
         max_page_count: int | None = None,
         reserve_bytes: int = RESERVE_BYTES,
     ) -> None:
-        """Open (or create) the outbox at ``settings.path``.
+        """Open (or create) the outbox at ``settings.path``, or use its tables in ``file``.
 
-        ``max_page_count`` caps the database file (in pages) as a hard size limit; tests use it
-        to simulate a full disk.  ``clock_ms`` (a ``() -> int``) replaces the wall clock in tests.
-        ``reserve_bytes`` is the size of the ballast file kept for a full disk (0: none).
+        ``file`` is the state file shared with the device state store (the caller closes it);
+        without it the outbox opens ``settings.path`` itself.  ``max_page_count`` caps the
+        database file (in pages) as a hard size limit; tests use it to simulate a full disk.
+        ``clock_ms`` (a ``() -> int``) replaces the wall clock in tests.  ``reserve_bytes`` is
+        the size of the ballast file kept for a full disk (0: none).
         """
         self.settings = settings
         self.path = Path(settings.path)
-        self._clock_ms = clock_ms or _now_ms
-        self._lock = threading.RLock()
+        self._clock_ms = clock_ms or now_ms
         self._unsaved_drops: Counter[tuple[str, str]] = Counter()
         self._closed = False
         self._listeners: list[Callable[[], None]] = []
+        self._owns_file = file is None
+        if file is None:
+            file = SqliteFile.open(self.path, synchronous=settings.synchronous, max_page_count=max_page_count)
+        elif max_page_count is not None:
+            file.db.execute(f"PRAGMA max_page_count={int(max_page_count)}")
+        self._file = file
+        self._db = file.db
+        self._lock = file.lock
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(
-                str(self.path), isolation_level=None, check_same_thread=False, timeout=10.0
-            )
-        except (OSError, sqlite3.Error) as exc:
-            raise StorageError(
-                f"outbox {self.path} cannot be opened: {exc}",
-                hint="check that outbox.path is on a writable filesystem and the agent's user owns it",
-            ) from exc
-        try:
-            mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise StorageError(
-                    f"outbox {self.path}: SQLite refused WAL mode (got {mode!r})",
-                    hint="put outbox.path on a local filesystem (WAL does not work on network shares)",
-                )
-            self._db.execute(f"PRAGMA synchronous={settings.synchronous}")
-            self._db.execute("PRAGMA busy_timeout=10000")
-            self._db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
-            self._db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
-            if max_page_count is not None:
-                self._db.execute(f"PRAGMA max_page_count={int(max_page_count)}")
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            if version > _SCHEMA_VERSION:
-                raise StorageError(
-                    f"outbox {self.path} has schema version {version}, newer than this agent's "
-                    f"({_SCHEMA_VERSION})",
-                    hint="upgrade the agent, or move the file away to start a fresh outbox",
-                )
-            self._db.executescript(_SCHEMA)
-            if version != _SCHEMA_VERSION:
-                self._db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
-            self._bytes = self._sum_bytes()
-        except sqlite3.DatabaseError as exc:
-            self._db.close()
-            raise StorageError(
-                f"outbox {self.path} is not a usable SQLite database: {exc}",
-                hint="move the file away (it will be recreated) or free disk space",
-            ) from exc
+            with self._lock:
+                self._db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
+                self._db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
+                for table, needed in NEEDED.items():
+                    require_columns(file, table, needed)
+                self._db.execute("BEGIN IMMEDIATE")
+                for statement in SCHEMA.split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+                filled = migrate(self._db)
+                file.mark_current()
+                self._db.execute("COMMIT")
+                if filled:
+                    log.info("outbox migrated to schema 2", extra={"path": str(self.path), "rows": filled})
+                self._bytes = self._sum_bytes()
+        except sqlite3.Error as exc:
+            file.rollback()
+            if self._owns_file:
+                file.close()
+            raise translate(self.path, exc, "opening the outbox") from exc
         except StorageError:
-            self._db.close()
+            if self._owns_file:
+                file.close()
             raise
         self._guard = DiskFullGuard(self._db, self.path, reserve_bytes)
 
@@ -331,14 +238,6 @@ class Outbox:
                 "INSERT INTO drops (kind, reason, count) VALUES (?, ?, ?) "
                 "ON CONFLICT (kind, reason) DO UPDATE SET count = count + excluded.count",
                 (kind, reason, count),
-            )
-
-    def _write_state(self, state: Mapping[str, StateValue]) -> None:
-        for key, value in state.items():
-            self._db.execute(
-                "INSERT INTO state (key, value) VALUES (?, ?) "
-                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                (key, json.dumps(value)),
             )
 
     def _victims(self, priority: int, exclude: set[int]) -> Iterable[tuple[int, str, int]]:
@@ -384,12 +283,15 @@ class Outbox:
         retain: bool = False,
         kind: str = "other",
         priority: int | None = None,
-        state: Mapping[str, StateValue] | None = None,
+        seq: int | None = None,
+        in_transaction: TxnStep | None = None,
     ) -> int | None:
         """Queue a message durably; returns its row id, or None if the overflow policy refused it.
 
-        ``state`` is written in the same transaction (and also when the message is refused).
-        Raises :class:`StorageError` only if nothing at all could be written.
+        ``seq`` is stored with the row (a chained envelope's position).  ``in_transaction`` runs
+        inside the same transaction, before it commits (and also when the message is refused);
+        it may run more than once if a full disk makes the transaction retry.  Raises
+        :class:`StorageError` only if nothing at all could be written.
         """
         if qos not in (0, 1, 2):
             raise ValueError(f"qos must be 0, 1 or 2, got {qos}")
@@ -401,7 +303,9 @@ class Outbox:
         with self._lock:
             self._check_open()
             try:
-                row_id = self._put_locked(_NewMessage(topic, body, qos, retain, kind, prio, size, state))
+                row_id = self._put_locked(
+                    _NewMessage(topic, body, qos, retain, kind, prio, size, seq, in_transaction)
+                )
             except sqlite3.Error as exc:
                 self._rollback()
                 self._bytes = self._safe_sum()
@@ -411,6 +315,11 @@ class Outbox:
                     hint="free disk space on the outbox filesystem or lower outbox.max_bytes; "
                     "the message and its chain state were not written",
                 ) from exc
+            except BaseException:
+                # e.g. the transaction step failed (a StorageError writing the state copy)
+                self._rollback()
+                self._bytes = self._safe_sum()
+                raise
             listeners = list(self._listeners) if row_id is not None else []
         for listener in listeners:
             listener()
@@ -514,16 +423,26 @@ class Outbox:
         row_id: int | None = None
         if refused is None:
             cur = self._db.execute(
-                "INSERT INTO outbox (topic, payload, qos, retain, kind, priority, size, created_ms) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (msg.topic, msg.body, msg.qos, int(msg.retain), kind, msg.prio, size, self._clock_ms()),
+                "INSERT INTO outbox (topic, payload, qos, retain, kind, priority, size, created_ms, seq) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    msg.topic,
+                    msg.body,
+                    msg.qos,
+                    int(msg.retain),
+                    kind,
+                    msg.prio,
+                    size,
+                    self._clock_ms(),
+                    msg.seq,
+                ),
             )
             row_id = cur.lastrowid
         else:
             drops[(kind, refused)] += 1
         self._count(drops)
-        if msg.state:
-            self._write_state(msg.state)
+        if msg.step is not None:
+            msg.step(self._db)
         self._db.execute("COMMIT")
         self._unsaved_drops.clear()
         self._bytes += (size if row_id is not None else 0) - freed
@@ -547,10 +466,10 @@ class Outbox:
             self._check_open()
             try:
                 cur = self._db.execute(
-                    f"SELECT {_COLUMNS} FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
+                    f"SELECT {COLUMNS} FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
                     (after_id, -1 if limit is None else limit),
                 )
-                return [_row(v) for v in cur.fetchall()]
+                return [row_of(v) for v in cur.fetchall()]
             except sqlite3.Error as exc:
                 raise StorageError(f"outbox {self.path} cannot be read: {exc}") from exc
 
@@ -619,16 +538,16 @@ class Outbox:
 
         def move() -> OutboxRow | None:
             self._db.execute("BEGIN IMMEDIATE")
-            got = self._db.execute(f"SELECT {_COLUMNS} FROM outbox WHERE id = ?", (row_id,)).fetchone()
+            got = self._db.execute(f"SELECT {COLUMNS} FROM outbox WHERE id = ?", (row_id,)).fetchone()
             if got is None:
                 self._db.execute("ROLLBACK")
                 return None
-            row = _row(got)
+            row = row_of(got)
             self._db.execute("DELETE FROM outbox WHERE id = ?", (row_id,))
             if self.settings.max_parked > 0:
                 self._db.execute(
-                    f"INSERT OR REPLACE INTO parked ({_COLUMNS}, reason, parked_ms) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    f"INSERT OR REPLACE INTO parked ({COLUMNS}, reason, parked_ms) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         row.id,
                         row.topic,
@@ -640,6 +559,7 @@ class Outbox:
                         row.size,
                         row.created_ms,
                         row.attempts,
+                        row.seq,
                         reason,
                         self._clock_ms(),
                     ),
@@ -669,9 +589,9 @@ class Outbox:
         with self._lock:
             self._check_open()
             cur = self._db.execute(
-                f"SELECT {_COLUMNS}, reason, parked_ms FROM parked ORDER BY id DESC LIMIT ?", (limit,)
+                f"SELECT {COLUMNS}, reason, parked_ms FROM parked ORDER BY id DESC LIMIT ?", (limit,)
             )
-            return [ParkedRow(_row(v[:10]), str(v[10]), int(v[11])) for v in cur.fetchall()]
+            return [ParkedRow(row_of(v[:11]), str(v[11]), int(v[12])) for v in cur.fetchall()]
 
     def requeue_parked(self) -> int:
         """Put every parked row back at the end of the outbox (after fixing e.g. the ACL)."""
@@ -686,66 +606,26 @@ class Outbox:
                     retain=row.retain,
                     kind=row.kind,
                     priority=row.priority,
+                    seq=row.seq,
                 )
                 if new_id is not None:
                     self._db.execute("DELETE FROM parked WHERE id = ?", (row.id,))
             return len(rows)
 
-    def get_state(self, key: str, default: StateValue = None) -> StateValue:
-        with self._lock:
-            self._check_open()
-            got = self._db.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
-            if got is None:
-                return default
-            value: StateValue = json.loads(got[0])
-            return value
-
-    def state(self) -> dict[str, StateValue]:
-        with self._lock:
-            self._check_open()
-            return {k: json.loads(v) for k, v in self._db.execute("SELECT key, value FROM state").fetchall()}
-
-    def set_state(self, state: Mapping[str, StateValue]) -> None:
-        """Write key/value pairs atomically (without a message)."""
-
-        def write() -> None:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._write_state(state)
-            self._db.execute("COMMIT")
-
+    def oldest_seq(self) -> int | None:
+        """The lowest seq still queued (chained envelopes only); None if none is waiting."""
         with self._lock:
             self._check_open()
             try:
-                self._write("set_state", write)
+                got = self._db.execute("SELECT MIN(seq) FROM outbox WHERE seq IS NOT NULL").fetchone()
             except sqlite3.Error as exc:
-                self._rollback()
-                raise StorageError(
-                    f"outbox {self.path}: cannot write state: {exc}",
-                    hint="free disk space on the outbox filesystem",
-                ) from exc
+                raise translate(self.path, exc, "reading the outbox") from exc
+            return None if got[0] is None else int(got[0])
 
     def stats(self) -> OutboxStats:
         with self._lock:
             self._check_open()
-            depth, total, oldest = self._db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(size), 0), MIN(created_ms) FROM outbox"
-            ).fetchone()
-            drops: dict[str, dict[str, int]] = {}
-            counted: Counter[tuple[str, str]] = Counter(self._unsaved_drops)
-            for kind, reason, count in self._db.execute("SELECT kind, reason, count FROM drops").fetchall():
-                counted[(kind, reason)] += count
-            for (kind, reason), count in sorted(counted.items()):
-                drops.setdefault(kind, {})[reason] = count
-            parked = self._db.execute("SELECT COUNT(*) FROM parked").fetchone()[0]
-            age = None if oldest is None else max(0, self._clock_ms() - int(oldest))
-            return OutboxStats(
-                depth=int(depth),
-                bytes=int(total),
-                max_bytes=self.settings.max_bytes,
-                oldest_age_ms=age,
-                drops=drops,
-                parked=int(parked),
-            )
+            return stats_of(self._db, self.settings.max_bytes, self._clock_ms(), self._unsaved_drops)
 
     def __len__(self) -> int:
         with self._lock:
@@ -765,7 +645,8 @@ class Outbox:
                     self._unsaved_drops.clear()
                 except sqlite3.Error:
                     self._rollback()
-            self._db.close()
+            if self._owns_file:
+                self._file.close()
 
     def __enter__(self) -> Outbox:
         return self

@@ -280,7 +280,7 @@ def test_a_bug_while_judging_one_message_is_recorded_and_the_batch_goes_on(rig: 
     batch = [Inbound(T.proof(device.id), proof.wire, NOW), Inbound(T.hb(device.id), hb.wire, NOW)]
     result = commit_batch(store, batch, policy=broken, keypair=COORD, topics=T, now_ms=NOW)
     assert [(o.row.accepted, o.row.reason) for o in result.outcomes] == [
-        (False, "internal_error"),
+        (False, "ingest_failed"),
         (True, "chain_gap"),
     ]
-    assert [m.reason for m in store.messages()] == ["internal_error", "chain_gap"]
+    assert [m.reason for m in store.messages()] == ["ingest_failed", "chain_gap"]

@@ -119,3 +119,19 @@ def test_the_coordinator_never_imports_device_code() -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     count, device = out.stdout.strip().split(" ", 1)
     assert int(count) >= 8 and device == "[]"
+
+
+def test_the_coordinator_reasons_are_catalogued_once_each() -> None:
+    from agent.protocol.reasons import _TABLE, REASONS
+
+    names = [r.name for r in _TABLE]
+    assert len(names) == len(set(names))  # one meaning per name
+    ours = (
+        "stale_beacon",
+        "unknown_beacon",
+        "clock_skew",
+        "implausible_throughput",
+        "window_overlap",
+        "ingest_failed",
+    )
+    assert all(REASONS[name].scope == "message" for name in ours)

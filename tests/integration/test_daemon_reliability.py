@@ -24,6 +24,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -44,14 +45,14 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from prometheus_client.parser import text_string_to_metric_families
 from solders.keypair import Keypair
 
+from agent.device.state_store import StateStore
 from agent.device.status import read_status
 from agent.identity import device_id
 from agent.inference.cards import load_card
 from agent.protocol.capture import verify_capture
 from agent.protocol.envelope import GENESIS_PREV, Envelope, build_envelope, envelope_hash, verify_envelope
 from agent.protocol.messages import Beacon, Challenge, Heartbeat, Manifest, Verdict, Voucher
-from agent.transport.outbox import RESERVE_BYTES, Outbox
-from agent.transport.settings import OutboxSettings
+from agent.transport.outbox import RESERVE_BYTES
 from tests.support.mosquitto import Collector, MosquittoBroker, free_port
 
 pytestmark = pytest.mark.integration
@@ -114,6 +115,7 @@ def write_config(
     metrics_port: int | None = None,
     manifest_channel: str | None = None,
     trial_s: float = 60.0,
+    extra: str = "",
 ) -> Path:
     workdir.mkdir(parents=True, exist_ok=True)
     key = workdir / "device-key.json"
@@ -162,6 +164,7 @@ def write_config(
             f'pubkey = "{coordinator}"',
             *metrics,
             *fleet,
+            extra,
         ]
     )
     path = workdir / "agent.toml"
@@ -177,9 +180,10 @@ def clean_env() -> dict[str, str]:
 class DaemonProcess:
     """``python -m agent run`` in a subprocess; only this process is ever signalled, by its pid."""
 
-    def __init__(self, config: Path, log_path: Path) -> None:
+    def __init__(self, config: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
         self.config = config
         self.log_path = log_path
+        self.env = env or {}
         self.state_dir = config.parent / "state"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -199,7 +203,7 @@ class DaemonProcess:
                     str(self.config),
                 ],
                 cwd=ROOT,
-                env=clean_env(),
+                env={**clean_env(), **self.env},
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=log,
@@ -278,12 +282,15 @@ def outbox_facts(path: Path) -> dict[str, Any]:
     db = sqlite3.connect(str(path))
     try:
         integrity = db.execute("PRAGMA integrity_check").fetchone()[0]
-        state = {k: json.loads(v) for k, v in db.execute("SELECT key, value FROM state").fetchall()}
-        pending = [bytes(p) for (p,) in db.execute("SELECT payload FROM outbox ORDER BY id").fetchall()]
+        head = db.execute("SELECT seq, prev FROM chain_head WHERE id = 1").fetchone()
+        rows = db.execute("SELECT payload, seq FROM outbox ORDER BY id").fetchall()
         drops = {(k, r): c for k, r, c in db.execute("SELECT kind, reason, count FROM drops").fetchall()}
     finally:
         db.close()
-    pending_seqs = {json.loads(p)["seq"] for p in pending if json.loads(p)["kind"] != "status"}
+    state = {"seq": 0, "prev": GENESIS_PREV} if head is None else {"seq": head[0], "prev": head[1]}
+    pending_seqs = {json.loads(p)["seq"] for p, _ in rows if json.loads(p)["kind"] != "status"}
+    # The queue's seq column says the same as the payloads (the daemon reads only the column).
+    assert {seq for _, seq in rows if seq is not None} == pending_seqs
     return {"integrity": integrity, "state": state, "pending_seqs": pending_seqs, "drops": drops}
 
 
@@ -704,7 +711,8 @@ def test_hostile_inbound_is_rejected_by_reason_and_the_daemon_keeps_working(tmp_
                     "wrong_kind",
                 ),
                 (topic, device_heartbeat.wire, "wrong_kind"),
-                (topic, coordinator_envelope(kind, good[kind], signer=ROGUE).wire, "unknown_device"),
+                # Another key than the pinned coordinator (was `unknown_device` before issue 6).
+                (topic, coordinator_envelope(kind, good[kind], signer=ROGUE).wire, "untrusted_coordinator"),
             ]
             if kind != "beacon":
                 hostile.append((topic, coordinator_envelope(kind, other[kind]).wire, "wrong_device"))
@@ -814,16 +822,25 @@ def test_hostile_inbound_is_rejected_by_reason_and_the_daemon_keeps_working(tmp_
     assert owner_view["counters"]["manifests_accepted"] == 1
     stable = owner_view["manifests"]["stable"]
     assert (stable["version"], stable["operator"], stable["eligible"]) == (5, str(OPERATOR.pubkey()), True)
-    # The accepted version is kept beside the chain head, so a restart still refuses v4.
-    with Outbox(OutboxSettings(path=str(tmp_path / "device" / "state" / "outbox.sqlite3"))) as kept:
-        assert kept.get_state("manifest.stable.version") == 5
+    # The accepted version is kept beside the chain head (and in the state copy), so a restart
+    # still refuses v4.
+    state_dir = tmp_path / "device" / "state"
+    with StateStore.open(state_dir / "outbox.sqlite3") as kept:
+        assert kept.manifest_version("stable") == 5
+    assert json.loads((state_dir / "state-copy.json").read_text())["manifests"] == {"stable": 5}
 
-    # One log line per rejection, naming the reason.
+    # Every rejection is logged naming its reason: one line each, up to 5 per reason per 10 s;
+    # beyond that one summary line per reason carries the count (a flood does not flood journald).
     logs = daemon.logs()
     logged = Counter(
         r["reason"] for r in logs if r.get("msg") in ("inbound message rejected", "challenge refused")
     )
-    assert logged == expected
+    assert all(n <= 5 * 3 for n in logged.values()), logged
+    held: Counter[str] = Counter()
+    for r in logs:
+        if r.get("msg") == "inbound rejections not logged one by one":
+            held[r["reason"]] += r["count"]
+    assert logged + held == expected
     assert not [r for r in logs if r.get("msg", "").startswith("inbound handler failed")]
 
     # The answer is right: the same sketch as the model run here on the nonce's synthetic input.
@@ -859,6 +876,157 @@ def test_hostile_inbound_is_rejected_by_reason_and_the_daemon_keeps_working(tmp_
         s.value for s in families["edgeproof_manifests_accepted"].samples if s.name.endswith("_total")
     ]
     assert accepted == [1.0]
+
+
+def heartbeats_quoting(collector: Collector, nonce: str) -> list[Envelope]:
+    return [e for e in capture_of(collector).of_kind("heartbeat") if e.raw["body"]["beacon_nonce"] == nonce]
+
+
+def test_a_beacon_from_the_future_is_refused_and_the_next_genuine_beacon_is_quoted(tmp_path: Path) -> None:
+    """Issue 6, beacon lockout: on main a signed beacon with a huge slot was taken, and every
+    genuine beacon after it was refused as a replay until a restart."""
+    broker = MosquittoBroker(tmp_path / "broker")
+    broker.start()
+    collector = collector_for(broker, "beacons")
+    config = write_config(
+        tmp_path / "device",
+        broker,
+        coordinator=str(COORDINATOR.pubkey()),
+        extra="[beacons]\ntolerance_s = 60",
+    )
+    daemon = DaemonProcess(config, tmp_path / "daemon.log")
+    publisher = Publisher(broker)
+    topic = f"{PREFIX}/beacon"
+    daemon.start()
+    try:
+        wait_until(lambda: capture_of(collector).kinds()["heartbeat"] >= 2, 90, "the daemon online")
+        now = now_ms()
+        # First beacon after the start: its time is an hour ahead (no earlier beacon to compare with).
+        ahead = Beacon(slot=100, nonce="a1" * 32, time_ms=now + 3_600_000, slot_ms=30_000)
+        publisher.publish(topic, coordinator_envelope("beacon", ahead, seq=10).wire)
+        genuine = Beacon(slot=100, nonce="a2" * 32, time_ms=now - 10_000, slot_ms=30_000)
+        publisher.publish(topic, coordinator_envelope("beacon", genuine, seq=11).wire)
+        wait_until(lambda: heartbeats_quoting(collector, "a2" * 32), 30, "a heartbeat quoting slot 100")
+        # A genuinely signed beacon with a huge slot and a plausible time: the lockout attempt.
+        huge = Beacon(slot=10**12, nonce="a3" * 32, time_ms=now_ms(), slot_ms=30_000)
+        publisher.publish(topic, coordinator_envelope("beacon", huge, seq=12).wire)
+        following = Beacon(slot=101, nonce="a4" * 32, time_ms=now_ms(), slot_ms=30_000)
+        publisher.publish(topic, coordinator_envelope("beacon", following, seq=13).wire)
+        quoted = wait_until(
+            lambda: heartbeats_quoting(collector, "a4" * 32), 30, "a heartbeat quoting slot 101"
+        )
+        wait_until(
+            lambda: daemon.status().get("rejected_inbound") == {"beacon_from_future": 2},
+            15,
+            "both future beacons counted",
+        )
+        assert daemon.terminate() == 0, daemon.tail()
+    finally:
+        publisher.close()
+        daemon.ensure_dead()
+        cap = capture_of(collector)
+        collector.close()
+        broker.kill()
+    assert quoted[0].raw["body"]["beacon_slot"] == 101
+    quoted_nonces = {e.raw["body"]["beacon_nonce"] for e in cap.of_kind("heartbeat")}
+    assert "a1" * 32 not in quoted_nonces and "a3" * 32 not in quoted_nonces
+    # Once slot 101 was quoted, no later heartbeat quotes anything else.
+    after = [e for e in cap.of_kind("heartbeat") if e.seq >= quoted[0].seq]
+    assert {e.raw["body"]["beacon_slot"] for e in after} == {101}
+    refused = [r for r in daemon.logs() if r.get("msg") == "inbound message rejected"]
+    assert [r["reason"] for r in refused] == ["beacon_from_future", "beacon_from_future"]
+    assert re.fullmatch(
+        r"beacon time is 3[0-6]\d{5} ms ahead of the device clock \(tolerance 60000 ms\)", refused[0]["error"]
+    ), refused[0]["error"]
+    assert re.fullmatch(
+        rf"beacon slot {10**12} is {10**12 - 100} slots past slot 100; at most [5-9] can have started since "
+        r"\(slot 30000 ms\)",
+        refused[1]["error"],
+    ), refused[1]["error"]
+
+
+def test_without_a_coordinator_pin_every_coordinator_message_is_refused_and_proofs_continue(
+    tmp_path: Path,
+) -> None:
+    """Issue 6, unpinned coordinator: on main an empty pin trusted whoever signed."""
+    broker = MosquittoBroker(tmp_path / "broker")
+    broker.start()
+    collector = collector_for(broker, "unpinned")
+    metrics_port = free_port()
+    config = write_config(tmp_path / "device", broker, coordinator="", metrics_port=metrics_port)
+    card = load_card(str(MODEL)).card
+    daemon = DaemonProcess(config, tmp_path / "daemon.log")
+    publisher = Publisher(broker)
+    daemon.start()
+    try:
+        wait_until(lambda: capture_of(collector).kinds()["heartbeat"] >= 2, 90, "the daemon online")
+        good = bodies(DEV, card.sha256)
+        topics = {
+            "beacon": f"{PREFIX}/beacon",
+            "challenge": f"{PREFIX}/dev/{DEV}/challenge",
+            "verdict": f"{PREFIX}/dev/{DEV}/verdict",
+            "voucher": f"{PREFIX}/dev/{DEV}/voucher",
+        }
+        for seq, (kind, topic) in enumerate(topics.items(), start=1):
+            publisher.publish(topic, coordinator_envelope(kind, good[kind], seq=seq).wire)
+        sent_ms = now_ms()
+        wait_until(
+            lambda: daemon.status().get("rejected_inbound") == {"unpinned_coordinator": 4},
+            30,
+            "four coordinator messages refused as unpinned",
+        )
+        wait_until(
+            lambda: (
+                any(e.ts > sent_ms for e in capture_of(collector).of_kind("proof"))
+                and sum(e.ts > sent_ms for e in capture_of(collector).of_kind("heartbeat")) >= 3
+            ),
+            60,
+            "proofs and heartbeats after the refusals",
+        )
+        owner_json = edgeproof_status(config)
+        owner_text = subprocess.run(
+            [sys.executable, "-m", "agent", "status", "--config", str(config)],
+            cwd=ROOT,
+            env=clean_env(),
+            capture_output=True,
+            timeout=60,
+            check=True,
+        ).stdout.decode()
+        scraped = (
+            urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+        )
+        assert daemon.terminate() == 0, daemon.tail()
+    finally:
+        publisher.close()
+        daemon.ensure_dead()
+        cap = capture_of(collector)
+        collector.close()
+        broker.kill()
+    assert owner_json["coordinator"] == {
+        "pinned": False,
+        "pubkey": None,
+        "notice": "coordinator: not pinned, every coordinator message is refused",
+    }
+    assert owner_json["rejected_inbound"] == {"unpinned_coordinator": 4}
+    assert owner_json["beacon_slot"] == 0 and "challenges_answered" not in owner_json["counters"]
+    assert "vouchers_seen" not in owner_json["counters"]
+    assert "not pinned, every coordinator message is refused (set coordinator.pubkey)" in owner_text
+    assert owner_json["verdicts"] == []
+    # Heartbeats quote no beacon; proofs and heartbeats kept flowing; nothing was answered.
+    assert {
+        (e.raw["body"]["beacon_slot"], e.raw["body"]["beacon_nonce"]) for e in cap.of_kind("heartbeat")
+    } == {(0, "0" * 64)}
+    assert cap.kinds()["proof"] >= 1 and cap.kinds()["challenge_response"] == 0
+    families = {f.name: f for f in text_string_to_metric_families(scraped)}
+    by_reason = {
+        s.labels["reason"]: s.value
+        for s in families["edgeproof_inbound_rejected"].samples
+        if s.name.endswith("_total")
+    }
+    assert by_reason == {"unpinned_coordinator": 4.0}
+    assert [s.value for s in families["edgeproof_coordinator_pinned"].samples] == [0.0]
+    report = verify_capture(cap.lines, prefix=PREFIX)
+    assert report.ok, [p.to_dict() for p in report.problems]
 
 
 # ---------------------------------------------------------------------------------------- 4. full outbox
@@ -1038,6 +1206,7 @@ def test_heartbeats_only_mode_and_prometheus_endpoint(tmp_path: Path) -> None:
     info = [k for k in second if k.startswith("edgeproof_device_info")]
     assert len(info) == 1 and "mode=heartbeats-only" in info[0] and f"device={DEV}" in info[0]
     assert not any(k.startswith("edgeproof_inbound_rejected_total") for k in second)
+    assert second["edgeproof_coordinator_pinned"] == 1
     report = verify_capture(cap.lines, prefix=PREFIX)
     assert report.ok, [p.to_dict() for p in report.problems]
     # It listens where configured (loopback).

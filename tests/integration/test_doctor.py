@@ -29,7 +29,7 @@ def fake_root(tmp_path: Path, temp_mc: int = 45_000) -> Path:
     return root
 
 
-def write_config(tmp_path: Path, port: int, **inference: Any) -> Path:
+def write_config(tmp_path: Path, port: int, coordinator: str = COORDINATOR, **inference: Any) -> Path:
     key = tmp_path / "device-key.json"
     if not key.exists():
         init_keypair(key, seed=bytes([5]) * 32)
@@ -49,7 +49,7 @@ threads = 1
 host = "127.0.0.1"
 port = {port}
 [coordinator]
-pubkey = "{COORDINATOR}"
+pubkey = "{coordinator}"
 """
     path = tmp_path / "agent.toml"
     path.write_text(text)
@@ -145,4 +145,77 @@ def test_a_camera_held_by_the_running_daemon_is_not_opened(
     assert s["daemon"] == "ok"
     assert d["daemon"] == f"running, pid {os.getpid()}; chain seq 12, last acked 11; broker connected"
     assert (s["source"], d["source"]) == ("skip", f"0 is in use by the running daemon (pid {os.getpid()})")
-    assert code == 1 and report["failed"] == ["broker"]
+    # A running daemon is asked over its control socket, never probed with its own broker user
+    # (the broker would hand that second connection the daemon's session); this one has none.
+    assert s["broker"] == "warn"
+    assert d["broker"].startswith("the daemon runs but did not answer on its control socket: ")
+    assert code == 0 and report["failed"] == []
+
+
+def test_while_the_daemon_runs_the_broker_is_checked_through_it(
+    mosquitto: MosquittoBroker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.integration.test_daemon_reliability import DaemonProcess, wait_until
+
+    config = write_config(tmp_path, mosquitto.port)
+    daemon = DaemonProcess(config, tmp_path / "daemon.log")
+    daemon.start()
+    try:
+        status = tmp_path / "state" / "status.json"
+
+        def connected() -> bool:
+            return status.exists() and bool(json.loads(status.read_text())["transport"]["connected"])
+
+        wait_until(connected, 60, "the daemon connected")
+        _code, report = doctor(capsys, config, fake_root(tmp_path))
+        s, d = statuses(report), details(report)
+        assert s["daemon"] == "ok" and s["broker"] == "ok" and "broker" not in report["failed"]
+        assert d["broker"] == (
+            f"the running daemon is connected to 127.0.0.1:{mosquitto.port} (asked over its control socket)"
+        )
+        live = json.loads(status.read_text())["transport"]
+        assert live["reconnects"] == 0  # the doctor did not knock the daemon off
+    finally:
+        daemon.terminate()
+
+
+def test_an_unpinned_coordinator_fails_with_the_fix(
+    mosquitto: MosquittoBroker,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The shipped example's ``pubkey = ""``: the daemon refuses every coordinator message, so the
+    device cannot earn; doctor says so and how to fix it (issue 6; it was a warning that any key
+    was trusted)."""
+    config = write_config(tmp_path, mosquitto.port, coordinator="")
+    code, report = doctor(capsys, config, fake_root(tmp_path))
+    assert code == 1 and report["failed"] == ["coordinator"]
+    check = next(c for c in report["checks"] if c["name"] == "coordinator")
+    assert check == {
+        "name": "coordinator",
+        "status": "fail",
+        "detail": "coordinator: not pinned, every coordinator message is refused "
+        "(no beacon is quoted, no challenge answered)",
+        "hint": "set coordinator.pubkey to your coordinator's base58 public key",
+    }
+    # The table a person reads names it too (wide enough that no cell wraps).
+    monkeypatch.setenv("COLUMNS", "400")
+    assert (
+        main(
+            [
+                "doctor",
+                "--config",
+                str(config),
+                "--root",
+                str(fake_root(tmp_path / "t")),
+                "--broker-timeout",
+                "5",
+            ]
+        )
+        == 1
+    )
+    text = capsys.readouterr().out
+    assert "edgeproof doctor: 1 failed: coordinator" in text
+    assert "coordinator: not pinned, every coordinator message is refused" in text
+    assert "set coordinator.pubkey to your coordinator's base58 public key" in text

@@ -20,8 +20,11 @@ from typing import Any
 
 import pytest
 
+from agent.device.model_store import ModelStore
+from agent.device.updater import ModelUpdater
+from agent.inference.runtime import backend_settings, resolve_profile
 from agent.protocol.capture import verify_capture
-from agent.protocol.messages import Manifest
+from agent.protocol.messages import Deploy, Manifest
 from tests.integration.test_daemon_reliability import (
     OPERATOR,
     PREFIX,
@@ -49,7 +52,15 @@ def release_files(folder: Path, seed: int = 0) -> dict[str, bytes]:
     return {name: (folder / name).read_bytes() for name in ("tiny.onnx", "tiny.toml")}
 
 
-def tiny_manifest(server: ArtifactServer, files: dict[str, bytes], version: int, **sha: str) -> Manifest:
+def tiny_manifest(
+    server: ArtifactServer,
+    files: dict[str, bytes],
+    version: int,
+    *,
+    expires_ms: int | None = None,
+    missing: frozenset[str] = frozenset(),  # artifacts whose URL the server answers with 404
+    **sha: str,
+) -> Manifest:
     return Manifest.model_validate(
         {
             "channel": "stable",
@@ -61,13 +72,13 @@ def tiny_manifest(server: ArtifactServer, files: dict[str, bytes], version: int,
             "artifacts": [
                 {
                     "name": name,
-                    "url": server.url(name),
+                    "url": server.url(f"gone/{name}" if name in missing else name),
                     "sha256": sha.get(name.replace(".", "_"), hashlib.sha256(data).hexdigest()),
                     "length": len(data),
                 }
                 for name, data in files.items()
             ],
-            "expires_ms": now_ms() + 3_600_000,
+            "expires_ms": now_ms() + 3_600_000 if expires_ms is None else expires_ms,
             "stages": [10_000],
             "stage": 0,
         }
@@ -79,6 +90,23 @@ def deploy_states(collector: Collector) -> list[tuple[str, Any, int]]:
         (e.raw["body"]["state"], e.raw["body"].get("reason"), e.raw["body"]["manifest_version"])
         for e in capture_of(collector).of_kind("deploy")
     ]
+
+
+def deploy_shas(collector: Collector) -> set[str]:
+    return {e.raw["body"]["model_sha256"] for e in capture_of(collector).of_kind("deploy")}
+
+
+def staging_of(tmp_path: Path) -> Path:
+    return tmp_path / "device" / "state" / "models" / ".staging"
+
+
+def partial_bytes(staging: Path) -> int:
+    """Bytes the daemon has written to .part files so far."""
+    return sum(p.stat().st_size for p in staging.glob("*/*.part")) if staging.is_dir() else 0
+
+
+def rejected(daemon: DaemonProcess, reason: str) -> int:
+    return int(own_status(daemon).get("rejected_inbound", {}).get(reason, 0))
 
 
 def proof_models(collector: Collector) -> list[str]:
@@ -218,3 +246,196 @@ def test_bad_bytes_fail_and_a_crash_on_trial_rolls_back(tmp_path: Path) -> None:
             ("received", None, 2)
         ]
         assert restarted.terminate() == 0, restarted.tail()
+
+
+def test_staging_is_cleaned_after_a_failure_and_a_partial_download_survives_a_restart(tmp_path: Path) -> None:
+    files = release_files(tmp_path / "release")
+    staging = staging_of(tmp_path)
+    with rig(tmp_path, "update-staging") as r, ArtifactServer(files) as server:
+        collector = r.collector
+        daemon = r.daemon(trial_s=2.0)
+        wait_until(lambda: proof_models(collector), 90, "a first proof with the configured model")
+        # v1: the model downloads completely, then the card's URL answers 404.
+        r.push(tiny_manifest(server, files, version=1, missing=frozenset({"tiny.toml"})))
+        wait_until(lambda: ("failed", "http_404", 1) in deploy_states(collector), 60, "v1 to fail")
+        assert server.paths[-2:] == ["http /tiny.onnx", "http /gone/tiny.toml"]
+        assert list(staging.iterdir()) == []  # the downloaded tiny.onnx of the failed release is gone
+
+        # v2 trickles; the daemon dies mid-download and starts again with the server at full speed.
+        server.trickle_s = 0.4
+        r.push(tiny_manifest(server, files, version=2))
+        wait_until(lambda: partial_bytes(staging) >= 2, 60, "v2's download to be under way")
+        daemon.kill9()
+        kept = partial_bytes(staging)
+        server.trickle_s = None
+        stale = staging / "old-9.9.9-0123456789ab"
+        stale.mkdir()
+        (stale / "old.onnx.part").write_bytes(b"left by a release nobody offers any more")
+        served = len(server.requests)
+        restarted = r.daemon(trial_s=2.0)
+        wait_until(lambda: ("committed", None, 2) in deploy_states(collector), 90, "v2 to be committed")
+        # The restart resumed the partial download of the pending release and deleted the stale files.
+        assert server.requests[served] == f"bytes={kept}-", server.requests[served:]
+        assert server.paths[served] == "http /tiny.onnx"
+        assert list(staging.iterdir()) == []
+        assert restarted.terminate() == 0, restarted.tail()
+
+
+def test_an_expired_accepted_manifest_is_not_resumed_after_a_restart(tmp_path: Path) -> None:
+    files = release_files(tmp_path / "release")
+    staging = staging_of(tmp_path)
+    with rig(tmp_path, "update-expired") as r, ArtifactServer(files) as server:
+        collector = r.collector
+        server.trickle_s = 0.4
+        daemon = r.daemon(trial_s=2.0)
+        wait_until(lambda: proof_models(collector), 90, "a first proof with the configured model")
+        expires = now_ms() + 15_000
+        r.push(tiny_manifest(server, files, version=1, expires_ms=expires))
+        wait_until(
+            lambda: "http /tiny.onnx" in server.paths, 14, "the download to be under way before the expiry"
+        )
+        time.sleep(1.0)  # a few bytes trickle in
+        daemon.kill9()
+        server.trickle_s = None
+        time.sleep(max(0.0, (expires - now_ms()) / 1000 + 0.5))
+        served = list(server.paths)
+        restarted = r.daemon(trial_s=2.0)
+        # The stored manifest is judged again at start: expired, refused, counted.
+        wait_until(lambda: rejected(restarted, "expired") >= 1, 60, "the refusal of the expired manifest")
+        time.sleep(2.0)
+        status = own_status(restarted)
+        assert server.paths == served  # no download request reached the artifact server
+        assert [s for s in deploy_states(collector) if s[0] == "received"] == [("received", None, 1)]
+        assert status["model"]["id"] == "efficientnet-lite0-int8" and status["model"]["release"] is None
+        assert "stable" not in status["manifests"]
+        assert list(staging.iterdir()) == []  # its partial download belongs to no pending release
+        assert restarted.terminate() == 0, restarted.tail()
+
+
+def test_a_committed_release_outlives_its_manifest_and_a_reused_version_is_refused(tmp_path: Path) -> None:
+    files_a = release_files(tmp_path / "release-a")
+    files_b = release_files(tmp_path / "release-b", seed=1)  # another model
+    sha_a = hashlib.sha256(files_a["tiny.onnx"]).hexdigest()
+    sha_b = hashlib.sha256(files_b["tiny.onnx"]).hexdigest()
+    assert sha_a != sha_b
+    with (
+        rig(tmp_path, "update-reuse") as r,
+        ArtifactServer(files_a) as server_a,
+        ArtifactServer(files_b) as server_b,
+    ):
+        collector = r.collector
+        daemon = r.daemon(trial_s=2.0)
+        wait_until(lambda: proof_models(collector), 90, "a first proof with the configured model")
+        expires = now_ms() + 45_000
+        r.push(tiny_manifest(server_a, files_a, version=1, expires_ms=expires))
+        wait_until(lambda: ("committed", None, 1) in deploy_states(collector), 40, "v1 to be committed")
+        assert now_ms() < expires, "the rig was too slow: v1 expired before its release committed"
+
+        # v1 again with another model: refused by name, never downloaded.
+        r.push(tiny_manifest(server_b, files_b, version=1))
+        wait_until(lambda: rejected(daemon, "version_reused") >= 1, 30, "the refusal of the reused version")
+        time.sleep(1.0)
+        assert server_b.paths == []
+        assert sha_b not in deploy_shas(collector)
+        assert own_status(daemon)["model"]["sha256"] == sha_a
+        assert daemon.terminate() == 0, daemon.tail()
+
+        # v1 expires; after a restart its committed release still runs and nothing is installed.
+        time.sleep(max(0.0, (expires - now_ms()) / 1000 + 0.5))
+        before, served_a = len(deploy_states(collector)), len(server_a.paths)
+        restarted = r.daemon(trial_s=2.0)
+        wait_until(
+            lambda: own_status(restarted).get("manifests", {}).get("stable"), 60, "the stored manifest"
+        )
+        time.sleep(2.0)
+        status = own_status(restarted)
+        assert status["model"]["sha256"] == sha_a and status["model"]["release"] == f"tiny-1.0.0-{sha_a[:12]}"
+        assert status["manifests"]["stable"]["model_sha256"] == sha_a
+        assert "expired" not in status["rejected_inbound"]
+        assert len(deploy_states(collector)) == before
+        assert (len(server_a.paths), server_b.paths) == (served_a, [])
+        assert restarted.terminate() == 0, restarted.tail()
+
+
+# ------------------------------------------------- the updater in-process, with real servers and models
+
+
+@dataclass
+class Updater:
+    """A ModelUpdater on a real store, recording its deploy reports and its state."""
+
+    updater: ModelUpdater
+    reports: list[Deploy]
+    state: dict[str, object]
+
+    def states(self) -> list[tuple[str, Any, int]]:
+        return [(d.state, d.reason, d.manifest_version) for d in list(self.reports)]
+
+    def wait_ready(self, what: str) -> None:
+        swap = wait_until(self.updater.poll, 60, what)
+        assert swap.release is not None
+
+
+def in_process_updater(models: Path) -> Updater:
+    profile = resolve_profile("generic-x86_64")
+    reports: list[Deploy] = []
+    state: dict[str, object] = {}
+
+    def no_trial_failure(card: Path) -> Any:
+        raise AssertionError(f"no trial runs here ({card})")
+
+    updater = ModelUpdater(
+        ModelStore(models),
+        profile,
+        backend_settings(profile, threads=1),
+        reports.append,
+        state.get,
+        state.update,
+        fallback_card=models / "unused.toml",
+        open_pipeline=no_trial_failure,
+        trial_s=1.0,
+    )
+    updater.start()
+    return Updater(updater, reports, state)
+
+
+def test_a_newer_release_supersedes_a_download_and_a_stop_keeps_the_partial(tmp_path: Path) -> None:
+    files_a = release_files(tmp_path / "release-a")
+    files_b = release_files(tmp_path / "release-b", seed=1)
+    staging = tmp_path / "models" / ".staging"
+    with ArtifactServer(files_a) as server_a, ArtifactServer(files_b) as server_b:
+        server_a.trickle_s = 0.4
+        first = in_process_updater(tmp_path / "models")
+        try:
+            first.updater.offer(tiny_manifest(server_a, files_a, version=1))
+            wait_until(lambda: partial_bytes(staging) >= 1, 30, "v1's download to be under way")
+            # v2 on the same channel supersedes v1 mid-download: v1 stops, its files go, v2 installs.
+            first.updater.offer(tiny_manifest(server_b, files_b, version=2))
+            first.wait_ready("v2 to be ready")
+            assert ("failed", "superseded", 1) in first.states()
+            assert first.states()[-1] == ("activated", None, 2)
+            assert "deploy.stable.failed_version" not in first.state  # superseded is not a failure
+            assert list(staging.iterdir()) == []
+        finally:
+            first.updater.stop()
+
+        # A stop mid-download is not a failure: the partial stays and the next updater resumes it.
+        second = in_process_updater(tmp_path / "models2")
+        staging2 = tmp_path / "models2" / ".staging"
+        second.updater.offer(tiny_manifest(server_a, files_a, version=3))
+        wait_until(lambda: partial_bytes(staging2) >= 2, 30, "v3's download to be under way")
+        started = time.monotonic()
+        second.updater.stop(timeout=10.0)
+        assert time.monotonic() - started < 1.5
+        kept = partial_bytes(staging2)
+        assert second.states() == [("received", None, 3)] and second.state == {}
+        server_a.trickle_s = None
+        served = len(server_a.requests)
+        third = in_process_updater(tmp_path / "models2")
+        try:
+            third.updater.offer(tiny_manifest(server_a, files_a, version=3))
+            third.wait_ready("v3 to be ready after the resume")
+            assert server_a.requests[served] == f"bytes={kept}-"
+            assert list(staging2.iterdir()) == []
+        finally:
+            third.updater.stop()

@@ -226,3 +226,30 @@ def test_fleet_section(tmp_path):
     assert str(info.value) == (
         f"{path}:18: fleet.channels: 'Stable/1' is not a lower-case identifier (a-z, 0-9, '.', '_', '-')"
     )
+
+
+def test_fleet_download_limits(tmp_path):
+    from agent.device.download import DEFAULT_DEADLINE_FLOOR_S, DEFAULT_MIN_RATE_BPS
+
+    defaults = load_config(write(tmp_path, GOOD), env={}).fleet
+    assert (defaults.download_min_rate_bps, defaults.download_deadline_floor_s) == (
+        DEFAULT_MIN_RATE_BPS,
+        DEFAULT_DEADLINE_FLOOR_S,
+    )
+    text = GOOD + "\n[fleet]\ndownload_min_rate_bps = 1000\ndownload_deadline_floor_s = 30.5\n"
+    fleet = load_config(write(tmp_path, text), env={}).fleet
+    assert (fleet.download_min_rate_bps, fleet.download_deadline_floor_s) == (1000, 30.5)
+    path = write(tmp_path, text.replace("= 1000", "= 0"))
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    assert (
+        str(info.value)
+        == f"{path}:18: fleet.download_min_rate_bps: Input should be greater than or equal to 1 (got 0)"
+    )
+    env = {"EDGEPROOF_FLEET__DOWNLOAD_DEADLINE_FLOOR_S": "0.5"}
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, GOOD), env=env)
+    assert str(info.value) == (
+        "environment variable EDGEPROOF_FLEET__DOWNLOAD_DEADLINE_FLOOR_S: fleet.download_deadline_floor_s: "
+        "Input should be greater than or equal to 1 (got 0.5)"
+    )

@@ -7,7 +7,14 @@ from typing import Any
 import pytest
 from solders.keypair import Keypair
 
-from agent.device.manifests import HEADROOM_BYTES, DeviceFacts, check_manifest, rollout_bucket
+from agent.device.manifests import (
+    HEADROOM_BYTES,
+    DeviceFacts,
+    check_manifest,
+    rollout_bucket,
+    stored_manifest,
+)
+from agent.device.model_store import release_key
 from agent.errors import ProtocolError
 from agent.protocol.envelope import GENESIS_PREV, build_envelope, validate_body, verify_envelope
 from agent.protocol.messages import Manifest
@@ -22,9 +29,20 @@ FACTS = DeviceFacts(DEV, "rpi4", frozenset({"lobby"}))
 PLENTY = 10**12
 
 
-def signed(body: dict[str, Any], signer: Keypair = OPERATOR):
-    env = build_envelope(signer, "manifest", body, seq=1, prev=GENESIS_PREV, ts=NOW)
+def signed(body: dict[str, Any], signer: Keypair = OPERATOR, ts: int = NOW):
+    env = build_envelope(signer, "manifest", body, seq=1, prev=GENESIS_PREV, ts=ts)
     return verify_envelope(env.wire)  # what the daemon hands to check_manifest
+
+
+def accepted(**change: Any) -> Manifest:
+    """The manifest accepted earlier (as the daemon reads it back from its stored envelope)."""
+    body = signed(manifest_body(**change)).body
+    assert isinstance(body, Manifest)
+    return body
+
+
+#: The release key of manifest_body()'s model.
+RELEASE = release_key("efficientnet-lite0-int8", "1.1.0", "ab" * 32)
 
 
 def decide(body: dict[str, Any], signer: Keypair = OPERATOR, **kw: Any):
@@ -34,6 +52,8 @@ def decide(body: dict[str, Any], signer: Keypair = OPERATOR, **kw: Any):
         "facts": FACTS,
         "now_ms": NOW,
         "accepted_version": 0,
+        "accepted_manifest": None,
+        "committed_release": None,
         "free_bytes": PLENTY,
         **kw,
     }
@@ -175,13 +195,84 @@ def test_manifest_on_another_channel_is_refused() -> None:
     assert str(exc) == "manifest for channel 'beta' arrived on channel 'stable'"
 
 
-def test_older_version_is_refused_and_the_same_version_is_a_quiet_duplicate() -> None:
-    exc = refusal(manifest_body(version=2), accepted_version=3)
+def test_older_version_is_refused_and_the_same_content_again_is_a_quiet_duplicate() -> None:
+    exc = refusal(manifest_body(version=2), accepted_version=3, accepted_manifest=accepted())
     assert exc.reason == "stale_version"
     assert str(exc) == "manifest version 2 on 'stable' is older than the accepted version 3"
-    # The broker re-delivers the retained manifest on every reconnect, even after it expired.
-    again = decide(manifest_body(version=3, expires_ms=NOW - 1), accepted_version=3)
-    assert again.duplicate
+    # The broker re-delivers the retained manifest on every reconnect; re-signed content is the same.
+    again = check_manifest(
+        signed(manifest_body(), ts=NOW + 60_000),
+        topic_channel="stable",
+        operators=[str(OPERATOR.pubkey())],
+        facts=FACTS,
+        now_ms=NOW,
+        accepted_version=3,
+        accepted_manifest=accepted(),
+        committed_release=None,
+        free_bytes=PLENTY,
+    )
+    assert again.duplicate and again.eligible
+
+
+def test_the_accepted_version_with_other_content_is_refused_by_name() -> None:
+    other = manifest_body(model_version="1.6.0")
+    exc = refusal(other, accepted_version=3, accepted_manifest=accepted())
+    assert exc.reason == "version_reused"
+    assert str(exc) == (
+        "manifest version 3 on 'stable' was already accepted with other content (model efficientnet-lite0-int8 "
+        "1.1.0 sha256 abababababab); this one names model efficientnet-lite0-int8 1.6.0 sha256 abababababab\n"
+        "  fix: an operator publishes every change under a new, higher version"
+    )
+    # Any change counts, also one that names the same model (here: a later expiry).
+    later = refusal(manifest_body(expires_ms=NOW + 10**9), accepted_version=3, accepted_manifest=accepted())
+    assert later.reason == "version_reused"
+    # Expired or not: a reused version is named as such, before its expiry is looked at.
+    expired = refusal(
+        manifest_body(model_version="1.6.0", expires_ms=NOW - 1),
+        accepted_version=3,
+        accepted_manifest=accepted(),
+    )
+    assert expired.reason == "version_reused"
+
+
+def test_the_accepted_version_is_refused_when_its_content_is_unknown() -> None:
+    exc = refusal(manifest_body(), accepted_version=3, accepted_manifest=None)
+    assert exc.reason == "version_reused"
+    assert "already accepted with other content (model unknown (not stored))" in str(exc)
+
+
+def test_an_expired_duplicate_is_refused_unless_its_release_runs_committed() -> None:
+    expired_body = manifest_body(expires_ms=NOW - 1)
+    stored = accepted(expires_ms=NOW - 1)
+    exc = refusal(expired_body, accepted_version=3, accepted_manifest=stored)
+    assert exc.reason == "expired"
+    assert str(exc) == f"manifest version 3 on 'stable' expired at {NOW - 1} ms (now {NOW} ms)"
+    # Another release runs committed: still expired.
+    other = release_key("efficientnet-lite0-int8", "1.0.0", "ab" * 32)
+    assert refusal(
+        expired_body, accepted_version=3, accepted_manifest=stored, committed_release=other
+    ).reason == ("expired")
+    # Its own release runs committed: it stays the accepted manifest (nothing is uninstalled).
+    kept = decide(expired_body, accepted_version=3, accepted_manifest=stored, committed_release=RELEASE)
+    assert kept.duplicate and kept.summary(NOW)["expires_ms"] == NOW - 1
+
+
+def test_a_new_expired_version_is_refused_even_for_the_committed_release() -> None:
+    exc = refusal(
+        manifest_body(version=4, expires_ms=NOW),
+        accepted_version=3,
+        accepted_manifest=accepted(),
+        committed_release=RELEASE,
+    )
+    assert exc.reason == "expired"
+
+
+def test_stored_manifest_reads_back_the_envelope_or_nothing() -> None:
+    env = build_envelope(OPERATOR, "manifest", manifest_body(), seq=1, prev=GENESIS_PREV, ts=NOW)
+    assert stored_manifest(env.wire.decode()) == accepted()
+    assert stored_manifest(None) is None
+    assert stored_manifest("{not json") is None
+    assert stored_manifest(env.wire.decode().replace('"version":3', '"version":4')) is None  # signature
 
 
 def test_expired_manifest_is_refused() -> None:

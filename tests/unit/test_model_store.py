@@ -266,3 +266,53 @@ def test_release_from_manifest():
         channel="stable",
         manifest_version=3,
     )
+
+
+def test_discard_removes_staging_and_an_unused_installed_release(tmp_path):
+    store = new_store(tmp_path)
+    install(store, A)
+    store.activate(A)
+    store.commit()
+    install(store, B)  # installed, then failed its smoke test
+    (store.staging_dir(C) / "model.onnx.part").write_bytes(b"half")  # a download that failed
+    store.discard(B)
+    store.discard(C)
+    assert contents(tmp_path) == [".staging", "active.json", A.key]
+    assert list((tmp_path / ".staging").iterdir()) == []
+    # Once B is gone from the store's fresh set, a commit does not keep it either (nothing to keep).
+    assert store.commit().current == A
+
+
+def test_discard_never_deletes_the_current_or_previous_release(tmp_path):
+    store = new_store(tmp_path)
+    for rel in (A, B):
+        install(store, rel)
+        store.activate(rel)
+        store.commit()
+    (store.staging_dir(A) / "model.onnx.part").write_bytes(b"x")
+    store.discard(A)  # previous
+    store.discard(B)  # current
+    assert contents(tmp_path) == [".staging", "active.json", A.key, B.key]
+    assert list((tmp_path / ".staging").iterdir()) == []
+
+
+def test_discard_keeps_installed_releases_when_the_pointer_is_unreadable(tmp_path):
+    store = new_store(tmp_path)
+    install(store, A)
+    (tmp_path / "active.json").write_text("{garbage", encoding="utf-8")
+    store.discard(A)
+    assert store.is_installed(A)
+
+
+def test_clean_staging_keeps_only_the_named_releases(tmp_path):
+    store = new_store(tmp_path)
+    (store.staging_dir(A) / "model.onnx.part").write_bytes(b"resume me")
+    (store.staging_dir(B) / "model.onnx").write_bytes(b"failed release")
+    (tmp_path / ".staging" / "stray.tmp").write_bytes(b"x")
+    install(store, C)
+    assert store.clean_staging({A.key}) == ["stray.tmp", B.key]
+    assert contents(tmp_path / ".staging") == [A.key]
+    assert (tmp_path / ".staging" / A.key / "model.onnx.part").read_bytes() == b"resume me"
+    assert store.is_installed(C)  # installed releases are not staging
+    assert store.clean_staging(set()) == [A.key]
+    assert new_store(tmp_path / "nowhere").clean_staging(set()) == []

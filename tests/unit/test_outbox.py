@@ -7,9 +7,13 @@ from typing import Any
 
 import pytest
 
-from agent.errors import ConfigError, StorageError
+from agent.device.state_store import StateStore
+from agent.errors import ConfigError, CorruptStateError, StorageError
 from agent.transport.outbox import PRIORITY_HIGH, Outbox
 from agent.transport.settings import MqttSettings, OutboxSettings, OverflowPolicy
+from agent.transport.sqlite_file import SqliteFile
+
+H = "ab" * 32
 
 
 def make(
@@ -55,12 +59,14 @@ def test_wal_and_full_sync(tmp_path: Path) -> None:
 def test_survives_restart_and_ids_never_reused(tmp_path: Path) -> None:
     ob = make(tmp_path)
     for i in range(3):
-        ob.put(f"t/{i}", b"x", kind="heartbeat", state={"seq": i, "prev": f"h{i}"})
+        ob.put(f"t/{i}", b"x", kind="heartbeat", seq=i + 1)
+    ob.put("t/s", b"x", kind="status")
     last = ob.pending()[-1].id
     ob.close()
     ob = make(tmp_path)
-    assert topics(ob) == ["t/0", "t/1", "t/2"]
-    assert ob.state() == {"seq": 2, "prev": "h2"}
+    assert topics(ob) == ["t/0", "t/1", "t/2", "t/s"]
+    assert [r.seq for r in ob.pending()] == [1, 2, 3, None]
+    assert ob.oldest_seq() == 1
     ob.ack_many(r.id for r in ob.pending())
     ob.close()
     ob = make(tmp_path)
@@ -70,25 +76,34 @@ def test_survives_restart_and_ids_never_reused(tmp_path: Path) -> None:
     ob.close()
 
 
-def test_state_is_written_with_the_message_atomically(tmp_path: Path) -> None:
-    with make(tmp_path) as ob:
-        ob.set_state({"seq": 0})
-        boom = RuntimeError("kill -9 here")
+def shared(tmp_path: Path, *, max_page_count: int | None = None) -> tuple[SqliteFile, StateStore, Outbox]:
+    """The daemon's arrangement: one SQLite file, the state store and the queue on it."""
+    file = SqliteFile.open(tmp_path / "outbox.sqlite3")
+    store = StateStore(file)
+    outbox = Outbox(OutboxSettings(path=str(file.path)), file=file, max_page_count=max_page_count)
+    return file, store, outbox
 
-        def fail_after_insert(*args: Any, **kwargs: Any) -> None:
-            raise boom
 
-        original = ob._write_state
-        ob._write_state = fail_after_insert  # type: ignore[method-assign]
+def test_chain_step_is_committed_with_the_message_atomically(tmp_path: Path) -> None:
+    file, store, ob = shared(tmp_path)
+    try:
+        step = store.chain_step(1, H)
+
+        def step_then_die(db: sqlite3.Connection) -> None:
+            step(db)
+            raise RuntimeError("kill -9 here")
+
         with pytest.raises(RuntimeError):
-            ob.put("t", b"x", state={"seq": 1})
-        ob._rollback()
-        ob._write_state = original  # type: ignore[method-assign]
-        # neither the message nor the state were committed
-        assert len(ob) == 0 and ob.get_state("seq") == 0
-        ob.put("t", b"x", state={"seq": 1})
-        assert len(ob) == 1 and ob.get_state("seq") == 1
-        assert ob.get_state("missing", "dflt") == "dflt"
+            ob.put("t", b"x", seq=1, in_transaction=step_then_die)
+        # neither the message nor the head advance were committed to the database
+        assert len(ob) == 0
+        assert file.db.execute("SELECT COUNT(*) FROM chain_head").fetchone() == (0,)
+        ob.put("t", b"x", seq=1, in_transaction=store.chain_step(1, H))
+        assert len(ob) == 1 and file.db.execute("SELECT seq, prev FROM chain_head").fetchone() == (1, H)
+        assert store.chain_head() == (1, H)
+    finally:
+        ob.close()
+        file.close()
 
 
 def test_default_policy_new_heartbeat_replaces_oldest_heartbeat(tmp_path: Path) -> None:
@@ -115,10 +130,11 @@ def test_default_policy_keeps_proofs_and_refuses_low_priority(tmp_path: Path) ->
         assert len(ob) == 39
         # now only proofs: a new heartbeat, a status and even a proof are refused
         assert ob.put("hzz", b"h" * 100, kind="heartbeat") is None
-        assert ob.put("szz", b"s" * 100, kind="status", state={"seq": 77}) is None
+        ran: list[int] = []
+        assert ob.put("szz", b"s" * 100, kind="status", in_transaction=lambda db: ran.append(77)) is None
         assert ob.put("pzz", b"p" * 100, kind="proof") is None
         assert len(ob) == 39
-        assert ob.get_state("seq") == 77  # the chain state advanced with the (counted) drop
+        assert ran == [77]  # the transaction step (the chain head) ran with the (counted) drop
         drops = ob.stats().drops
         assert drops == {
             "heartbeat": {"evicted_full": 20, "refused_full": 1},
@@ -173,7 +189,8 @@ def test_drop_counts_persist(tmp_path: Path) -> None:
 
 def test_disk_full_evicts_heartbeats_then_refuses_then_keeps_running(tmp_path: Path) -> None:
     # A tiny database file (the hard cap on pages) stands in for a full disk.
-    with make(tmp_path, max_page_count=24) as ob:
+    file, store, ob = shared(tmp_path, max_page_count=24)
+    with ob:
         queued = 0
         for i in range(200):
             if ob.put(f"h/{i}", b"h" * 400, kind="heartbeat") is not None:
@@ -183,7 +200,10 @@ def test_disk_full_evicts_heartbeats_then_refuses_then_keeps_running(tmp_path: P
         assert stats.drops["heartbeat"]["disk_full_evicted"] > 0
         assert stats.depth < 200
         # proofs displace heartbeats until only proofs are left, then are refused
-        results = [ob.put(f"p/{i}", b"p" * 400, kind="proof", state={"seq": i}) for i in range(200)]
+        results = [
+            ob.put(f"p/{i}", b"p" * 400, kind="proof", seq=i + 1, in_transaction=store.chain_step(i + 1, H))
+            for i in range(200)
+        ]
         assert results[0] is not None
         assert results[-1] is None
         kinds = {row.kind for row in ob.pending()}
@@ -197,10 +217,12 @@ def test_disk_full_evicts_heartbeats_then_refuses_then_keeps_running(tmp_path: P
         assert proofs == [f"p/{i}" for i in range(len(proofs))]  # the oldest proofs are kept
         stats = ob.stats()
         assert stats.drops["proof"]["disk_full_refused"] == results.count(None)
-        assert ob.get_state("seq") == 199
+        assert store.chain_head() == (200, H)  # the head advanced with every refused proof too
+        assert file.db.execute("SELECT seq FROM chain_head").fetchone() == (200,)
         # acking frees room again (whole pages: rows are appended at the end of the b-tree)
         ob.ack_many(row.id for row in ob.pending()[:20])
         assert ob.put("p/new", b"p" * 400, kind="proof") is not None
+    file.close()
 
 
 def test_storage_error_when_nothing_can_be_written(tmp_path: Path) -> None:
@@ -213,13 +235,13 @@ def test_storage_error_when_nothing_can_be_written(tmp_path: Path) -> None:
 
         ob._commit_put = always_full  # type: ignore[method-assign]
         with pytest.raises(StorageError, match="free disk space") as info:
-            ob.put("t/1", b"y", kind="proof", state={"seq": 1})
+            ob.put("t/1", b"y", kind="proof", seq=1)
         assert "cannot queue a proof message" in str(info.value)
         ob._commit_put = original  # type: ignore[method-assign]
         # the caller keeps running: the outbox still works and the loss is counted
         assert ob.put("t/2", b"z", kind="proof") is not None
         assert topics(ob) == ["t/0", "t/2"]
-        assert ob.get_state("seq") is None
+        assert ob.oldest_seq() is None  # the refused seq=1 row was never written
         assert ob.stats().drops == {"proof": {"storage_error": 1}}
     with make(tmp_path) as ob:
         assert ob.stats().drops == {"proof": {"storage_error": 1}}
@@ -286,8 +308,9 @@ def test_concurrent_puts(tmp_path: Path) -> None:
 def test_not_a_database(tmp_path: Path) -> None:
     path = tmp_path / "outbox.sqlite3"
     path.write_bytes(b"this is not sqlite" * 100)
-    with pytest.raises(StorageError, match="not a usable SQLite database"):
+    with pytest.raises(CorruptStateError) as info:
         make(tmp_path)
+    assert info.value.message == f"state file {path} is unreadable: not a SQLite database (wrong header)"
 
 
 def test_closed_outbox_refuses(tmp_path: Path) -> None:
@@ -322,3 +345,80 @@ def test_settings_validation(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot be read"):
         MqttSettings(password_file=str(tmp_path / "missing")).resolve_password()
     assert "s3cret" not in repr(MqttSettings(password="s3cret"))
+
+
+V1_FILE = Path(__file__).resolve().parents[1] / "data" / "state" / "outbox-v1.sqlite3"
+V1_HEAD = "5244b80d96d6bbe2217f566a2310fc4c9b0be3817bf54fb292c182dbdf209bbb"
+
+
+def test_a_version_1_file_is_migrated_in_place(tmp_path: Path) -> None:
+    """outbox-v1.sqlite3 was written by the agent before the state store (tests/data/state/make_v1_outbox.py)."""
+    path = tmp_path / "outbox.sqlite3"
+    path.write_bytes(V1_FILE.read_bytes())
+    file = SqliteFile.open(path)
+    assert file.db.execute("PRAGMA user_version").fetchone() == (1,)
+    store = StateStore(file)
+    ob = Outbox(OutboxSettings(path=str(path)), file=file)
+    try:
+        assert file.db.execute("PRAGMA user_version").fetchone() == (2,)
+        assert [(r.kind, r.seq) for r in ob.pending()] == [
+            ("heartbeat", 3),
+            ("heartbeat", 4),
+            ("heartbeat", 5),
+            ("status", None),
+        ]
+        assert ob.oldest_seq() == 3
+        assert store.chain_head() == (5, V1_HEAD)
+        assert store.manifest_version("stable") == 7
+        assert store.manifest_envelope("stable") == '{"stored":1}'
+        assert store.record("deploy.stable.failed_version") == 6
+        assert "state" not in {r[0] for r in file.db.execute("SELECT name FROM sqlite_master")}
+    finally:
+        ob.close()
+        file.close()
+    # Reopened: nothing is migrated twice, the rows are unchanged.
+    with Outbox(OutboxSettings(path=str(path))) as again:
+        assert [r.seq for r in again.pending()] == [3, 4, 5, None]
+
+
+def test_a_newer_schema_is_refused_not_called_corrupt(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    raw = sqlite3.connect(path)
+    raw.execute("PRAGMA user_version=9")
+    raw.close()
+    with pytest.raises(StorageError) as info:
+        make(tmp_path)
+    assert not isinstance(info.value, CorruptStateError)
+    assert info.value.message == f"state file {path} has schema version 9, newer than this agent's (2)"
+
+
+def test_a_foreign_or_mangled_schema_is_corrupt_state(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    raw = sqlite3.connect(path)
+    raw.execute("CREATE TABLE photos (id INTEGER)")
+    raw.close()
+    with pytest.raises(CorruptStateError) as info:
+        make(tmp_path)
+    assert info.value.message == f"state file {path} is unreadable: holds tables that are not ours (photos)"
+    path.unlink()
+    raw = sqlite3.connect(path)
+    raw.execute("CREATE TABLE outbox (id INTEGER PRIMARY KEY, topic TEXT)")
+    raw.close()
+    with pytest.raises(CorruptStateError) as info:
+        make(tmp_path)
+    assert info.value.message == (
+        f"state file {path} is unreadable: table outbox lacks columns "
+        "['attempts', 'created_ms', 'kind', 'payload', 'priority', 'qos', 'retain', 'size']: not an edgeproof state file"
+    )
+    assert info.value.exit_code == 12
+
+
+def test_zero_length_file_is_corrupt_state_not_a_fresh_outbox(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    path.write_bytes(b"")
+    with pytest.raises(CorruptStateError) as info:
+        make(tmp_path)
+    assert (
+        info.value.message == f"state file {path} is unreadable: the file is empty (zero length): truncated"
+    )
+    assert path.read_bytes() == b""  # left as it was, for `state recover`

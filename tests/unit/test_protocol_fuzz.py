@@ -9,25 +9,20 @@ escape.  Runs are derandomized (fixed seeds) so a failure reproduces.
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 import pytest
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 from solders.keypair import Keypair
 
 from agent.errors import ProtocolError
 from agent.protocol.canonical import parse_json
 from agent.protocol.capture import CaptureVerifier
-from agent.protocol.chain import ChainSigner, ChainVerifier
-from agent.protocol.envelope import Envelope, build_envelope, verify_envelope
+from agent.protocol.chain import ChainVerifier
+from agent.protocol.envelope import Envelope, verify_envelope
 from agent.protocol.inbound import Accepted, Rejection, Trust, check_inbound
 from agent.protocol.kinds import DEVICE_INBOUND
 from agent.protocol.reasons import is_reason
 from agent.protocol.topics import Topics
-from agent.protocol.vectors import TS, heartbeat_body, proof_body
-from tests.support.manifests import manifest_body
+from tests.support.fuzz import envelope_seeds, payloads
 
 pytestmark = pytest.mark.integration
 
@@ -40,110 +35,9 @@ D = str(DEV.pubkey())
 EXAMPLES = 10_000
 
 
-def _seeds() -> list[tuple[str, bytes]]:
-    signer = ChainSigner(DEV)
-    out = [
-        (T.hb(D), signer.next("heartbeat", heartbeat_body(), TS).wire),
-        (T.proof(D), signer.next("proof", proof_body(), TS + 1).wire),
-        (T.status(D), signer.sideband("status", _status(), TS + 2).wire),
-    ]
-    challenge = {"device": D, "nonce": "ab" * 32, "model_sha256": "cd" * 32, "deadline_ms": TS + 9}
-    out.append(
-        (
-            T.device(D, "challenge"),
-            build_envelope(COORD, "challenge", challenge, seq=3, prev="1" * 64, ts=TS).wire,
-        )
-    )
-    beacon = {"slot": 7, "nonce": "ef" * 32, "time_ms": TS, "slot_ms": 60_000}
-    out.append((T.beacon(), build_envelope(COORD, "beacon", beacon, seq=4, prev="2" * 64, ts=TS).wire))
-    manifest = manifest_body()
-    out.append(
-        (
-            T.manifest(manifest["channel"]),
-            build_envelope(OPERATOR, "manifest", manifest, seq=1, prev="0" * 64, ts=TS).wire,
-        )
-    )
-    return out
+SEEDS = envelope_seeds(DEV, COORD, OPERATOR)
+PAYLOADS = payloads(SEEDS)
 
-
-def _status() -> dict[str, Any]:
-    return {
-        "state": "online",
-        "model_id": "m",
-        "model_sha256": "0" * 64,
-        "agent_version": "1.0",
-        "profile": "generic-x86_64",
-    }
-
-
-SEEDS = _seeds()
-
-json_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**70), max_value=2**70)
-    | st.floats(allow_nan=True)
-    | st.text(max_size=40),
-    lambda children: (
-        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5)
-    ),
-    max_leaves=20,
-)
-odd_tokens = st.sampled_from(
-    [
-        b"9" * 5000,
-        b"-" + b"9" * 400,
-        b"1e999",
-        b"NaN",
-        b"-Infinity",
-        b"[" * 200,
-        b'"\\ud800"',
-        b"\x00",
-        b"\xff",
-    ]
-)
-
-
-@st.composite
-def mutated(draw: st.DrawFn) -> tuple[str | None, bytes]:
-    topic, wire = draw(st.sampled_from(SEEDS))
-    data = bytearray(wire)
-    how = draw(st.sampled_from(["flip", "cut", "insert", "splice", "value", "key", "token", "topic"]))
-    if how == "flip" and data:
-        for _ in range(draw(st.integers(1, 4))):
-            i = draw(st.integers(0, len(data) - 1))
-            data[i] ^= 1 << draw(st.integers(0, 7))
-    elif how == "cut":
-        data = data[: draw(st.integers(0, len(data)))]
-    elif how == "insert":
-        i = draw(st.integers(0, len(data)))
-        data[i:i] = draw(st.binary(min_size=1, max_size=64))
-    elif how == "splice":
-        other = draw(st.sampled_from(SEEDS))[1]
-        i, j = draw(st.integers(0, len(data))), draw(st.integers(0, len(other)))
-        data = data[:i] + other[j:]
-    elif how in ("value", "key"):
-        obj = json.loads(wire)
-        target = obj if draw(st.booleans()) else obj["body"]
-        key = draw(st.sampled_from(sorted(target)))
-        if how == "value":
-            target[key] = draw(json_values)
-        else:
-            target[draw(st.text(min_size=1, max_size=8))] = target.pop(key)
-        data = bytearray(json.dumps(obj, allow_nan=True).encode("utf-8", "surrogatepass"))
-    elif how == "token":
-        i = draw(st.integers(0, len(data)))
-        data[i:i] = draw(odd_tokens)
-    else:
-        topic = draw(st.sampled_from([t for t, _ in SEEDS] + ["x/y", "edgeproof/v1/dev/+/hb", ""]))
-    return topic, bytes(data)
-
-
-payloads = st.one_of(
-    st.binary(max_size=600).map(lambda b: (None, b)),
-    json_values.map(lambda v: (None, json.dumps(v, allow_nan=True).encode("utf-8", "surrogatepass"))),
-    mutated(),
-)
 
 FUZZ = settings(
     max_examples=EXAMPLES,
@@ -169,7 +63,7 @@ def _blank(line: bytes) -> bool:
 
 
 @FUZZ
-@given(payloads)
+@given(PAYLOADS)
 def test_every_input_is_classified_by_every_reader(case: tuple[str | None, bytes]) -> None:
     topic, payload = case
     # 1. strict JSON

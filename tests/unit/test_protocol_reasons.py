@@ -10,7 +10,7 @@ from agent.protocol.reasons import REASONS, is_reason
 
 ROOT = Path(__file__).resolve().parents[2]
 #: reason="..." / reason='...' literals and _reject("...") calls in the package.
-_LITERAL = re.compile(r"""(?:reason\s*=\s*|_reject\()["']([a-z_]+)["']""")
+_LITERAL = re.compile(r"""(?:reason\s*=\s*|_reject\(|_roll_back\(\w+,\s*|error\s*=\s*\()["']([a-z_]+)["']""")
 
 
 def _literals() -> dict[str, list[str]]:
