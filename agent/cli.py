@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "agent.commands.state",
     "agent.commands.doctor",
     "agent.commands.demo",
+    "agent.commands.coordinator",
 )
 
 _STD_ATTRS = set(vars(logging.makeLogRecord({})))

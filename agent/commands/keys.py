@@ -1,11 +1,16 @@
-"""`edgeproof keys init|show`: the device key (Solana CLI keypair JSON, mode 0600)."""
+"""`edgeproof keys init|show|bind`: the device key (Solana CLI keypair JSON, mode 0600)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+import time
+from pathlib import Path
 
 from agent.commands.output import print_json
+from agent.errors import ConfigError
 from agent.identity import device_id, init_keypair, load_keypair
+from agent.protocol.binding import sign_binding
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -35,6 +40,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     show.add_argument("--key", default="device-key.json", help="key file (default: %(default)s)")
     show.add_argument("--json", action="store_true", help='print {"device_id": ...}')
     show.set_defaults(func=run_show)
+    bind = commands.add_parser(
+        "bind",
+        help="sign the binding of this device to its owner's wallet",
+        description="Write a binding document signed by the device key: canonical JSON "
+        '{device, owner, ts, sig} (docs/protocol.md, "Device binding"). The coordinator operator '
+        "passes it to `edgeproof coordinator enroll --binding FILE`, which refuses a binding that "
+        "does not verify.",
+    )
+    bind.add_argument("--owner", required=True, help="the owner's base58 wallet address")
+    bind.add_argument("--key", default="device-key.json", help="device key file (default: %(default)s)")
+    bind.add_argument("--out", default="", help="write the binding here (default: stdout); never overwrites")
+    bind.set_defaults(func=run_bind)
 
 
 def run_init(args: argparse.Namespace) -> int:
@@ -52,4 +69,30 @@ def run_show(args: argparse.Namespace) -> int:
         print_json({"device_id": device_id(keypair)})
     else:
         print(device_id(keypair))
+    return 0
+
+
+def run_bind(args: argparse.Namespace) -> int:
+    from agent.errors import ProtocolError
+
+    keypair = load_keypair(args.key)
+    try:
+        binding = sign_binding(keypair, args.owner, time.time_ns() // 1_000_000)
+    except ProtocolError as exc:
+        raise ConfigError(f"--owner: {exc.message}") from exc
+    document = binding.document()
+    if not args.out:
+        sys.stdout.write(document.decode("utf-8"))
+        return 0
+    out = Path(args.out)
+    try:
+        with out.open("xb") as handle:
+            handle.write(document)
+    except FileExistsError as exc:
+        raise ConfigError(
+            f"{out} already exists; refusing to overwrite it", hint="choose another --out"
+        ) from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot write {out}: {exc}") from exc
+    print(f"wrote {out}: device {binding.device} bound to owner {binding.owner}")
     return 0

@@ -137,6 +137,33 @@ _TABLE: tuple[Reason, ...] = (
     Reason(
         "superseded", "deploy", "a newer manifest on the channel replaced the release before it was ready"
     ),
+    # --- one inbound message at the coordinator (its own checks after check_inbound) ---------
+    Reason(
+        "stale_beacon",
+        "message",
+        "a heartbeat quotes a beacon more than the allowed number of slots older than the newest one",
+    ),
+    Reason(
+        "unknown_beacon", "message", "a heartbeat quotes a beacon slot or nonce the coordinator never issued"
+    ),
+    Reason(
+        "clock_skew",
+        "message",
+        "the envelope's ts is further ahead of the coordinator's ingest time than the configured bound",
+    ),
+    Reason(
+        "implausible_throughput",
+        "message",
+        "a proof claims more inferences in its window than the device's firmware profile allows",
+    ),
+    Reason(
+        "window_overlap", "message", "a proof's window overlaps a window already accepted from this device"
+    ),
+    Reason(
+        "ingest_failed",
+        "message",
+        "the coordinator failed to judge the message (a bug, logged); recorded, never counted",
+    ),
 )
 
 #: name -> Reason

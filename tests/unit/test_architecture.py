@@ -17,6 +17,9 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "agent/inference": ("agent.protocol", "agent.device", "agent.transport"),
     # The transport moves bytes; it does not know the daemon or a coordinator.
     "agent/transport": ("agent.device", "agent.inference"),
+    # A coordinator never imports device code (nor a device coordinator code, below).
+    "agent/coordinator": ("agent.device",),
+    "agent/device": ("agent.coordinator",),
 }
 
 

@@ -1,0 +1,117 @@
+"""`edgeproof coordinator run|enroll|devices`: the coordinator service and its device registry."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from agent.commands.output import print_json, print_table
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    group = sub.add_parser(
+        "coordinator",
+        help="run the coordinator service and manage its device registry",
+        description="The coordinator verifies every message devices send (signature, schema, chain, "
+        "beacon freshness, clock skew, throughput plausibility), records each as accepted or rejected "
+        "with a named reason, and publishes a signed verdict to the device. See docs/coordinator.md.",
+    )
+    group.set_defaults(group_parser=group)
+    commands = group.add_subparsers(dest="coordinator_command", metavar="SUBCOMMAND")
+
+    run = commands.add_parser(
+        "run",
+        help="run the coordinator (MQTT v5 shared subscription, ack after commit)",
+        description="Subscribe to every device channel through an MQTT v5 shared subscription, judge "
+        "each message, commit it in batches (SQLite or PostgreSQL), publish verdicts, and acknowledge "
+        "a message to the broker only after its verdict is stored. SIGTERM drains and exits 0.",
+    )
+    run.add_argument("--config", required=True, help="coordinator config file (TOML)")
+    run.set_defaults(func=run_service)
+
+    enroll = commands.add_parser(
+        "enroll",
+        help="register a device with its owner, profile, tags and signed binding",
+        description="Register DEVICE_ID (its base58 public key). The binding file is made on the "
+        "device with `edgeproof keys bind` and must be signed by that device's key for that owner; "
+        "a binding that does not verify is refused (exit code 8). Enrolling again replaces the owner, "
+        "profile, tags and binding and keeps the device's chain.",
+    )
+    enroll.add_argument("device_id", metavar="DEVICE_ID", help="the device's base58 public key")
+    enroll.add_argument("--owner", required=True, help="the owner's base58 wallet address")
+    enroll.add_argument("--profile", required=True, help="firmware profile id (e.g. rpi4)")
+    enroll.add_argument("--tags", default="", help="comma-separated lower-case tags (e.g. lab,eu)")
+    enroll.add_argument("--binding", required=True, help="binding file written by `edgeproof keys bind`")
+    enroll.add_argument("--config", required=True, help="coordinator config file (TOML)")
+    enroll.add_argument("--json", action="store_true", help="print the enrolled device as JSON")
+    enroll.set_defaults(func=run_enroll)
+
+    devices = commands.add_parser(
+        "devices",
+        help="list the registered devices",
+        description="List every registered device: id, owner, profile, tags, enrolment time.",
+    )
+    devices.add_argument("--config", required=True, help="coordinator config file (TOML)")
+    devices.add_argument("--json", action="store_true", help="print a JSON list")
+    devices.set_defaults(func=run_devices)
+
+
+def run_service(args: argparse.Namespace) -> int:
+    from agent.coordinator.config import load_coordinator_config
+    from agent.coordinator.registry import load_policy, open_store
+    from agent.coordinator.service import CoordinatorService
+    from agent.identity import load_keypair
+
+    config = load_coordinator_config(args.config)
+    keypair = load_keypair(config.coordinator.key)
+    policy = load_policy(config)
+    store = open_store(config)
+    return CoordinatorService(config, keypair, store, policy).run()
+
+
+def run_enroll(args: argparse.Namespace) -> int:
+    from agent.coordinator.config import load_coordinator_config
+    from agent.coordinator.registry import enroll, open_store
+
+    config = load_coordinator_config(args.config)
+    store = open_store(config)
+    try:
+        record = enroll(
+            store,
+            config,
+            device_id=args.device_id,
+            owner=args.owner,
+            profile=args.profile,
+            tags=[t.strip() for t in args.tags.split(",") if t.strip()],
+            binding_path=Path(args.binding),
+            now_ms=time.time_ns() // 1_000_000,
+        )
+    finally:
+        store.close()
+    if args.json:
+        print_json(record.as_json())
+    else:
+        print(f"enrolled {record.id} (owner {record.owner}, profile {record.profile})")
+    return 0
+
+
+def run_devices(args: argparse.Namespace) -> int:
+    from agent.coordinator.config import load_coordinator_config
+    from agent.coordinator.registry import open_store
+
+    config = load_coordinator_config(args.config)
+    store = open_store(config)
+    try:
+        records = store.devices()
+    finally:
+        store.close()
+    if args.json:
+        print_json([r.as_json() for r in records])
+        return 0
+    print_table(
+        f"{len(records)} registered device(s)",
+        ["device", "owner", "profile", "tags", "enrolled_ms"],
+        [(r.id, r.owner, r.profile, ",".join(r.tags), r.enrolled_ms) for r in records],
+    )
+    return 0

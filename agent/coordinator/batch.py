@@ -1,0 +1,147 @@
+"""One batch of inbound messages -> one transaction: rows, chain heads, signed verdicts.
+
+:func:`commit_batch` classifies every message inside the transaction (so each one sees
+the rows and heads of the messages before it, and of other coordinator processes that
+committed first), records it, moves the device's head, then signs one ``verdict`` per
+judged message on the coordinator's own chain (its head row locked until commit) and
+stores the verdicts for publishing.  Nothing is acknowledged to the broker before this
+returns: if it raises, the whole batch is rolled back and can be retried as it is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pydantic
+from solders.keypair import Keypair
+
+from agent.coordinator.ingest import Outcome, Policy, VerdictInfo, classify
+from agent.coordinator.store import MessageRow, Store
+from agent.errors import StorageError
+from agent.protocol.chain import ChainSigner
+from agent.protocol.envelope import GENESIS_PREV
+from agent.protocol.messages import Verdict
+from agent.protocol.topics import Topics
+
+log = logging.getLogger("edgeproof.coordinator")
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """A message as received: the broker's packet id and the coordinator's receive time."""
+
+    topic: str
+    payload: bytes
+    ingest_ms: int
+    mid: int = 0
+    qos: int = 1
+    #: The MQTT connection it arrived on (an ack is only sent on that connection).
+    generation: int = 0
+
+
+@dataclass(frozen=True)
+class SignedVerdict:
+    seq: int
+    topic: str
+    wire: bytes
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    outcomes: list[Outcome]
+    verdicts: list[SignedVerdict]
+
+
+def _verdict_body(info: VerdictInfo) -> Verdict:
+    fields: dict[str, Any] = {
+        "device": info.device,
+        "ref_kind": info.ref_kind,
+        "ref_seq": info.ref_seq,
+        "ref_hash": info.ref_hash,
+        "accepted": info.accepted,
+        "reason": info.reason,
+    }
+    try:
+        return Verdict(**fields, detail=info.detail)
+    except pydantic.ValidationError:
+        return Verdict(**fields)  # a detail the schema does not take (e.g. a lone surrogate) is left out
+
+
+def _classify_safely(item: Inbound, store: Store, policy: Policy, signer_key: str, topics: Topics) -> Outcome:
+    """``classify``, with a bug in it recorded as ``ingest_failed`` instead of poisoning the batch.
+
+    An exception escaping here would fail the batch, the process would restart, the broker
+    would redeliver the same message and the coordinator would stall on it for ever.  Storage
+    errors still propagate: the batch is retried as a whole.
+    """
+    try:
+        return classify(item.topic, item.payload, item.ingest_ms, store, policy, signer_key, topics)
+    except StorageError:
+        raise
+    except Exception as exc:
+        log.exception("classify_failed", extra={"topic": item.topic[:200], "bytes": len(item.payload)})
+        row = MessageRow(
+            dev=None,
+            topic=item.topic,
+            kind=None,
+            seq=None,
+            chain_seq=None,
+            hash=hashlib.sha256(item.payload).hexdigest(),
+            ts=None,
+            ingest_ms=item.ingest_ms,
+            accepted=False,
+            reason="ingest_failed",
+            detail=f"{type(exc).__name__}"[:200],
+            raw=bytes(item.payload),
+        )
+        return Outcome(row)
+
+
+def commit_batch(
+    store: Store,
+    items: Sequence[Inbound],
+    *,
+    policy: Policy,
+    keypair: Keypair,
+    topics: Topics,
+    now_ms: int,
+    published: Sequence[int] = (),
+    run_id: str | None = None,
+) -> BatchResult:
+    """Classify, record and sign verdicts for ``items`` in one transaction.
+
+    ``published`` are verdict seqs the broker has acknowledged since the last batch (marked
+    in the same transaction); ``run_id`` is this process's liveness row (touched).
+    """
+    signer_key = str(keypair.pubkey())
+    outcomes: list[Outcome] = []
+    verdicts: list[SignedVerdict] = []
+    with store.transaction():
+        pending: list[tuple[int, VerdictInfo]] = []
+        for item in items:
+            outcome = _classify_safely(item, store, policy, signer_key, topics)
+            message_id = store.insert_message(outcome.row)
+            if outcome.head is not None and outcome.row.dev is not None:
+                store.set_head(outcome.row.dev, outcome.head, item.ingest_ms)
+            if outcome.verdict is not None:
+                pending.append((message_id, outcome.verdict))
+            outcomes.append(outcome)
+        if pending:
+            seq, prev = store.coordinator_head(signer_key)
+            signer = ChainSigner(keypair, seq=seq, prev=prev if seq else GENESIS_PREV)
+            for message_id, info in pending:
+                env = signer.next("verdict", _verdict_body(info), ts=now_ms)
+                topic = topics.for_kind("verdict", info.device)
+                store.insert_verdict(signer_key, env.seq, info.device, message_id, topic, env.wire, now_ms)
+                verdicts.append(SignedVerdict(env.seq, topic, env.wire))
+            head_seq, head_hash = signer.state()
+            store.set_coordinator_head(signer_key, head_seq, head_hash)
+        if published:
+            store.mark_published(signer_key, published, now_ms)
+        if run_id is not None:
+            store.touch_run(run_id, now_ms)
+    return BatchResult(outcomes, verdicts)

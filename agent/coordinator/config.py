@@ -1,0 +1,124 @@
+"""The coordinator's TOML config, validated like the agent's.
+
+Strict models (unknown keys refused with the file, key path, line and the nearest valid
+key: :mod:`agent.validation`); relative paths resolved against the config file's folder.
+See docs/coordinator.md for every key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from agent.transport.settings import MqttSettings
+from agent.validation import Strict, parse_mapping, read_toml
+
+
+class CoordinatorSection(Strict):
+    # The coordinator's ed25519 key (Solana CLI keypair JSON, mode 0600): signs verdicts.
+    key: str = "coordinator-key.json"
+    # MQTT v5 shared subscription group ($share/<group>/...): N processes split the load.
+    # Empty: plain subscriptions (every process gets every message).
+    shared_group: str = "coord"
+    # How many unacknowledged messages the broker may have in flight to us (MQTT v5
+    # Receive Maximum): bounds what waits for a commit, and so the batch size reached.
+    receive_maximum: Annotated[int, Field(ge=1, le=65_535)] = 1000
+
+
+class StorageSection(Strict):
+    # postgresql://user@host:port/db (psycopg 3); empty: the embedded SQLite file below.
+    database_url: str = ""
+    sqlite_path: str = "coordinator.sqlite3"
+    # FULL survives power loss; NORMAL survives a crash of the coordinator process.
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
+
+    @model_validator(mode="after")
+    def _url(self) -> StorageSection:
+        if self.database_url and not self.database_url.startswith(("postgresql://", "postgres://")):
+            raise ValueError("database_url must start with postgresql:// (or be empty for SQLite)")
+        return self
+
+
+class IngestSection(Strict):
+    # A batch is committed when it holds batch_max messages or its oldest waited batch_ms.
+    batch_max: Annotated[int, Field(ge=1, le=10_000)] = 200
+    batch_ms: Annotated[int, Field(ge=1, le=10_000)] = 50
+    # An envelope ts further ahead of the coordinator's clock than this is clock_skew.
+    clock_skew_ms: Annotated[int, Field(ge=0, le=86_400_000)] = 30_000
+    # A heartbeat must quote a beacon at most this many slots older than the newest one.
+    beacon_max_age_slots: Annotated[int, Field(ge=0, le=1_000_000)] = 2
+    # A gap in a device's chain can be filled this many seqs below its head; older: replay.
+    late_window_seqs: Annotated[int, Field(ge=0, le=1_000_000)] = 1024
+    # Backoff while the database is unavailable (nothing is acknowledged meanwhile).
+    retry_min_s: Annotated[float, Field(gt=0, le=60)] = 0.2
+    retry_max_s: Annotated[float, Field(gt=0, le=600)] = 5.0
+    # How often the liveness record is refreshed when no message arrives.
+    liveness_s: Annotated[float, Field(gt=0, le=3_600)] = 5.0
+
+    @model_validator(mode="after")
+    def _retry(self) -> IngestSection:
+        if self.retry_min_s > self.retry_max_s:
+            raise ValueError(
+                f"retry_min_s ({self.retry_min_s}) must not exceed retry_max_s ({self.retry_max_s})"
+            )
+        return self
+
+
+class RegistrySection(Strict):
+    # Firmware profiles (throughput bounds); empty: the shipped firmware_profiles/.
+    profiles_dir: str = ""
+    # Model cards (*.toml): a proof's model_sha256 -> its model class; empty: the shipped models/.
+    models_dir: str = ""
+
+
+def _default_mqtt() -> MqttSettings:
+    return MqttSettings(client_id="edgeproof-coordinator")
+
+
+class CoordinatorConfig(Strict):
+    coordinator: CoordinatorSection = Field(default_factory=CoordinatorSection)
+    storage: StorageSection = Field(default_factory=StorageSection)
+    ingest: IngestSection = Field(default_factory=IngestSection)
+    registry: RegistrySection = Field(default_factory=RegistrySection)
+    mqtt: MqttSettings = Field(default_factory=_default_mqtt)
+
+    @property
+    def client_id(self) -> str:
+        return self.mqtt.client_id or "edgeproof-coordinator"
+
+
+def _resolve(base: Path, value: str) -> str:
+    if not value:
+        return value
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else (base / path).resolve())
+
+
+def load_coordinator_config(path: Path | str) -> CoordinatorConfig:
+    """Read and validate the config; relative paths are resolved against its folder."""
+    config_path = Path(path)
+    data, text = read_toml(config_path)
+    config = parse_mapping(CoordinatorConfig, data, origin=str(config_path), source=text)
+    base = config_path.resolve().parent
+    mqtt = config.mqtt
+    if mqtt.password_file:
+        mqtt = mqtt.model_copy(update={"password_file": _resolve(base, mqtt.password_file)})
+    return config.model_copy(
+        update={
+            "coordinator": config.coordinator.model_copy(
+                update={"key": _resolve(base, config.coordinator.key)}
+            ),
+            "storage": config.storage.model_copy(
+                update={"sqlite_path": _resolve(base, config.storage.sqlite_path)}
+            ),
+            "registry": config.registry.model_copy(
+                update={
+                    "profiles_dir": _resolve(base, config.registry.profiles_dir),
+                    "models_dir": _resolve(base, config.registry.models_dir),
+                }
+            ),
+            "mqtt": mqtt,
+        }
+    )

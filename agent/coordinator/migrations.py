@@ -1,0 +1,115 @@
+"""The coordinator's one versioned schema, applied by numbered migrations.
+
+Each :class:`Migration` is applied once, in order, in its own transaction, and recorded in
+``schema_version``.  The SQL is written once for both engines; the few words that differ
+(an auto-increment key, a binary column) are ``{id}`` and ``{blob}``, filled in by the
+dialect (:mod:`agent.coordinator.dialect`).  Never edit a released migration: add the next one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    statements: tuple[str, ...]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "registry, messages, chain heads, beacons, coordinator chain, verdicts, liveness",
+        (
+            # The device registry: who may send, whose rewards go where, which bounds apply.
+            """CREATE TABLE devices (
+                id TEXT PRIMARY KEY,
+                owner TEXT NOT NULL,
+                profile TEXT NOT NULL,
+                tags TEXT NOT NULL,
+                binding_ts BIGINT NOT NULL,
+                binding_sig TEXT NOT NULL,
+                enrolled_ms BIGINT NOT NULL
+            )""",
+            # Each device's chain head as the coordinator accepted it; ``missing`` is a JSON list
+            # of [lo, hi] seq ranges reported as gaps and not filled yet.
+            """CREATE TABLE chain_heads (
+                dev TEXT PRIMARY KEY REFERENCES devices(id),
+                seq BIGINT NOT NULL,
+                hash TEXT NOT NULL,
+                missing TEXT NOT NULL,
+                updated_ms BIGINT NOT NULL
+            )""",
+            # Every message received, accepted or not.  ``hash`` is the envelope hash when the
+            # signature verified, else the SHA-256 of the raw bytes.  ``chain_seq`` is set only when the
+            # envelope took its place in the device's chain, so the unique index makes a
+            # redelivery of an accepted link impossible to store twice.
+            """CREATE TABLE messages (
+                id {id},
+                dev TEXT,
+                topic TEXT NOT NULL,
+                kind TEXT,
+                seq BIGINT,
+                chain_seq BIGINT,
+                hash TEXT NOT NULL,
+                ts BIGINT,
+                ingest_ms BIGINT NOT NULL,
+                accepted INTEGER NOT NULL,
+                reason TEXT,
+                detail TEXT,
+                raw {blob} NOT NULL,
+                win_start_ms BIGINT,
+                win_end_ms BIGINT,
+                inferences BIGINT,
+                beacon_slot BIGINT
+            )""",
+            "CREATE UNIQUE INDEX messages_chain ON messages (dev, chain_seq)",
+            "CREATE INDEX messages_hash ON messages (dev, hash)",
+            "CREATE INDEX messages_kind ON messages (dev, kind, accepted)",
+            # Beacons this coordinator published (heartbeats must quote a recent one).
+            """CREATE TABLE beacons (
+                slot BIGINT PRIMARY KEY,
+                nonce TEXT NOT NULL,
+                time_ms BIGINT NOT NULL,
+                slot_ms BIGINT NOT NULL,
+                issued_ms BIGINT NOT NULL
+            )""",
+            # The coordinator key's own chain head (verdicts are chained on it); one row per key,
+            # locked by the batch that signs, so several processes never fork it.
+            """CREATE TABLE coordinator_chain (
+                signer TEXT PRIMARY KEY,
+                seq BIGINT NOT NULL,
+                hash TEXT NOT NULL
+            )""",
+            # Signed verdicts: committed with the messages they judge, published afterwards
+            # (``published_ms`` NULL until the broker acknowledged it; republished at start).
+            """CREATE TABLE verdicts (
+                signer TEXT NOT NULL,
+                seq BIGINT NOT NULL,
+                dev TEXT NOT NULL,
+                message_id BIGINT NOT NULL,
+                topic TEXT NOT NULL,
+                raw {blob} NOT NULL,
+                created_ms BIGINT NOT NULL,
+                published_ms BIGINT,
+                PRIMARY KEY (signer, seq)
+            )""",
+            "CREATE INDEX verdicts_unpublished ON verdicts (signer, published_ms)",
+            # The coordinator's own up intervals (the uptime audit excludes the slots it was down).
+            """CREATE TABLE liveness (
+                run_id TEXT PRIMARY KEY,
+                signer TEXT NOT NULL,
+                host TEXT NOT NULL,
+                pid INTEGER NOT NULL,
+                started_ms BIGINT NOT NULL,
+                last_ms BIGINT NOT NULL,
+                stopped_ms BIGINT
+            )""",
+        ),
+    ),
+)
+
+#: The schema version this code writes and reads.
+LATEST = MIGRATIONS[-1].version

@@ -1,0 +1,304 @@
+"""`edgeproof coordinator run`: MQTT v5 in, batched commits, verdicts out, ack after commit.
+
+Threads: paho's network loop receives messages (``manual_ack=True``: paho sends no PUBACK
+by itself) and puts them on a queue with the coordinator's receive time; the main thread
+takes batches (up to ``batch_max`` messages or ``batch_ms``), commits each in one
+transaction (:func:`agent.coordinator.batch.commit_batch`), publishes the verdicts and
+only then acknowledges the batch's messages to the broker.  A crash before the commit
+costs a redelivery, which the stored chain absorbs as ``duplicate``; a database outage
+stops the loop before the ack, retrying with backoff, so the broker keeps the messages.
+
+SIGTERM (or SIGINT) drains: what was received is committed and acknowledged, the
+liveness record is closed, and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import queue
+import signal
+import socket
+import threading
+import time
+import uuid
+from types import FrameType
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from solders.keypair import Keypair
+
+from agent.coordinator.batch import BatchResult, Inbound, commit_batch
+from agent.coordinator.config import CoordinatorConfig
+from agent.coordinator.ingest import Policy
+from agent.coordinator.store import StorageUnavailableError, Store, now_ms
+from agent.errors import TransportError
+from agent.protocol.topics import Topics
+from agent.transport.mqtt import tls_context
+
+log = logging.getLogger("edgeproof.coordinator")
+
+
+class CoordinatorService:
+    def __init__(self, config: CoordinatorConfig, keypair: Keypair, store: Store, policy: Policy) -> None:
+        self.config = config
+        self.keypair = keypair
+        self.signer = str(keypair.pubkey())
+        self.store = store
+        self.policy = policy
+        self.topics = Topics(config.mqtt.topic_prefix)
+        self.run_id = uuid.uuid4().hex
+        self._inbox: queue.Queue[Inbound] = queue.Queue()
+        self._stop = threading.Event()
+        self._connected = threading.Event()
+        self._generation = 0
+        # Verdict publishes acknowledged by the broker (paho's thread appends mids; no lock
+        # is taken there: paho calls on_publish holding its own message mutex).
+        self._acked_mids: collections.deque[int] = collections.deque()
+        self._verdict_mids: dict[int, int] = {}  # mid -> verdict seq (main thread only)
+        self._published: list[int] = []  # verdict seqs to mark in the next transaction
+        self.counts: collections.Counter[str] = collections.Counter()
+        self._client = self._make_client()
+
+    # --- MQTT ----------------------------------------------------------------------------------
+
+    def _make_client(self) -> paho.Client:
+        mqtt = self.config.mqtt
+        client = paho.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=self.config.client_id,
+            protocol=MQTTProtocolVersion.MQTTv5,
+            manual_ack=True,
+        )
+        password = mqtt.resolve_password()
+        if mqtt.username is not None:
+            client.username_pw_set(mqtt.username, password)
+        context = tls_context(mqtt)
+        if context is not None:
+            client.tls_set_context(context)
+        client.reconnect_delay_set(int(max(1, mqtt.reconnect_min_s)), int(max(1, mqtt.reconnect_max_s)))
+        client.max_inflight_messages_set(mqtt.max_inflight)
+        client.max_queued_messages_set(0)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_publish = self._on_publish
+        client.on_subscribe = self._on_subscribe
+        return client
+
+    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        if rc.is_failure:
+            log.warning("mqtt_refused", extra={"reason": str(rc)})
+            return
+        self._generation += 1
+        subs = self.topics.coordinator_subscriptions(self.config.coordinator.shared_group or None)
+        client.subscribe(subs)
+        self._connected.set()
+        log.info(
+            "mqtt_connected",
+            extra={"generation": self._generation, "session_present": bool(flags.session_present)},
+        )
+
+    def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, rcs: Any, props: Any) -> None:
+        failed = [str(rc) for rc in rcs if rc.is_failure]
+        if failed:
+            log.error("mqtt_subscribe_refused", extra={"reasons": failed})
+        else:
+            log.info("mqtt_subscribed", extra={"filters": len(rcs)})
+
+    def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        self._connected.clear()
+        if not self._stop.is_set():
+            log.warning("mqtt_disconnected", extra={"reason": str(rc)})
+
+    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        self._inbox.put(Inbound(msg.topic, bytes(msg.payload), now_ms(), msg.mid, msg.qos, self._generation))
+
+    def _on_publish(self, client: paho.Client, userdata: Any, mid: int, rc: Any, props: Any) -> None:
+        self._acked_mids.append(mid)
+
+    def _connect(self) -> None:
+        mqtt = self.config.mqtt
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = mqtt.session_expiry_s
+        props.ReceiveMaximum = self.config.coordinator.receive_maximum
+        try:
+            self._client.connect(mqtt.host, mqtt.port, mqtt.keepalive_s, clean_start=False, properties=props)
+        except OSError as exc:
+            raise TransportError(f"cannot connect to the broker at {mqtt.host}:{mqtt.port}: {exc}") from exc
+        self._client.loop_start()
+        if not self._connected.wait(mqtt.connect_timeout_s):
+            self._client.loop_stop()
+            raise TransportError(
+                f"the broker at {mqtt.host}:{mqtt.port} did not accept the connection within "
+                f"{mqtt.connect_timeout_s} s"
+            )
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    def request_stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
+        self._stop.set()
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+        self._with_retry(lambda: self._start_run())
+        try:
+            self._connect()
+        except BaseException:
+            with contextlib.suppress(StorageUnavailableError), self.store.transaction():
+                self.store.stop_run(self.run_id, now_ms())
+            self.store.close()
+            raise
+        self._republish()
+        log.info(
+            "coordinator_started",
+            extra={"signer": self.signer, "storage": self.store.dialect.name, "run_id": self.run_id},
+        )
+        last_touch = time.monotonic()
+        while not self._stop.is_set():
+            batch = self._collect(timeout=0.2)
+            if batch:
+                self._process(batch)
+                last_touch = time.monotonic()
+            elif time.monotonic() - last_touch >= self.config.ingest.liveness_s:
+                self._touch()
+                last_touch = time.monotonic()
+        self._drain()
+        return 0
+
+    def _collect(self, timeout: float) -> list[Inbound]:
+        try:
+            first = self._inbox.get(timeout=timeout)
+        except queue.Empty:
+            return []
+        batch = [first]
+        ingest = self.config.ingest
+        deadline = time.monotonic() + ingest.batch_ms / 1000
+        while len(batch) < ingest.batch_max:
+            left = deadline - time.monotonic()
+            try:
+                batch.append(self._inbox.get(timeout=left) if left > 0 else self._inbox.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+    def _take_published(self) -> list[int]:
+        while self._acked_mids:
+            seq = self._verdict_mids.pop(self._acked_mids.popleft(), None)
+            if seq is not None:
+                self._published.append(seq)
+        return list(self._published)
+
+    def _process(self, batch: list[Inbound]) -> None:
+        started = time.monotonic()
+        result: BatchResult | None = None
+
+        def attempt() -> None:
+            nonlocal result
+            published = self._take_published()
+            result = commit_batch(
+                self.store,
+                batch,
+                policy=self.policy,
+                keypair=self.keypair,
+                topics=self.topics,
+                now_ms=now_ms(),
+                published=published,
+                run_id=self.run_id,
+            )
+            del self._published[: len(published)]
+
+        if not self._with_retry(attempt) or result is None:
+            return  # stopped while the database was down: nothing acknowledged, the broker keeps it
+        for verdict in result.verdicts:
+            info = self._client.publish(verdict.topic, verdict.wire, qos=1)
+            self._verdict_mids[info.mid] = verdict.seq
+        for item in batch:
+            if item.qos > 0 and item.generation == self._generation:
+                self._client.ack(item.mid, item.qos)
+        accepted = sum(1 for o in result.outcomes if o.row.accepted)
+        for outcome in result.outcomes:
+            self.counts["accepted" if outcome.row.accepted else f"rejected.{outcome.row.reason}"] += 1
+        log.info(
+            "batch_committed",
+            extra={
+                "messages": len(batch),
+                "accepted": accepted,
+                "rejected": len(batch) - accepted,
+                "verdicts": len(result.verdicts),
+                "ms": round((time.monotonic() - started) * 1000, 1),
+            },
+        )
+
+    def _with_retry(self, action: Any) -> bool:
+        """Run ``action`` until the database takes it; False if asked to stop meanwhile."""
+        ingest = self.config.ingest
+        delay = ingest.retry_min_s
+        while True:
+            try:
+                action()
+                return True
+            except StorageUnavailableError as exc:
+                log.warning("storage_unavailable", extra={"error": exc.message, "retry_s": delay})
+            if self._stop.wait(delay):
+                return False
+            delay = min(delay * 2, ingest.retry_max_s)
+            with contextlib.suppress(StorageUnavailableError):
+                self.store.reconnect()
+
+    def _start_run(self) -> None:
+        with self.store.transaction():
+            self.store.start_run(self.run_id, self.signer, socket.gethostname(), os.getpid(), now_ms())
+
+    def _touch(self) -> None:
+        try:
+            with self.store.transaction():
+                self.store.touch_run(self.run_id, now_ms())
+        except StorageUnavailableError as exc:
+            log.warning("storage_unavailable", extra={"error": exc.message})
+            with contextlib.suppress(StorageUnavailableError):
+                self.store.reconnect()
+
+    def _republish(self) -> None:
+        """Verdicts committed by an earlier run but never acknowledged by the broker."""
+        pending = self.store.unpublished_verdicts(self.signer)
+        for seq, topic, raw in pending:
+            info = self._client.publish(topic, raw, qos=1)
+            self._verdict_mids[info.mid] = seq
+        if pending:
+            log.info("verdicts_republished", extra={"count": len(pending)})
+
+    def _drain(self) -> None:
+        """After SIGTERM: commit and acknowledge what was received, close the liveness record."""
+        self._stop.clear()  # let the retry loop work while draining; a second signal stops it
+        signal.signal(signal.SIGTERM, self.request_stop)
+        while True:
+            batch = self._collect(timeout=0.05)
+            if not batch:
+                break
+            self._process(batch)
+        deadline = time.monotonic() + 2.0
+        while len(self._verdict_mids) > len(self._acked_mids) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        published = self._take_published()
+
+        def close_run() -> None:
+            with self.store.transaction():
+                self.store.mark_published(self.signer, published, now_ms())
+                self.store.stop_run(self.run_id, now_ms())
+
+        closed = self._with_retry(close_run)
+        self._stop.set()
+        self._client.disconnect()
+        self._client.loop_stop()
+        self.store.close()
+        log.info(
+            "coordinator_stopped",
+            extra={"run_id": self.run_id, "liveness_closed": closed, **dict(self.counts)},
+        )

@@ -1,0 +1,492 @@
+"""The coordinator's storage: SQLite (embedded default, WAL) or PostgreSQL, one code path.
+
+``Store.open(database_url=None, sqlite_path=...)`` opens SQLite in WAL mode;
+``Store.open(database_url="postgresql://...")`` opens PostgreSQL through psycopg 3.
+Both get the same schema from :mod:`agent.coordinator.migrations` and the same queries;
+:mod:`agent.coordinator.dialect` translates placeholders and the few type words.
+
+Writes happen in :meth:`Store.transaction` blocks (the service commits a whole batch of
+messages at once).  A lost connection or a locked database raises
+:class:`StorageUnavailableError`; the caller rolls back, calls :meth:`Store.reconnect` and
+retries the batch (it has not acknowledged anything yet).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent.coordinator.dialect import POSTGRESQL, SQLITE, Dialect
+from agent.coordinator.migrations import LATEST, MIGRATIONS
+from agent.errors import StorageError
+
+
+class StorageUnavailableError(StorageError):
+    """The database cannot take the batch right now (connection lost, locked, a conflict): retry it."""
+
+
+@dataclass(frozen=True)
+class DeviceRecord:
+    id: str
+    owner: str
+    profile: str
+    tags: tuple[str, ...]
+    binding_ts: int
+    binding_sig: str
+    enrolled_ms: int
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "owner": self.owner,
+            "profile": self.profile,
+            "tags": list(self.tags),
+            "binding_ts": self.binding_ts,
+            "binding_sig": self.binding_sig,
+            "enrolled_ms": self.enrolled_ms,
+        }
+
+
+@dataclass(frozen=True)
+class Head:
+    """A device's chain head as stored: highest linked seq, its hash, open gaps."""
+
+    seq: int
+    hash: str
+    missing: tuple[tuple[int, int], ...] = ()
+
+
+@dataclass(frozen=True)
+class MessageRow:
+    """One received message as recorded (accepted or rejected)."""
+
+    dev: str | None
+    topic: str
+    kind: str | None
+    seq: int | None
+    chain_seq: int | None
+    hash: str
+    ts: int | None
+    ingest_ms: int
+    accepted: bool
+    reason: str | None
+    detail: str | None
+    raw: bytes
+    win_start_ms: int | None = None
+    win_end_ms: int | None = None
+    inferences: int | None = None
+    beacon_slot: int | None = None
+
+
+_MESSAGE_COLUMNS = (
+    "dev, topic, kind, seq, chain_seq, hash, ts, ingest_ms, accepted, reason, detail, raw, "
+    "win_start_ms, win_end_ms, inferences, beacon_slot"
+)
+
+
+def _transient_errors() -> tuple[type[BaseException], ...]:
+    """Errors after which the same batch is retried: lost connection, lock, deadlock, conflict.
+
+    A unique-key conflict is among them: another process committed the same link first, and
+    the retry classifies the message again against what it stored (a ``duplicate``).
+    """
+    errors: list[type[BaseException]] = [sqlite3.OperationalError, sqlite3.IntegrityError]
+    try:
+        import psycopg
+    except ImportError:  # PostgreSQL support not installed: SQLite only
+        return tuple(errors)
+    errors += [psycopg.OperationalError, psycopg.InterfaceError, psycopg.IntegrityError]
+    return tuple(errors)
+
+
+_TRANSIENT = _transient_errors()
+
+
+class Store:
+    """One connection to the coordinator database (not shared between threads)."""
+
+    def __init__(self, dialect: Dialect, connect: Any, where: str) -> None:
+        self.dialect = dialect
+        self.where = where
+        self._connect = connect
+        self._conn: Any = None
+        self._in_tx = False
+        self.reconnect()
+
+    # --- opening -------------------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        *,
+        database_url: str = "",
+        sqlite_path: Path | str = "coordinator.sqlite3",
+        synchronous: str = "FULL",
+        migrate: bool = True,
+    ) -> Store:
+        if database_url:
+            store = cls(POSTGRESQL, _postgres_connector(database_url), _redact(database_url))
+        else:
+            store = cls(SQLITE, _sqlite_connector(Path(sqlite_path), synchronous), str(sqlite_path))
+        if migrate:
+            store.migrate()
+        return store
+
+    def reconnect(self) -> None:
+        """Drop the current connection (if any) and open a new one."""
+        self.close()
+        try:
+            self._conn = self._connect()
+        except _TRANSIENT as exc:
+            raise StorageUnavailableError(f"database {self.where} is unavailable: {exc}") from exc
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+            self._conn = None
+        self._in_tx = False
+
+    # --- queries -------------------------------------------------------------------------------
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        if self._conn is None:
+            raise StorageUnavailableError(f"database {self.where} is not connected")
+        try:
+            return self._conn.execute(self.dialect.sql(sql), tuple(params))
+        except _TRANSIENT as exc:
+            raise StorageUnavailableError(f"database {self.where} is unavailable: {exc}") from exc
+
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return [tuple(r) for r in self.execute(sql, params).fetchall()]
+
+    def one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+        row = self.execute(sql, params).fetchone()
+        return None if row is None else tuple(row)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Store]:
+        """A write transaction: committed when the block ends, rolled back if it raises."""
+        if self._in_tx:
+            raise StorageError("transactions do not nest")
+        self.execute(self.dialect.begin)
+        self._in_tx = True
+        try:
+            yield self
+        except BaseException:
+            self._in_tx = False
+            with contextlib.suppress(Exception):
+                if self._conn is not None:
+                    self._conn.execute("ROLLBACK")
+            raise
+        self._in_tx = False
+        try:
+            self.execute("COMMIT")
+        except StorageUnavailableError:
+            with contextlib.suppress(Exception):
+                self._conn.execute("ROLLBACK")
+            raise
+
+    # --- schema --------------------------------------------------------------------------------
+
+    def schema_version(self) -> int:
+        if self.dialect.name == "sqlite":
+            exists = self.one("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'")
+        else:
+            # to_regclass follows the search_path: a schema_version table elsewhere does not count.
+            found = self.one("SELECT to_regclass('schema_version')")
+            exists = found if found is not None and found[0] is not None else None
+        if exists is None:
+            return 0
+        row = self.one("SELECT MAX(version) FROM schema_version")
+        return int(row[0]) if row is not None and row[0] is not None else 0
+
+    def migrate(self) -> int:
+        """Apply every migration above the stored version; returns the version reached."""
+        with self.transaction():
+            if self.dialect.name == "postgresql":
+                # Several coordinator processes may start at once: one migrates, the others wait.
+                self.execute("SELECT pg_advisory_xact_lock(7305)")
+            self.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version "
+                "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_ms BIGINT NOT NULL)"
+            )
+            current = self.schema_version()
+            if current > LATEST:
+                raise StorageError(
+                    f"database {self.where} has schema version {current}, newer than this coordinator "
+                    f"understands ({LATEST})",
+                    hint="run a coordinator at least as new as the one that last wrote this database",
+                )
+            for migration in MIGRATIONS:
+                if migration.version <= current:
+                    continue
+                for statement in migration.statements:
+                    self.execute(self.dialect.ddl(statement))
+                self.execute(
+                    "INSERT INTO schema_version (version, name, applied_ms) VALUES (?, ?, ?)",
+                    (migration.version, migration.name, now_ms()),
+                )
+        return LATEST
+
+    # --- registry ------------------------------------------------------------------------------
+
+    def enroll(self, device: DeviceRecord) -> None:
+        """Add or update a device (a new binding replaces the old one; the chain head is kept)."""
+        self.execute(
+            "INSERT INTO devices (id, owner, profile, tags, binding_ts, binding_sig, enrolled_ms) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET owner = excluded.owner, "
+            "profile = excluded.profile, tags = excluded.tags, binding_ts = excluded.binding_ts, "
+            "binding_sig = excluded.binding_sig",
+            (
+                device.id,
+                device.owner,
+                device.profile,
+                json.dumps(list(device.tags)),
+                device.binding_ts,
+                device.binding_sig,
+                device.enrolled_ms,
+            ),
+        )
+        self.execute(
+            "INSERT INTO chain_heads (dev, seq, hash, missing, updated_ms) VALUES (?, 0, ?, '[]', ?) "
+            "ON CONFLICT (dev) DO NOTHING",
+            (device.id, "0" * 64, device.enrolled_ms),
+        )
+
+    def devices(self) -> list[DeviceRecord]:
+        return [
+            _device(r) for r in self.rows(f"SELECT {_DEVICE_COLUMNS} FROM devices ORDER BY enrolled_ms, id")
+        ]
+
+    def device(self, dev: str) -> DeviceRecord | None:
+        row = self.one(f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE id = ?", (dev,))
+        return None if row is None else _device(row)
+
+    # --- chain heads ---------------------------------------------------------------------------
+
+    def head(self, dev: str, *, lock: bool = False) -> Head | None:
+        row = self.one(
+            "SELECT seq, hash, missing FROM chain_heads WHERE dev = ?" + ("{for_update}" if lock else ""),
+            (dev,),
+        )
+        if row is None:
+            return None
+        missing = tuple((int(lo), int(hi)) for lo, hi in json.loads(row[2]))
+        return Head(int(row[0]), str(row[1]), missing)
+
+    def set_head(self, dev: str, head: Head, at_ms: int) -> None:
+        self.execute(
+            "UPDATE chain_heads SET seq = ?, hash = ?, missing = ?, updated_ms = ? WHERE dev = ?",
+            (head.seq, head.hash, json.dumps([list(r) for r in head.missing]), at_ms, dev),
+        )
+
+    # --- messages ------------------------------------------------------------------------------
+
+    def linked(self, dev: str, seq: int) -> tuple[str, str] | None:
+        """``(hash, prev)`` of the envelope stored at ``seq`` of ``dev``'s chain, if any."""
+        row = self.one("SELECT hash, raw FROM messages WHERE dev = ? AND chain_seq = ?", (dev, seq))
+        if row is None:
+            return None
+        prev = json.loads(bytes(row[1]))["prev"]
+        return str(row[0]), str(prev)
+
+    def accepted_hash(self, dev: str, digest: str) -> bool:
+        """An accepted envelope with this hash from ``dev`` is already stored."""
+        return (
+            self.one("SELECT 1 FROM messages WHERE dev = ? AND hash = ? AND accepted = 1", (dev, digest))
+            is not None
+        )
+
+    def overlapping_window(self, dev: str, start_ms: int, end_ms: int) -> tuple[int, int] | None:
+        """An accepted proof window of ``dev`` that overlaps ``[start_ms, end_ms)``."""
+        row = self.one(
+            "SELECT win_start_ms, win_end_ms FROM messages WHERE dev = ? AND kind = 'proof' "
+            "AND accepted = 1 AND win_start_ms < ? AND win_end_ms > ? ORDER BY win_start_ms LIMIT 1",
+            (dev, end_ms, start_ms),
+        )
+        return None if row is None else (int(row[0]), int(row[1]))
+
+    def insert_message(self, row: MessageRow) -> int:
+        cursor = self.execute(
+            f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES "
+            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            (
+                row.dev,
+                row.topic,
+                row.kind,
+                row.seq,
+                row.chain_seq,
+                row.hash,
+                row.ts,
+                row.ingest_ms,
+                int(row.accepted),
+                row.reason,
+                row.detail,
+                row.raw,
+                row.win_start_ms,
+                row.win_end_ms,
+                row.inferences,
+                row.beacon_slot,
+            ),
+        )
+        return int(cursor.fetchone()[0])
+
+    def messages(self, dev: str | None = None) -> list[MessageRow]:
+        where, params = ("WHERE dev = ?", (dev,)) if dev is not None else ("", ())
+        return [
+            _message(r)
+            for r in self.rows(f"SELECT {_MESSAGE_COLUMNS} FROM messages {where} ORDER BY id", params)
+        ]
+
+    # --- beacons -------------------------------------------------------------------------------
+
+    def add_beacon(self, slot: int, nonce: str, time_ms: int, slot_ms: int, issued_ms: int) -> None:
+        self.execute(
+            "INSERT INTO beacons (slot, nonce, time_ms, slot_ms, issued_ms) VALUES (?, ?, ?, ?, ?)",
+            (slot, nonce, time_ms, slot_ms, issued_ms),
+        )
+
+    def beacon_nonce(self, slot: int) -> str | None:
+        row = self.one("SELECT nonce FROM beacons WHERE slot = ?", (slot,))
+        return None if row is None else str(row[0])
+
+    def newest_beacon_slot(self, at_ms: int) -> int | None:
+        """The highest slot issued at or before ``at_ms``."""
+        row = self.one("SELECT MAX(slot) FROM beacons WHERE issued_ms <= ?", (at_ms,))
+        return None if row is None or row[0] is None else int(row[0])
+
+    # --- the coordinator's own chain and its verdicts -------------------------------------------
+
+    def coordinator_head(self, signer: str) -> tuple[int, str]:
+        """The coordinator key's chain head, locked until commit (several processes share it)."""
+        self.execute(
+            "INSERT INTO coordinator_chain (signer, seq, hash) VALUES (?, 0, ?) ON CONFLICT (signer) DO NOTHING",
+            (signer, "0" * 64),
+        )
+        row = self.one("SELECT seq, hash FROM coordinator_chain WHERE signer = ?{for_update}", (signer,))
+        assert row is not None
+        return int(row[0]), str(row[1])
+
+    def set_coordinator_head(self, signer: str, seq: int, digest: str) -> None:
+        self.execute("UPDATE coordinator_chain SET seq = ?, hash = ? WHERE signer = ?", (seq, digest, signer))
+
+    def insert_verdict(
+        self, signer: str, seq: int, dev: str, message_id: int, topic: str, raw: bytes, at_ms: int
+    ) -> None:
+        self.execute(
+            "INSERT INTO verdicts (signer, seq, dev, message_id, topic, raw, created_ms) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (signer, seq, dev, message_id, topic, raw, at_ms),
+        )
+
+    def unpublished_verdicts(self, signer: str) -> list[tuple[int, str, bytes]]:
+        """``(seq, topic, raw)`` of verdicts not yet acknowledged by the broker, oldest first."""
+        return [
+            (int(seq), str(topic), bytes(raw))
+            for seq, topic, raw in self.rows(
+                "SELECT seq, topic, raw FROM verdicts WHERE signer = ? AND published_ms IS NULL ORDER BY seq",
+                (signer,),
+            )
+        ]
+
+    def mark_published(self, signer: str, seqs: Sequence[int], at_ms: int) -> None:
+        for seq in seqs:
+            self.execute(
+                "UPDATE verdicts SET published_ms = ? WHERE signer = ? AND seq = ?", (at_ms, signer, seq)
+            )
+
+    # --- liveness ------------------------------------------------------------------------------
+
+    def start_run(self, run_id: str, signer: str, host: str, pid: int, at_ms: int) -> None:
+        self.execute(
+            "INSERT INTO liveness (run_id, signer, host, pid, started_ms, last_ms) VALUES (?, ?, ?, ?, ?, ?)",
+            (run_id, signer, host, pid, at_ms, at_ms),
+        )
+
+    def touch_run(self, run_id: str, at_ms: int) -> None:
+        self.execute("UPDATE liveness SET last_ms = ? WHERE run_id = ?", (at_ms, run_id))
+
+    def stop_run(self, run_id: str, at_ms: int) -> None:
+        self.execute(
+            "UPDATE liveness SET last_ms = ?, stopped_ms = ? WHERE run_id = ?", (at_ms, at_ms, run_id)
+        )
+
+    def runs(self) -> list[tuple[str, int, int, int | None]]:
+        """``(run_id, started_ms, last_ms, stopped_ms)`` of every run, oldest first."""
+        return [
+            (str(r[0]), int(r[1]), int(r[2]), None if r[3] is None else int(r[3]))
+            for r in self.rows(
+                "SELECT run_id, started_ms, last_ms, stopped_ms FROM liveness ORDER BY started_ms"
+            )
+        ]
+
+
+_DEVICE_COLUMNS = "id, owner, profile, tags, binding_ts, binding_sig, enrolled_ms"
+
+
+def _device(row: tuple[Any, ...]) -> DeviceRecord:
+    return DeviceRecord(
+        str(row[0]),
+        str(row[1]),
+        str(row[2]),
+        tuple(json.loads(row[3])),
+        int(row[4]),
+        str(row[5]),
+        int(row[6]),
+    )
+
+
+def _message(row: tuple[Any, ...]) -> MessageRow:
+    values = list(row)
+    values[8] = bool(values[8])
+    values[11] = bytes(values[11])
+    return MessageRow(*values)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _redact(url: str) -> str:
+    """A database URL without its password, for messages and logs."""
+    head, sep, tail = url.partition("@")
+    if not sep or "://" not in head:
+        return url
+    scheme, _, creds = head.partition("://")
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}@{tail}"
+
+
+def _sqlite_connector(path: Path, synchronous: str) -> Any:
+    def connect() -> sqlite3.Connection:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(str(path), isolation_level=None, timeout=30.0, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {synchronous}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        return conn
+
+    return connect
+
+
+def _postgres_connector(url: str) -> Any:
+    try:
+        import psycopg
+    except ImportError as exc:
+        raise StorageError(
+            "database_url is set but psycopg is not installed",
+            hint="pip install 'edgeproof[coordinator]' (psycopg[binary])",
+        ) from exc
+
+    def connect() -> Any:
+        # autocommit: transactions are the explicit BEGIN ... COMMIT of Store.transaction.
+        return psycopg.connect(url, autocommit=True, connect_timeout=5)
+
+    return connect

@@ -1,0 +1,376 @@
+"""The coordinator as a real process: devices -> Mosquitto -> `python -m agent coordinator run` -> database.
+
+Every test here runs a real broker, the real coordinator process and a real database
+(SQLite file or the PostgreSQL server of the session), publishes signed envelopes like a
+device would and checks the stored rows and the verdicts a subscriber receives.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.coordinator.store import Store
+from agent.protocol.chain import ChainVerifier, Link
+from agent.protocol.envelope import Envelope, verify_envelope
+from agent.protocol.messages import Verdict
+from agent.protocol.topics import Topics
+from tests.support.coordinator import (
+    COORD,
+    SLOT_MS,
+    CoordinatorProcess,
+    Device,
+    Publisher,
+    beacon_nonce,
+    device_key,
+    enroll_direct,
+    wait_until,
+    write_config,
+)
+from tests.support.mosquitto import Collector, MosquittoBroker
+from tests.support.postgres import PostgresServer
+
+pytestmark = pytest.mark.integration
+T = Topics()
+SIGNER = str(COORD.pubkey())
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def issue_beacons(store: Store, back: int = 0) -> int:
+    """Issue the current slot's beacon (and ``back`` older ones); returns the current slot."""
+    at = now_ms()
+    slot = at // SLOT_MS
+    with store.transaction():
+        for s in range(slot - back, slot + 1):
+            store.add_beacon(s, beacon_nonce(s), s * SLOT_MS, SLOT_MS, min(at, s * SLOT_MS + SLOT_MS) - 1)
+    return slot
+
+
+def count(store: Store, where: str = "accepted = 1") -> int:
+    row = store.one(f"SELECT COUNT(*) FROM messages WHERE {where}")
+    assert row is not None
+    return int(row[0])
+
+
+def verdicts(collector: Collector) -> list[Envelope]:
+    return [verify_envelope(p, expected_signer=SIGNER) for p in collector.payloads()]
+
+
+def open_store(folder: Path, database_url: str) -> Store:
+    return Store.open(database_url=database_url, sqlite_path=folder / "coordinator.sqlite3")
+
+
+def test_devices_to_broker_to_coordinator_to_database_and_verdicts(
+    mosquitto: MosquittoBroker, database_url: str, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path / "coord", broker_port=mosquitto.port, database_url=database_url)
+    store = open_store(tmp_path / "coord", database_url)
+    devices = [Device(device_key(n)) for n in (11, 12)]
+    for device in devices:
+        enroll_direct(store, device.keypair)
+    slot = issue_beacons(store)
+    collector = Collector(mosquitto, T.prefix + "/dev/+/verdict", client_id="verdicts")
+    coordinator = CoordinatorProcess(config, tmp_path / "coordinator.log")
+    coordinator.start()
+    publisher = Publisher(mosquitto.host, mosquitto.port)
+    try:
+        items: list[tuple[str, bytes]] = []
+        start = now_ms() - 60_000
+        for device in devices:
+            items += [(T.hb(device.id), device.heartbeat(slot, now_ms()).wire) for _ in range(10)]
+            items.append((T.proof(device.id), device.proof(start, start + 30_000, 900, ts=now_ms()).wire))
+            items.append(
+                (T.proof(device.id), device.proof(start + 30_000, start + 60_000, 900, ts=now_ms()).wire)
+            )
+        publisher.publish(items)
+        wait_until(lambda: len(collector.payloads()) >= len(items), 60, "every verdict", coordinator.log)
+        assert coordinator.terminate() == 0
+    finally:
+        publisher.close()
+        collector.close()
+        coordinator.kill()
+    assert count(store) == len(items) == 24
+    received = verdicts(collector)
+    assert sorted(v.seq for v in received) == list(range(1, 25))  # one chain, no seq twice
+    bodies = [v.body for v in received]
+    assert all(isinstance(b, Verdict) and b.accepted and b.reason is None for b in bodies)
+    by_device = {d.id: sum(1 for b in bodies if isinstance(b, Verdict) and b.device == d.id) for d in devices}
+    assert by_device == {d.id: 12 for d in devices}
+    assert store.unpublished_verdicts(SIGNER) == []  # every verdict acknowledged by the broker and marked
+    [(_, started, last, stopped)] = store.runs()
+    assert stopped is not None and started <= last == stopped
+    log = coordinator.log()
+    assert "coordinator_started" in log and "coordinator_stopped" in log
+    assert re.search(r"batch_committed messages=\d+ accepted=\d+ rejected=0", log)
+
+
+def test_every_attack_is_rejected_with_its_own_reason_and_earns_nothing(
+    mosquitto: MosquittoBroker, tmp_path: Path
+) -> None:
+    config = write_config(
+        tmp_path / "coord", broker_port=mosquitto.port, beacon_max_age_slots=2, late_window_seqs=2
+    )
+    store = open_store(tmp_path / "coord", "")
+    honest = Device(device_key(21))
+    enroll_direct(store, honest.keypair)
+    stranger = Device(device_key(22))  # never enrolled
+    slot = issue_beacons(store, back=5)
+    collector = Collector(mosquitto, T.prefix + "/dev/+/verdict", client_id="verdicts")
+    coordinator = CoordinatorProcess(config, tmp_path / "coordinator.log")
+    coordinator.start()
+    publisher = Publisher(mosquitto.host, mosquitto.port)
+
+    def send(topic: str, payload: bytes) -> tuple[bool, str | None]:
+        before = count(store, "1 = 1")
+        publisher.publish([(topic, payload)])
+        wait_until(lambda: count(store, "1 = 1") > before, 30, f"the row of {topic}", coordinator.log)
+        row = store.one("SELECT accepted, reason FROM messages ORDER BY id DESC LIMIT 1")
+        assert row is not None
+        return bool(row[0]), row[1]
+
+    try:
+        # the honest chain so far: seq 1, then seq 6 (a gap of 2-5, accepted and named)
+        chain = [honest.heartbeat(slot, now_ms()) for _ in range(6)]
+        assert send(T.hb(honest.id), chain[0].wire) == (True, None)
+        assert send(T.hb(honest.id), chain[5].wire) == (True, "chain_gap")
+        accepted_before = count(store)
+        forged = {**chain[1].raw, "body": {**chain[1].raw["body"], "uptime_s": 123_456}}
+        twin = Device(honest.keypair)  # a second signer on the same key: its seq 1 forks
+        cases: list[tuple[str, str, bytes, str]] = [
+            (
+                "forged signature",
+                T.hb(honest.id),
+                Envelope(**{**chain[1].__dict__, "raw": forged}).wire,
+                "bad_signature",
+            ),
+            ("replayed envelope", T.hb(honest.id), chain[0].wire, "duplicate"),
+            ("reordered seq", T.hb(honest.id), chain[1].wire, "replay"),  # 4 below the head, window 2
+            ("forked chain", T.hb(honest.id), twin.heartbeat(slot, now_ms()).wire, "fork"),
+            (
+                "future timestamp",
+                T.hb(honest.id),
+                honest.heartbeat(slot, now_ms() + 120_000).wire,
+                "clock_skew",
+            ),
+            ("stale beacon", T.hb(honest.id), honest.heartbeat(slot - 3, now_ms()).wire, "stale_beacon"),
+            ("unknown device", T.hb(stranger.id), stranger.heartbeat(slot, now_ms()).wire, "unknown_device"),
+            (
+                "throughput above the profile's bound",
+                T.proof(honest.id),
+                honest.proof(now_ms() - 10_000, now_ms(), 10 * 60 + 1, ts=now_ms()).wire,
+                "implausible_throughput",
+            ),
+        ]
+        outcome = {name: send(topic, payload) for name, topic, payload, _ in cases}
+        assert outcome == {name: (False, reason) for name, _, _, reason in cases}
+        assert count(store) == accepted_before  # earned nothing
+        answered = {c[3] for c in cases} - {"duplicate", "unknown_device"}
+        wait_until(
+            lambda: {getattr(v.body, "reason", None) for v in verdicts(collector)} >= answered,
+            30,
+            "a verdict for every refusal of the registered device",
+            coordinator.log,
+        )
+        assert coordinator.terminate() == 0
+    finally:
+        publisher.close()
+        collector.close()
+        coordinator.kill()
+    refused = {
+        v.body.reason for v in verdicts(collector) if isinstance(v.body, Verdict) and not v.body.accepted
+    }
+    assert refused == answered
+    recorded = {r[0] for r in store.rows("SELECT reason FROM messages WHERE accepted = 0")}
+    assert recorded == {reason for *_, reason in cases}
+
+
+def test_sigkill_mid_ingest_loses_nothing_and_counts_nothing_twice(
+    mosquitto: MosquittoBroker, database_url: str, tmp_path: Path
+) -> None:
+    config = write_config(
+        tmp_path / "coord", broker_port=mosquitto.port, database_url=database_url, batch_max=10
+    )
+    store = open_store(tmp_path / "coord", database_url)
+    devices = [Device(device_key(n)) for n in (31, 32, 33)]
+    for device in devices:
+        enroll_direct(store, device.keypair)
+    slot = issue_beacons(store)
+    coordinator = CoordinatorProcess(config, tmp_path / "coordinator.log")
+    coordinator.start()  # creates the persistent session and its shared subscription
+    assert coordinator.terminate() == 0
+    per_device = 200
+    items = [(T.hb(d.id), d.heartbeat(slot, now_ms()).wire) for _ in range(per_device) for d in devices]
+    publisher = Publisher(mosquitto.host, mosquitto.port)
+    publisher.publish(items)  # queued by the broker for the coordinator's session
+    publisher.close()
+    total = len(items)
+    try:
+        coordinator.start()
+        wait_until(lambda: count(store) >= 60, 60, "the first committed batches", coordinator.log)
+        assert coordinator.proc is not None
+        coordinator.proc.kill()  # SIGKILL while it ingests
+        coordinator.proc.wait(10)
+        at_kill = count(store)
+        assert 0 < at_kill < total, f"the kill was not mid-ingest ({at_kill} of {total} stored)"
+        coordinator.start()
+        wait_until(lambda: count(store) >= total, 90, "every message after the restart", coordinator.log)
+        time.sleep(0.5)  # anything the broker still redelivers is absorbed, never counted
+        assert coordinator.terminate() == 0
+    finally:
+        coordinator.kill()
+    assert count(store) == total
+    for device in devices:
+        seqs = [
+            r[0]
+            for r in store.rows(
+                "SELECT chain_seq FROM messages WHERE dev = ? AND accepted = 1 ORDER BY chain_seq",
+                (device.id,),
+            )
+        ]
+        assert seqs == list(range(1, per_device + 1))
+    redelivered = count(store, "reason = 'duplicate'")
+    # The coordinator's own chain did not fork across the crash: one verdict per accepted message.
+    raws = [bytes(r[0]) for r in store.rows("SELECT raw FROM verdicts ORDER BY seq")]
+    assert len(raws) == total
+    chain = ChainVerifier()
+    assert all(chain.observe(verify_envelope(raw)).link in (Link.START, Link.OK) for raw in raws)
+    print(f"killed at {at_kill}/{total} stored; {redelivered} redeliveries absorbed as duplicate")
+
+
+def test_database_unavailable_pauses_ingest_without_acking_and_loses_nothing(
+    mosquitto: MosquittoBroker, pg_server: PostgresServer, pg_url: str, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path / "coord", broker_port=mosquitto.port, database_url=pg_url)
+    store = open_store(tmp_path / "coord", pg_url)
+    device = Device(device_key(41))
+    enroll_direct(store, device.keypair)
+    slot = issue_beacons(store)
+    store.close()
+    collector = Collector(mosquitto, T.prefix + "/dev/+/verdict", client_id="verdicts")
+    coordinator = CoordinatorProcess(config, tmp_path / "coordinator.log")
+    coordinator.start()
+    publisher = Publisher(mosquitto.host, mosquitto.port)
+    acks = re.compile(r"Received PUBACK from coord-test")
+    try:
+        publisher.publish([(T.hb(device.id), device.heartbeat(slot, now_ms()).wire) for _ in range(10)])
+        wait_until(lambda: len(collector.payloads()) >= 10, 30, "the first verdicts", coordinator.log)
+        pg_server.stop()
+        outage = time.monotonic()
+        acked_before = len(acks.findall(mosquitto.log_text()))
+        publisher.publish([(T.hb(device.id), device.heartbeat(slot, now_ms()).wire) for _ in range(20)])
+        wait_until(
+            lambda: "storage_unavailable" in coordinator.log(),
+            30,
+            "the outage to be noticed",
+            coordinator.log,
+        )
+        time.sleep(max(0.0, 20 - (time.monotonic() - outage)))
+        # 20 s without the database: nothing acknowledged to the broker, no verdict published
+        assert len(acks.findall(mosquitto.log_text())) == acked_before
+        assert len(collector.payloads()) == 10
+        assert coordinator.running()
+        pg_server.start()
+        wait_until(
+            lambda: len(collector.payloads()) >= 30, 60, "the verdicts after the outage", coordinator.log
+        )
+        assert coordinator.terminate() == 0
+    finally:
+        if pg_server.pid is None:
+            pg_server.start()
+        publisher.close()
+        collector.close()
+        coordinator.kill()
+    assert len(acks.findall(mosquitto.log_text())) >= acked_before + 20  # acknowledged after the commit
+    store = open_store(tmp_path / "coord", pg_url)
+    assert count(store) == 30 and count(store, "accepted = 0") == 0
+    assert [r[0] for r in store.rows("SELECT chain_seq FROM messages ORDER BY chain_seq")] == list(
+        range(1, 31)
+    )
+
+
+def test_two_processes_on_one_shared_subscription_split_the_load_exactly_once(
+    mosquitto: MosquittoBroker, pg_url: str, tmp_path: Path
+) -> None:
+    store = open_store(tmp_path / "a", pg_url)
+    devices = [Device(device_key(n)) for n in (51, 52, 53)]
+    for device in devices:
+        enroll_direct(store, device.keypair)
+    slot = issue_beacons(store)
+    workers = []
+    for name in ("a", "b"):
+        config = write_config(
+            tmp_path / name, broker_port=mosquitto.port, database_url=pg_url, client_id=f"coord-{name}"
+        )
+        workers.append(CoordinatorProcess(config, tmp_path / f"coordinator-{name}.log"))
+    collector = Collector(mosquitto, T.prefix + "/dev/+/verdict", client_id="verdicts")
+    publisher = Publisher(mosquitto.host, mosquitto.port)
+    per_device = 60
+    try:
+        for worker in workers:
+            worker.start()
+        items = [(T.hb(d.id), d.heartbeat(slot, now_ms()).wire) for _ in range(per_device) for d in devices]
+        publisher.publish(items)
+        wait_until(lambda: count(store, "1 = 1") >= len(items), 90, "every row", workers[0].log)
+        wait_until(lambda: len(collector.payloads()) >= len(items), 30, "every verdict", workers[1].log)
+        assert [w.terminate() for w in workers] == [0, 0]
+    finally:
+        publisher.close()
+        collector.close()
+        for worker in workers:
+            worker.kill()
+    # Both processes took part, and every message was accepted once, in chain order per device.
+    committed = [sum(int(n) for n in re.findall(r"batch_committed messages=(\d+)", w.log())) for w in workers]
+    assert all(n > 0 for n in committed) and sum(committed) == len(items), committed
+    assert count(store) == len(items) and count(store, "accepted = 0") == 0
+    for device in devices:
+        seqs = [
+            r[0]
+            for r in store.rows(
+                "SELECT chain_seq FROM messages WHERE dev = ? ORDER BY chain_seq", (device.id,)
+            )
+        ]
+        assert seqs == list(range(1, per_device + 1))
+    # One coordinator chain, signed by two processes, never forked.
+    chain = ChainVerifier()
+    received = sorted(verdicts(collector), key=lambda v: v.seq)
+    assert [v.seq for v in received] == list(range(1, len(items) + 1))
+    assert all(chain.observe(v).link in (Link.START, Link.OK) for v in received)
+
+
+def test_verdicts_committed_but_never_acknowledged_are_republished_at_start(
+    mosquitto: MosquittoBroker, tmp_path: Path
+) -> None:
+    from agent.coordinator.batch import Inbound, commit_batch
+    from agent.coordinator.ingest import Policy
+    from agent.profiles import load_profiles
+
+    config = write_config(tmp_path / "coord", broker_port=mosquitto.port)
+    store = open_store(tmp_path / "coord", "")
+    device = Device(device_key(61))
+    enroll_direct(store, device.keypair)
+    slot = issue_beacons(store)
+    # What a run killed after its commit and before the broker acknowledged its verdicts leaves.
+    policy = Policy(
+        clock_skew_ms=30_000, beacon_max_age_slots=2, late_window_seqs=8, profiles=load_profiles()
+    )
+    items = [Inbound(T.hb(device.id), device.heartbeat(slot, now_ms()).wire, now_ms()) for _ in range(3)]
+    commit_batch(store, items, policy=policy, keypair=COORD, topics=T, now_ms=now_ms())
+    assert [seq for seq, _, _ in store.unpublished_verdicts(SIGNER)] == [1, 2, 3]
+    collector = Collector(mosquitto, T.prefix + "/dev/+/verdict", client_id="verdicts")
+    coordinator = CoordinatorProcess(config, tmp_path / "coordinator.log")
+    try:
+        coordinator.start()
+        wait_until(lambda: len(collector.payloads()) >= 3, 30, "the republished verdicts", coordinator.log)
+        assert coordinator.terminate() == 0
+    finally:
+        collector.close()
+        coordinator.kill()
+    assert sorted(v.seq for v in verdicts(collector)) == [1, 2, 3]
+    assert store.unpublished_verdicts(SIGNER) == []
+    assert "verdicts_republished count=3" in coordinator.log()
