@@ -153,6 +153,7 @@ _REASON_COUNTER = {
     "oversized": "oversized",
     "topic": "topic",
     "wrong_kind": "topic",
+    "wrong_channel": "topic",
     "fork": "forks",
     "replay": "replays",
     "duplicate": "duplicates",

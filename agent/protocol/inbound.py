@@ -12,7 +12,7 @@ signature verification:
 1. size, strict JSON, envelope structure, known kind, the kind's size bound
    (``oversized``, ``malformed``, ``unknown_kind``);
 2. the receiver takes this kind at all (``wrong_kind``), and the topic carries
-   this kind about this device or channel (``wrong_kind``, ``topic``);
+   this kind (``wrong_kind``) about this device (``topic``) or channel (``wrong_channel``);
 3. the signer may send it: a device kind from a registered device
    (``unknown_device``), a coordinator kind from the pinned coordinator
    (``unpinned_coordinator`` when nothing is pinned, ``untrusted_coordinator``),
@@ -148,7 +148,7 @@ def _check_topic(topics: Topics, topic: str, kind: str, dev: str, raw_body: obje
     if info.scope == "manifest":
         if body.get("channel") != info.channel:
             raise ProtocolError(
-                f"manifest for channel {body.get('channel')} published on {topic}", reason="topic"
+                f"manifest for channel {body.get('channel')} published on {topic}", reason="wrong_channel"
             )
         return
     if info.scope == "device":

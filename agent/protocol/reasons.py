@@ -37,7 +37,7 @@ _TABLE: tuple[Reason, ...] = (
     Reason(
         "wrong_origin", "message", "the signer's role (device, coordinator, operator) may not send this kind"
     ),
-    Reason("topic", "message", "the topic names another device or channel than the envelope"),
+    Reason("topic", "message", "the topic names another device than the envelope"),
     Reason("unknown_device", "message", "the signer is not the expected device or not a registered one"),
     Reason("wrong_device", "message", "a coordinator message is addressed to another device"),
     Reason(

@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 
 from agent.device.model_store import ModelStore
-from agent.device.updater import ModelUpdater
+from agent.device.state_store import StateStore
+from agent.device.updater import ModelUpdater, failed_key
 from agent.inference.runtime import backend_settings, resolve_profile
 from agent.protocol.capture import verify_capture
 from agent.protocol.messages import Deploy, Manifest
@@ -366,7 +367,7 @@ class Updater:
 
     updater: ModelUpdater
     reports: list[Deploy]
-    state: dict[str, object]
+    state: StateStore
 
     def states(self) -> list[tuple[str, Any, int]]:
         return [(d.state, d.reason, d.manifest_version) for d in list(self.reports)]
@@ -379,7 +380,8 @@ class Updater:
 def in_process_updater(models: Path) -> Updater:
     profile = resolve_profile("generic-x86_64")
     reports: list[Deploy] = []
-    state: dict[str, object] = {}
+    models.mkdir(parents=True, exist_ok=True)
+    state = StateStore.open(models.parent / f"{models.name}-state.sqlite3")
 
     def no_trial_failure(card: Path) -> Any:
         raise AssertionError(f"no trial runs here ({card})")
@@ -389,8 +391,7 @@ def in_process_updater(models: Path) -> Updater:
         profile,
         backend_settings(profile, threads=1),
         reports.append,
-        state.get,
-        state.update,
+        state,
         fallback_card=models / "unused.toml",
         open_pipeline=no_trial_failure,
         trial_s=1.0,
@@ -414,7 +415,7 @@ def test_a_newer_release_supersedes_a_download_and_a_stop_keeps_the_partial(tmp_
             first.wait_ready("v2 to be ready")
             assert ("failed", "superseded", 1) in first.states()
             assert first.states()[-1] == ("activated", None, 2)
-            assert "deploy.stable.failed_version" not in first.state  # superseded is not a failure
+            assert first.state.record(failed_key("stable")) is None  # superseded is not a failure
             assert list(staging.iterdir()) == []
         finally:
             first.updater.stop()
@@ -428,7 +429,7 @@ def test_a_newer_release_supersedes_a_download_and_a_stop_keeps_the_partial(tmp_
         second.updater.stop(timeout=10.0)
         assert time.monotonic() - started < 1.5
         kept = partial_bytes(staging2)
-        assert second.states() == [("received", None, 3)] and second.state == {}
+        assert second.states() == [("received", None, 3)] and second.state.records() == {}
         server_a.trickle_s = None
         served = len(server_a.requests)
         third = in_process_updater(tmp_path / "models2")

@@ -138,7 +138,7 @@ def test_manifests_are_checked_against_their_channel_topic(
     report = json.loads(capsys.readouterr().out)
     assert code == 8
     assert [(p["line"], p["reason"], p["message"]) for p in report["problems"]] == [
-        (2, "topic", f"manifest for channel beta published on {T.manifest('stable')}")
+        (2, "wrong_channel", f"manifest for channel beta published on {T.manifest('stable')}")
     ]
     assert report["signers"][str(COORD.pubkey())]["roles"] == ["operator"]
     code, _ = _run(tmp_path, lines[:1], "--json")

@@ -126,7 +126,7 @@ def test_manifests_need_a_trusted_operator_and_their_own_channel() -> None:
     env = build_envelope(OPERATOR, "manifest", manifest_body(), seq=1, prev="0" * 64, ts=TS)
     channel = manifest_body()["channel"]
     assert isinstance(check_inbound(T.manifest(channel), env.wire, AT_DEVICE), Accepted)
-    assert reason(check_inbound(T.manifest("other"), env.wire, AT_DEVICE)) == "topic"
+    assert reason(check_inbound(T.manifest("other"), env.wire, AT_DEVICE)) == "wrong_channel"
     rogue = build_envelope(ROGUE, "manifest", manifest_body(), seq=1, prev="0" * 64, ts=TS)
     assert reason(check_inbound(T.manifest(channel), rogue.wire, AT_DEVICE)) == "untrusted_operator"
 
