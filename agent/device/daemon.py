@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import shutil
 import signal
 import threading
 import time
@@ -29,7 +28,7 @@ from typing import Any
 
 from agent import __version__
 from agent.config import SOURCE_NONE, AgentConfig
-from agent.device.beacon_guard import BeaconTolerance, check_beacon
+from agent.device.beacon_guard import BeaconTolerance
 from agent.device.challenge_guard import ChallengeGuard, ChallengeLimits
 from agent.device.challenges import ChallengeResponder
 from agent.device.commitments import CommitmentHasher
@@ -37,7 +36,8 @@ from agent.device.control import ControlServer, daemon_ops
 from agent.device.control_protocol import socket_path
 from agent.device.coordinator_pin import UNPINNED_NOTICE
 from agent.device.health import HealthProbe
-from agent.device.manifests import DeviceFacts, check_manifest, stored_manifest
+from agent.device.inbound_handlers import InboundHandlers
+from agent.device.manifests import DeviceFacts
 from agent.device.metrics import MetricsServer, Snapshot
 from agent.device.model_store import ModelStore
 from agent.device.rejection_log import RejectionLog
@@ -55,10 +55,10 @@ from agent.inference.runtime import backend_settings, resolve_profile
 from agent.inference.sources import FrameSource, open_source
 from agent.protocol.chain import ChainSigner
 from agent.protocol.envelope import Envelope
-from agent.protocol.inbound import Rejection, Trust, check_inbound
+from agent.protocol.inbound import Trust
 from agent.protocol.kinds import DEVICE_INBOUND
 from agent.protocol.leaf import default_leaf_hash
-from agent.protocol.messages import Beacon, Challenge, Deploy, Health, Heartbeat, Status, Verdict
+from agent.protocol.messages import Beacon, Challenge, Deploy, Health, Heartbeat, Status
 from agent.protocol.topics import Topics
 from agent.transport.mqtt import MqttTransport
 from agent.transport.outbox import Outbox
@@ -83,7 +83,7 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-class Daemon:
+class Daemon(InboundHandlers):
     #: The local control socket (started in start(); see agent/device/control.py).
     control: ControlServer | None = None
 
@@ -299,162 +299,6 @@ class Daemon:
                 "proof emitted",
                 extra={"seq": env.seq, "inferences": proof.inferences, "input_root": proof.input_root[:16]},
             )
-
-    # ------------------------------------------------------------------ inbound (transport thread)
-
-    def _reject(self, reason: str) -> None:
-        # Incremented from the inbound thread and the main loop.
-        with self._count_lock:
-            self.rejected_inbound[reason] += 1
-
-    def _refused(self, topic: str, payload: bytes, exc: ProtocolError) -> None:
-        self._reject(exc.reason)
-        if self.rejection_log.should_log(exc.reason, time.monotonic()):
-            log.warning(
-                "inbound message rejected",
-                extra={
-                    "topic": topic,
-                    "reason": exc.reason,
-                    "error": exc.message[:200],
-                    "bytes": len(payload),
-                },
-            )
-
-    def _log_held_rejections(self) -> None:
-        """One line per reason for the refusals whose own lines were held back (a flood)."""
-        for reason, count in sorted(self.rejection_log.flush().items()):
-            log.warning(
-                "inbound rejections not logged one by one",
-                extra={"reason": reason, "count": count, "interval_s": self.rejection_log.interval_s},
-            )
-
-    def _verify_inbound(self, topic: str, payload: bytes, kind: str) -> Envelope | None:
-        """The shared inbound check (agent/protocol/inbound.py): size, JSON, kind on its topic,
-        the pin (or operator trust), signature, schema, addressee.  The device-specific checks
-        (beacon plausibility, challenge admission, manifest eligibility) follow in the handlers."""
-        result = check_inbound(topic, payload, self.trust, topics=self.topics)
-        if isinstance(result, Rejection):
-            self._refused(topic, payload, result.error())
-            return None
-        env = result.envelope
-        if env.kind != kind:  # the subscription routes by topic, and the topic names the kind
-            self._refused(topic, payload, ProtocolError(f"expected a {kind} on {topic}", reason="wrong_kind"))
-            return None
-        return env
-
-    def on_beacon(self, topic: str, payload: bytes) -> None:
-        env = self._verify_inbound(topic, payload, "beacon")
-        if env is None:
-            return
-        assert isinstance(env.body, Beacon)
-        try:
-            # An older beacon (a replay) would make our heartbeats stale; one from the future
-            # would make every genuine beacon after it look older.
-            check_beacon(env.body, self._last_beacon, self.clock_ms(), self.beacon_tolerance)
-        except ProtocolError as exc:
-            self._refused(topic, payload, exc)
-            return
-        self._last_beacon = env.body
-        self.beacon = (env.body.slot, env.body.nonce)
-
-    def on_challenge(self, topic: str, payload: bytes) -> None:
-        env = self._verify_inbound(topic, payload, "challenge")
-        if env is None:
-            return
-        try:
-            # Only this (inbound) thread puts, so the room seen here is still there below.
-            challenge = self.challenge_guard.admit(
-                env, now_ms=self.clock_ms(), now_s=time.monotonic(), room=not self._challenges.full()
-            )
-        except ProtocolError as exc:
-            self._refused(topic, payload, exc)
-            return
-        except StorageError as exc:
-            # Not remembered, so not answered: a replay of it could not be recognised.
-            self.counters["challenges_not_stored"] += 1
-            log.error("challenge not taken: the state store failed", extra={"error": str(exc)})
-            return
-        self._challenges.put_nowait(challenge)
-
-    def on_verdict(self, topic: str, payload: bytes) -> None:
-        env = self._verify_inbound(topic, payload, "verdict")
-        if env is None:
-            return
-        assert isinstance(env.body, Verdict)
-        verdict = env.body.model_dump(mode="json")
-        verdict["received_ms"] = self.clock_ms()
-        self.verdicts.append(verdict)
-        level = logging.INFO if env.body.accepted else logging.WARNING
-        log.log(
-            level, "verdict", extra={k: verdict[k] for k in ("ref_kind", "ref_seq", "accepted", "reason")}
-        )
-
-    def on_voucher(self, topic: str, payload: bytes) -> None:
-        env = self._verify_inbound(topic, payload, "voucher")
-        if env is not None:
-            # Claims are handled by `edgeproof claim` (rewards issue); the daemon only records it.
-            self.counters["vouchers_seen"] += 1
-
-    def on_manifest(self, topic: str, payload: bytes) -> None:
-        env = self._verify_inbound(topic, payload, "manifest")
-        if env is not None:
-            self._consider_manifest(self.topics.parse(topic).channel or "", env, topic, payload)
-
-    def _consider_manifest(self, channel: str, env: Envelope, topic: str, payload: bytes) -> None:
-        try:
-            decision = check_manifest(
-                env,
-                topic_channel=channel,
-                operators=self.config.fleet.operator_keys,
-                facts=self.fleet,
-                now_ms=self.clock_ms(),
-                accepted_version=self.state.manifest_version(channel),
-                accepted_manifest=stored_manifest(self.state.manifest_envelope(channel)),
-                committed_release=self.updater.committed_key(),
-                free_bytes=shutil.disk_usage(self.state_dir).free,
-            )
-        except ProtocolError as exc:
-            self._refused(topic, payload, exc)
-            return
-        summary = decision.summary(self.clock_ms())
-        with self._count_lock:
-            self.manifests[channel] = summary
-        if decision.eligible:
-            # Also for a duplicate (the same content, stored or re-delivered, not expired): an
-            # unfinished download resumes; a running or failed release is not started again.
-            self.updater.offer(decision.manifest)
-        if decision.duplicate:
-            return
-        try:
-            # The envelope itself is kept: the broker does not re-send a retained message to a
-            # persistent session it already delivered it to, and a restart must resume the work.
-            self.state.accept_manifest(channel, decision.manifest.version, payload.decode())
-        except StorageError as exc:
-            log.error("manifest version not stored", extra={"channel": channel, "error": str(exc)})
-        self.counters["manifests_accepted"] += 1
-        log.info(
-            "manifest accepted",
-            extra={
-                "channel": channel,
-                **{k: summary[k] for k in ("version", "model_id", "model_version", "targeted", "eligible")},
-            },
-        )
-
-    def _restore_manifests(self) -> None:
-        """Re-judge the manifests accepted before a restart (a channel no longer configured is ignored).
-
-        An expired one is refused (``expired``), unless its release runs committed.  Then staging
-        files that no offered release needs (failed, superseded, expired) are deleted.
-        """
-        for channel in self.config.fleet.channels:
-            stored = self.state.manifest_envelope(channel)
-            if not isinstance(stored, str):
-                continue
-            topic = self.topics.manifest(channel)
-            env = self._verify_inbound(topic, stored.encode(), "manifest")
-            if env is not None:
-                self._consider_manifest(channel, env, topic, stored.encode())
-        self.updater.clean_staging()
 
     def answer_challenges(self, limit: int) -> int:
         """Answer at most ``limit`` queued challenges (the main loop's timers run between calls)."""
