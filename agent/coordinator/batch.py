@@ -11,14 +11,16 @@ returns: if it raises, the whole batch is rolled back and can be retried as it i
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pydantic
 from solders.keypair import Keypair
 
+from agent.coordinator import challenge_rows
 from agent.coordinator.ingest import Outcome, Policy, VerdictInfo, classify
 from agent.coordinator.store import MessageRow, Store
 from agent.errors import StorageError
@@ -54,6 +56,8 @@ class SignedVerdict:
 class BatchResult:
     outcomes: list[Outcome]
     verdicts: list[SignedVerdict]
+    #: Answers due for a reference run: (challenge id, model sha256, nonce).
+    references: list[tuple[int, str, str]] = field(default_factory=list)
 
 
 def _verdict_body(info: VerdictInfo) -> Verdict:
@@ -120,6 +124,7 @@ def commit_batch(
     signer_key = str(keypair.pubkey())
     outcomes: list[Outcome] = []
     verdicts: list[SignedVerdict] = []
+    references: list[tuple[int, str, str]] = []
     with store.transaction():
         pending: list[tuple[int, VerdictInfo]] = []
         for item in items:
@@ -129,6 +134,12 @@ def commit_batch(
                 store.set_head(outcome.row.dev, outcome.head, item.ingest_ms)
             if outcome.verdict is not None:
                 pending.append((message_id, outcome.verdict))
+            if outcome.challenge is not None:
+                challenge_id, state = outcome.challenge
+                challenge_rows.set_outcome(store, challenge_id, state, item.ingest_ms, response_id=message_id)
+                body = json.loads(outcome.row.raw)["body"]
+                if state == "pending":
+                    references.append((challenge_id, str(body["model_sha256"]), str(body["nonce"])))
             outcomes.append(outcome)
         if pending:
             seq, prev = store.coordinator_head(signer_key)
@@ -144,4 +155,4 @@ def commit_batch(
             store.mark_published(signer_key, published, now_ms)
         if run_id is not None:
             store.touch_run(run_id, now_ms)
-    return BatchResult(outcomes, verdicts)
+    return BatchResult(outcomes, verdicts, references)

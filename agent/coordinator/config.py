@@ -73,6 +73,24 @@ class RegistrySection(Strict):
     models_dir: str = ""
 
 
+class BeaconSection(Strict):
+    # Slot length: one signed, retained beacon per slot (``{prefix}/beacon``); the slot number is
+    # the coordinator's clock divided by slot_ms.  Heartbeats must quote a recent one.
+    slot_ms: Annotated[int, Field(ge=1_000, le=3_600_000)] = 60_000
+
+
+class ChallengeSection(Strict):
+    # Chance per slot that an active device is challenged (0: never; 1: every slot).
+    probability_per_slot: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1
+    # Time the device has to answer (from issue); a later answer is challenge_late, none is
+    # challenge_missed.  Keep it under the devices' [challenges] horizon.
+    deadline_ms: Annotated[int, Field(ge=1_000, le=3_600_000)] = 30_000
+    # A device is challenged only if it reported a model (proof or status) in the last N slots.
+    active_within_slots: Annotated[int, Field(ge=1, le=1_000_000)] = 3
+    # Threads the reference runner gives a model (one runner thread per process).
+    reference_threads: Annotated[int, Field(ge=1, le=64)] = 1
+
+
 def _default_mqtt() -> MqttSettings:
     return MqttSettings(client_id="edgeproof-coordinator")
 
@@ -82,6 +100,8 @@ class CoordinatorConfig(Strict):
     storage: StorageSection = Field(default_factory=StorageSection)
     ingest: IngestSection = Field(default_factory=IngestSection)
     registry: RegistrySection = Field(default_factory=RegistrySection)
+    beacons: BeaconSection = Field(default_factory=BeaconSection)
+    challenges: ChallengeSection = Field(default_factory=ChallengeSection)
     mqtt: MqttSettings = Field(default_factory=_default_mqtt)
 
     @property

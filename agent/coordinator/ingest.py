@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from agent.coordinator.chain_view import ChainStore, StoredChain
+from agent.coordinator.challenge_rows import ChallengeRow
 from agent.coordinator.store import DeviceRecord, Head, MessageRow
 from agent.errors import ProtocolError
 from agent.profiles import Profile
@@ -36,7 +37,7 @@ from agent.protocol.chain import Link
 from agent.protocol.envelope import Envelope
 from agent.protocol.inbound import Accepted, Rejection, Trust, check_inbound
 from agent.protocol.kinds import COORDINATOR_INBOUND
-from agent.protocol.messages import Heartbeat, Proof
+from agent.protocol.messages import ChallengeResponse, Heartbeat, Proof
 from agent.protocol.topics import Topics
 
 
@@ -47,6 +48,7 @@ class IngestStore(ChainStore, Protocol):
     def overlapping_window(self, dev: str, start_ms: int, end_ms: int) -> tuple[int, int] | None: ...
     def beacon_nonce(self, slot: int) -> str | None: ...
     def newest_beacon_slot(self, at_ms: int) -> int | None: ...
+    def challenge_by_nonce(self, dev: str, nonce: str) -> ChallengeRow | None: ...
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,9 @@ class Outcome:
     head: Head | None = None
     #: The verdict to publish (messages attributed to a registered device, not duplicates).
     verdict: VerdictInfo | None = None
+    #: A challenge answer: (challenge id, its outcome now: ``pending`` until the reference run
+    #: scores it, or a final name), recorded with the message.
+    challenge: tuple[int, str] | None = None
 
 
 class _Registry:
@@ -198,6 +203,48 @@ def _policy_check(
     return None
 
 
+def answer_check(
+    env: Envelope, body: ChallengeResponse, ingest_ms: int, store: IngestStore, policy: Policy
+) -> tuple[ChallengeRow | None, str | None, str | None]:
+    """``(challenge, reason, detail)`` for an answer; reason None: due for the reference run.
+
+    ``unknown_challenge`` and ``replay`` leave no challenge to record; the others are the
+    challenge's outcome: ``challenge_late`` (after the deadline, also when already marked
+    missed), ``wrong_model`` (another model hash than the one challenged), ``unknown_model``
+    (the coordinator does not have the model: accepted, not scored).
+    """
+    row = store.challenge_by_nonce(env.dev, body.nonce)
+    if row is None:
+        return (
+            None,
+            "unknown_challenge",
+            f"no challenge with nonce {body.nonce[:16]}... was issued to this device",
+        )
+    if row.outcome not in (None, "challenge_missed"):
+        return None, "replay", f"challenge {body.nonce[:16]}... was already answered"
+    if ingest_ms > row.deadline_ms or row.outcome == "challenge_missed":
+        return (
+            row,
+            "challenge_late",
+            (
+                f"answered at {ingest_ms}, {ingest_ms - row.deadline_ms} ms after the deadline {row.deadline_ms}"
+            ),
+        )
+    if body.model_sha256 != row.model_sha256:
+        return (
+            row,
+            "wrong_model",
+            (f"answer names model {body.model_sha256[:12]}..., the challenge {row.model_sha256[:12]}..."),
+        )
+    if row.model_sha256 not in policy.model_classes:
+        return (
+            row,
+            "unknown_model",
+            f"model {row.model_sha256[:12]}... is not in the coordinator's model store",
+        )
+    return row, None, None
+
+
 def throughput_limit(profile: Profile, model_class: str | None, window_ms: int) -> tuple[int, str] | None:
     """The most inferences ``profile`` allows in ``window_ms`` for ``model_class``, and what it was.
 
@@ -250,9 +297,19 @@ def _judge(
     device = registry.get(env.dev)
     assert device is not None  # check_inbound only accepts registered devices
     refusal = _policy_check(env, ingest_ms, store, policy, device)
+    challenge: tuple[int, str] | None = None
+    note: tuple[str, str] | None = None  # an accepted message's reason (unknown_model)
+    if refusal is None and isinstance(env.body, ChallengeResponse):
+        answered, why, about = answer_check(env, env.body, ingest_ms, store, policy)
+        if why == "unknown_model":
+            note = (why, about or why)
+        elif why is not None:
+            refusal = (why, about or why)
+        if answered is not None:
+            challenge = (answered.id, why or "pending")
     link = acc.link
-    reason, detail = refusal if refusal is not None else (None, None)
-    if refusal is None and link is not None and link.link is Link.GAP:
+    reason, detail = refusal or note or (None, None)
+    if refusal is None and note is None and link is not None and link.link is Link.GAP:
         reason, detail = "chain_gap", link.detail  # accepted; the verdict names the gap
     body = env.body
     proof = body if isinstance(body, Proof) else None
@@ -276,5 +333,9 @@ def _judge(
         beacon_slot=heartbeat.beacon_slot if heartbeat else None,
     )
     head = Head(*chain.new_head) if chain.new_head is not None else None
-    verdict = VerdictInfo(env.dev, env.kind, env.seq, env.hash, refusal is None, reason, _detail(detail))
-    return Outcome(row, head, verdict)
+    verdict: VerdictInfo | None = VerdictInfo(
+        env.dev, env.kind, env.seq, env.hash, refusal is None, reason, _detail(detail)
+    )
+    if challenge is not None and challenge[1] == "pending":
+        verdict = None  # the verdict follows the reference run (it carries the score)
+    return Outcome(row, head, verdict, challenge)

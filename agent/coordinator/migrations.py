@@ -109,6 +109,41 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        2,
+        "issued beacons keep their signed envelope; challenges and their outcomes",
+        (
+            # The signed beacon as published (its seq on the coordinator's chain).  The slot is the
+            # primary key: with N processes the one whose insert wins issues the slot's beacon.
+            "ALTER TABLE beacons ADD COLUMN signer TEXT",
+            "ALTER TABLE beacons ADD COLUMN seq BIGINT",
+            "ALTER TABLE beacons ADD COLUMN raw {blob}",
+            # Challenges issued (one per device per slot at most) and how each ended: ``outcome`` is
+            # NULL until answered or missed, ``pending`` while the reference run is due, then a
+            # catalogued name (``passed``, ``challenge_failed``, ``wrong_model``, ``challenge_late``,
+            # ``challenge_missed``, ``unknown_model``).  ``distance`` is the sketch distance scored.
+            """CREATE TABLE challenges (
+                id {id},
+                dev TEXT NOT NULL,
+                slot BIGINT NOT NULL,
+                nonce TEXT NOT NULL UNIQUE,
+                model_sha256 TEXT NOT NULL,
+                signer TEXT NOT NULL,
+                seq BIGINT NOT NULL,
+                hash TEXT NOT NULL,
+                issued_ms BIGINT NOT NULL,
+                deadline_ms BIGINT NOT NULL,
+                raw {blob} NOT NULL,
+                outcome TEXT,
+                distance DOUBLE PRECISION,
+                tolerance DOUBLE PRECISION,
+                response_id BIGINT,
+                scored_ms BIGINT
+            )""",
+            "CREATE UNIQUE INDEX challenges_slot ON challenges (dev, slot)",
+            "CREATE INDEX challenges_open ON challenges (outcome, deadline_ms)",
+        ),
+    ),
 )
 
 #: The schema version this code writes and reads.

@@ -81,10 +81,15 @@ def model_classes(models_dir: Path) -> dict[str, str]:
     return classes
 
 
+def models_folder(config: CoordinatorConfig) -> Path:
+    """The coordinator's model store: the configured folder, else the shipped models/."""
+    return Path(config.registry.models_dir) if config.registry.models_dir else default_models_dir()
+
+
 def load_policy(config: CoordinatorConfig) -> Policy:
     registry = config.registry
     profiles = load_profiles(Path(registry.profiles_dir) if registry.profiles_dir else None)
-    models = Path(registry.models_dir) if registry.models_dir else default_models_dir()
+    models = models_folder(config)
     ingest = config.ingest
     return Policy(
         clock_skew_ms=ingest.clock_skew_ms,

@@ -8,6 +8,11 @@ only then acknowledges the batch's messages to the broker.  A crash before the c
 costs a redelivery, which the stored chain absorbs as ``duplicate``; a database outage
 stops the loop before the ack, retrying with backoff, so the broker keeps the messages.
 
+Once a second the main thread also runs the slot work (:func:`agent.coordinator.slots.tick`:
+the slot's beacon and challenges when this process wins the slot, missed deadlines), and
+scores the answers whose reference run finished: the runs themselves happen on the
+:class:`~agent.coordinator.reference.ReferenceRunner` thread, so ingest and acks keep flowing.
+
 SIGTERM (or SIGINT) drains: what was received is committed and acknowledged, the
 liveness record is closed, and the process exits 0.
 """
@@ -19,6 +24,7 @@ import contextlib
 import logging
 import os
 import queue
+import random
 import signal
 import socket
 import threading
@@ -33,9 +39,12 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from solders.keypair import Keypair
 
-from agent.coordinator.batch import BatchResult, Inbound, commit_batch
+from agent.coordinator import challenge_rows, slots
+from agent.coordinator.batch import BatchResult, Inbound, SignedVerdict, commit_batch
 from agent.coordinator.config import CoordinatorConfig
 from agent.coordinator.ingest import Policy
+from agent.coordinator.reference import ModelStore, ReferenceJob, ReferenceResult, ReferenceRunner
+from agent.coordinator.registry import models_folder
 from agent.coordinator.store import StorageUnavailableError, Store, now_ms
 from agent.errors import TransportError
 from agent.protocol.topics import Topics
@@ -45,7 +54,14 @@ log = logging.getLogger("edgeproof.coordinator")
 
 
 class CoordinatorService:
-    def __init__(self, config: CoordinatorConfig, keypair: Keypair, store: Store, policy: Policy) -> None:
+    def __init__(
+        self,
+        config: CoordinatorConfig,
+        keypair: Keypair,
+        store: Store,
+        policy: Policy,
+        models: ModelStore | None = None,
+    ) -> None:
         self.config = config
         self.keypair = keypair
         self.signer = str(keypair.pubkey())
@@ -63,6 +79,10 @@ class CoordinatorService:
         self._verdict_mids: dict[int, int] = {}  # mid -> verdict seq (main thread only)
         self._published: list[int] = []  # verdict seqs to mark in the next transaction
         self.counts: collections.Counter[str] = collections.Counter()
+        self.models = models if models is not None else ModelStore(models_folder(config))
+        self._reference: ReferenceRunner | None = None
+        self._rng = random.SystemRandom()
+        self._last_slot = -1
         self._client = self._make_client()
 
     # --- MQTT ----------------------------------------------------------------------------------
@@ -156,11 +176,14 @@ class CoordinatorService:
             self.store.close()
             raise
         self._republish()
+        self._reference = ReferenceRunner(self.models, self.config.challenges.reference_threads)
+        self._with_retry(self._resume_pending)
         log.info(
             "coordinator_started",
             extra={"signer": self.signer, "storage": self.store.dialect.name, "run_id": self.run_id},
         )
         last_touch = time.monotonic()
+        last_tick = 0.0
         while not self._stop.is_set():
             batch = self._collect(timeout=0.2)
             if batch:
@@ -169,8 +192,82 @@ class CoordinatorService:
             elif time.monotonic() - last_touch >= self.config.ingest.liveness_s:
                 self._touch()
                 last_touch = time.monotonic()
+            if time.monotonic() - last_tick >= 1.0 or self._slot_changed():
+                self._tick()
+                last_tick = time.monotonic()
+            self._score_finished()
         self._drain()
         return 0
+
+    # --- beacons, challenges, reference runs ------------------------------------------------------
+
+    def _slot_changed(self) -> bool:
+        return slots.slot_of(now_ms(), self.config.beacons.slot_ms) != self._last_slot
+
+    def _tick(self) -> None:
+        try:
+            result = slots.tick(
+                self.store,
+                self.keypair,
+                self.topics,
+                now_ms=now_ms(),
+                slot_ms=self.config.beacons.slot_ms,
+                challenges=self.config.challenges,
+                rng=self._rng,
+            )
+        except StorageUnavailableError as exc:
+            log.warning("storage_unavailable", extra={"error": exc.message})
+            with contextlib.suppress(StorageUnavailableError):
+                self.store.reconnect()
+            return
+        self._last_slot = result.slot
+        if result.beacon is not None:
+            self._client.publish(result.beacon.topic, result.beacon.wire, qos=1, retain=True)
+            self.counts["beacons_issued"] += 1
+            log.info("beacon_issued", extra={"slot": result.slot, "challenges": len(result.challenges)})
+        for out in result.challenges:
+            self._client.publish(out.topic, out.wire, qos=1)
+            self.counts["challenges_issued"] += 1
+        self._publish_verdicts(result.verdicts)
+        self.counts["challenges_missed"] += len(result.verdicts)
+
+    def _publish_verdicts(self, verdicts: list[SignedVerdict]) -> None:
+        for verdict in verdicts:
+            info = self._client.publish(verdict.topic, verdict.wire, qos=1)
+            self._verdict_mids[info.mid] = verdict.seq
+
+    def _resume_pending(self) -> None:
+        """Answers committed by an earlier run whose reference run never finished."""
+        assert self._reference is not None
+        for row in challenge_rows.pending(self.store):
+            self._reference.submit(ReferenceJob(row.id, row.model_sha256, row.nonce))
+
+    def _score_finished(self) -> None:
+        if self._reference is None:
+            return
+        for result in self._reference.results():
+            sha = self._sha_of(result.challenge_id)
+
+            def attempt(result: ReferenceResult = result, sha: str = sha) -> None:
+                verdict = slots.score(
+                    self.store,
+                    self.keypair,
+                    self.topics,
+                    challenge_id=result.challenge_id,
+                    reference=result.sketch,
+                    error=result.error,
+                    tolerance=self.models.tolerance(sha),
+                    now_ms=now_ms(),
+                )
+                if verdict is not None:
+                    self._publish_verdicts([verdict])
+                    self.counts["challenges_scored"] += 1
+
+            self._with_retry(attempt)
+
+    def _sha_of(self, challenge_id: int) -> str:
+        row = challenge_rows.challenge(self.store, challenge_id)
+        return row.model_sha256 if row is not None else ""
 
     def _collect(self, timeout: float) -> list[Inbound]:
         try:
@@ -216,9 +313,10 @@ class CoordinatorService:
 
         if not self._with_retry(attempt) or result is None:
             return  # stopped while the database was down: nothing acknowledged, the broker keeps it
-        for verdict in result.verdicts:
-            info = self._client.publish(verdict.topic, verdict.wire, qos=1)
-            self._verdict_mids[info.mid] = verdict.seq
+        self._publish_verdicts(result.verdicts)
+        if self._reference is not None:
+            for challenge_id, sha, nonce in result.references:
+                self._reference.submit(ReferenceJob(challenge_id, sha, nonce))
         for item in batch:
             if item.qos > 0 and item.generation == self._generation:
                 self._client.ack(item.mid, item.qos)
@@ -283,6 +381,14 @@ class CoordinatorService:
             if not batch:
                 break
             self._process(batch)
+        if self._reference is not None:
+            # Answers whose reference run is under way are scored now if it ends soon; otherwise
+            # they stay ``pending`` and the next start resumes them.
+            wait_until = time.monotonic() + 10.0
+            while not self._reference.idle() and time.monotonic() < wait_until:
+                self._score_finished()
+                time.sleep(0.05)
+            self._reference.stop()
         deadline = time.monotonic() + 2.0
         while len(self._verdict_mids) > len(self._acked_mids) and time.monotonic() < deadline:
             time.sleep(0.02)

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.coordinator import challenge_rows
+from agent.coordinator.challenge_rows import ChallengeRow
 from agent.coordinator.dialect import POSTGRESQL, SQLITE, Dialect
 from agent.coordinator.migrations import LATEST, MIGRATIONS
 from agent.errors import StorageError
@@ -361,6 +363,10 @@ class Store:
         """The highest slot issued at or before ``at_ms``."""
         row = self.one("SELECT MAX(slot) FROM beacons WHERE issued_ms <= ?", (at_ms,))
         return None if row is None or row[0] is None else int(row[0])
+
+    def challenge_by_nonce(self, dev: str, nonce: str) -> ChallengeRow | None:
+        """The challenge issued to ``dev`` with ``nonce`` (row locked until commit), if any."""
+        return challenge_rows.challenge_by_nonce(self, dev, nonce)
 
     # --- the coordinator's own chain and its verdicts -------------------------------------------
 

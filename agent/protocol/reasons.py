@@ -164,6 +164,37 @@ _TABLE: tuple[Reason, ...] = (
         "message",
         "the coordinator failed to judge the message (a bug, logged); recorded, never counted",
     ),
+    # --- challenges scored by the coordinator (reference execution) -------------------------
+    Reason(
+        "unknown_challenge",
+        "challenge",
+        "an answer to a challenge nonce the coordinator never issued to this device",
+    ),
+    Reason(
+        "challenge_failed",
+        "challenge",
+        "the answer's sketch is outside the model's tolerance of the coordinator's reference run",
+    ),
+    Reason(
+        "challenge_late",
+        "challenge",
+        "the answer arrived after the challenge's deadline (a failed challenge)",
+    ),
+    Reason(
+        "challenge_missed",
+        "challenge",
+        "no answer arrived by the challenge's deadline (a failed challenge)",
+    ),
+    Reason(
+        "unknown_model",
+        "challenge",
+        "the coordinator does not have the challenged model: not scored, not a failure",
+    ),
+    Reason(
+        "reference_failed",
+        "challenge",
+        "the coordinator could not run its reference copy of the model: not scored",
+    ),
 )
 
 #: name -> Reason

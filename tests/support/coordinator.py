@@ -126,8 +126,17 @@ def write_config(
     beacon_max_age_slots: int = 1_000_000,
     late_window_seqs: int = 1024,
     batch_max: int = 50,
+    slot_ms: int = 60_000,
+    challenge_probability: float = 0.0,
+    deadline_ms: int = 30_000,
+    active_within_slots: int = 3,
+    models_dir: str = "",
 ) -> Path:
-    """A coordinator config + key in ``folder``; returns the config path."""
+    """A coordinator config + key in ``folder``; returns the config path.
+
+    Challenges are off unless ``challenge_probability`` is given (the ingest tests count
+    verdicts exactly); beacons are always issued, every ``slot_ms``.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     key = folder / "coordinator-key.json"
     if not key.exists():
@@ -149,6 +158,17 @@ batch_ms = 20
 beacon_max_age_slots = {beacon_max_age_slots}
 late_window_seqs = {late_window_seqs}
 retry_max_s = 1.0
+
+[registry]
+models_dir = {json.dumps(models_dir)}
+
+[beacons]
+slot_ms = {slot_ms}
+
+[challenges]
+probability_per_slot = {challenge_probability}
+deadline_ms = {deadline_ms}
+active_within_slots = {active_within_slots}
 
 [mqtt]
 host = "127.0.0.1"
