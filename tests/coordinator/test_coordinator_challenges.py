@@ -132,7 +132,7 @@ def test_challenges_are_scored_by_reference_execution_on_the_real_models(
         slot_ms=2000,
         challenge_probability=1.0,
         deadline_ms=DEADLINE_MS,
-        active_within_slots=1,
+        active_within_slots=2,  # a 4 s window always holds a slot start with room to spare
     )
     store = Store.open(database_url=database_url, sqlite_path=folder / "coordinator.sqlite3")
     for sim in sims:
