@@ -15,7 +15,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="run the coordinator service and manage its device registry",
         description="The coordinator verifies every message devices send (signature, schema, chain, "
         "beacon freshness, clock skew, throughput plausibility), records each as accepted or rejected "
-        "with a named reason, and publishes a signed verdict to the device. See docs/coordinator.md.",
+        "with a named reason, and publishes a signed verdict to the device. It also issues beacons and "
+        "challenges and scores challenge answers by reference execution. See docs/coordinator.md.",
     )
     group.set_defaults(group_parser=group)
     commands = group.add_subparsers(dest="coordinator_command", metavar="SUBCOMMAND")
@@ -25,7 +26,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="run the coordinator (MQTT v5 shared subscription, ack after commit)",
         description="Subscribe to every device channel through an MQTT v5 shared subscription, judge "
         "each message, commit it in batches (SQLite or PostgreSQL), publish verdicts, and acknowledge "
-        "a message to the broker only after its verdict is stored. SIGTERM drains and exits 0.",
+        "a message to the broker only after its verdict is stored. Every slot one process publishes a "
+        "signed, retained beacon and challenges active devices; answers are scored by running the same "
+        "model (found by sha256 in [registry] models_dir). SIGTERM drains and exits 0.",
     )
     run.add_argument("--config", required=True, help="coordinator config file (TOML)")
     run.set_defaults(func=run_service)
