@@ -246,9 +246,8 @@ class CoordinatorService:
         if self._reference is None:
             return
         for result in self._reference.results():
-            sha = self._sha_of(result.challenge_id)
 
-            def attempt(result: ReferenceResult = result, sha: str = sha) -> None:
+            def attempt(result: ReferenceResult = result) -> None:
                 verdict = slots.score(
                     self.store,
                     self.keypair,
@@ -256,7 +255,7 @@ class CoordinatorService:
                     challenge_id=result.challenge_id,
                     reference=result.sketch,
                     error=result.error,
-                    tolerance=self.models.tolerance(sha),
+                    tolerance_of=self.models.tolerance,
                     now_ms=now_ms(),
                 )
                 if verdict is not None:
@@ -264,10 +263,6 @@ class CoordinatorService:
                     self.counts["challenges_scored"] += 1
 
             self._with_retry(attempt)
-
-    def _sha_of(self, challenge_id: int) -> str:
-        row = challenge_rows.challenge(self.store, challenge_id)
-        return row.model_sha256 if row is not None else ""
 
     def _collect(self, timeout: float) -> list[Inbound]:
         try:

@@ -209,7 +209,7 @@ def score(
     challenge_id: int,
     reference: Sequence[int] | None,
     error: str | None,
-    tolerance: float,
+    tolerance_of: Callable[[str], float],
     now_ms: int,
 ) -> SignedVerdict | None:
     """Score one answered challenge against its reference sketch; the verdict on the answer.
@@ -222,6 +222,7 @@ def score(
         if row is None or row.outcome != "pending":
             return None
         sketch, seq, digest = _answer(store, row)
+        tolerance = tolerance_of(row.model_sha256)
         chain = _Chain(store, keypair)
         reason: str | None
         if reference is None:

@@ -183,7 +183,7 @@ def test_a_response_then_a_score_on_the_coordinator_chain(store: Store) -> None:
         challenge_id=challenge_id,
         reference=near,
         error=None,
-        tolerance=REL_TOL,
+        tolerance_of=lambda sha: REL_TOL,
         now_ms=NOW + 200,
     )
     assert verdict is not None
@@ -197,7 +197,7 @@ def test_a_response_then_a_score_on_the_coordinator_chain(store: Store) -> None:
             challenge_id=challenge_id,
             reference=near,
             error=None,
-            tolerance=REL_TOL,
+            tolerance_of=lambda sha: REL_TOL,
             now_ms=NOW + 300,
         )
         is None
