@@ -281,3 +281,28 @@ def test_bad_out(card: Path, tmp_path: Path, out_name: str, message: str) -> Non
     with pytest.raises(ConfigError) as info:
         q.quantize(card, CALIB, out, **FAST)
     assert info.value.message == message.format(out=out)
+
+
+def test_wilson_interval() -> None:
+    lo, hi = q.wilson_interval(37, 38)
+    assert (round(lo, 4), round(hi, 4)) == (0.8651, 0.9953)
+    assert q.wilson_interval(10, 10)[1] == 1.0 and q.wilson_interval(10, 10)[0] < 1.0
+    assert q.wilson_interval(0, 0) == (0.0, 1.0)
+    with pytest.raises(ValueError, match="outside"):
+        q.wilson_interval(5, 4)
+
+
+def _cpu(name: str, machine: str, features: tuple[str, ...]) -> q.CpuClass:
+    return q.CpuClass(machine=machine, features=features, name=name)
+
+
+def test_fleet_warning_when_the_gate_saturates_and_the_fleet_does_not() -> None:
+    avx2 = _cpu("x86_64-avx2", "x86_64", ("avx2",))
+    [warning] = q.fleet_warnings(avx2, q.Recipe(reduce_range=False))
+    assert warning.startswith("the agreement gate ran on x86_64-avx2 (x86 without VNNI: ")
+    assert "saturates where the fleet does not" in warning and "--reduce-range" in warning
+    [warning] = q.fleet_warnings(avx2, q.Recipe())  # 7-bit weights: exact, still not proven on ARM
+    assert "computes the same integers" in warning and "make test-arm64" in warning
+    vnni = _cpu("x86_64-avx512-vnni", "x86_64", ("avx2", "avx512_vnni"))
+    assert "x86 with VNNI" in q.fleet_warnings(vnni, q.Recipe(reduce_range=False))[0]
+    assert q.fleet_warnings(_cpu("aarch64-neon", "aarch64", ()), q.Recipe(reduce_range=False)) == []

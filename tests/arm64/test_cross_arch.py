@@ -1,0 +1,121 @@
+"""Inside the Debian arm64 root (qemu-user): aarch64 results against the x86 reference.
+
+Run by `make test-arm64` (tests/arm64/run.sh), which installs the package into the root's venv
+with pip and passes the x86 reference (tests/arm64/reference.py) in EDGEPROOF_X86_REFERENCE.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from agent.challenge_run import card_tolerance, expected_sketch
+from agent.inference import quantize as q
+from agent.inference.cpu_class import detect
+from agent.protocol.challenge import sketch_distance, sketch_matches
+from tests.arm64.different_models import different_path
+from tests.arm64.shared import (
+    card_paths,
+    decode_samples,
+    different_pipeline,
+    open_pipeline,
+    perturbed_tensor,
+    sketch_of,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+CARDS = card_paths()
+FP32_REFERENCE = ROOT / "models" / "efficientnet-lite0-fp32-reference.json"
+CALIB = ROOT / "tests" / "data" / "calib"
+
+
+def test_this_is_aarch64_and_its_cpu_class_is_named() -> None:
+    assert platform.machine() == "aarch64"
+    cpu = detect()
+    assert cpu.name.startswith("aarch64-"), cpu
+    assert cpu.arithmetic == "arm-int32"
+
+
+def test_profile_detect_says_generic_aarch64() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "agent", "profile", "detect", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    data = json.loads(out.stdout)
+    assert data["profile"] == "generic-aarch64", data
+
+
+@pytest.mark.parametrize("card", CARDS, ids=[c.stem for c in CARDS])
+def test_both_backends_decode_the_samples_like_x86(card: Path, reference: dict[str, Any]) -> None:
+    pipeline = open_pipeline(card)
+    want = reference["cards"][card.name]
+    assert pipeline.loaded.card.sha256 == want["sha256"]
+    assert pipeline.describe()["backend"] == pipeline.loaded.card.backend_key
+    got = decode_samples(pipeline)
+    assert sorted(got) == sorted(want["samples"])
+    for photo, predictions in want["samples"].items():
+        assert [p["class_id"] for p in got[photo]] == [p["class_id"] for p in predictions], photo
+        for mine, theirs in zip(got[photo], predictions, strict=True):
+            assert abs(mine["score"] - theirs["score"]) < 0.02, (photo, mine, theirs)
+            if theirs["box"] is not None:
+                assert np.allclose(mine["box"], theirs["box"], atol=1.0), (photo, mine, theirs)
+
+
+@pytest.mark.parametrize("card", CARDS, ids=[c.stem for c in CARDS])
+def test_sketches_match_x86_within_the_card_tolerance(card: Path, reference: dict[str, Any]) -> None:
+    pipeline = open_pipeline(card)
+    tolerance = card_tolerance(pipeline.loaded.card)
+    want = reference["cards"][card.name]["sketches"]
+    distances = []
+    for nonce, theirs in zip(reference["nonces"], want, strict=True):
+        mine = expected_sketch(pipeline, nonce)[0]
+        distances.append(sketch_distance(mine, theirs))
+        assert sketch_matches(theirs, mine, tolerance), (nonce, distances[-1], tolerance)
+    assert len(distances) >= 50
+    print(f"{card.stem}: {len(distances)} nonces, max distance {max(distances):.5f}, tolerance {tolerance}")
+
+
+@pytest.mark.parametrize("card", CARDS, ids=[c.stem for c in CARDS])
+def test_a_perturbed_input_or_a_different_model_fails_every_challenge(
+    card: Path, reference: dict[str, Any], reference_dir: Path, tmp_path: Path
+) -> None:
+    honest = open_pipeline(card)
+    tolerance = card_tolerance(honest.loaded.card)
+    other = different_pipeline(card, different_path(card, reference_dir), tmp_path)
+    want = reference["cards"][card.name]["sketches"]
+    closest = []
+    for nonce, theirs in zip(reference["nonces"], want, strict=True):
+        perturbed = sketch_of(honest, nonce, perturbed_tensor(honest, nonce))
+        wrong_model = expected_sketch(other, nonce)[0]
+        for answer in (perturbed, wrong_model):
+            assert not sketch_matches(theirs, answer, tolerance), (nonce, sketch_distance(theirs, answer))
+        closest.append(min(sketch_distance(theirs, perturbed), sketch_distance(theirs, wrong_model)))
+    print(f"{card.stem}: closest dishonest answer {min(closest):.4f} vs tolerance {tolerance}")
+
+
+def test_int8_agreement_with_fp32_on_aarch64() -> None:
+    ref = json.loads(FP32_REFERENCE.read_text(encoding="utf-8"))
+    card = ROOT / "models" / "efficientnet-lite0-int8.toml"
+    pipeline = open_pipeline(card)
+    names = [item["image"] for item in ref["images"]]
+    tensors = q.load_tensors([CALIB / n for n in names], pipeline.loaded.card.input, lambda _n: None)
+    scores = np.stack([np.asarray(pipeline.backend.run(t)[0]).reshape(-1) for t in tensors])
+    top1 = q.softmax(scores).argmax(axis=1)
+    top5 = np.argsort(-scores, axis=1)[:, :5]
+    confident = [i for i, item in enumerate(ref["images"]) if item["p_top1"] >= q.CONFIDENT]
+    hits = sum(int(top1[i]) == ref["images"][i]["top1"] for i in confident)
+    contains = sum(ref["images"][i]["top1"] in top5[i] for i in range(len(names)))
+    agreement = hits / len(confident)
+    print(f"aarch64 int8: {hits}/{len(confident)} confident, top-5 {contains}/{len(names)}")
+    assert agreement >= 0.95, (hits, len(confident))
+    assert contains / len(names) >= 0.95
