@@ -542,7 +542,7 @@ def quantize(
             warnings=fleet_warnings(cpu, recipe),
         )
         for warning in report.warnings:
-            log.warning("quantize gate arithmetic", extra={"warning": warning, "cpu": cpu.name})
+            log.info("quantize gate arithmetic", extra={"warning": warning, "cpu": cpu.name})
         value = report.value
         if value is None or value < threshold:
             raise QuantizationRefusedError(_refusal(report), hint=_refusal_hint(report))

@@ -82,8 +82,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     images = q.list_images(args.eval)[: args.limit or None]
     tensors = q.load_tensors(images, spec, lambda _n: None)
     models = {"fp32": loaded.model_path} | {p.stem: p for p in sorted(VARIANTS.glob("*.onnx"))}
-    if args.only:
+    if args.only is not None:
         models = {k: v for k, v in models.items() if k in args.only or k == "fp32"}
+    if args.shipped is not None:
+        models["shipped"] = args.shipped
     args.out.mkdir(parents=True, exist_ok=True)
     cpu = detect()
     (args.out / "cpu.json").write_text(
@@ -187,6 +189,7 @@ def main() -> int:
     p.add_argument("--nonces", type=int, default=NONCE_COUNT)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--only", nargs="*")
+    p.add_argument("--shipped", type=Path, default=None, help="also run this model file, as 'shipped'")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("speed")
     p.add_argument("--out", type=Path, default=CACHE / "speed.json")

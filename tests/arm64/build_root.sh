@@ -38,13 +38,17 @@ if [ ! -x "$ROOT/usr/bin/python3" ] || [ ! -f "$ROOT/.edgeproof-debootstrap-done
 fi
 
 cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
+# pip inside the root trusts what the host trusts (a site CA, if the host has one, included)
+cp /etc/ssl/certs/ca-certificates.crt "$ROOT/etc/ssl/certs/host-ca-certificates.crt"
 cp "$REQS" "$ROOT/tmp/arm64-requirements.txt"
 mountpoint -q "$ROOT/proc" || mount -t proc proc "$ROOT/proc"
 trap 'umount "$ROOT/proc" 2>/dev/null || true' EXIT
 echo "arm64 root: pip install of the dependencies under emulation (about 5 minutes)"
 rm -rf "$ROOT/opt/venv"
-chroot "$ROOT" /usr/bin/python3 -m venv /opt/venv
-chroot "$ROOT" /opt/venv/bin/python -m pip install --quiet --upgrade pip setuptools wheel
-chroot "$ROOT" /opt/venv/bin/python -m pip install --quiet --only-binary=:all: -r /tmp/arm64-requirements.txt
+pip_env=(/usr/bin/env -i HOME=/root PATH=/usr/bin:/bin LANG=C.UTF-8
+    PIP_CERT=/etc/ssl/certs/host-ca-certificates.crt PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_DEFAULT_TIMEOUT=180)
+chroot "$ROOT" "${pip_env[@]}" /usr/bin/python3 -m venv /opt/venv
+chroot "$ROOT" "${pip_env[@]}" /opt/venv/bin/python -m pip install --quiet --upgrade pip 'setuptools>=68' wheel
+chroot "$ROOT" "${pip_env[@]}" /opt/venv/bin/python -m pip install --quiet --only-binary=:all: -r /tmp/arm64-requirements.txt
 echo "$want" > "$READY"
 echo "arm64 root: ready at $ROOT"

@@ -72,7 +72,9 @@ def test_both_backends_decode_the_samples_like_x86(card: Path, reference: dict[s
 
 
 @pytest.mark.parametrize("card", CARDS, ids=[c.stem for c in CARDS])
-def test_sketches_match_x86_within_the_card_tolerance(card: Path, reference: dict[str, Any]) -> None:
+def test_sketches_match_x86_within_the_card_tolerance(
+    card: Path, reference: dict[str, Any], reference_dir: Path
+) -> None:
     pipeline = open_pipeline(card)
     tolerance = card_tolerance(pipeline.loaded.card)
     want = reference["cards"][card.name]["sketches"]
@@ -83,6 +85,9 @@ def test_sketches_match_x86_within_the_card_tolerance(card: Path, reference: dic
         assert sketch_matches(theirs, mine, tolerance), (nonce, distances[-1], tolerance)
     assert len(distances) >= 50
     print(f"{card.stem}: {len(distances)} nonces, max distance {max(distances):.5f}, tolerance {tolerance}")
+    (reference_dir / f"distances-{card.stem}.json").write_text(
+        json.dumps({"cpu": detect().name, "x86": reference["cpu"], "honest": distances}), encoding="utf-8"
+    )
 
 
 @pytest.mark.parametrize("card", CARDS, ids=[c.stem for c in CARDS])
@@ -101,6 +106,9 @@ def test_a_perturbed_input_or_a_different_model_fails_every_challenge(
             assert not sketch_matches(theirs, answer, tolerance), (nonce, sketch_distance(theirs, answer))
         closest.append(min(sketch_distance(theirs, perturbed), sketch_distance(theirs, wrong_model)))
     print(f"{card.stem}: closest dishonest answer {min(closest):.4f} vs tolerance {tolerance}")
+    (reference_dir / f"dishonest-{card.stem}.json").write_text(
+        json.dumps({"closest": closest}), encoding="utf-8"
+    )
 
 
 def test_int8_agreement_with_fp32_on_aarch64() -> None:

@@ -14,6 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 from agent.errors import ConfigError, ModelError, QuantizationRefusedError
 from agent.inference import quantize as q
 from agent.inference.cards import load_card
+from agent.inference.cpu_class import detect
 
 CALIB = Path(__file__).resolve().parents[1] / "data" / "calib"
 CLASSES = 4
@@ -130,6 +131,14 @@ def test_success_writes_model_and_card_that_loads(card: Path, tmp_path: Path) ->
     assert 0.0 <= report.agreement.top1_all <= report.agreement.top5_contains <= 1.0
     assert report.fp32_ms > 0 and report.int8_ms > 0
     assert sorted(p.name for p in out_dir.iterdir()) == ["tiny-int8.onnx", "tiny-int8.toml"]
+    # every figure names the CPU class it was measured on, in the report and in the card
+    assert report.cpu == detect().name and report.arithmetic == detect().arithmetic
+    assert report.recipe.reduce_range is True  # the default recipe: exact on every CPU class
+    [figure] = loaded.card.measured
+    assert figure.cpu == report.cpu
+    assert figure.images == 40 and figure.top1_all == round(report.agreement.top1_all, 4)
+    assert f"Measured on {report.cpu}, 40 held out of {CALIB} (seed 0)" in loaded.card.description
+    assert loaded.card.challenge is None  # tolerance is measured across CPU classes, not here
 
 
 def test_impossible_threshold_refuses_and_writes_nothing(card: Path, tmp_path: Path) -> None:
@@ -140,7 +149,8 @@ def test_impossible_threshold_refuses_and_writes_nothing(card: Path, tmp_path: P
     pct = r"\d{1,3}\.\d%"
     assert re.fullmatch(
         rf"refused: top-1 agreement on all held-out images is {pct}, under the threshold 101\.0% "
-        rf"\(all: {pct}, confident: ({pct}|n/a) of \d+, top-5: {pct}, 50 held-out images\); "
+        rf"\(all: {pct}, confident: ({pct}|n/a) of \d+ \[95% CI {pct}-{pct}\], top-5: {pct}, 50 held-out "
+        rf"images, measured on {re.escape(detect().name)}\); "
         rf"{re.escape(str(out))} was not written",
         info.value.message,
     ), info.value.message
@@ -236,7 +246,14 @@ def test_agreement_figures() -> None:
         )
     )
     figures = q.agreement(fp32, int8, apply_softmax=True)
-    assert figures == q.Agreement(holdout=4, top1_all=0.5, confident=2, top1_confident=0.5, top5_contains=1.0)
+    assert figures == q.Agreement(
+        holdout=4,
+        top1_all=0.5,
+        confident=2,
+        top1_confident=0.5,
+        top5_contains=1.0,
+        top1_confident_ci95=q.wilson_interval(1, 2),
+    )
 
 
 def test_no_confident_input_refuses_with_reason(
@@ -285,7 +302,7 @@ def test_bad_out(card: Path, tmp_path: Path, out_name: str, message: str) -> Non
 
 def test_wilson_interval() -> None:
     lo, hi = q.wilson_interval(37, 38)
-    assert (round(lo, 4), round(hi, 4)) == (0.8651, 0.9953)
+    assert (round(lo, 4), round(hi, 4)) == (0.865, 0.9953)
     assert q.wilson_interval(10, 10)[1] == 1.0 and q.wilson_interval(10, 10)[0] < 1.0
     assert q.wilson_interval(0, 0) == (0.0, 1.0)
     with pytest.raises(ValueError, match="outside"):
