@@ -489,7 +489,7 @@ def quantize(
     eval_set = f"{len(holdout_paths)} held out of {calib_dir} (seed {SPLIT_SEED})"
     if eval_dir is not None:
         holdout_paths = list_images(eval_dir)
-        eval_set = f"{len(holdout_paths)} images of {eval_dir}"
+        eval_set = f"{len(holdout_paths)} images of {eval_dir}{_source_note(eval_dir)}"
     threads = threads or os.cpu_count() or 1
     cpu = detect()
     log.info(
@@ -563,6 +563,15 @@ def quantize(
         shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
+def _source_note(directory: Path) -> str:
+    """`` (first line of DIR/SOURCE.txt)`` when the image directory says where it came from."""
+    source = directory / "SOURCE.txt"
+    if not source.is_file():
+        return ""
+    first = source.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+    return f" ({first[0].strip()})" if first else ""
+
+
 def _fsync(path: Path) -> None:
     with path.open("rb") as handle:
         os.fsync(handle.fileno())
@@ -634,6 +643,9 @@ def _toml_table(header: str, data: dict[str, Any]) -> list[str]:
     return lines
 
 
+_INT_NAME = {"uint8": "U8", "int8": "S8"}
+
+
 def int8_card(loaded: LoadedCard, out: Path, report: Report, produced_by: str) -> str:
     """The card of the quantized model: the float card with the new file, hash, provenance and figures."""
     card = loaded.card
@@ -651,8 +663,8 @@ def int8_card(loaded: LoadedCard, out: Path, report: Report, produced_by: str) -
     lo, hi = a.top1_confident_ci95
     data["description"] = (
         f"{card.description.split(',')[0] if card.description else card.id}, ONNX Runtime static int8 "
-        f"({r.quant_format.upper()}, {r.activation_type[0].upper()}{r.weight_type[0].upper()}8 "
-        f"activations/weights, {'per-channel' if r.per_channel else 'per-tensor'}, "
+        f"({r.quant_format.upper()}, {_INT_NAME[r.activation_type]} activations, {_INT_NAME[r.weight_type]} "
+        f"weights, {'per-channel' if r.per_channel else 'per-tensor'}, "
         f"{'7-bit weights (reduce_range), ' if r.reduce_range else ''}{r.calibrate_method}). Measured on "
         f"{report.cpu}, {report.eval_set}: top-1 agreement {_percent(a.top1_all)} (all), "
         f"{_percent(a.top1_confident)} [95% CI {_percent(lo)}-{_percent(hi)}] on the {a.confident} with fp32 "

@@ -97,6 +97,11 @@ def main() -> int:
     made = crops(args.data, args.count)
     for name, crop in made:
         cv2.imwrite(str(args.out / name), crop)
+    (args.out / "SOURCE.txt").write_text(
+        f"crops of {len(PHOTOS)} OpenCV sample photos, Debian opencv-doc 4.6.0+dfsg-12, Apache-2.0 AND "
+        "BSD-3-Clause; models/build/make_eval.py\n",
+        encoding="utf-8",
+    )
     print(f"wrote {len(made)} images from {len(PHOTOS)} photos of {args.data} to {args.out}")
     return 0
 

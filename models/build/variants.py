@@ -79,7 +79,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     loaded = load_card(FP32_CARD)
     spec = loaded.card.input
-    images = q.list_images(args.eval)[: args.limit or None]
+    images = q.list_images(args.eval)[:: args.stride][: args.limit or None]
     tensors = q.load_tensors(images, spec, lambda _n: None)
     models = {"fp32": loaded.model_path} | {p.stem: p for p in sorted(VARIANTS.glob("*.onnx"))}
     if args.only is not None:
@@ -186,6 +186,7 @@ def main() -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--eval", type=Path, default=EVAL)
     p.add_argument("--limit", type=int, default=0)
+    p.add_argument("--stride", type=int, default=1, help="every N-th eval image (a spread-out subset)")
     p.add_argument("--nonces", type=int, default=NONCE_COUNT)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--only", nargs="*")

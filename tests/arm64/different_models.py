@@ -37,7 +37,8 @@ def different_tflite(source: Path, out: Path) -> str:
     weights = [t for t in graph.tensors if t.buffer and model.buffers[t.buffer].data is not None]
     largest = max(weights, key=lambda t: len(model.buffers[t.buffer].data))
     buffer = model.buffers[largest.buffer]
-    values = np.frombuffer(bytes(bytearray(buffer.data)), dtype="<f4").reshape(
+    dtype = {schema.TensorType.FLOAT32: "<f4", schema.TensorType.FLOAT16: "<f2"}[largest.type]
+    values = np.frombuffer(bytes(bytearray(buffer.data)), dtype=dtype).reshape(
         [int(d) for d in largest.shape]
     )
     buffer.data = np.ascontiguousarray(values[::-1]).tobytes()
