@@ -7,7 +7,7 @@
 * ``[challenge]``: from ``distances-<card>.json`` (written by tests/arm64 inside the arm64 root:
   the sketch distance between aarch64 and x86 for each of >= 50 nonces) and
   ``dishonest-<card>.json`` (the closest perturbed-input / different-model answer):
-  ``tolerance = max(MARGIN * spread, FLOOR)``, refused unless it stays under half the closest
+  ``tolerance = max(MARGIN * spread, FLOOR)``, refused unless it stays under the closest
   dishonest distance;
 * ``[[measured]]`` for the CPU class of ``--run`` (variants.py run, on that CPU): agreement of
   ``--model`` with fp32 on the eval set, with its Wilson interval.
@@ -31,15 +31,15 @@ sys.path.insert(0, str(HERE.parent.parent))
 from agent.inference import quantize as q  # noqa: E402
 from agent.inference.cards import load_card  # noqa: E402
 
-MARGIN = 4.0  # tolerance = MARGIN x the largest cross-architecture distance measured ...
+MARGIN = 2.0  # tolerance = MARGIN x the largest cross-architecture distance measured ...
 FLOOR = 0.01  # ... but never under 1 %: another onnxruntime / LiteRT build reorders float sums
 
 
 def derive(spread: float, closest_dishonest: float) -> float:
     tolerance = round(max(MARGIN * spread, FLOOR), 4)
-    if tolerance >= closest_dishonest / 2:
+    if tolerance >= closest_dishonest:
         raise SystemExit(
-            f"tolerance {tolerance} would not stay under half the closest dishonest answer "
+            f"tolerance {tolerance} would not stay under the closest dishonest answer "
             f"({closest_dishonest:.4f}): the challenge cannot separate them for this model"
         )
     return tolerance
@@ -63,7 +63,7 @@ def challenge_table(card: Path, distances: Path) -> str:
         f"spread = {round(spread, 6)!r}\n"
         f"nonces = {len(honest['honest'])}\n"
         f'measured_on = ["{honest["x86"]}", "{honest["cpu"]} (qemu-user)"]\n'
-        f'derivation = "max({MARGIN:g} x spread, {FLOOR:g}); closest dishonest answer (2% of pixels '
+        f'derivation = "max({MARGIN:g} x spread, {FLOOR:g}); closest dishonest answer (25% of pixels '
         f'replaced, or a different model) at {closest:.4f}, make test-arm64"\n'
     )
 

@@ -20,7 +20,7 @@ from agent.protocol.challenge import output_sketch, synthetic_input
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = ROOT / "models"
 SAMPLES = MODELS / "samples"
-PERTURBED_SHARE = 0.02  # share of challenge pixels a "perturbed input" replaces
+PERTURBED_SHARE = 0.25  # share of challenge pixels a "perturbed input" replaces (docs/models.md)
 
 
 def card_paths() -> list[Path]:

@@ -83,16 +83,18 @@ def test_sketches_match_x86_within_the_card_tolerance(
     pipeline = open_pipeline(card)
     tolerance = card_tolerance(pipeline.loaded.card)
     want = reference["cards"][card.name]["sketches"]
-    distances = []
+    distances, misses = [], []
     for nonce, theirs in zip(reference["nonces"], want, strict=True):
         mine = expected_sketch(pipeline, nonce)[0]
         distances.append(sketch_distance(mine, theirs))
-        assert sketch_matches(theirs, mine, tolerance), (nonce, distances[-1], tolerance)
-    assert len(distances) >= 50
+        if not sketch_matches(theirs, mine, tolerance):
+            misses.append((nonce, distances[-1]))
     print(f"{card.stem}: {len(distances)} nonces, max distance {max(distances):.5f}, tolerance {tolerance}")
     (reference_dir / f"distances-{card.stem}.json").write_text(
         json.dumps({"cpu": detect().name, "x86": reference["cpu"], "honest": distances}), encoding="utf-8"
     )
+    assert len(distances) >= 50
+    assert not misses, (tolerance, misses)
 
 
 @pytest.mark.parametrize("card", CARDS, ids=[c.stem for c in CARDS])
@@ -103,17 +105,26 @@ def test_a_perturbed_input_or_a_different_model_fails_every_challenge(
     tolerance = card_tolerance(honest.loaded.card)
     other = different_pipeline(card, different_path(card, reference_dir), tmp_path)
     want = reference["cards"][card.name]["sketches"]
-    closest = []
+    closest, passed = [], []
+    perturbed_d, model_d = [], []
     for nonce, theirs in zip(reference["nonces"], want, strict=True):
         perturbed = sketch_of(honest, nonce, perturbed_tensor(honest, nonce))
         wrong_model = expected_sketch(other, nonce)[0]
-        for answer in (perturbed, wrong_model):
-            assert not sketch_matches(theirs, answer, tolerance), (nonce, sketch_distance(theirs, answer))
-        closest.append(min(sketch_distance(theirs, perturbed), sketch_distance(theirs, wrong_model)))
-    print(f"{card.stem}: closest dishonest answer {min(closest):.4f} vs tolerance {tolerance}")
-    (reference_dir / f"dishonest-{card.stem}.json").write_text(
-        json.dumps({"closest": closest}), encoding="utf-8"
+        perturbed_d.append(sketch_distance(theirs, perturbed))
+        model_d.append(sketch_distance(theirs, wrong_model))
+        closest.append(min(perturbed_d[-1], model_d[-1]))
+        for distance, answer in ((perturbed_d[-1], perturbed), (model_d[-1], wrong_model)):
+            if sketch_matches(theirs, answer, tolerance):
+                passed.append((nonce, distance))
+    print(
+        f"{card.stem}: dishonest answers, closest perturbed input {min(perturbed_d):.4f}, closest different "
+        f"model {min(model_d):.4f}, vs tolerance {tolerance}"
     )
+    (reference_dir / f"dishonest-{card.stem}.json").write_text(
+        json.dumps({"closest": closest, "perturbed": perturbed_d, "different_model": model_d}),
+        encoding="utf-8",
+    )
+    assert not passed, (tolerance, passed)
 
 
 def test_int8_agreement_with_fp32_on_aarch64() -> None:
