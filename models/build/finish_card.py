@@ -68,9 +68,13 @@ def challenge_table(card: Path, distances: Path) -> str:
     )
 
 
-def measured_table(run: Path, model: str, eval_set: str) -> tuple[str, str]:
+def measured_table(run: Path, model: str, eval_set: str, fp32_run: Path | None = None) -> tuple[str, str]:
+    """The [[measured]] entry of ``run``'s CPU; fp32 answers from ``fp32_run`` when ``run`` has none
+    (fp32 under qemu takes seconds per image; fp32 agrees across CPUs to ~1e-6)."""
     cpu = json.loads((run / "cpu.json").read_text(encoding="utf-8"))["name"]
-    fp32 = np.load(run / "fp32.npz")["logits"]
+    fp32 = np.load((run if (run / "fp32.npz").exists() or fp32_run is None else fp32_run) / "fp32.npz")[
+        "logits"
+    ]
     int8 = np.load(run / f"{model}.npz")["logits"]
     a = q.agreement(fp32, int8, apply_softmax=True)
     lo, hi = a.top1_confident_ci95
@@ -96,12 +100,14 @@ def main() -> int:
     parser.add_argument("--distances", type=Path, required=True)
     parser.add_argument("--run", type=Path, default=None)
     parser.add_argument("--model", default="shipped")
+    parser.add_argument("--fp32-run", type=Path, default=None, help="run with the fp32 answers (same images)")
+    parser.add_argument("--eval-set", default=None, help="describe the images of --run")
     args = parser.parse_args()
     text = _strip_table(args.card.read_text(encoding="utf-8"), "[challenge]")
     if args.run is not None:
         loaded = load_card(args.card)
-        eval_set = loaded.card.measured[0].eval_set if loaded.card.measured else "eval set"
-        cpu, table = measured_table(args.run, args.model, eval_set)
+        eval_set = args.eval_set or (loaded.card.measured[0].eval_set if loaded.card.measured else "eval set")
+        cpu, table = measured_table(args.run, args.model, eval_set, args.fp32_run)
         blocks = re.split(r"\n(?=\[\[measured\]\]\n)", text)
         text = "\n".join(b for b in blocks if f'cpu = "{cpu} (qemu-user)"' not in b).rstrip("\n") + "\n"
         text += table
