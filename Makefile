@@ -6,11 +6,12 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench venv broker clean help
+.PHONY: demo test test-arm64 arm64-tools lint bench venv broker clean help
 
 help:
 	@echo "make demo   run the shipped models end to end on a generated clip"
 	@echo "make test   create .venv, install deps (+ mosquitto), ruff, mypy, pytest (all suites)"
+	@echo "make test-arm64  the cross-architecture checks in a Debian arm64 root under qemu (root)"
 	@echo "make lint   ruff check, ruff format --check, mypy --strict"
 	@echo "make bench  benchmarks/ (ratios from one run)"
 
@@ -54,3 +55,23 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info
+
+# The cross-architecture checks (issue 11): a Debian bookworm arm64 root under qemu-user-static,
+# built once into ARM64_ROOT (outside the git tree, reused), the package pip-installed there,
+# tests/arm64 run inside against an x86 reference.  Needs root, like CI.
+ARM64_ROOT ?= /var/cache/edgeproof/arm64-root-bookworm
+ARM64_TOOLS := debootstrap:debootstrap qemu-aarch64-static:qemu-user-static update-binfmts:binfmt-support
+arm64-tools:
+	@missing=""; for pair in $(ARM64_TOOLS); do tool=$${pair%%:*}; pkg=$${pair#*:}; \
+		command -v $$tool >/dev/null 2>&1 || test -x /usr/sbin/$$tool || missing="$$missing $$pkg"; done; \
+	test -f /usr/share/keyrings/debian-archive-keyring.gpg || missing="$$missing debian-archive-keyring"; \
+	if [ -z "$$missing" ]; then :; \
+	elif [ "$$(id -u)" = "0" ]; then \
+		echo "installing$$missing (apt-get)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	else \
+		echo "missing:$$missing; run  sudo apt-get install$$missing  then make test-arm64 again"; exit 1; \
+	fi
+
+test-arm64: $(STAMP) arm64-tools
+	ARM64_ROOT=$(ARM64_ROOT) bash tests/arm64/run.sh $(PY)

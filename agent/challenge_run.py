@@ -15,10 +15,10 @@ import time
 
 import numpy as np
 
-from agent.inference.cards import InputSpec
+from agent.inference.cards import InputSpec, ModelCard
 from agent.inference.pipeline import Pipeline
 from agent.inference.preprocess import Preprocessor
-from agent.protocol.challenge import output_sketch, synthetic_input
+from agent.protocol.challenge import REL_TOL, output_sketch, sketch_matches, synthetic_input
 
 
 def challenge_tensor(spec: InputSpec, nonce: str) -> np.ndarray:
@@ -39,3 +39,17 @@ def expected_sketch(pipeline: Pipeline, nonce: str) -> tuple[list[int], int]:
     latency_us = (time.perf_counter_ns() - start) // 1000
     floats = [np.asarray(o, dtype=np.float64) for o in outputs]
     return output_sketch(nonce, floats), latency_us
+
+
+def card_tolerance(card: ModelCard) -> float:
+    """The relative sketch tolerance a challenge on this model is scored with.
+
+    The card's ``[challenge] tolerance`` (measured across CPU classes, see docs/models.md),
+    or the protocol default :data:`~agent.protocol.challenge.REL_TOL` for a card without one.
+    """
+    return card.challenge.tolerance if card.challenge is not None else REL_TOL
+
+
+def answer_matches(card: ModelCard, expected: list[int], answered: list[int]) -> bool:
+    """Score a challenge answer against the reference sketch with the card's tolerance."""
+    return sketch_matches(expected, answered, card_tolerance(card))

@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 from agent.errors import EdgeproofError  # noqa: E402
 from agent.inference import quantize as q  # noqa: E402
 from agent.inference.cards import load_card  # noqa: E402
+from agent.inference.cpu_class import detect  # noqa: E402
 
 FP32_CARD = ROOT / "models" / "build" / ".cache" / "efficientnet-lite0-fp32.toml"
 INT8_CARD = ROOT / "models" / "efficientnet-lite0-int8.toml"
@@ -66,7 +67,11 @@ def main() -> int:
     except EdgeproofError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return exc.exit_code
+    cpu = detect()
     result = {
+        "cpu": cpu.name,
+        "cpu_features": list(cpu.features),
+        "arithmetic": cpu.arithmetic,
         "threads": args.threads,
         "fp32_ms": round(ms32, 3),
         "int8_ms": round(ms8, 3),
@@ -84,7 +89,8 @@ def main() -> int:
         return 0
     conf = "n/a" if figures.top1_confident is None else f"{figures.top1_confident:.3f}"
     print(
-        f"EfficientNet-Lite0 fp32 vs shipped int8, {args.threads} threads, {args.rounds}x{args.per_round} runs each"
+        f"EfficientNet-Lite0 fp32 vs shipped int8 on {cpu.name} ({', '.join(cpu.features) or 'no avx2'}; "
+        f"int8 arithmetic {cpu.arithmetic}), {args.threads} threads, {args.rounds}x{args.per_round} runs each"
     )
     print(f"  latency     fp32 {ms32:.2f} ms   int8 {ms8:.2f} ms   ratio {ms32 / ms8:.2f}x")
     print(f"  size        fp32 {len(fp32_bytes) / 1e6:.2f} MB   int8 {len(int8_bytes) / 1e6:.2f} MB")

@@ -122,10 +122,9 @@ class Capture:
 
 
 def run_network(workdir: Path, clip: Path, seconds: float, window: int) -> dict[str, Any]:
-    from agent.challenge_run import expected_sketch
+    from agent.challenge_run import answer_matches, expected_sketch
     from agent.device.daemon import Daemon
     from agent.protocol.capture import verify_capture
-    from agent.protocol.challenge import sketch_matches
     from agent.protocol.envelope import build_envelope, verify_envelope
     from agent.protocol.messages import Beacon, Challenge
     from agent.protocol.topics import Topics
@@ -206,7 +205,7 @@ pubkey = "{coordinator.pubkey()}"
             if env.kind == "challenge_response":
                 local = Pipeline.open(config.inference.model, backend_settings(resolve_profile("auto")))
                 expected, _ = expected_sketch(local, challenge_nonce)
-                sketch_ok = sketch_matches(list(getattr(env.body, "sketch", [])), expected)
+                sketch_ok = answer_matches(local.loaded.card, expected, list(getattr(env.body, "sketch", [])))
         return {
             "broker": f"{broker.host}:{broker.port}",
             "device_id": daemon.dev,

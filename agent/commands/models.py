@@ -34,6 +34,14 @@ def register(subparsers: Any) -> None:
     )
     q.add_argument("--card", required=True, type=Path, help="card of the float32 ONNX model")
     q.add_argument("--calib", required=True, type=Path, help="directory of calibration images")
+    q.add_argument(
+        "--eval",
+        dest="eval_dir",
+        type=Path,
+        default=None,
+        help="evaluate on the images of this directory instead of the held-out share of --calib "
+        "(keep the two disjoint: different photos, not only different crops)",
+    )
     q.add_argument("--out", required=True, type=Path, help="output .onnx file (card written beside it)")
     q.add_argument("--threshold", type=float, default=0.95, help="minimum agreement to accept (default 0.95)")
     q.add_argument(
@@ -61,6 +69,25 @@ def register(subparsers: Any) -> None:
         help="QDQ (QuantizeLinear/DequantizeLinear pairs, default) or QOperator (integer operators)",
     )
     q.add_argument("--per-tensor", action="store_true", help="per-tensor weights (default per-channel)")
+    q.add_argument(
+        "--no-reduce-range",
+        dest="reduce_range",
+        action="store_false",
+        help="8-bit instead of 7-bit weights; x86 without VNNI then saturates where ARM does not "
+        "(the figures and challenge sketches stop holding across CPU classes)",
+    )
+    q.add_argument(
+        "--weight-type",
+        choices=("int8", "uint8"),
+        default="int8",
+        help="weight integer type (default int8; uint8 selects ONNX Runtime's U8U8 kernels)",
+    )
+    q.add_argument(
+        "--activation-type",
+        choices=("uint8", "int8"),
+        default="uint8",
+        help="activation integer type (default uint8)",
+    )
     q.add_argument(
         "--calibrate-method",
         choices=("minmax", "entropy", "percentile"),
@@ -100,6 +127,9 @@ def quantize_command(args: argparse.Namespace) -> int:
     recipe = Recipe(
         quant_format=args.quant_format,
         per_channel=not args.per_tensor,
+        reduce_range=args.reduce_range,
+        weight_type=args.weight_type,
+        activation_type=args.activation_type,
         calibrate_method=args.calibrate_method,
         exclude_nodes=tuple(args.exclude),
     )
@@ -109,6 +139,7 @@ def quantize_command(args: argparse.Namespace) -> int:
             args.card,
             args.calib,
             args.out,
+            eval_dir=args.eval_dir,
             threshold=args.threshold,
             holdout=args.holdout,
             metric=args.metric,
@@ -122,14 +153,19 @@ def quantize_command(args: argparse.Namespace) -> int:
         print_json(report.to_dict())
         return 0
     a = report.agreement
-    conf = "n/a" if a.top1_confident is None else f"{a.top1_confident:.3f}"
+    lo, hi = a.top1_confident_ci95
+    conf = "n/a" if a.top1_confident is None else f"{a.top1_confident:.3f} (95% CI {lo:.3f}-{hi:.3f})"
+    features = ", ".join(report.cpu_features) or "none of avx2/avx512/vnni"
+    vnni = "VNNI" if any("vnni" in f for f in report.cpu_features) else "no VNNI"
     rows: list[tuple[str, Any]] = [
+        ("measured on", f"{report.cpu} ({vnni}; features: {features})"),
+        ("int8 arithmetic", report.arithmetic),
         ("fp32 latency", f"{report.fp32_ms:.2f} ms"),
         ("int8 latency", f"{report.int8_ms:.2f} ms"),
         ("speed-up", f"{report.speedup:.2f}x ({report.threads} threads, same session options)"),
         ("fp32 size", f"{report.fp32_bytes / 1e6:.2f} MB"),
         ("int8 size", f"{report.int8_bytes / 1e6:.2f} MB"),
-        ("images", f"{report.calibration_images} calibration, {a.holdout} held out"),
+        ("images", f"{report.calibration_images} calibration, {a.holdout} evaluated ({report.eval_set})"),
         ("top-1 agreement, all held out", f"{a.top1_all:.3f}"),
         (f"top-1 agreement, fp32 softmax >= 0.5 ({a.confident} images)", conf),
         ("fp32 top-1 in int8 top-5", f"{a.top5_contains:.3f}"),
@@ -137,4 +173,6 @@ def quantize_command(args: argparse.Namespace) -> int:
         ("wrote", f"{report.out} and {report.out_card}"),
     ]
     print_table("edgeproof models quantize", ["figure", "value"], rows)
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     return 0

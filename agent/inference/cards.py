@@ -164,6 +164,39 @@ class Thresholds(Strict):
     iou: Annotated[float, Field(ge=0, le=1)] = 0.45
 
 
+class Measurement(Strict):
+    """One accuracy figure of a quantized model, on the CPU class it was measured on.
+
+    int8 kernels differ by CPU class (agent/inference/cpu_class.py), so a figure without its
+    class says nothing about another one.
+    """
+
+    cpu: str  # a cpu_class name, e.g. x86_64-avx2, aarch64-neon (qemu-user)
+    eval_set: str  # which images, and how many
+    images: Annotated[int, Field(ge=1)]
+    confident: Annotated[int, Field(ge=0)]  # images with fp32 softmax >= 0.5
+    top1_confident: Annotated[float, Field(ge=0, le=1)]
+    top1_confident_ci95: list[Annotated[float, Field(ge=0, le=1)]] = Field(min_length=2, max_length=2)
+    top1_all: Annotated[float, Field(ge=0, le=1)]
+    top5_contains: Annotated[float, Field(ge=0, le=1)]
+    speedup: Annotated[float, Field(gt=0)] | None = None  # int8 vs fp32 latency on this class
+
+
+class ChallengeSpec(Strict):
+    """How a proof-of-inference challenge on this model is scored (read by the coordinator).
+
+    ``tolerance`` is the relative sketch distance accepted as the same model on the same input
+    (agent/protocol/challenge.py: sketch_matches); it is derived from ``spread``, the largest
+    distance measured between CPU classes over ``nonces`` challenges, with a margin.
+    """
+
+    tolerance: Annotated[float, Field(gt=0, lt=1)]
+    spread: Annotated[float, Field(ge=0)] | None = None
+    nonces: Annotated[int, Field(ge=1)] | None = None
+    measured_on: list[str] = Field(default_factory=list)
+    derivation: str = ""
+
+
 class ModelCard(Strict):
     id: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
     version: str
@@ -180,6 +213,8 @@ class ModelCard(Strict):
     outputs: list[OutputSpec] = Field(min_length=1)
     decoder: DecoderSpec
     thresholds: Thresholds = Field(default_factory=Thresholds)
+    challenge: ChallengeSpec | None = None  # None: the protocol default tolerance
+    measured: list[Measurement] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _check(self) -> ModelCard:

@@ -16,6 +16,12 @@ It also times both models with the same session options, interleaved.  When the
 chosen agreement figure is under the threshold nothing is written and
 :class:`~agent.errors.QuantizationRefusedError` says why; otherwise the model
 and a card beside it are written atomically.
+
+Every figure is measured on *this* CPU, and ONNX Runtime's int8 arithmetic
+depends on the CPU class (:mod:`agent.inference.cpu_class`): the report names
+the class and its features, the card records the figure under that class, and
+:func:`fleet_warnings` says when the gate ran on arithmetic the fleet does not
+use.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ import numpy as np
 
 from agent.errors import BackendUnavailableError, ConfigError, ModelError, QuantizationRefusedError
 from agent.inference.cards import ClassificationDecoder, InputSpec, LoadedCard, load_card
+from agent.inference.cpu_class import ARITHMETIC_TEXT, CpuClass, detect
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +59,18 @@ SPLIT_SEED = 0
 
 @dataclass(frozen=True)
 class Recipe:
-    """How to quantize.  The defaults are the recipe chosen for the shipped model (docs/models.md)."""
+    """How to quantize.  The defaults are the recipe chosen for the shipped model (docs/models.md).
+
+    ``reduce_range`` (7-bit weights) keeps x86 without VNNI exact: its u8 x s8 kernel sums pairs
+    of products in a saturating int16, which 8-bit weights overflow and 7-bit ones cannot
+    (2 * 255 * 64 < 32768), so every CPU class computes the same integers.
+    """
 
     quant_format: Literal["qdq", "qoperator"] = "qdq"
     activation_type: Literal["uint8", "int8"] = "uint8"
     weight_type: Literal["uint8", "int8"] = "int8"
     per_channel: bool = True
-    reduce_range: bool = False
+    reduce_range: bool = True
     calibrate_method: Literal["minmax", "entropy", "percentile"] = "minmax"
     percentile: float = 99.999
     exclude_nodes: tuple[str, ...] = ()
@@ -72,6 +84,7 @@ class Agreement:
     confident: int  # held-out inputs with float softmax >= CONFIDENT
     top1_confident: float | None  # None when no held-out input is confident
     top5_contains: float
+    top1_confident_ci95: tuple[float, float] = (0.0, 1.0)  # Wilson interval of top1_confident
 
 
 @dataclass
@@ -92,8 +105,13 @@ class Report:
     int8_bytes: int
     threads: int
     recipe: Recipe
+    cpu: str = ""  # cpu_class name of the machine every figure was measured on
+    cpu_features: list[str] = field(default_factory=list)
+    arithmetic: str = ""  # its int8 kernel family (cpu_class.ARITHMETIC_TEXT)
+    eval_set: str = ""
     int8_sha256: str = ""
     out_card: str = ""
+    warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -272,13 +290,32 @@ def agreement(fp32_scores: np.ndarray, int8_scores: np.ndarray, *, apply_softmax
     top5 = np.argsort(-p8, axis=1, kind="stable")[:, :k]
     contains = (top5 == top1_32[:, None]).any(axis=1)
     n_conf = int(confident.sum())
+    hits = int(same[confident].sum())
     return Agreement(
         holdout=len(same),
         top1_all=float(same.mean()),
         confident=n_conf,
-        top1_confident=float(same[confident].mean()) if n_conf else None,
+        top1_confident=hits / n_conf if n_conf else None,
         top5_contains=float(contains.mean()),
+        top1_confident_ci95=wilson_interval(hits, n_conf),
     )
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a proportion (default 95%); (0.0, 1.0) when ``n`` is 0.
+
+    Chosen over the normal approximation because the figures sit near 100%, where that
+    interval overshoots 1 and collapses to a point at 100%.
+    """
+    if n <= 0:
+        return 0.0, 1.0
+    if not 0 <= successes <= n:
+        raise ValueError(f"successes {successes} outside 0..{n}")
+    p = successes / n
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def metric_value(figures: Agreement, metric: Metric) -> float | None:
@@ -391,11 +428,35 @@ def _classification(loaded: LoadedCard) -> ClassificationDecoder:
     return card.decoder
 
 
+FLEET_ARITHMETIC = "arm-int32"  # the fleet: Raspberry Pi / Jetson / phones (aarch64)
+
+
+def fleet_warnings(cpu: CpuClass, recipe: Recipe, fleet: str = FLEET_ARITHMETIC) -> list[str]:
+    """What the gate's figure does not say about the fleet, measured on ``cpu`` with ``recipe``."""
+    if cpu.arithmetic == fleet:
+        return []
+    head = (
+        f"the agreement gate ran on {cpu.name} ({ARITHMETIC_TEXT[cpu.arithmetic]}); the fleet runs "
+        f"{ARITHMETIC_TEXT[fleet]}"
+    )
+    if cpu.arithmetic == "x86-saturating-int16" and not recipe.reduce_range and recipe.weight_type == "int8":
+        return [
+            f"{head}. With 8-bit int8 weights this CPU saturates where the fleet does not, so the "
+            "figures here are not the fleet's (and challenge sketches will not match across the two): "
+            "use --reduce-range (the default) or --weight-type uint8"
+        ]
+    return [
+        f"{head}. This recipe computes the same integers on both "
+        "(no saturation), but only an aarch64 run proves it: make test-arm64"
+    ]
+
+
 def quantize(
     card_path: Path,
     calib_dir: Path,
     out: Path,
     *,
+    eval_dir: Path | None = None,
     threshold: float = 0.95,
     holdout: float = 0.5,
     metric: Metric = "confident",
@@ -425,10 +486,18 @@ def quantize(
     spec = loaded.card.input
     images = list_images(calib_dir)
     calib_paths, holdout_paths = split_images(images, holdout)
+    eval_set = f"{len(holdout_paths)} held out of {calib_dir} (seed {SPLIT_SEED})"
+    if eval_dir is not None:
+        holdout_paths = list_images(eval_dir)
+        eval_set = f"{len(holdout_paths)} images of {eval_dir}{_source_note(eval_dir)}"
     threads = threads or os.cpu_count() or 1
-    log.info("quantize split", extra={"calibration": len(calib_paths), "holdout": len(holdout_paths)})
+    cpu = detect()
+    log.info(
+        "quantize split",
+        extra={"calibration": len(calib_paths), "holdout": len(holdout_paths), "cpu": cpu.name},
+    )
 
-    tick = progress("preprocessing images", len(images))
+    tick = progress("preprocessing images", len(calib_paths) + len(holdout_paths))
     calib = load_tensors(calib_paths, spec, tick)
     held = load_tensors(holdout_paths, spec, tick)
 
@@ -466,7 +535,14 @@ def quantize(
             int8_bytes=len(int8_data),
             threads=threads,
             recipe=recipe,
+            cpu=cpu.name,
+            cpu_features=list(cpu.features),
+            arithmetic=cpu.arithmetic,
+            eval_set=eval_set,
+            warnings=fleet_warnings(cpu, recipe),
         )
+        for warning in report.warnings:
+            log.info("quantize gate arithmetic", extra={"warning": warning, "cpu": cpu.name})
         value = report.value
         if value is None or value < threshold:
             raise QuantizationRefusedError(_refusal(report), hint=_refusal_hint(report))
@@ -485,6 +561,15 @@ def quantize(
         return report
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def _source_note(directory: Path) -> str:
+    """`` (first line of DIR/SOURCE.txt)`` when the image directory says where it came from."""
+    source = directory / "SOURCE.txt"
+    if not source.is_file():
+        return ""
+    first = source.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+    return f" ({first[0].strip()})" if first else ""
 
 
 def _fsync(path: Path) -> None:
@@ -509,9 +594,11 @@ def _refusal(report: Report) -> str:
             f"refused: {METRIC_TEXT[report.metric]} is {_percent(value)}, "
             f"under the threshold {_percent(report.threshold)}"
         )
+    lo, hi = a.top1_confident_ci95
     return (
-        f"{head} (all: {_percent(a.top1_all)}, confident: {_percent(a.top1_confident)} of {a.confident}, "
-        f"top-5: {_percent(a.top5_contains)}, {a.holdout} held-out images); {report.out} was not written"
+        f"{head} (all: {_percent(a.top1_all)}, confident: {_percent(a.top1_confident)} of {a.confident} "
+        f"[95% CI {_percent(lo)}-{_percent(hi)}], top-5: {_percent(a.top5_contains)}, {a.holdout} held-out "
+        f"images, measured on {report.cpu}); {report.out} was not written"
     )
 
 
@@ -556,6 +643,9 @@ def _toml_table(header: str, data: dict[str, Any]) -> list[str]:
     return lines
 
 
+_INT_NAME = {"uint8": "U8", "int8": "S8"}
+
+
 def int8_card(loaded: LoadedCard, out: Path, report: Report, produced_by: str) -> str:
     """The card of the quantized model: the float card with the new file, hash, provenance and figures."""
     card = loaded.card
@@ -569,21 +659,42 @@ def int8_card(loaded: LoadedCard, out: Path, report: Report, produced_by: str) -
     data["source"] = (
         f"{card.source}; quantized from {card.id} (sha256 {card.sha256}) by edgeproof models quantize"
     )
+    r = report.recipe
+    lo, hi = a.top1_confident_ci95
     data["description"] = (
         f"{card.description.split(',')[0] if card.description else card.id}, ONNX Runtime static int8 "
-        f"({report.recipe.quant_format.upper()}, {'per-channel' if report.recipe.per_channel else 'per-tensor'}, "
-        f"{report.recipe.calibrate_method}). Measured on {a.holdout} held-out images: top-1 agreement "
-        f"{_percent(a.top1_all)} (all), {_percent(a.top1_confident)} on the {a.confident} with fp32 softmax "
-        f">= 0.5, fp32 top-1 in int8 top-5 {_percent(a.top5_contains)}; {report.fp32_ms:.2f} ms fp32 vs "
-        f"{report.int8_ms:.2f} ms int8 ({report.speedup:.2f}x, {report.threads} threads)"
+        f"({r.quant_format.upper()}, {_INT_NAME[r.activation_type]} activations, {_INT_NAME[r.weight_type]} "
+        f"weights, {'per-channel' if r.per_channel else 'per-tensor'}, "
+        f"{'7-bit weights (reduce_range), ' if r.reduce_range else ''}{r.calibrate_method}). Measured on "
+        f"{report.cpu}, {report.eval_set}: top-1 agreement {_percent(a.top1_all)} (all), "
+        f"{_percent(a.top1_confident)} [95% CI {_percent(lo)}-{_percent(hi)}] on the {a.confident} with fp32 "
+        f"softmax >= 0.5, fp32 top-1 in int8 top-5 {_percent(a.top5_contains)}; {report.fp32_ms:.2f} ms fp32 vs "
+        f"{report.int8_ms:.2f} ms int8 ({report.speedup:.2f}x, {report.threads} threads, {report.cpu}). "
+        "Other CPU classes: see [[measured]]"
     )
+    data["measured"] = []
+    if a.top1_confident is not None:
+        data["measured"] = [
+            {
+                "cpu": report.cpu,
+                "eval_set": report.eval_set,
+                "images": a.holdout,
+                "confident": a.confident,
+                "top1_confident": round(a.top1_confident, 4),
+                "top1_confident_ci95": [round(lo, 4), round(hi, 4)],
+                "top1_all": round(a.top1_all, 4),
+                "top5_contains": round(a.top5_contains, 4),
+                "speedup": report.speedup if report.speedup > 0 else None,
+            }
+        ]
+    data.pop("challenge", None)  # measured across CPU classes, not by this run (docs/models.md)
     decoder = data["decoder"]
     if decoder.get("labels"):
         label_path = (loaded.path.parent / decoder["labels"]).resolve()
         decoder["labels"] = os.path.relpath(label_path, out.parent.resolve())
     order = ["id", "version", "format", "file", "sha256", "license", "source", "produced_by", "description"]
     ordered = {k: data[k] for k in order if k in data}
-    ordered.update({k: v for k, v in data.items() if k not in ordered and k not in ("outputs",)})
+    ordered.update({k: v for k, v in data.items() if k not in ordered and k not in ("outputs", "measured")})
     lines = ["# Written by `edgeproof models quantize`; regenerate rather than edit."]
     lines.extend(_toml_table("", {k: v for k, v in ordered.items() if not isinstance(v, dict)}))
     for key, value in ordered.items():
@@ -594,4 +705,7 @@ def int8_card(loaded: LoadedCard, out: Path, report: Report, produced_by: str) -
             for output in data["outputs"]:
                 lines.append("")
                 lines.extend(_toml_table("[[outputs]]", output))
+    for figure in data["measured"]:
+        lines.append("")
+        lines.extend(_toml_table("[[measured]]", figure))
     return "\n".join(lines) + "\n"

@@ -125,7 +125,41 @@ def load_model() -> EfficientNetLite0:
     model = EfficientNetLite0()
     missing, unexpected = model.load_state_dict(weights, strict=True)
     assert not missing and not unexpected
+    fold_batchnorm(model)
     return model.eval()
+
+
+def _fold(conv: nn.Conv2d, norm: nn.Module) -> None:
+    """Fold BatchNorm into the conv before export, in float64 numpy (correctly rounded everywhere).
+
+    Left to the exporter, the fold runs in float32 through torch's CPU kernels, whose results
+    may differ in the last bit between machines (vector kernels chosen by CPU feature): the
+    reason the fp32 file's bytes were not reproducible (docs/models.md).  Here every value is a
+    float64 multiply, add, divide or square root of the stored float32 weights, rounded once to
+    float32: the same bits on every IEEE-754 machine.
+    """
+    assert isinstance(norm, nn.BatchNorm2d)
+    w = conv.weight.detach().numpy().astype(np.float64)
+    gamma = norm.weight.detach().numpy().astype(np.float64)
+    beta = norm.bias.detach().numpy().astype(np.float64)
+    mean = norm.running_mean.detach().numpy().astype(np.float64)  # type: ignore[union-attr]
+    var = norm.running_var.detach().numpy().astype(np.float64)  # type: ignore[union-attr]
+    factor = gamma / np.sqrt(var + float(np.float32(norm.eps)))
+    conv.weight = nn.Parameter(torch.from_numpy((w * factor[:, None, None, None]).astype(np.float32)))
+    conv.bias = nn.Parameter(torch.from_numpy((beta - mean * factor).astype(np.float32)))
+
+
+def fold_batchnorm(model: EfficientNetLite0) -> None:
+    pairs: list[tuple[nn.Module, str, str]] = [(model, "_conv_stem", "_bn0"), (model, "_conv_head", "_bn1")]
+    for block in model._blocks:
+        assert isinstance(block, MBConv)
+        if block.expand:
+            pairs.append((block, "_expand_conv", "_bn0"))
+        pairs += [(block, "_depthwise_conv", "_bn1"), (block, "_project_conv", "_bn2")]
+    for owner, conv_name, norm_name in pairs:
+        conv = getattr(owner, conv_name)
+        _fold(conv, getattr(owner, norm_name))
+        setattr(owner, norm_name, nn.Identity())
 
 
 def write_labels() -> str:

@@ -70,26 +70,7 @@ class Daemon(DaemonProcess):
 
     def start(self) -> None:
         self._listening_before = self._listening()
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "agent",
-                    "--log-level",
-                    "info",
-                    "--log-format",
-                    "json",
-                    "run",
-                    "--config",
-                    str(self.config),
-                ],
-                cwd=ROOT,
-                env={**clean_env(), **self.env},
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=log,
-            )
+        super().start()
 
     @property
     def socket(self) -> Path:

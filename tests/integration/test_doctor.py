@@ -91,7 +91,7 @@ def test_a_ready_device_passes_every_check(
     }
     d = details(report)
     assert d["model"].startswith(
-        "efficientnet-lite0-int8 1.0.0 (sha256 bdc386c145ae... verified) on onnx CPUExecutionProvider, 1 threads"
+        "efficientnet-lite0-int8 1.0.0 (sha256 1582aeb20a34... verified) on onnx CPUExecutionProvider, 1 threads"
     )
     assert d["thermal"] == "45.0 °C; throttle at 90 °C, pause at 100 °C"
     assert d["source"] == "synthetic:320x240:0: a 320x240 frame"

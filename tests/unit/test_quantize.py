@@ -13,6 +13,7 @@ import pytest
 from agent.errors import ConfigError, ModelError, QuantizationRefusedError
 from agent.inference import quantize as q
 from agent.inference.cards import load_card
+from agent.inference.cpu_class import detect
 from tests.support.quantize_cards import tiny_classifier, write_card
 
 CALIB = Path(__file__).resolve().parents[1] / "data" / "calib"
@@ -56,6 +57,14 @@ def test_success_writes_model_and_card_that_loads(card: Path, tmp_path: Path) ->
     assert 0.0 <= report.agreement.top1_all <= report.agreement.top5_contains <= 1.0
     assert report.fp32_ms > 0 and report.int8_ms > 0
     assert sorted(p.name for p in out_dir.iterdir()) == ["tiny-int8.onnx", "tiny-int8.toml"]
+    # every figure names the CPU class it was measured on, in the report and in the card
+    assert report.cpu == detect().name and report.arithmetic == detect().arithmetic
+    assert report.recipe.reduce_range is True  # the default recipe: exact on every CPU class
+    [figure] = loaded.card.measured
+    assert figure.cpu == report.cpu
+    assert figure.images == 40 and figure.top1_all == round(report.agreement.top1_all, 4)
+    assert f"Measured on {report.cpu}, 40 held out of {CALIB} (seed 0)" in loaded.card.description
+    assert loaded.card.challenge is None  # tolerance is measured across CPU classes, not here
 
 
 def test_impossible_threshold_refuses_and_writes_nothing(card: Path, tmp_path: Path) -> None:
@@ -66,7 +75,8 @@ def test_impossible_threshold_refuses_and_writes_nothing(card: Path, tmp_path: P
     pct = r"\d{1,3}\.\d%"
     assert re.fullmatch(
         rf"refused: top-1 agreement on all held-out images is {pct}, under the threshold 101\.0% "
-        rf"\(all: {pct}, confident: ({pct}|n/a) of \d+, top-5: {pct}, 50 held-out images\); "
+        rf"\(all: {pct}, confident: ({pct}|n/a) of \d+ \[95% CI {pct}-{pct}\], top-5: {pct}, 50 held-out "
+        rf"images, measured on {re.escape(detect().name)}\); "
         rf"{re.escape(str(out))} was not written",
         info.value.message,
     ), info.value.message
@@ -162,7 +172,14 @@ def test_agreement_figures() -> None:
         )
     )
     figures = q.agreement(fp32, int8, apply_softmax=True)
-    assert figures == q.Agreement(holdout=4, top1_all=0.5, confident=2, top1_confident=0.5, top5_contains=1.0)
+    assert figures == q.Agreement(
+        holdout=4,
+        top1_all=0.5,
+        confident=2,
+        top1_confident=0.5,
+        top5_contains=1.0,
+        top1_confident_ci95=q.wilson_interval(1, 2),
+    )
 
 
 def test_no_confident_input_refuses_with_reason(
@@ -207,3 +224,28 @@ def test_bad_out(card: Path, tmp_path: Path, out_name: str, message: str) -> Non
     with pytest.raises(ConfigError) as info:
         q.quantize(card, CALIB, out, **FAST)
     assert info.value.message == message.format(out=out)
+
+
+def test_wilson_interval() -> None:
+    lo, hi = q.wilson_interval(37, 38)
+    assert (round(lo, 4), round(hi, 4)) == (0.865, 0.9953)
+    assert q.wilson_interval(10, 10)[1] == 1.0 and q.wilson_interval(10, 10)[0] < 1.0
+    assert q.wilson_interval(0, 0) == (0.0, 1.0)
+    with pytest.raises(ValueError, match="outside"):
+        q.wilson_interval(5, 4)
+
+
+def _cpu(name: str, machine: str, features: tuple[str, ...]) -> q.CpuClass:
+    return q.CpuClass(machine=machine, features=features, name=name)
+
+
+def test_fleet_warning_when_the_gate_saturates_and_the_fleet_does_not() -> None:
+    avx2 = _cpu("x86_64-avx2", "x86_64", ("avx2",))
+    [warning] = q.fleet_warnings(avx2, q.Recipe(reduce_range=False))
+    assert warning.startswith("the agreement gate ran on x86_64-avx2 (x86 without VNNI: ")
+    assert "saturates where the fleet does not" in warning and "--reduce-range" in warning
+    [warning] = q.fleet_warnings(avx2, q.Recipe())  # 7-bit weights: exact, still not proven on ARM
+    assert "computes the same integers" in warning and "make test-arm64" in warning
+    vnni = _cpu("x86_64-avx512-vnni", "x86_64", ("avx2", "avx512_vnni"))
+    assert "x86 with VNNI" in q.fleet_warnings(vnni, q.Recipe(reduce_range=False))[0]
+    assert q.fleet_warnings(_cpu("aarch64-neon", "aarch64", ()), q.Recipe(reduce_range=False)) == []

@@ -86,7 +86,7 @@ def test_no_budget_without_a_bound_for_the_model_class(tmp_path, profile, settin
 
 
 def test_wrong_sha256_fails_to_load(tmp_path, profile, settings):
-    real = "bdc386c145aefb7a448233dac5830b6fb8c963cd5eed640b1812af164588f9cf"
+    real = "1582aeb20a34a406584182f86544773c43e9a4a2c53e16082c8c763221b5459b"
     card = shipped_card_copy(tmp_path, real, "0" * 64)
     with pytest.raises(DeployError) as info:
         smoke_test(card, profile, settings)
