@@ -16,20 +16,13 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.challenge_run import expected_sketch
+from agent.challenge_run import card_tolerance, expected_sketch
 from agent.inference.backends.base import BackendSettings
 from agent.inference.cards import LoadedCard, load_card
 from agent.inference.pipeline import Pipeline
 from agent.protocol.challenge import REL_TOL
 
 log = logging.getLogger("edgeproof.coordinator")
-
-
-def card_tolerance(loaded: LoadedCard) -> float:
-    """The relative sketch tolerance for this model: the card's ``[challenge]`` one, else REL_TOL."""
-    section = getattr(loaded.card, "challenge", None)
-    value = getattr(section, "tolerance", None) if section is not None else None
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else REL_TOL
 
 
 class ModelStore:
@@ -50,8 +43,9 @@ class ModelStore:
         return sha256 in self.cards
 
     def tolerance(self, sha256: str) -> float:
+        """The model's challenge tolerance: its card's ``[challenge]`` one, else REL_TOL."""
         loaded = self.cards.get(sha256)
-        return card_tolerance(loaded) if loaded is not None else REL_TOL
+        return card_tolerance(loaded.card) if loaded is not None else REL_TOL
 
 
 @dataclass(frozen=True)

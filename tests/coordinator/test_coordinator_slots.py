@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from agent.coordinator import challenge_rows, slots
 from agent.coordinator.batch import Inbound, commit_batch
 from agent.coordinator.config import ChallengeSection
 from agent.coordinator.ingest import Policy
-from agent.coordinator.reference import ModelStore, card_tolerance
+from agent.coordinator.reference import ModelStore
 from agent.coordinator.store import Store
 from agent.inference.cards import load_card
 from agent.profiles import load_profiles
@@ -213,14 +212,20 @@ def test_a_response_then_a_score_on_the_coordinator_chain(store: Store) -> None:
     assert json.loads(verdict.wire)["seq"] == 4
 
 
-def test_the_tolerance_comes_from_the_card_when_it_has_one() -> None:
+def test_the_tolerance_comes_from_the_card_when_it_has_one(tmp_path: Path) -> None:
+    models = ModelStore(ROOT / "models")
     shipped = load_card(ROOT / "models" / "efficientnet-lite0-int8.toml")
-    expected = getattr(getattr(shipped.card, "challenge", None), "tolerance", None)
-    assert card_tolerance(shipped) == (expected if expected is not None else REL_TOL)
-    with_section = SimpleNamespace(card=SimpleNamespace(challenge=SimpleNamespace(tolerance=0.0123)))
-    without = SimpleNamespace(card=SimpleNamespace(challenge=None))
-    assert card_tolerance(with_section) == 0.0123  # type: ignore[arg-type]
-    assert card_tolerance(without) == REL_TOL  # type: ignore[arg-type]
+    assert shipped.card.challenge is not None  # the shipped card carries its measured tolerance
+    assert models.tolerance(EFFICIENTNET_SHA) == shipped.card.challenge.tolerance != REL_TOL
+    assert models.tolerance("ee" * 32) == REL_TOL  # a model the store does not have
+    # A card without a [challenge] table is scored with the protocol default.
+    text = (ROOT / "models" / "efficientnet-lite0-int8.toml").read_text(encoding="utf-8")
+    head, _, _ = text.partition("[challenge]")
+    assert "[challenge]" in text
+    (tmp_path / "plain.toml").write_text(head, encoding="utf-8")
+    plain = ModelStore(tmp_path)
+    assert set(plain.cards) == {EFFICIENTNET_SHA} and plain.cards[EFFICIENTNET_SHA].card.challenge is None
+    assert plain.tolerance(EFFICIENTNET_SHA) == REL_TOL
 
 
 def test_the_model_store_finds_the_shipped_models_by_sha256(tmp_path: Path) -> None:
