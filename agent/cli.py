@@ -31,6 +31,11 @@ COMMAND_MODULES = (
     "agent.commands.doctor",
     "agent.commands.demo",
     "agent.commands.coordinator",
+    "agent.commands.audit",
+    "agent.commands.rewards",
+    "agent.commands.chain",
+    "agent.commands.fleet",
+    "agent.commands.simulate",
 )
 
 _STD_ATTRS = set(vars(logging.makeLogRecord({})))
