@@ -25,7 +25,8 @@ from agent.protocol.reasons import is_reason
 from agent.protocol.topics import Topics
 from tests.support.fuzz import envelope_seeds, payloads
 
-pytestmark = pytest.mark.integration
+# CPU-bound: runs on the one xdist worker that takes the "cpu" group, never beside another of them.
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("cpu")]
 
 DEV = Keypair.from_seed(bytes([41]) * 32)
 COORD = Keypair.from_seed(bytes([42]) * 32)
