@@ -1,6 +1,6 @@
 """The uptime heatmap: devices x slots in three colours (up, down, not counted), with a legend.
 
-matplotlib (Agg, imported only when a plot is asked for).  Rows follow the report (sorted by
+matplotlib's Agg canvas (no pyplot, no display; imported only when a plot is asked for).  Rows follow the report (sorted by
 device); beyond ``max_rows`` devices the plot keeps the ``max_rows`` with the lowest uptime
 (those are the ones to look at) and says so in its title.  The figure grows with the number
 of rows and slots, within bounds, so a cell stays a readable size.
@@ -40,7 +40,13 @@ class PlotLayout:
     centres: tuple[tuple[tuple[float, float], ...], ...]
 
 
-def _rows(report: EpochReport, max_rows: int) -> tuple[list[DeviceEpoch], str]:
+def figure_size(rows: int, slots: int) -> tuple[float, float]:
+    """Inches: grows with the slots and the rows, within 7-24 wide and 3-30 high."""
+    return min(24.0, max(7.0, 3.5 + 0.18 * slots)), min(30.0, max(3.0, 2.0 + 0.3 * rows))
+
+
+def shown_rows(report: EpochReport, max_rows: int) -> tuple[list[DeviceEpoch], str]:
+    """The devices drawn (report order; the lowest uptime ones beyond ``max_rows``), and a title note."""
     devices = list(report.devices)
     if len(devices) <= max_rows:
         return devices, ""
@@ -55,19 +61,16 @@ def _label(d: DeviceEpoch) -> str:
 
 def write_plot(report: EpochReport, path: Path, *, max_rows: int = 60, dpi: int = 100) -> PlotLayout:
     """Draw the report's heatmap into ``path`` (PNG); the cell layout, for checks."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.colors import ListedColormap
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
-    rows, note = _rows(report, max_rows)
+    rows, note = shown_rows(report, max_rows)
     n_slots = report.epoch_ms // report.slot_ms
     grid = [[_INDEX[c] for c in d.slots] for d in rows] or [[_INDEX[NOT_COUNTED]] * n_slots]
-    width = min(24.0, max(7.0, 3.5 + 0.18 * n_slots))
-    height = min(30.0, max(3.0, 2.0 + 0.3 * len(grid)))
-    fig = Figure(figsize=(width, height), dpi=dpi, layout="constrained")
+    fig = Figure(figsize=figure_size(len(grid), n_slots), dpi=dpi, layout="constrained")
+    canvas = FigureCanvasAgg(fig)  # Agg, whatever backend pyplot may have chosen
     ax = fig.add_subplot()
     cmap = ListedColormap([_rgb(k) for k in (UP, DOWN, NOT_COUNTED)])
     ax.imshow(grid, cmap=cmap, vmin=-0.5, vmax=2.5, aspect="auto", interpolation="nearest")
@@ -76,6 +79,11 @@ def write_plot(report: EpochReport, path: Path, *, max_rows: int = 60, dpi: int 
     first_slot = report.start_ms // report.slot_ms
     ax.set_xticks(range(0, n_slots, step), [str(first_slot + i) for i in range(0, n_slots, step)], fontsize=7)
     ax.tick_params(axis="x", labelrotation=45)
+    # Thin white lines between cells, so single slots can be told apart.
+    ax.set_xticks([i - 0.5 for i in range(1, n_slots)], minor=True)
+    ax.set_yticks([i - 0.5 for i in range(1, len(grid))], minor=True)
+    ax.grid(which="minor", color="white", linewidth=0.6)
+    ax.tick_params(which="minor", length=0)
     ax.set_xlabel(f"slot ({report.slot_ms} ms each)")
     ax.set_title(
         f"uptime, epoch {report.epoch}: coordinator up {report.coordinator_up_slots}/{n_slots} slots{note}",
@@ -88,8 +96,8 @@ def write_plot(report: EpochReport, path: Path, *, max_rows: int = 60, dpi: int 
         fontsize=8,
         frameon=False,
     )
-    fig.canvas.draw()
-    px_w, px_h = fig.canvas.get_width_height()
+    canvas.draw()  # type: ignore[no-untyped-call]  # lays the figure out: cell centres are final
+    px_w, px_h = canvas.get_width_height()
     centres = tuple(
         tuple(
             (float(x), float(px_h - y))
