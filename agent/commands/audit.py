@@ -137,6 +137,11 @@ def report_csv(data: dict[str, Any]) -> str:
     return out.getvalue()
 
 
+def short_id(dev: str) -> str:
+    """A device key shortened for a table (the full key is in --format json/csv)."""
+    return dev if len(dev) <= 14 else f"{dev[:8]}...{dev[-4:]}"
+
+
 def _print_report_table(data: dict[str, Any]) -> None:
     slots = data["epoch_ms"] // data["slot_ms"]
     title = (
@@ -150,7 +155,7 @@ def _print_report_table(data: dict[str, Any]) -> None:
         rate = "n/a" if d["pass_rate"] is None else f"{d['pass_rate']:.0%}"
         rows.append(
             (
-                d["dev"],
+                short_id(d["dev"]),
                 d["profile"],
                 _share(d["up_slots"], d["counted_slots"]),
                 d["excluded_slots"],
@@ -159,7 +164,7 @@ def _print_report_table(data: dict[str, Any]) -> None:
                 d["inferences_accepted"],
                 f"{rate} {_counts(scored)}".strip(),
                 _counts(d["rejections"]) or "-",
-                d["slots"] if slots <= 60 else "(see --plot)",
+                d["slots"] if slots <= 30 else "(see --plot)",
             )
         )
     print_table(
