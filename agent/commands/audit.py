@@ -229,6 +229,20 @@ def run_uptime(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_folded(title: str, columns: list[str], rows: list[tuple[Any, ...]]) -> None:
+    """A table whose cells fold instead of being cut (reasons and details must stay readable)."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=escape(title), title_justify="left")
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*(escape(str(cell)) for cell in row))
+    Console(width=None if sys.stdout.isatty() else 140).print(table)
+
+
 def run_device(args: argparse.Namespace) -> int:
     from agent.coordinator.audit_device import device_verdicts
     from agent.coordinator.config import load_coordinator_config
@@ -250,7 +264,7 @@ def run_device(args: argparse.Namespace) -> int:
         return 0
     where = "" if window is None else f" in {window[0]}..{window[1]} ms"
     status = "registered" if found.enrolled else "NOT registered"
-    print_table(
+    _print_folded(
         f"{len(found.messages)} message(s) from {found.dev} ({status}){where}",
         ["id", "ingest_ms", "kind", "seq", "verdict", "reason", "detail"],
         [
@@ -266,7 +280,7 @@ def run_device(args: argparse.Namespace) -> int:
             for m in found.messages
         ],
     )
-    print_table(
+    _print_folded(
         f"{len(found.challenges)} challenge(s) issued to {found.dev}{where}",
         ["id", "issued_ms", "deadline_ms", "model", "outcome", "distance", "tolerance", "answer"],
         [
