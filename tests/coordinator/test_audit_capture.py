@@ -17,6 +17,7 @@ import pytest
 from agent.coordinator import challenge_rows, slots
 from agent.coordinator.audit import epoch_report
 from agent.coordinator.audit_capture import capture_report, export_capture, read_capture
+from agent.coordinator.audit_device import device_verdicts
 from agent.coordinator.batch import Inbound, commit_batch
 from agent.coordinator.config import ChallengeSection
 from agent.coordinator.ingest import Policy
@@ -245,3 +246,31 @@ def test_a_file_that_is_not_a_capture_is_refused_with_its_line(tmp_path: Path) -
     path.write_text(json.dumps(header) + '\n{"record": "message", "topic": "t"}\n', encoding="utf-8")
     with pytest.raises(CorruptStateError, match=r"c.jsonl:2: the message record has no 'ingest_ms'$"):
         read_capture(path)
+
+
+def test_audit_device_lists_every_verdict_in_or_out_of_an_epoch(store: Store) -> None:
+    a, b, _ = scripted_epoch(store)
+    window = (EPOCH * EPOCH_MS, (EPOCH + 1) * EPOCH_MS)
+    mine = device_verdicts(store, a.id, window)
+    assert mine.enrolled and mine.as_json()["start_ms"] == window[0]
+    kinds = [(m.kind, m.accepted, m.reason) for m in mine.messages]
+    assert kinds.count(("heartbeat", True, None)) == 8
+    assert (None, False, "malformed") in kinds and ("challenge_response", False, "wrong_model") in kinds
+    assert ("challenge_response", False, "duplicate") in kinds
+    outcomes = [(c.outcome, c.distance, c.tolerance) for c in mine.challenges]
+    assert outcomes == [("wrong_model", None, None), ("passed", 0.0, 0.05)]
+    passed = mine.challenges[1]
+    assert passed.response_id in {
+        m.id for m in mine.messages if m.kind == "challenge_response" and m.accepted
+    }
+    late = device_verdicts(store, b.id)
+    assert [c.outcome for c in late.challenges] == ["challenge_late"]
+    assert device_verdicts(store, a.id, (window[1], window[1] + EPOCH_MS)).messages == ()
+    assert device_verdicts(store, "nobody").as_json() == {
+        "dev": "nobody",
+        "enrolled": False,
+        "start_ms": None,
+        "end_ms": None,
+        "messages": [],
+        "challenges": [],
+    }
