@@ -156,10 +156,11 @@ def capture_records(
             yield {"record": "verdict", "seq": int(seq), "raw_b64": _b64(bytes(raw))}
     newest = store.one("SELECT MAX(id) FROM messages WHERE ingest_ms < ?", (end,))
     last_id = int(newest[0]) if newest is not None and newest[0] is not None else 0
-    for mid, topic, ingest_ms, raw, accepted, reason in store.rows(
+    cursor = store.execute(
         "SELECT id, topic, ingest_ms, raw, accepted, reason FROM messages WHERE id <= ? ORDER BY id",
         (last_id,),
-    ):
+    )
+    for mid, topic, ingest_ms, raw, accepted, reason in iter(cursor.fetchone, None):  # streamed
         yield {
             "record": "message",
             "id": int(mid),
