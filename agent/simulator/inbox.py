@@ -1,0 +1,125 @@
+"""What the simulated devices receive: the beacon, their challenges and their verdicts.
+
+Every message goes through the shared :func:`agent.protocol.inbound.check_inbound` as a
+device would judge it (the coordinator's key pinned, device-inbound kinds only, a
+coordinator message addressed to another device refused), on one thread so that paho's
+network threads never wait for a signature check.  Refusals are counted by their reason
+(``refused.<reason>``); accepted beacons update :class:`BeaconView`, challenges go to the
+answer handler, verdicts are counted by kind and reason (``verdict.<kind>.<reason|accepted>``).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from agent.errors import ProtocolError
+from agent.protocol.inbound import Rejection, Trust, check_inbound
+from agent.protocol.kinds import DEVICE_INBOUND
+from agent.protocol.messages import Beacon, Challenge, Verdict
+from agent.protocol.topics import Topics
+
+
+@dataclass(frozen=True)
+class SeenBeacon:
+    slot: int
+    nonce: str
+    slot_ms: int
+    received_ms: int
+
+
+class BeaconView:
+    """The newest verified beacon (a lower slot than the newest is ignored)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._beacon: SeenBeacon | None = None
+        self._changed = threading.Condition(self._lock)
+
+    def offer(self, beacon: SeenBeacon) -> bool:
+        with self._lock:
+            if self._beacon is not None and beacon.slot <= self._beacon.slot:
+                return False
+            self._beacon = beacon
+            self._changed.notify_all()
+            return True
+
+    def latest(self) -> SeenBeacon | None:
+        with self._lock:
+            return self._beacon
+
+    def wait(self, timeout_s: float) -> SeenBeacon | None:
+        with self._lock:
+            self._changed.wait_for(lambda: self._beacon is not None, timeout_s)
+            return self._beacon
+
+
+Note = Callable[[str], None]
+OnChallenge = Callable[[str, Challenge, int], None]
+
+
+class Inbox:
+    """One thread judging every inbound message (``put`` is called by paho's threads)."""
+
+    def __init__(
+        self, coordinator: str, topics: Topics, beacons: BeaconView, on_challenge: OnChallenge, note: Note
+    ) -> None:
+        self.coordinator = coordinator
+        self.topics = topics
+        self.beacons = beacons
+        self._on_challenge = on_challenge
+        self._note = note
+        self._queue: queue.Queue[tuple[str, bytes, int] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._work, name="sim-inbox", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def put(self, topic: str, payload: bytes, received_ms: int) -> None:
+        self._queue.put((topic, payload, received_ms))
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=30)
+
+    def idle(self) -> bool:
+        return self._queue.empty()
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            try:
+                self.handle(*item)
+            except Exception as exc:  # a simulator bug must not stop the inbox; counted, named
+                self._note(f"inbox_error.{type(exc).__name__}")
+
+    def handle(self, topic: str, payload: bytes, received_ms: int) -> None:
+        try:
+            audience = self.topics.parse(topic).dev
+        except ProtocolError:
+            audience = None
+        trust = Trust(
+            coordinators=frozenset({self.coordinator}),
+            operators=frozenset(),
+            kinds=DEVICE_INBOUND,
+            audience=audience,
+        )
+        result = check_inbound(topic, payload, trust, topics=self.topics)
+        if isinstance(result, Rejection):
+            self._note(f"refused.{result.reason}")
+            return
+        body = result.envelope.body
+        if isinstance(body, Beacon):
+            seen = SeenBeacon(body.slot, body.nonce, body.slot_ms, received_ms)
+            self._note("beacons" if self.beacons.offer(seen) else "beacons_not_newer")
+        elif isinstance(body, Challenge):
+            self._on_challenge(body.device, body, received_ms)
+        elif isinstance(body, Verdict):
+            outcome = "accepted" if body.accepted and body.reason is None else (body.reason or "accepted")
+            self._note(f"verdict.{body.ref_kind}.{outcome}")
+        else:
+            self._note(f"unexpected.{result.envelope.kind}")
