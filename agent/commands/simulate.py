@@ -137,7 +137,7 @@ def run_fleet(args: argparse.Namespace) -> int:
     truth_path.write_text(json.dumps(result.truth, indent=1) + "\n", encoding="utf-8")
     summary = {
         "devices": script.devices,
-        "connections": script.connections,
+        "connections": script.links,
         "epochs": result.truth["epochs"],
         "published": result.published,
         "unacknowledged": result.unacknowledged,

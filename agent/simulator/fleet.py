@@ -47,6 +47,8 @@ log = logging.getLogger("edgeproof.simulator")
 WRONG_MODEL_SHA256 = hashlib.sha256(b"edgeproof-sim:wrong-model").hexdigest()
 #: A run starts at an epoch boundary at least this far ahead (connections are ready by then).
 LEAD_MS = 500
+#: Nothing is sent later than this fraction of its slot (a device behind schedule skips it).
+LATEST_SEND = 0.85
 #: Extra wait after the last challenge deadline of the run (the coordinator marks misses
 #: once a second and scores answers off its ingest thread).
 SETTLE_MS = 1500
@@ -200,7 +202,7 @@ class FleetRun:
     def _check_in_slot(self, sent_ms: int, slot: int, truth: Truth) -> None:
         if sent_ms // self.script.slot_ms != slot:
             truth.note("sent_outside_its_slot")
-        elif sent_ms - slot * self.script.slot_ms > 0.85 * self.script.slot_ms:
+        elif sent_ms - slot * self.script.slot_ms > LATEST_SEND * self.script.slot_ms:
             truth.note("sent_late_in_its_slot")
 
     # --- challenges --------------------------------------------------------------------------
@@ -267,7 +269,7 @@ class FleetRun:
             self.endpoint.host,
             self.endpoint.port,
             [d.dev for d in self.devices],
-            script.connections,
+            script.links,
             self.topics,
             self.inbox.put,
             client_prefix=self.endpoint.client_prefix,
@@ -326,7 +328,7 @@ class FleetRun:
             "seed": script.seed,
             "model_sha256": self.card.sha256,
             "profile": script.profile,
-            "connections": script.connections,
+            "connections": script.links,
             "published": published,
             "seconds": round(seconds, 3),
         }
@@ -337,16 +339,24 @@ class FleetRun:
 
     def _play_slot(self, slot: int, k: int, truth: Truth) -> None:
         start = slot * self.script.slot_ms
+        latest = start + int(LATEST_SEND * self.script.slot_ms)
         events: list[tuple[int, int, int]] = []
         for i, device in enumerate(self.devices):
             if device.plan.up(k):
                 events.append((start + self.hb_offset[i], 0, i))
-                events.append((start + self.proof_offset[i], 1, i))
+                if device.plan.proves(k, self.script.proof_every):
+                    events.append((start + self.proof_offset[i], 1, i))
         events.sort()
+        up = sum(1 for e in events if e[1] == 0)
         for at, what, i in events:
             wait = at - now_ms()
             if wait > 0:
                 time.sleep(wait / 1000)
+            elif now_ms() >= latest:
+                # Behind schedule (an overloaded machine): a message sent this late could be
+                # stamped in the next slot, so the device skips it and the truth says so.
+                truth.note(f"skipped_behind_schedule.{'heartbeat' if what == 0 else 'proof'}")
+                continue
             if what == 0:
                 self._heartbeat(self.devices[i], slot, truth)
             else:
@@ -354,7 +364,7 @@ class FleetRun:
         end = start + self.script.slot_ms
         log.info(
             "sim_slot",
-            extra={"slot": slot, "index": k, "up": len(events) // 2, "published": self.links.published},
+            extra={"slot": slot, "index": k, "up": up, "published": self.links.published},
         )
         wait = end - now_ms()
         if wait > 0:

@@ -5,7 +5,10 @@ device would judge it (the coordinator's key pinned, device-inbound kinds only, 
 coordinator message addressed to another device refused), on one thread so that paho's
 network threads never wait for a signature check.  Refusals are counted by their reason
 (``refused.<reason>``); accepted beacons update :class:`BeaconView`, challenges go to the
-answer handler, verdicts are counted by kind and reason (``verdict.<kind>.<reason|accepted>``).
+answer handler.  Verdicts (one per message sent: the bulk of the traffic) are only parsed and
+counted by kind and reason (``verdict.<kind>.<reason|accepted>``), not verified: they feed the
+run's observations, never the ground truth, and verifying them would cost the simulator as
+much CPU as signing its own messages.
 """
 
 from __future__ import annotations
@@ -16,9 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from agent.errors import ProtocolError
+from agent.protocol.envelope import parse_envelope
 from agent.protocol.inbound import Rejection, Trust, check_inbound
 from agent.protocol.kinds import DEVICE_INBOUND
-from agent.protocol.messages import Beacon, Challenge, Verdict
+from agent.protocol.messages import Beacon, Challenge
 from agent.protocol.topics import Topics
 
 
@@ -87,6 +91,21 @@ class Inbox:
     def idle(self) -> bool:
         return self._queue.empty()
 
+    def _count_verdict(self, payload: bytes) -> None:
+        """Count a verdict by kind and outcome (parsed, not verified: the truth never depends on it)."""
+        try:
+            parsed = parse_envelope(payload)
+        except ProtocolError as exc:
+            self._note(f"refused.{exc.reason}")
+            return
+        body = parsed.raw["body"]
+        if parsed.kind != "verdict" or parsed.dev != self.coordinator:
+            self._note("refused.untrusted_coordinator" if parsed.kind == "verdict" else "refused.wrong_kind")
+            return
+        reason = body.get("reason")
+        outcome = reason if isinstance(reason, str) else "accepted"
+        self._note(f"verdict.{body.get('ref_kind')}.{outcome}")
+
     def _work(self) -> None:
         while True:
             item = self._queue.get()
@@ -99,9 +118,14 @@ class Inbox:
 
     def handle(self, topic: str, payload: bytes, received_ms: int) -> None:
         try:
-            audience = self.topics.parse(topic).dev
+            info = self.topics.parse(topic)
         except ProtocolError:
-            audience = None
+            self._note("refused.malformed")
+            return
+        if info.channel == "verdict":
+            self._count_verdict(payload)
+            return
+        audience = info.dev
         trust = Trust(
             coordinators=frozenset({self.coordinator}),
             operators=frozenset(),
@@ -118,8 +142,5 @@ class Inbox:
             self._note("beacons" if self.beacons.offer(seen) else "beacons_not_newer")
         elif isinstance(body, Challenge):
             self._on_challenge(body.device, body, received_ms)
-        elif isinstance(body, Verdict):
-            outcome = "accepted" if body.accepted and body.reason is None else (body.reason or "accepted")
-            self._note(f"verdict.{body.ref_kind}.{outcome}")
         else:
             self._note(f"unexpected.{result.envelope.kind}")

@@ -38,6 +38,10 @@ class DevicePlan:
     def up(self, slot: int) -> bool:
         return self.group is None or not _in(self.group.outages, slot)
 
+    def proves(self, slot: int, every: int) -> bool:
+        """Whether the device sends a proof in ``slot`` (every ``every`` slots, staggered by index)."""
+        return (slot + self.index) % every == 0
+
     def overclaims(self, slot: int) -> bool:
         return self.group is not None and _in(self.group.overclaim, slot)
 

@@ -81,8 +81,6 @@ class Script(Strict):
     challenge_deadline_ms: Annotated[int, Field(ge=1000, le=3_600_000)] = 30_000
     #: Firmware profile the devices are enrolled with (its throughput bound applies).
     profile: Ident = "rpi4"
-    #: Model card the devices run; empty: the shipped efficientnet-lite0-int8 card.
-    model_card: str = ""
     #: Distinct owner wallets, assigned round-robin.
     owners: Annotated[int, Field(ge=1, le=MAX_DEVICES)] = 10
     #: Where in its slot a device sends its heartbeat, then its proof (fractions of the slot,
@@ -93,6 +91,8 @@ class Script(Strict):
     proof_at: Annotated[list[Fraction], Field(min_length=2, max_length=2)] = Field(
         default_factory=lambda: [0.55, 0.70]
     )
+    #: A device sends a proof every this many slots (staggered over the fleet); heartbeats every slot.
+    proof_every: Annotated[int, Field(ge=1, le=1000)] = 1
     #: Inferences per proof, drawn per device and slot from this range (under the bound).
     inferences: Annotated[
         list[Annotated[int, Field(ge=0, le=2**32 - 1)]], Field(min_length=2, max_length=2)
@@ -108,8 +108,6 @@ class Script(Strict):
             raise ValueError(
                 f"heartbeat_at {self.heartbeat_at} must end before proof_at {self.proof_at} begins"
             )
-        if self.connections > self.devices:
-            raise ValueError(f"connections ({self.connections}) must not exceed devices ({self.devices})")
         names: set[str] = set()
         owner: dict[int, str] = {}
         for group in self.groups:
@@ -137,6 +135,11 @@ class Script(Strict):
     @property
     def total_slots(self) -> int:
         return self.epochs * self.epoch_slots
+
+    @property
+    def links(self) -> int:
+        """Connections actually used (never more than devices)."""
+        return min(self.connections, self.devices)
 
     @property
     def epoch_ms(self) -> int:
@@ -189,7 +192,6 @@ def default_script(**overrides: Any) -> Script:
     base: dict[str, Any] = {"devices": 1000, "epochs": 1, "epoch_slots": 12, **overrides}
     devices = int(base["devices"])
     slots = int(base["epochs"]) * int(base["epoch_slots"])
-    base.setdefault("connections", min(20, devices))
     last = slots - 1
     plan: list[tuple[str, int, dict[str, Any]]] = [
         ("outage-short", 10, {"outages": [[min(2, last), min(3, last)]]}),

@@ -52,6 +52,9 @@ class FleetRig:
     deadline_ms: int = 3000
     active_within_slots: int = 3
     batch_max: int = 500
+    #: The coordinator stamps time on arrival: a broker holding back a backlog beyond Receive
+    #: Maximum would have it stamped late (in a later slot), so the rig lets it all through.
+    receive_maximum: int = 65535
     coordinator: CoordinatorProcess | None = None
     cpu: dict[str, float] = field(default_factory=dict)
 
@@ -72,6 +75,7 @@ class FleetRig:
             f"""[coordinator]
 key = "coordinator-key.json"
 shared_group = "coord"
+receive_maximum = {self.receive_maximum}
 
 [storage]
 database_url = {json.dumps(self.database_url)}
@@ -113,11 +117,20 @@ keepalive_s = 30
 
     def enroll(self, script: Path, profile: str = "rpi4") -> dict[str, Any]:
         bindings = self.folder / "bindings.jsonl"
-        check(run_agent("simulate", "bindings", *self.script_args(script), "--out", str(bindings)), "bindings")
+        check(
+            run_agent("simulate", "bindings", *self.script_args(script), "--out", str(bindings)), "bindings"
+        )
         out = check(
             run_agent(
-                "coordinator", "enroll", "--from", str(bindings), "--profile", profile, "--config",
-                str(self.config), "--json",
+                "coordinator",
+                "enroll",
+                "--from",
+                str(bindings),
+                "--profile",
+                profile,
+                "--config",
+                str(self.config),
+                "--json",
             ),
             "enroll --from",
         )
@@ -128,9 +141,18 @@ keepalive_s = 30
         log = (self.folder / "simulator.log").open("ab")
         proc = subprocess.Popen(
             agent_cmd(
-                "--log-level", "info", "simulate", "fleet", *self.script_args(script),
-                "--coordinator-key", str(COORD.pubkey()), "--truth", str(truth),
-                "--port", str(self.broker_port), "--json",
+                "--log-level",
+                "info",
+                "simulate",
+                "fleet",
+                *self.script_args(script),
+                "--coordinator-key",
+                str(COORD.pubkey()),
+                "--truth",
+                str(truth),
+                "--port",
+                str(self.broker_port),
+                "--json",
             ),
             cwd=ROOT,
             stdout=subprocess.PIPE,
@@ -139,7 +161,9 @@ keepalive_s = 30
         )
         log.close()
         sim = psutil.Process(proc.pid)
-        coord = psutil.Process(self.coordinator.proc.pid) if self.coordinator and self.coordinator.proc else None
+        coord = (
+            psutil.Process(self.coordinator.proc.pid) if self.coordinator and self.coordinator.proc else None
+        )
         coord_before = _cpu(coord)
         sim_cpu = 0.0
         try:
@@ -184,7 +208,7 @@ keepalive_s = 30
 
     def stop_coordinator(self) -> None:
         if self.coordinator is not None and self.coordinator.running():
-            assert self.coordinator.terminate() == 0, self.coordinator.log()[-3000:]
+            assert self.coordinator.terminate(timeout=300) == 0, self.coordinator.log()[-3000:]
 
     def kill(self) -> None:
         if self.coordinator is not None:
