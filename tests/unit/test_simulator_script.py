@@ -139,6 +139,9 @@ def test_plan_offsets_inferences_and_the_bound() -> None:
     assert [p.up(1) for p in plans[:4]] == [False, False, False, True]
     assert plans[3].overclaims(0) and not plans[3].overclaims(1) and plans[3].behaviour == "wrong_model"
     assert plans[5].group_name == "honest" and plans[5].up(6)
+    assert [plans[0].proves(s, 2) for s in range(4)] == [True, False, True, False]
+    assert [plans[1].proves(s, 2) for s in range(4)] == [False, True, False, True]  # staggered
+    assert all(plans[1].proves(s, 1) for s in range(4))
     assert plan.slot_of_issue(10_000 + 3000, 3000, 2000) == 5
     plan.check_inferences(script, 60, "x")  # 40 <= floor(60 * 1.1)
     greedy = script_from({**script.model_dump(), "inferences": [10, 67]})
