@@ -221,3 +221,27 @@ def test_compare_is_exact_and_names_every_difference() -> None:
         "epoch 10: the audit lists device devB, which the simulator did not run",
     ]
     assert compare(doc, []) == ["epoch 10: no audit report"]
+
+
+def test_simulate_cli_refusals_name_the_problem(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from agent.cli import main
+
+    truth = str(tmp_path / "truth.json")
+    assert main(["simulate", "fleet", "--coordinator-key", "nope", "--truth", truth]) == 2
+    assert capsys.readouterr().err == (
+        "edgeproof: error: --coordinator-key 'nope' is neither a key file nor a base58 public key\n"
+    )
+    script = _write(tmp_path, "s.toml", GOOD)
+    assert main(["simulate", "bindings", "--script", str(script), "--devices", "3", "--out", truth]) == 2
+    assert capsys.readouterr().err == (
+        f"edgeproof: error: {script} with command-line overrides: group 'wrong' names device 3 but the "
+        "fleet has 3 (indexes 0..2)\n"
+    )
+    assert main(["simulate", "compare", "--truth", truth, "--audit", truth]) == 2
+    assert capsys.readouterr().err == f"edgeproof: error: {truth}: file not found\n"
+    out = tmp_path / "b.jsonl"
+    assert (
+        main(["simulate", "bindings", "--script", str(script), "--seed", "8", "--out", str(out), "--json"])
+        == 0
+    )
+    assert json.loads(capsys.readouterr().out) == {"bindings": 10, "out": str(out), "seed": 8, "owners": 10}
