@@ -49,6 +49,8 @@ WRONG_MODEL_SHA256 = hashlib.sha256(b"edgeproof-sim:wrong-model").hexdigest()
 LEAD_MS = 500
 #: Nothing is sent later than this fraction of its slot (a device behind schedule skips it).
 LATEST_SEND = 0.85
+#: An answer sent this close to its deadline could be stamped after it (noted in the truth).
+NEAR_DEADLINE_MS = 100
 #: Extra wait after the last challenge deadline of the run (the coordinator marks misses
 #: once a second and scores answers off its ingest thread).
 SETTLE_MS = 1500
@@ -232,19 +234,32 @@ class FleetRun:
             sent = self._send(
                 device, "challenge_response", answers.wrong_model_response(challenge, WRONG_MODEL_SHA256)
             )
-            truth.challenge(dev, issued, OUTCOME["wrong_model"])
-            truth.rejection(dev, sent // self.script.slot_ms, "wrong_model")
+            self._record_answer(dev, challenge, sent, OUTCOME["wrong_model"])
         else:
             self.answerer.submit(answers.Job(dev, challenge))
 
     def _answered(self, job: answers.Job, sent_ms: int, latency_us: int) -> None:
+        self._record_answer(job.dev, job.challenge, sent_ms, OUTCOME["honest"])
+
+    def _record_answer(self, dev: str, challenge: Challenge, sent_ms: int, outcome: str) -> None:
+        """The truth of an answer sent at ``sent_ms``: after the deadline it is ``challenge_late``.
+
+        The coordinator judges lateness by its ingest stamp, a few ms after the send; an answer
+        sent within ``NEAR_DEADLINE_MS`` of the deadline is counted by its send time and noted,
+        since the two clocks' readings could fall on either side.
+        """
         assert self.truth is not None
         issued = plan.slot_of_issue(
-            job.challenge.deadline_ms, self.script.challenge_deadline_ms, self.script.slot_ms
+            challenge.deadline_ms, self.script.challenge_deadline_ms, self.script.slot_ms
         )
-        self.truth.challenge(job.dev, issued, OUTCOME["honest"])
-        if sent_ms > job.challenge.deadline_ms - 250:
+        if sent_ms > challenge.deadline_ms:
+            outcome = "challenge_late"
+            self.truth.note("answers_late")
+        elif sent_ms > challenge.deadline_ms - NEAR_DEADLINE_MS:
             self.truth.note("answer_near_deadline")
+        self.truth.challenge(dev, issued, outcome)
+        if outcome != "passed":  # a wrong-model or late answer is a rejected message
+            self.truth.rejection(dev, sent_ms // self.script.slot_ms, outcome)
 
     def _answer_failed(self, job: answers.Job, exc: Exception) -> None:
         assert self.truth is not None

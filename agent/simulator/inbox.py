@@ -3,7 +3,8 @@
 Every message goes through the shared :func:`agent.protocol.inbound.check_inbound` as a
 device would judge it (the coordinator's key pinned, device-inbound kinds only, a
 coordinator message addressed to another device refused), on one thread so that paho's
-network threads never wait for a signature check.  Refusals are counted by their reason
+network threads never wait for a signature check; beacons and challenges go ahead of verdicts
+(a challenge has a deadline, a verdict only feeds a counter).  Refusals are counted by their reason
 (``refused.<reason>``); accepted beacons update :class:`BeaconView`, challenges go to the
 answer handler.  Verdicts (one per message sent: the bulk of the traffic) are only parsed and
 counted by kind and reason (``verdict.<kind>.<reason|accepted>``), not verified: they feed the
@@ -13,6 +14,7 @@ much CPU as signing its own messages.
 
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
 from collections.abc import Callable
@@ -75,17 +77,22 @@ class Inbox:
         self.beacons = beacons
         self._on_challenge = on_challenge
         self._note = note
-        self._queue: queue.Queue[tuple[str, bytes, int] | None] = queue.Queue()
+        # Beacons and challenges first (a challenge has a deadline), verdicts after, stop last.
+        self._queue: queue.PriorityQueue[tuple[int, int, tuple[str, bytes, int] | None]] = (
+            queue.PriorityQueue()
+        )
+        self._order = itertools.count()
         self._thread = threading.Thread(target=self._work, name="sim-inbox", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
     def put(self, topic: str, payload: bytes, received_ms: int) -> None:
-        self._queue.put((topic, payload, received_ms))
+        rank = 1 if topic.endswith("/verdict") else 0
+        self._queue.put((rank, next(self._order), (topic, payload, received_ms)))
 
     def stop(self) -> None:
-        self._queue.put(None)
+        self._queue.put((2, next(self._order), None))
         self._thread.join(timeout=30)
 
     def idle(self) -> bool:
@@ -108,7 +115,7 @@ class Inbox:
 
     def _work(self) -> None:
         while True:
-            item = self._queue.get()
+            _, _, item = self._queue.get()
             if item is None:
                 return
             try:

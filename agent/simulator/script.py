@@ -86,10 +86,10 @@ class Script(Strict):
     #: Where in its slot a device sends its heartbeat, then its proof (fractions of the slot,
     #: spread evenly over the fleet).  Well inside the slot, so the coordinator stamps it there.
     heartbeat_at: Annotated[list[Fraction], Field(min_length=2, max_length=2)] = Field(
-        default_factory=lambda: [0.25, 0.40]
+        default_factory=lambda: [0.10, 0.45]
     )
     proof_at: Annotated[list[Fraction], Field(min_length=2, max_length=2)] = Field(
-        default_factory=lambda: [0.55, 0.70]
+        default_factory=lambda: [0.50, 0.80]
     )
     #: A device sends a proof every this many slots (staggered over the fleet); heartbeats every slot.
     proof_every: Annotated[int, Field(ge=1, le=1000)] = 1

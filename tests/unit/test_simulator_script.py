@@ -85,7 +85,7 @@ def test_a_good_toml_script_and_the_same_as_json(tmp_path: Path) -> None:
         ),
         (
             "heartbeat_at = [0.5, 0.6]\n",
-            "S: heartbeat_at [0.5, 0.6] must end before proof_at [0.55, 0.7] begins",
+            "S: heartbeat_at [0.5, 0.6] must end before proof_at [0.5, 0.8] begins",
         ),
         (
             '[[groups]]\nname = "a"\ndevices = [0, 1]\n[[groups]]\nname = "a"\ndevices = [2, 3]\n',
@@ -129,8 +129,8 @@ def test_the_default_script_scales_and_has_every_behaviour() -> None:
 
 def test_plan_offsets_inferences_and_the_bound() -> None:
     script = load_script_text(GOOD)
-    assert plan.offset_ms(script, 0, script.heartbeat_at) == 500  # 25 % of 2000
-    assert plan.offset_ms(script, 9, script.heartbeat_at) == 770  # 25 % + 15 % * 9/10
+    assert plan.offset_ms(script, 0, script.heartbeat_at) == 200  # 10 % of 2000
+    assert plan.offset_ms(script, 9, script.heartbeat_at) == 830  # 10 % + 35 % * 9/10
     values = [plan.inferences(script, i, s) for i in range(10) for s in range(8)]
     assert values == [plan.inferences(script, i, s) for i in range(10) for s in range(8)]
     assert min(values) >= 10 and max(values) <= 40 and len(set(values)) > 5
@@ -143,13 +143,13 @@ def test_plan_offsets_inferences_and_the_bound() -> None:
     assert [plans[1].proves(s, 2) for s in range(4)] == [False, True, False, True]  # staggered
     assert all(plans[1].proves(s, 1) for s in range(4))
     assert plan.slot_of_issue(10_000 + 3000, 3000, 2000) == 5
-    plan.check_inferences(script, 60, "x")  # 40 <= floor(60 * 1.1)
-    greedy = script_from({**script.model_dump(), "inferences": [10, 67]})
+    plan.check_inferences(script, 60, "x")  # 40 <= floor(60 * 1.0)
+    greedy = script_from({**script.model_dump(), "inferences": [10, 61]})
     with pytest.raises(ConfigError) as err:
         plan.check_inferences(greedy, 60, "classifier-small on rpi4")
     assert str(err.value) == (
-        "script inferences [10, 67] goes over the bound for classifier-small on rpi4 in the shortest "
-        "proof window (1100 ms at proof_at 0.55): at most 66"
+        "script inferences [10, 61] goes over the bound for classifier-small on rpi4 in the shortest "
+        "proof window (1000 ms at proof_at 0.5): at most 60"
     )
 
 
