@@ -16,9 +16,15 @@ inferences, rejections by reason, challenge outcomes, pass rate).
 
 Printed: equal or not (and the first differences), the simulator's publish rate, the
 coordinator's ingest (messages stored over the run), the CPU seconds of both processes and of
-the machine, the coordinator's batch commit times, and the bound hit: the first of the
-coordinator's CPU (>= 0.8 core over the run), the simulator's CPU (>= 0.8 core), the
-simulator falling behind schedule (skipped sends), else "none: the fleet fits".
+the machine, the coordinator's batch commit times, its ingest lag per kind (the coordinator's
+ingest stamp minus the envelope's ``ts``, i.e. the simulator's send time: p50, p99, max), and
+its commit lag (a message's ingest stamp to its verdict's commit: the backlog) and commit rate,
+and the bound hit: the first of the coordinator's commit backlog (p99 over the challenge
+deadline: the coordinator's miss sweep runs on its clock while answers that arrived in time
+still wait in its queue, so they are judged late), its ingest lag (p99 over a quarter slot: messages are
+stamped late and land in later slots or after deadlines), the coordinator's CPU (>= 0.8 core
+over the run), the simulator's CPU (>= 0.8 core), the simulator falling behind schedule
+(skipped sends), else "none: the fleet fits".
 """
 
 from __future__ import annotations
@@ -78,6 +84,53 @@ def _stored(rig: FleetRig, start_ms: int, end_ms: int) -> int:
         store.close()
 
 
+def _ingest_lag(rig: FleetRig, start_ms: int, end_ms: int) -> dict[str, dict[str, int]]:
+    """Per kind: the coordinator's ingest stamp minus the envelope's ts (the simulator's send time)."""
+    store = Store.open(database_url=rig.database_url, sqlite_path=rig.folder / "coordinator.sqlite3")
+    try:
+        rows = store.rows(
+            "SELECT kind, ingest_ms - ts FROM messages WHERE ingest_ms >= ? AND ingest_ms < ? AND ts IS NOT NULL",
+            (start_ms, end_ms),
+        )
+    finally:
+        store.close()
+    lags: dict[str, list[int]] = {}
+    for kind, lag in rows:
+        lags.setdefault(str(kind), []).append(int(lag))
+    out: dict[str, dict[str, int]] = {}
+    for kind, values in sorted(lags.items()):
+        values.sort()
+        out[kind] = {
+            "p50": values[len(values) // 2],
+            "p99": values[min(len(values) - 1, len(values) * 99 // 100)],
+            "max": values[-1],
+        }
+    return out
+
+
+def _commit_lag(rig: FleetRig, start_ms: int, end_ms: int) -> dict[str, float]:
+    """From a message's ingest stamp to the commit of its verdict (the coordinator's backlog)."""
+    store = Store.open(database_url=rig.database_url, sqlite_path=rig.folder / "coordinator.sqlite3")
+    try:
+        rows = store.rows(
+            "SELECT m.ingest_ms, v.created_ms FROM verdicts v JOIN messages m ON m.id = v.message_id "
+            "WHERE m.ingest_ms >= ? AND m.ingest_ms < ?",
+            (start_ms, end_ms),
+        )
+    finally:
+        store.close()
+    if not rows:
+        return {}
+    lags = sorted(int(c) - int(i) for i, c in rows)
+    span_s = (max(int(c) for _, c in rows) - min(int(i) for i, _ in rows)) / 1000
+    return {
+        "p50_ms": lags[len(lags) // 2],
+        "p99_ms": lags[min(len(lags) - 1, len(lags) * 99 // 100)],
+        "max_ms": lags[-1],
+        "committed_per_s": round(len(rows) / span_s, 1) if span_s > 0 else 0.0,
+    }
+
+
 def _batches(log: str) -> dict[str, float]:
     found = [(int(m), float(ms)) for m, ms in BATCH.findall(log)]
     if not found:
@@ -91,10 +144,32 @@ def _batches(log: str) -> dict[str, float]:
     }
 
 
-def _bound(cpu: dict[str, float], seconds: float, observed: dict[str, int]) -> str:
+def _bound(
+    cpu: dict[str, float],
+    seconds: float,
+    observed: dict[str, int],
+    lag: dict[str, dict[str, int]],
+    commit: dict[str, float],
+    args: argparse.Namespace,
+    sent_per_s: float,
+) -> str:
+    slot_ms = args.slot_ms
     coord = cpu.get("coordinator_s", 0.0) / seconds if seconds else 0.0
     sim = cpu.get("simulator_s", 0.0) / seconds if seconds else 0.0
     skipped = sum(n for k, n in observed.items() if k.startswith("skipped"))
+    worst = max((v["p99"] for v in lag.values()), default=0)
+    backlog = commit.get("p99_ms", 0)
+    if backlog > args.deadline_ms:
+        return (
+            f"coordinator commit backlog (p99 {backlog} ms from ingest to commit, over the {args.deadline_ms} ms "
+            f"challenge deadline: answers still queued are swept as missed, then judged late; commits "
+            f"{commit.get('committed_per_s')} messages/s committed while {sent_per_s} were sent)"
+        )
+    if worst > slot_ms // 4:
+        return (
+            f"coordinator ingest lag (p99 {worst} ms from send to the coordinator's stamp, over a quarter "
+            f"slot; coordinator {coord:.2f} core, simulator {sim:.2f} core)"
+        )
     if coord >= 0.8:
         return f"coordinator CPU ({coord:.2f} core over the run)"
     if sim >= 0.8:
@@ -156,6 +231,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         start_ms = truth["epochs"][0] * truth["epoch_ms"]
         end_ms = (truth["epochs"][-1] + 1) * truth["epoch_ms"]
         stored = _stored(rig, start_ms, end_ms)
+        lag = _ingest_lag(rig, start_ms, end_ms)
+        commit = _commit_lag(rig, start_ms, end_ms)
         reports = [rig.audit(e) for e in truth["epochs"]]
         (work / "audit.json").write_text(json.dumps(reports, indent=1), encoding="utf-8")
     finally:
@@ -186,9 +263,11 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "stored_per_s": round(stored / seconds, 1) if seconds else 0.0,
         "cpu_s": {**rig.cpu, "machine_busy_s": round(busy, 1)},
         "batches": _batches(rig.coordinator.log() if rig.coordinator else ""),
+        "ingest_lag_ms": lag,
+        "commit_lag": commit,
         "truth": totals(truth),
         "observed": observed,
-        "bound": _bound(rig.cpu, seconds, observed),
+        "bound": _bound(rig.cpu, seconds, observed, lag, commit, args, summary["messages_per_s"]),
     }
 
 
@@ -209,7 +288,7 @@ def main() -> int:
         for line in result["first_differences"]:
             print(f"  {line}")
         for key in ("storage", "slot_ms", "epoch_slots", "connections", "enroll_s", "run_s", "published",
-                    "published_per_s", "stored_in_run", "stored_per_s", "cpu_s", "batches", "truth",
+                    "published_per_s", "stored_in_run", "stored_per_s", "cpu_s", "batches", "ingest_lag_ms", "commit_lag", "truth",
                     "observed", "bound"):  # fmt: skip
             print(f"{key:16} {result[key]}")
     return 0 if result["equal"] else 1

@@ -23,6 +23,7 @@ from agent.protocol.messages import SKETCH_SIZE, Challenge
 class Job:
     dev: str
     challenge: Challenge
+    received_ms: int
 
 
 #: ``send(dev, body)`` signs and publishes a challenge_response; returns its send time (ms).

@@ -225,6 +225,7 @@ class FleetRun:
             return
         with self._deadline_lock:
             self._last_deadline = max(self._last_deadline, challenge.deadline_ms)
+        truth.maximum("challenge_delivery_ms_max", received_ms - issued_ms)
         k = issued - truth.first_slot
         behaviour = device.plan.behaviour if device.plan.up(k) else "ignore"
         truth.note(f"challenges.{behaviour}")
@@ -236,9 +237,11 @@ class FleetRun:
             )
             self._record_answer(dev, challenge, sent, OUTCOME["wrong_model"])
         else:
-            self.answerer.submit(answers.Job(dev, challenge))
+            self.answerer.submit(answers.Job(dev, challenge, received_ms))
 
     def _answered(self, job: answers.Job, sent_ms: int, latency_us: int) -> None:
+        assert self.truth is not None
+        self.truth.maximum("answer_ms_max", sent_ms - job.received_ms)
         self._record_answer(job.dev, job.challenge, sent_ms, OUTCOME["honest"])
 
     def _record_answer(self, dev: str, challenge: Challenge, sent_ms: int, outcome: str) -> None:

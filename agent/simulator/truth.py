@@ -121,6 +121,11 @@ class Truth:
         with self._lock:
             self.observed[what] += n
 
+    def maximum(self, what: str, value: int) -> None:
+        """Keep the largest ``value`` seen under ``what`` (e.g. a delay in ms)."""
+        with self._lock:
+            self.observed[what] = max(self.observed[what], value)
+
     def in_run(self, slot: int) -> bool:
         return self.first_slot <= slot < self.first_slot + len(self.epoch_numbers) * self.epoch_slots
 
