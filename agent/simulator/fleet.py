@@ -51,6 +51,8 @@ LEAD_MS = 500
 LATEST_SEND = 0.85
 #: An answer sent this close to its deadline could be stamped after it (noted in the truth).
 NEAR_DEADLINE_MS = 100
+#: How long the end of a run waits for the verdicts still due.
+VERDICT_WAIT_MS = 30_000
 #: Extra wait after the last challenge deadline of the run (the coordinator marks misses
 #: once a second and scores answers off its ingest thread).
 SETTLE_MS = 1500
@@ -389,10 +391,18 @@ class FleetRun:
             time.sleep(wait / 1000)
 
     def _settle(self, truth: Truth) -> None:
-        """Keep answering until every challenge of the run is past its deadline, plus SETTLE_MS."""
+        """Keep answering until every challenge of the run is past its deadline, plus SETTLE_MS;
+        then wait (at most VERDICT_WAIT_MS) for a verdict on every message sent, so the observed
+        verdict counts are complete (a coordinator with a backlog judges late, it still judges)."""
         while True:
             with self._deadline_lock:
                 until = max(self._last_deadline, truth.first_slot * self.script.slot_ms) + SETTLE_MS
             if now_ms() >= until and self.inbox.idle() and self.answerer.idle():
-                return
+                break
             time.sleep(0.05)
+        give_up = now_ms() + VERDICT_WAIT_MS
+        while truth.verdicts_on_messages() < self.links.published and now_ms() < give_up:
+            time.sleep(0.05)
+        missing = self.links.published - truth.verdicts_on_messages()
+        if missing > 0:
+            truth.note("verdicts_not_received", missing)

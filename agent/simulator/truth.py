@@ -126,6 +126,15 @@ class Truth:
         with self._lock:
             self.observed[what] = max(self.observed[what], value)
 
+    def verdicts_on_messages(self) -> int:
+        """Verdicts received on the devices' own messages (not the ones on missed challenges)."""
+        with self._lock:
+            return sum(
+                n
+                for k, n in self.observed.items()
+                if k.startswith("verdict.") and not k.startswith("verdict.challenge.")
+            )
+
     def in_run(self, slot: int) -> bool:
         return self.first_slot <= slot < self.first_slot + len(self.epoch_numbers) * self.epoch_slots
 

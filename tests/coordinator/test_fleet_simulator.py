@@ -98,7 +98,16 @@ def test_fifty_devices_audit_equals_ground_truth(
         k
         for k in observed
         if k.startswith(
-            ("skipped", "sent_", "refused", "answer_near", "answers_late", "answer_failed", "inbox_error")
+            (
+                "skipped",
+                "sent_",
+                "refused",
+                "answer_near",
+                "answers_late",
+                "answer_failed",
+                "inbox_error",
+                "verdicts_not",
+            )
         )
     ]
     assert observed.get("challenge_deadline_mismatch") is None and observed["beacons"] >= 8
