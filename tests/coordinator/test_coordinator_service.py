@@ -235,11 +235,16 @@ def test_sigkill_mid_ingest_loses_nothing_and_counts_nothing_twice(
         ]
         assert seqs == list(range(1, per_device + 1))
     redelivered = count(store, "reason = 'duplicate'")
-    # The coordinator's own chain did not fork across the crash: one verdict per accepted message.
-    raws = [bytes(r[0]) for r in store.rows("SELECT raw FROM verdicts ORDER BY seq")]
-    assert len(raws) == total
+    # The coordinator's own chain did not fork across the crash: one verdict per accepted message,
+    # and with the beacons (and challenges) issued meanwhile on the same chain, every link in order.
+    verdict_raws = store.rows("SELECT seq, raw FROM verdicts")
+    assert len(verdict_raws) == total
+    shared = store.rows("SELECT seq, raw FROM beacons WHERE seq IS NOT NULL") + store.rows(
+        "SELECT seq, raw FROM challenges"
+    )
     chain = ChainVerifier()
-    assert all(chain.observe(verify_envelope(raw)).link in (Link.START, Link.OK) for raw in raws)
+    links = [chain.observe(verify_envelope(bytes(raw))).link for _, raw in sorted(verdict_raws + shared)]
+    assert links[0] is Link.START and all(link is Link.OK for link in links[1:])
     print(f"killed at {at_kill}/{total} stored; {redelivered} redeliveries absorbed as duplicate")
 
 
