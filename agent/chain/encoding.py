@@ -43,10 +43,11 @@ def mint_state(account: Account | None) -> Mint | None:
 
 
 def _state_name(state: TokenAccountState) -> str:
-    return {
-        TokenAccountState.Initialized: "initialized",
-        TokenAccountState.Frozen: "frozen",
-    }.get(state, "uninitialized")
+    if state == TokenAccountState.Initialized:
+        return "initialized"
+    if state == TokenAccountState.Frozen:
+        return "frozen"
+    return "uninitialized"
 
 
 def _parsed(account: Account, decimals_of: Callable[[Pubkey], int | None]) -> dict[str, Any] | None:
@@ -189,10 +190,10 @@ def inner_instructions_json(inner: Sequence[Sequence[Any]]) -> list[dict[str, An
                 "index": index,
                 "instructions": [
                     {
-                        "accounts": list(bytes(item.instruction.accounts)),
-                        "data": b58.encode(bytes(item.instruction.data)),
-                        "programIdIndex": item.instruction.program_id_index,
-                        "stackHeight": item.stack_height,
+                        "accounts": list(bytes(item.instruction().accounts)),
+                        "data": b58.encode(bytes(item.instruction().data)),
+                        "programIdIndex": item.instruction().program_id_index,
+                        "stackHeight": item.stack_height(),
                     }
                     for item in items
                 ],
