@@ -193,6 +193,18 @@ class ChainClient:
         )
         return [item.pubkey for item in resp.value]
 
+    def owned_token_accounts(self, owner: Pubkey) -> list[Pubkey]:
+        """Every classic-token-program account ``owner`` owns."""
+        from solana.rpc.models import TokenAccountOpts
+
+        from agent.chain.programs import TOKEN_PROGRAM_ID
+
+        resp = self._call(
+            "getTokenAccountsByOwner",
+            lambda: self._rpc.get_token_accounts_by_owner(owner, TokenAccountOpts(program_id=TOKEN_PROGRAM_ID)),
+        )
+        return [item.pubkey for item in resp.value]
+
     def rent_exempt_minimum(self, size: int) -> int:
         return self._call(
             "getMinimumBalanceForRentExemption", lambda: self._rpc.get_minimum_balance_for_rent_exemption(size)
