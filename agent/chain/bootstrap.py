@@ -79,7 +79,9 @@ def _mint_keypair(state_path: Path, mint: Pubkey) -> Keypair | None:
         return None
     keypair = load_keypair(path)
     if keypair.pubkey() != mint:
-        raise ChainError(f"{path} is the key of {keypair.pubkey()}, not of mint {mint}", reason="state_mismatch")
+        raise ChainError(
+            f"{path} is the key of {keypair.pubkey()}, not of mint {mint}", reason="state_mismatch"
+        )
     return keypair
 
 
@@ -102,7 +104,9 @@ def _discover_mint(client: ChainClient, treasury: Pubkey) -> Pubkey | None:
     return found[0] if found else None
 
 
-def _fund(client: ChainClient, treasury: Pubkey, need: int, airdrop_lamports: int, actions: list[str]) -> None:
+def _fund(
+    client: ChainClient, treasury: Pubkey, need: int, airdrop_lamports: int, actions: list[str]
+) -> None:
     have = client.balance(treasury)
     if have >= need:
         return
@@ -152,7 +156,9 @@ def bootstrap(
     existing = mint_state(client.account(mint))
     if existing is not None:
         if existing.mint_authority != owner:
-            raise ChainError(f"mint {mint} has another authority ({existing.mint_authority})", reason="state_mismatch")
+            raise ChainError(
+                f"mint {mint} has another authority ({existing.mint_authority})", reason="state_mismatch"
+            )
         if existing.decimals != decimals:
             raise ChainError(
                 f"mint {mint} has {existing.decimals} decimals, the state file says {decimals}",
@@ -173,7 +179,9 @@ def bootstrap(
             )
         rent = client.rent_exempt_minimum(MINT_LEN)
         need += rent
-        instructions += spl.create_mint(payer=owner, mint=mint, authority=owner, decimals=decimals, rent_lamports=rent)
+        instructions += spl.create_mint(
+            payer=owner, mint=mint, authority=owner, decimals=decimals, rent_lamports=rent
+        )
         signers.append(mint_key)
         actions.append("mint")
     vault_account = client.account(vault)
@@ -182,7 +190,9 @@ def bootstrap(
         instructions.append(spl.create_ata_idempotent(payer=owner, owner=owner, mint=mint))
         actions.append("vault")
     if existing is None or existing.supply == 0:
-        instructions.append(spl.mint_to(mint=mint, destination=vault, authority=owner, amount=supply, decimals=decimals))
+        instructions.append(
+            spl.mint_to(mint=mint, destination=vault, authority=owner, amount=supply, decimals=decimals)
+        )
         actions.append("supply")
     if instructions:
         _fund(client, owner, need, airdrop_lamports, actions)

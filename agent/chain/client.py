@@ -64,7 +64,9 @@ def translate_rpc_error(error: Any, what: str) -> ChainError:
     message = getattr(error, "message", None) or str(error)
     if data is not None and hasattr(data, "err") and data.err is not None:
         err = err_json(data.err)
-        reason = _FIELDLESS_REASONS.get(err, "simulation_failed") if isinstance(err, str) else "simulation_failed"
+        reason = (
+            _FIELDLESS_REASONS.get(err, "simulation_failed") if isinstance(err, str) else "simulation_failed"
+        )
         return ChainError(
             f"{what}: {message}",
             reason=reason,
@@ -132,7 +134,12 @@ class ChainClient:
                         delay = self.backoff_s * 2**attempt
                         log.info(
                             "rpc_retry",
-                            extra={"what": what, "attempt": attempt + 1, "delay_s": delay, "error": _describe(cause)},
+                            extra={
+                                "what": what,
+                                "attempt": attempt + 1,
+                                "delay_s": delay,
+                                "error": _describe(cause),
+                            },
                         )
                         time.sleep(delay)
                         attempt += 1
@@ -140,14 +147,18 @@ class ChainClient:
                         self._last_call_retried = True
                         continue
                     if isinstance(cause, httpx2.HTTPStatusError) and not _retryable(cause):
-                        raise ChainError(f"{what}: {self.url} answered {_describe(cause)}", reason="rpc_error") from None
+                        raise ChainError(
+                            f"{what}: {self.url} answered {_describe(cause)}", reason="rpc_error"
+                        ) from None
                     raise ChainUnavailableError(
                         f"{what}: {self.url} is unreachable after {attempt + 1} attempt(s): {_describe(cause)}",
                         reason="rpc_unreachable",
                         hint="check the RPC URL and that the node (or `edgeproof chain localnet`) is running",
                     ) from None
                 except ValueError as exc:  # solders could not parse the answer
-                    raise ChainError(f"{what}: malformed answer from {self.url}: {exc}", reason="rpc_error") from None
+                    raise ChainError(
+                        f"{what}: malformed answer from {self.url}: {exc}", reason="rpc_error"
+                    ) from None
 
     # --- reads ---------------------------------------------------------------------------------
     def healthy(self) -> bool:
@@ -201,13 +212,16 @@ class ChainClient:
 
         resp = self._call(
             "getTokenAccountsByOwner",
-            lambda: self._rpc.get_token_accounts_by_owner(owner, TokenAccountOpts(program_id=TOKEN_PROGRAM_ID)),
+            lambda: self._rpc.get_token_accounts_by_owner(
+                owner, TokenAccountOpts(program_id=TOKEN_PROGRAM_ID)
+            ),
         )
         return [item.pubkey for item in resp.value]
 
     def rent_exempt_minimum(self, size: int) -> int:
         return self._call(
-            "getMinimumBalanceForRentExemption", lambda: self._rpc.get_minimum_balance_for_rent_exemption(size)
+            "getMinimumBalanceForRentExemption",
+            lambda: self._rpc.get_minimum_balance_for_rent_exemption(size),
         ).value
 
     def status(self, signature: Signature) -> Any | None:
@@ -222,7 +236,9 @@ class ChainClient:
         """The landed transaction (base64, any version) with its meta, or None."""
         return self._call(
             "getTransaction",
-            lambda: self._rpc.get_transaction(signature, encoding="base64", max_supported_transaction_version=0),
+            lambda: self._rpc.get_transaction(
+                signature, encoding="base64", max_supported_transaction_version=0
+            ),
         ).value
 
     # --- writes --------------------------------------------------------------------------------
@@ -231,14 +247,20 @@ class ChainClient:
 
     def simulate(self, tx: VersionedTransaction, *, sig_verify: bool = False) -> Any:
         """The simulation value (err, logs, unitsConsumed); never raises for a failing transaction."""
-        return self._call("simulateTransaction", lambda: self._rpc.simulate_transaction(tx, sig_verify=sig_verify)).value
+        return self._call(
+            "simulateTransaction", lambda: self._rpc.simulate_transaction(tx, sig_verify=sig_verify)
+        ).value
 
     def send(self, tx: VersionedTransaction | Transaction, *, skip_preflight: bool = False) -> Signature:
         wire = bytes(tx)
         signature = tx.signatures[0]
-        opts = TxOpts(skip_preflight=skip_preflight, skip_confirmation=True, preflight_commitment=self.commitment)
+        opts = TxOpts(
+            skip_preflight=skip_preflight, skip_confirmation=True, preflight_commitment=self.commitment
+        )
         try:
-            return self._call("sendTransaction", lambda: self._rpc.send_raw_transaction(wire, opts=opts)).value
+            return self._call(
+                "sendTransaction", lambda: self._rpc.send_raw_transaction(wire, opts=opts)
+            ).value
         except ChainError as exc:
             # A retry after a lost answer meets its own first attempt: that is success, not a failure.
             if exc.reason == "already_processed" and self._last_call_retried:

@@ -7,13 +7,13 @@ from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Any
 
-from agent.chain import b58
 from solders.account import Account
-from solders.message import Message, MessageV0
+from solders.message import MessageV0
 from solders.pubkey import Pubkey
 from solders.token.state import Mint, TokenAccount, TokenAccountState
 from solders.transaction import VersionedTransaction
 
+from agent.chain import b58
 from agent.chain.programs import MINT_LEN, TOKEN_ACCOUNT_LEN, TOKEN_PROGRAM_ID
 from agent.chain.rpc_errors import invalid_params
 
@@ -68,7 +68,11 @@ def _parsed(account: Account, decimals_of: Callable[[Pubkey], int | None]) -> di
             info["delegatedAmount"] = ui_amount(token.delegated_amount, decimals)
         if token.close_authority is not None:
             info["closeAuthority"] = str(token.close_authority)
-        return {"program": "spl-token", "parsed": {"info": info, "type": "account"}, "space": TOKEN_ACCOUNT_LEN}
+        return {
+            "program": "spl-token",
+            "parsed": {"info": info, "type": "account"},
+            "space": TOKEN_ACCOUNT_LEN,
+        }
     mint = mint_state(account)
     if mint is not None:
         return {
@@ -203,5 +207,4 @@ def inner_instructions_json(inner: Sequence[Sequence[Any]]) -> list[dict[str, An
 
 
 def message_keys(tx: VersionedTransaction) -> list[Pubkey]:
-    message: Message | MessageV0 = tx.message
-    return list(message.account_keys)
+    return list(tx.message.account_keys)

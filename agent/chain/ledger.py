@@ -27,7 +27,7 @@ from solders.pubkey import Pubkey
 from solders.signature import Signature
 from solders.system_program import TransferParams, transfer
 from solders.transaction import Transaction, VersionedTransaction
-from solders.transaction_metadata import FailedTransactionMetadata, TransactionMetadata
+from solders.transaction_metadata import FailedTransactionMetadata
 
 from agent.chain import spl
 from agent.chain.encoding import inner_instructions_json, message_keys, mint_state, token_account, ui_amount
@@ -105,7 +105,9 @@ class Ledger:
         except Exception as exc:  # solders raises its own SanitizeError
             raise invalid_params(f"invalid transaction: {exc}") from None
         if verify and not all(tx.verify_with_results()):
-            raise RpcError(TRANSACTION_SIGNATURE_VERIFICATION_FAILURE, "Transaction signature verification failure")
+            raise RpcError(
+                TRANSACTION_SIGNATURE_VERIFICATION_FAILURE, "Transaction signature verification failure"
+            )
 
     def send(self, tx: VersionedTransaction, *, skip_preflight: bool) -> Signature:
         signature = tx.signatures[0]
@@ -141,12 +143,17 @@ class Ledger:
         self.dirty = True
         return signature
 
-    def simulate(self, tx: VersionedTransaction, *, sig_verify: bool, replace_blockhash: bool) -> dict[str, Any]:
+    def simulate(
+        self, tx: VersionedTransaction, *, sig_verify: bool, replace_blockhash: bool
+    ) -> dict[str, Any]:
         """The ``value`` of ``simulateTransaction``."""
         replacement = None
         if replace_blockhash:
             latest = self.clock.latest()
-            replacement = {"blockhash": str(latest.blockhash), "lastValidBlockHeight": latest.last_valid_block_height}
+            replacement = {
+                "blockhash": str(latest.blockhash),
+                "lastValidBlockHeight": latest.last_valid_block_height,
+            }
         elif not self.clock.is_valid(tx.message.recent_blockhash):
             return _simulation(err="BlockhashNotFound", logs=[], units=0)
         if tx.signatures[0] in self.history and sig_verify:
@@ -158,7 +165,9 @@ class Ledger:
             self.svm.with_sigverify(True)
         if isinstance(result, FailedTransactionMetadata):
             meta = result.meta()
-            doc = _simulation(err=err_json(result.err()), logs=list(meta.logs()), units=meta.compute_units_consumed())
+            doc = _simulation(
+                err=err_json(result.err()), logs=list(meta.logs()), units=meta.compute_units_consumed()
+            )
         else:
             meta = result.meta()
             doc = _simulation(err=None, logs=list(meta.logs()), units=meta.compute_units_consumed())
@@ -168,15 +177,23 @@ class Ledger:
 
     def _preflight(self, tx: VersionedTransaction) -> RpcError | None:
         if not self.clock.is_valid(tx.message.recent_blockhash):
-            return _preflight_error("BlockhashNotFound", _simulation(err="BlockhashNotFound", logs=[], units=0))
+            return _preflight_error(
+                "BlockhashNotFound", _simulation(err="BlockhashNotFound", logs=[], units=0)
+            )
         if tx.signatures[0] in self.history:
             return _preflight_error("AlreadyProcessed", _simulation(err="AlreadyProcessed", logs=[], units=0))
         result = self.svm.simulate_transaction(tx)
         if not isinstance(result, FailedTransactionMetadata):
             return None
         meta = result.meta()
-        data = _simulation(err=err_json(result.err()), logs=list(meta.logs()), units=meta.compute_units_consumed())
-        return RpcError(SEND_TRANSACTION_PREFLIGHT_FAILURE, f"Transaction simulation failed: {err_text(result.err())}", data)
+        data = _simulation(
+            err=err_json(result.err()), logs=list(meta.logs()), units=meta.compute_units_consumed()
+        )
+        return RpcError(
+            SEND_TRANSACTION_PREFLIGHT_FAILURE,
+            f"Transaction simulation failed: {err_text(result.err())}",
+            data,
+        )
 
     def status(self, signature: Signature) -> dict[str, Any] | None:
         record = self.history.get(signature)
@@ -265,9 +282,7 @@ class Ledger:
         }
 
     @classmethod
-    def from_state(
-        cls, state: Any, *, slot_ms: int, validity_slots: int, source: str = "snapshot"
-    ) -> Ledger:
+    def from_state(cls, state: Any, *, slot_ms: int, validity_slots: int, source: str = "snapshot") -> Ledger:
         """Rebuild from :meth:`export_state`. The slot moves past every blockhash issued before."""
         try:
             if state.get("format") != SNAPSHOT_FORMAT or state.get("version") != SNAPSHOT_VERSION:
@@ -322,7 +337,9 @@ def _simulation(*, err: Any, logs: list[str], units: int) -> dict[str, Any]:
 
 
 def _preflight_error(name: str, data: dict[str, Any]) -> RpcError:
-    return RpcError(SEND_TRANSACTION_PREFLIGHT_FAILURE, f"Transaction simulation failed: {fieldless_text(name)}", data)
+    return RpcError(
+        SEND_TRANSACTION_PREFLIGHT_FAILURE, f"Transaction simulation failed: {fieldless_text(name)}", data
+    )
 
 
 def blockhash_of(text: str) -> Hash:

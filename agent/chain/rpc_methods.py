@@ -13,8 +13,15 @@ from typing import Any
 from solders.pubkey import Pubkey
 from solders.signature import Signature
 
-from agent.chain.encoding import ACCOUNT_ENCODINGS, account_json, decode_wire_transaction, token_account
-from agent.chain.encoding import transaction_json, transaction_version, ui_amount
+from agent.chain.encoding import (
+    ACCOUNT_ENCODINGS,
+    account_json,
+    decode_wire_transaction,
+    token_account,
+    transaction_json,
+    transaction_version,
+    ui_amount,
+)
 from agent.chain.ledger import Ledger, blockhash_of
 from agent.chain.programs import TOKEN_PROGRAM_ID
 from agent.chain.rpc_errors import UNSUPPORTED_TRANSACTION_VERSION, RpcError, invalid_param, invalid_params
@@ -82,7 +89,9 @@ def _with_context(ledger: Ledger, value: Any) -> dict[str, Any]:
 def _account_encoding(config: dict[str, Any], default: str = "base64") -> str:
     encoding = config.get("encoding", default)
     if encoding not in ACCOUNT_ENCODINGS:
-        raise invalid_params(f"unsupported account encoding {encoding!r}; use one of {', '.join(ACCOUNT_ENCODINGS)}")
+        raise invalid_params(
+            f"unsupported account encoding {encoding!r}; use one of {', '.join(ACCOUNT_ENCODINGS)}"
+        )
     return str(encoding)
 
 
@@ -190,7 +199,7 @@ def get_token_accounts_by_owner(ledger: Ledger, params: list[Any]) -> Any:
     config = _config(params, 2)
     encoding = _account_encoding(config)
     if not isinstance(account_filter, dict) or len(account_filter) != 1:
-        raise invalid_params("the filter must be {\"mint\": ...} or {\"programId\": ...}")
+        raise invalid_params('the filter must be {"mint": ...} or {"programId": ...}')
     mint: Pubkey | None = None
     if "mint" in account_filter:
         mint = _pubkey(account_filter["mint"])
@@ -198,7 +207,7 @@ def get_token_accounts_by_owner(ledger: Ledger, params: list[Any]) -> Any:
         if _pubkey(account_filter["programId"]) != TOKEN_PROGRAM_ID:
             raise invalid_param("unrecognized Token program id")
     else:
-        raise invalid_params("the filter must be {\"mint\": ...} or {\"programId\": ...}")
+        raise invalid_params('the filter must be {"mint": ...} or {"programId": ...}')
     found = []
     for key, account in ledger.svm.get_program_accounts(TOKEN_PROGRAM_ID):
         token = token_account(account)

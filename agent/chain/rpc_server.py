@@ -44,7 +44,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         length_text = self.headers.get("Content-Length")
         if length_text is None or not length_text.isdigit():
-            self._send(411, _error_doc(INVALID_REQUEST, "Invalid request: Content-Length required"), close=True)
+            self._send(
+                411, _error_doc(INVALID_REQUEST, "Invalid request: Content-Length required"), close=True
+            )
             return
         length = int(length_text)
         if length > MAX_BODY_BYTES:

@@ -35,7 +35,11 @@ def create_mint(
     return [
         create_account(
             CreateAccountParams(
-                from_pubkey=payer, to_pubkey=mint, lamports=rent_lamports, space=MINT_LEN, owner=TOKEN_PROGRAM_ID
+                from_pubkey=payer,
+                to_pubkey=mint,
+                lamports=rent_lamports,
+                space=MINT_LEN,
+                owner=TOKEN_PROGRAM_ID,
             )
         ),
         token_ix.initialize_mint2(
@@ -55,7 +59,9 @@ def create_ata_idempotent(*, payer: Pubkey, owner: Pubkey, mint: Pubkey) -> Inst
     return token_ix.create_idempotent_associated_token_account(payer, owner, mint, TOKEN_PROGRAM_ID)
 
 
-def mint_to(*, mint: Pubkey, destination: Pubkey, authority: Pubkey, amount: int, decimals: int) -> Instruction:
+def mint_to(
+    *, mint: Pubkey, destination: Pubkey, authority: Pubkey, amount: int, decimals: int
+) -> Instruction:
     """``MintToChecked``: ``amount`` base units into ``destination``; the program checks ``decimals``."""
     _check_amount(amount)
     return token_ix.mint_to_checked(

@@ -111,4 +111,4 @@ def err_text(err: Any) -> str:
     if "InsufficientFundsForRent" in doc:
         index = doc["InsufficientFundsForRent"]["account_index"]
         return f"Transaction results in an account ({index}) with insufficient funds for rent"
-    return next(iter(doc))
+    return str(next(iter(doc)))

@@ -56,7 +56,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "Running it again changes nothing and says 'adopted'.",
     )
     bootstrap.add_argument("--rpc", required=True, help="RPC URL (localnet, devnet or mainnet)")
-    bootstrap.add_argument("--key", required=True, type=Path, help="the treasury's keypair file (Solana JSON)")
+    bootstrap.add_argument(
+        "--key", required=True, type=Path, help="the treasury's keypair file (Solana JSON)"
+    )
     bootstrap.add_argument("--decimals", type=int, default=6, help="decimals of a new mint (default 6)")
     bootstrap.add_argument(
         "--supply", type=int, default=1_000_000_000_000, help="base units minted into a new vault"

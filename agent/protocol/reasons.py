@@ -209,7 +209,9 @@ _TABLE: tuple[Reason, ...] = (
         "chain",
         "the transaction did not land before its blockhash's last valid block height; it never will",
     ),
-    Reason("not_confirmed", "chain", "no confirmation within the timeout while the blockhash was still valid"),
+    Reason(
+        "not_confirmed", "chain", "no confirmation within the timeout while the blockhash was still valid"
+    ),
     Reason("airdrop_refused", "chain", "the cluster gave no airdrop and the payer is short of SOL"),
     Reason(
         "state_mismatch",
