@@ -32,7 +32,13 @@ from solders.transaction_metadata import FailedTransactionMetadata
 from agent.chain import spl
 from agent.chain.encoding import inner_instructions_json, message_keys, mint_state, token_account, ui_amount
 from agent.chain.ledger_clock import DEFAULT_VALIDITY_SLOTS, LedgerClock
-from agent.chain.programs import MEMO_V1_PROGRAM_ID, PACKET_DATA_SIZE, SYSTEM_PROGRAM_ID, SYSVAR_OWNER_ID
+from agent.chain.programs import (
+    MEMO_V1_PROGRAM_ID,
+    PACKET_DATA_SIZE,
+    SYSTEM_PROGRAM_ID,
+    SYSVAR_OWNER_ID,
+    TOKEN_PROGRAM_ID,
+)
 from agent.chain.rpc_errors import (
     SEND_TRANSACTION_PREFLIGHT_FAILURE,
     TRANSACTION_SIGNATURE_VERIFICATION_FAILURE,
@@ -249,7 +255,7 @@ class Ledger:
                     "accountIndex": index,
                     "mint": str(token.mint),
                     "owner": str(token.owner),
-                    "programId": str(self.svm.get_account(key).owner),  # type: ignore[union-attr]
+                    "programId": str(TOKEN_PROGRAM_ID),
                     "uiTokenAmount": ui_amount(token.amount, decimals),
                 }
             )

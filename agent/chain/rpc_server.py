@@ -38,6 +38,9 @@ def is_loopback(host: str) -> bool:
 class _Handler(BaseHTTPRequestHandler):
     server: _HTTPServer
     protocol_version = "HTTP/1.1"
+    #: Headers and body go out in two writes; with Nagle on, a keep-alive client waits out the
+    #: peer's delayed ACK (~40 ms) on every request.
+    disable_nagle_algorithm = True
     #: Seconds a client may take to send its request (a slow body does not hold a thread forever).
     timeout = 10
 

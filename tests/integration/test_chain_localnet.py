@@ -407,8 +407,12 @@ def test_hostile_requests_get_json_rpc_errors(localnet: Localnet, client: ChainC
 
 
 class _Flaky(ThreadingHTTPServer):
+    """A proxy in front of the ledger that fails on purpose: 503s, lost answers, stalls."""
+
     daemon_threads = True
-    failures_left = 0
+    failures_left = 0  # answer 503 without forwarding
+    lost_answers = 0  # forward, then answer 503 (the node acted, the client never heard)
+    stall_s = 0.0
     target = ""
 
 
@@ -417,9 +421,14 @@ class _FlakyHandler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
+        time.sleep(self.server.stall_s)
         if self.server.failures_left > 0:
             self.server.failures_left -= 1
             status, data = 503, b"busy"
+        elif self.server.lost_answers > 0:
+            self.server.lost_answers -= 1
+            rpc(self.server.target, body)
+            status, data = 503, b"lost"
         else:
             status, doc = rpc(self.server.target, body)
             data = json.dumps(doc).encode()

@@ -20,6 +20,8 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     # A coordinator never imports device code (nor a device coordinator code, below).
     "agent/coordinator": ("agent.device",),
     "agent/device": ("agent.coordinator",),
+    # The chain code serves every role: it knows none of them, nor the CLI.
+    "agent/chain": ("agent.device", "agent.coordinator", "agent.commands"),
 }
 
 
