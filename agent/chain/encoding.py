@@ -14,12 +14,17 @@ from solders.token.state import Mint, TokenAccount, TokenAccountState
 from solders.transaction import VersionedTransaction
 
 from agent.chain import b58
-from agent.chain.programs import MINT_LEN, TOKEN_ACCOUNT_LEN, TOKEN_PROGRAM_ID
-from agent.chain.rpc_errors import invalid_params
+from agent.chain.programs import MINT_LEN, PACKET_DATA_SIZE, TOKEN_ACCOUNT_LEN, TOKEN_PROGRAM_ID
+from agent.chain.rpc_errors import INVALID_REQUEST, RpcError, invalid_params
 
 #: A validator's ``rentEpoch`` for a rent-exempt account.
 RENT_EXEMPT_EPOCH = 2**64 - 1
 ACCOUNT_ENCODINGS = ("base64", "base58", "jsonParsed")
+#: A validator refuses base58 for account data longer than this (base58 is quadratic).
+MAX_BASE58_ACCOUNT_BYTES = 128
+#: Encoded sizes of a 1232-byte transaction: checked before decoding, as a validator does.
+MAX_BASE58_TX_CHARS = 1683
+MAX_BASE64_TX_CHARS = 1644
 
 
 def ui_amount(amount: int, decimals: int) -> dict[str, Any]:
@@ -113,6 +118,12 @@ def account_json(
             offset, length = data_slice
             raw = raw[offset : offset + length]
         if encoding == "base58":
+            if len(raw) > MAX_BASE58_ACCOUNT_BYTES:
+                raise RpcError(
+                    INVALID_REQUEST,
+                    f"Encoded binary (base 58) data should be less than {MAX_BASE58_ACCOUNT_BYTES} bytes, "
+                    "please use Base64 encoding.",
+                )
             data = [b58.encode(raw), "base58"]
         else:
             data = [base64.b64encode(raw).decode(), "base64"]
@@ -130,6 +141,11 @@ def decode_wire_transaction(text: Any, encoding: str) -> VersionedTransaction:
     """A ``sendTransaction`` / ``simulateTransaction`` payload -> transaction, or -32602."""
     if not isinstance(text, str):
         raise invalid_params("the transaction must be an encoded string")
+    limit = MAX_BASE64_TX_CHARS if encoding == "base64" else MAX_BASE58_TX_CHARS
+    if len(text) > limit:
+        raise invalid_params(
+            f"{encoding} encoded transaction too large: {len(text)} bytes (max: encoded/raw {limit}/{PACKET_DATA_SIZE})"
+        )
     try:
         if encoding == "base64":
             raw = base64.b64decode(text, validate=True)

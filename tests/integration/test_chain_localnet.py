@@ -33,7 +33,7 @@ from solders.transaction import Transaction, VersionedTransaction
 from agent.chain import spl
 from agent.chain.bootstrap import bootstrap
 from agent.chain.client import ChainClient
-from agent.chain.programs import MINT_LEN, PACKET_DATA_SIZE, TOKEN_ACCOUNT_LEN
+from agent.chain.programs import MINT_LEN, PACKET_DATA_SIZE, TOKEN_ACCOUNT_LEN, TOKEN_PROGRAM_ID
 from agent.errors import BlockhashExpiredError, ChainError, ChainUnavailableError
 from tests.support.localnet import ROOT, Localnet
 
@@ -208,6 +208,13 @@ def test_spl_transfer_checked_between_two_atas(client: ChainClient, localnet: Lo
     info = parsed.data.parsed["info"]
     assert info["owner"] == str(other.pubkey()) and info["mint"] == str(mint.pubkey())
     assert info["tokenAmount"]["amount"] == "250000" and info["state"] == "initialized"
+    # base58 (the method's default encoding) only for short data, as a validator; base64 always.
+    assert call(localnet.url, "getAccountInfo", str(destination))["error"]["message"] == (
+        "Encoded binary (base 58) data should be less than 128 bytes, please use Base64 encoding."
+    )
+    raw = call(localnet.url, "getAccountInfo", str(destination), {"encoding": "base64"})["result"]["value"]
+    assert raw["owner"] == str(TOKEN_PROGRAM_ID) and raw["space"] == TOKEN_ACCOUNT_LEN
+    assert len(base64.b64decode(raw["data"][0])) == TOKEN_ACCOUNT_LEN
     # Not a token account / no account: the validator's -32602 texts.
     assert call(localnet.url, "getTokenAccountBalance", str(payer.pubkey()))["error"] == {
         "code": -32602,
@@ -401,6 +408,13 @@ def test_hostile_requests_get_json_rpc_errors(localnet: Localnet, client: ChainC
     )
     assert status == 200 and [item["id"] for item in batch] == [1, "b"]
     assert batch[0]["result"] == "ok" and batch[1]["error"]["code"] == -32601
+    # A long base58 payload is refused by its length before any (quadratic) decoding.
+    started = time.monotonic()
+    error = call(url, "sendTransaction", "2" * 40_000)["error"]
+    assert (
+        error["code"] == -32602 and "too large: 40000 bytes (max: encoded/raw 1683/1232)" in error["message"]
+    )
+    assert time.monotonic() - started < 2
     assert rpc(url, b"", method="GET") == (200, "ok")
     # Still serving, through solana-py too.
     assert client.healthy() and client.slot() > 0
