@@ -20,7 +20,7 @@ from agent.chain import snapshot, spl
 from agent.chain.client import ChainClient
 from agent.chain.encoding import mint_state, token_account
 from agent.chain.programs import MINT_LEN, TOKEN_ACCOUNT_LEN
-from agent.errors import ChainError, CorruptStateError
+from agent.errors import ChainError, ConfigError, CorruptStateError
 from agent.identity import load_keypair, write_keypair
 
 STATE_FORMAT = "edgeproof-bootstrap"
@@ -132,6 +132,12 @@ def bootstrap(
     supply: int,
     airdrop_lamports: int = 10_000_000_000,
 ) -> BootstrapResult:
+    if not 0 <= decimals <= 9:
+        raise ConfigError(f"--decimals must be 0..9, got {decimals}")
+    if not 0 < supply < 2**64:
+        raise ConfigError(f"--supply must be 1..2**64-1 base units, got {supply}")
+    if airdrop_lamports < 0:
+        raise ConfigError("the airdrop amount must not be negative")
     owner = treasury.pubkey()
     actions: list[str] = []
     signatures: list[str] = []

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import threading
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -38,7 +39,7 @@ from solders.transaction_status import EncodedConfirmedTransactionWithStatusMeta
 
 from agent.chain.encoding import token_account
 from agent.chain.tx_errors import err_json, err_text
-from agent.errors import BlockhashExpiredError, ChainError, ChainUnavailableError
+from agent.errors import BlockhashExpiredError, ChainError, ChainUnavailableError, ConfigError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -92,6 +93,9 @@ class ChainClient:
         confirm_timeout_s: float = 90.0,
         commitment: Commitment = Confirmed,
     ) -> None:
+        scheme = urllib.parse.urlsplit(url).scheme
+        if scheme not in ("http", "https"):
+            raise ConfigError(f"RPC URL {url!r} must start with http:// or https://")
         self.url = url
         self.retries = retries
         self.backoff_s = backoff_s

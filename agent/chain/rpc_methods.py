@@ -13,6 +13,7 @@ from typing import Any
 from solders.pubkey import Pubkey
 from solders.signature import Signature
 
+from agent.chain import b58
 from agent.chain.encoding import (
     ACCOUNT_ENCODINGS,
     account_json,
@@ -289,8 +290,6 @@ def get_transaction(ledger: Ledger, params: list[Any]) -> Any:
     elif encoding == "base64":
         transaction = [record["tx"], "base64"]
     else:
-        from agent.chain import b58
-
         transaction = [b58.encode(raw), "base58"]
     err = record["err"]
     meta = {

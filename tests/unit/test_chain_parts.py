@@ -269,3 +269,20 @@ def test_non_loopback_bind_is_refused_unless_asked() -> None:
     with pytest.raises(ConfigError) as caught:
         LocalnetServer(Ledger(seed=b"x"), host="0.0.0.0", port=0)
     assert "not a loopback address" in caught.value.message
+
+
+def test_client_and_bootstrap_refuse_user_mistakes_before_any_network() -> None:
+    from agent.chain.bootstrap import bootstrap
+    from agent.chain.client import ChainClient
+
+    with pytest.raises(ConfigError) as caught:
+        ChainClient("localhost:8899")
+    assert caught.value.message == "RPC URL 'localhost:8899' must start with http:// or https://"
+    with ChainClient("http://127.0.0.1:9") as client:  # never contacted: the checks come first
+        for kwargs, text in (
+            ({"supply": 0}, "--supply must be 1..2**64-1 base units, got 0"),
+            ({"supply": 1, "decimals": 10}, "--decimals must be 0..9, got 10"),
+        ):
+            with pytest.raises(ConfigError) as refused:
+                bootstrap(client, key(7), state_path=Path("/nonexistent/state.json"), **kwargs)  # type: ignore[arg-type]
+            assert refused.value.message == text
