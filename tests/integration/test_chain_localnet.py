@@ -28,6 +28,7 @@ from solders.message import Message, MessageV0
 from solders.pubkey import Pubkey
 from solders.signature import Signature
 from solders.system_program import TransferParams, transfer
+from solders.token.state import TokenAccount
 from solders.transaction import Transaction, VersionedTransaction
 
 from agent.chain import spl
@@ -489,7 +490,10 @@ def test_snapshot_restart_keeps_token_balance(tmp_path: Path) -> None:
     snapshot = tmp_path / "ledger.json"
     log = tmp_path / "localnet.log"
     payer, mint, other = key(10), key(11), key(12)
-    net = Localnet(slot_ms=SLOT_MS, validity_slots=VALIDITY_SLOTS, snapshot=snapshot, log_path=log).start()
+    # The first ledger writes its snapshot every 0.2 s and dies by SIGKILL: the periodic copy counts.
+    net = Localnet(
+        slot_ms=SLOT_MS, validity_slots=VALIDITY_SLOTS, snapshot=snapshot, snapshot_every=0.2, log_path=log
+    ).start()
     try:
         with ChainClient(net.url, poll_s=0.05) as chain:
             chain.confirm(
@@ -514,11 +518,16 @@ def test_snapshot_restart_keeps_token_balance(tmp_path: Path) -> None:
             lamports = chain.balance(payer.pubkey())
             old = chain.latest_blockhash()
             slot_before = chain.slot()
+        deadline = time.monotonic() + 20
+        while not (snapshot.exists() and str(signature) in snapshot.read_text()):
+            assert time.monotonic() < deadline, "no periodic snapshot with the transfer"
+            time.sleep(0.1)
     finally:
-        assert net.stop() == 0
+        net.kill()
     saved = json.loads(snapshot.read_text())
-    assert saved["format"] == "edgeproof-localnet-snapshot" and saved["slot"] >= slot_before
+    assert saved["format"] == "edgeproof-localnet-snapshot" and saved["slot"] >= slot_before - 10
     assert str(destination) in saved["accounts"] and str(signature) in saved["history"]
+    assert not list(tmp_path.glob(".ledger.json.*"))  # no temp file left behind
 
     again = Localnet(slot_ms=SLOT_MS, validity_slots=VALIDITY_SLOTS, snapshot=snapshot, log_path=log).start()
     try:
@@ -546,8 +555,14 @@ def test_snapshot_restart_keeps_token_balance(tmp_path: Path) -> None:
                 [payer, other],
             )
             assert chain.token_amount(destination) == 300
+            last = chain.latest_blockhash()
     finally:
-        assert again.stop() == 0
+        assert again.stop() == 0  # SIGTERM: a clean stop writes the snapshot a last time
+    final = json.loads(snapshot.read_text())
+    assert final["slot"] >= last.last_valid_block_height - VALIDITY_SLOTS
+    stored = base64.b64decode(final["accounts"][str(destination)]["data"])
+    assert TokenAccount.from_bytes(stored).amount == 300  # the last transfer is in the file
+    assert len(final["history"]) == len(saved["history"]) + 1
 
 
 def _bootstrap(url: str, key_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
