@@ -31,7 +31,7 @@ from solders.system_program import TransferParams, transfer
 from solders.token.state import TokenAccount
 from solders.transaction import Transaction, VersionedTransaction
 
-from agent.chain import spl
+from agent.chain import b58, spl
 from agent.chain.bootstrap import bootstrap
 from agent.chain.client import ChainClient
 from agent.chain.programs import MINT_LEN, PACKET_DATA_SIZE, TOKEN_ACCOUNT_LEN, TOKEN_PROGRAM_ID
@@ -294,7 +294,12 @@ def test_transaction_errors_are_shaped_as_a_node_shapes_them(client: ChainClient
         localnet.url, "sendTransaction", base64.b64encode(bytes(forged)).decode(), {"encoding": "base64"}
     )["error"] == {"code": -32003, "message": "Transaction signature verification failure"}
 
-    # base58 wire encoding is the default; a garbled one is -32602.
+    # base58 wire encoding is the default: a good one lands, a garbled one is -32602.
+    plain = _signed(payer, [spl.memo("base58", signers=[payer.pubkey()])], latest.blockhash)
+    assert call(localnet.url, "sendTransaction", b58.encode(bytes(plain)))["result"] == str(
+        plain.signatures[0]
+    )
+    client.confirm(plain.signatures[0], latest.last_valid_block_height)
     assert call(localnet.url, "sendTransaction", "0OIl")["error"]["code"] == -32602
 
     # Over 1232 bytes: refused before anything runs.
