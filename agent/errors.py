@@ -116,7 +116,7 @@ class ChainError(EdgeproofError):
     program logs a simulation returned.
     """
 
-    exit_code = 13
+    exit_code = 15
 
     def __init__(
         self,

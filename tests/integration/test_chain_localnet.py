@@ -488,7 +488,7 @@ def test_client_retries_with_backoff_then_reports_unreachable(localnet: Localnet
         pytest.raises(ChainUnavailableError) as down,
     ):
         chain.balance(key(9).pubkey())
-    assert down.value.exit_code == 13 and "ConnectError" in down.value.message
+    assert down.value.exit_code == 15 and "ConnectError" in down.value.message
 
 
 def test_snapshot_restart_keeps_token_balance(tmp_path: Path) -> None:
