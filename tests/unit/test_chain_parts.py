@@ -155,7 +155,7 @@ def test_node_errors_translate_once_into_chain_errors() -> None:
         and error.reason == "blockhash_not_found"
         and error.err == "BlockhashNotFound"
     )
-    assert error.exit_code == 13
+    assert error.exit_code == 15
     failed = SendTransactionResp.from_json(
         '{"jsonrpc":"2.0","error":{"code":-32002,"message":"Transaction simulation failed: x","data":{"accounts":null,'
         '"err":{"InstructionError":[1,{"Custom":6}]},"innerInstructions":null,"logs":["a","b"],"returnData":null,'
