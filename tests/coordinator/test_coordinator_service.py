@@ -7,19 +7,29 @@ device would and checks the stored rows and the verdicts a subscriber receives.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from agent.challenge_run import expected_sketch
+from agent.cli import build_parser
+from agent.coordinator import challenge_rows
+from agent.coordinator.audit import epoch_report
 from agent.coordinator.store import Store
+from agent.inference.backends.base import BackendSettings
+from agent.inference.pipeline import Pipeline
 from agent.protocol.chain import ChainVerifier, Link
 from agent.protocol.envelope import Envelope, verify_envelope
-from agent.protocol.messages import Verdict
+from agent.protocol.messages import Challenge, Verdict
 from agent.protocol.topics import Topics
 from tests.support.coordinator import (
     COORD,
+    EFFICIENTNET_SHA,
+    ROOT,
     SLOT_MS,
     CoordinatorProcess,
     Device,
@@ -27,6 +37,7 @@ from tests.support.coordinator import (
     beacon_nonce,
     device_key,
     enroll_direct,
+    run_cli,
     wait_until,
     write_config,
 )
@@ -111,20 +122,49 @@ def test_devices_to_broker_to_coordinator_to_database_and_verdicts(
 
 
 def test_every_attack_is_rejected_with_its_own_reason_and_earns_nothing(
-    mosquitto: MosquittoBroker, tmp_path: Path
+    mosquitto: MosquittoBroker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """One case per attack, the three challenge cases included, against the real coordinator.
+
+    2-second slots: the coordinator issues its own signed beacons and challenges the devices that
+    reported a model in the last slot (only the three challenge-case devices do).  Every case is
+    refused with its own reason, the audit report shows no credit from any of them (no up slot,
+    no proof, no passed challenge), and ``audit device`` lists each with its reason.
+    """
+    slot_ms, deadline_ms = 2000, 4000
     config = write_config(
-        tmp_path / "coord", broker_port=mosquitto.port, beacon_max_age_slots=2, late_window_seqs=2
+        tmp_path / "coord",
+        broker_port=mosquitto.port,
+        beacon_max_age_slots=2,
+        late_window_seqs=2,
+        slot_ms=slot_ms,
+        challenge_probability=1.0,
+        deadline_ms=deadline_ms,
+        active_within_slots=1,
     )
     store = open_store(tmp_path / "coord", "")
     honest = Device(device_key(21))
-    enroll_direct(store, honest.keypair)
     stranger = Device(device_key(22))  # never enrolled
-    slot = issue_beacons(store, back=5)
+    challenged = {
+        name: Device(device_key(n)) for name, n in (("wrong_hash", 23), ("other_model", 24), ("late", 25))
+    }
+    for device in (honest, *challenged.values()):
+        enroll_direct(store, device.keypair)
+    first = now_ms() // slot_ms
+    with store.transaction():  # older beacons, so that a stale one can be quoted
+        for s in range(first - 6, first):
+            store.add_beacon(s, beacon_nonce(s), s * slot_ms, slot_ms, s * slot_ms)
+    blaze = Pipeline.open(str(ROOT / "models" / "blazeface-short-range.toml"), BackendSettings(threads=1))
     collector = Collector(mosquitto, T.prefix + "/dev/+/verdict", client_id="verdicts")
+    challenges = Collector(mosquitto, T.prefix + "/dev/+/challenge", client_id="challenges")
     coordinator = CoordinatorProcess(config, tmp_path / "coordinator.log")
     coordinator.start()
     publisher = Publisher(mosquitto.host, mosquitto.port)
+
+    def newest() -> tuple[int, str]:
+        row = store.one("SELECT slot, nonce FROM beacons ORDER BY slot DESC LIMIT 1")
+        assert row is not None
+        return int(row[0]), str(row[1])
 
     def send(topic: str, payload: bytes) -> tuple[bool, str | None]:
         before = count(store, "1 = 1")
@@ -134,14 +174,42 @@ def test_every_attack_is_rejected_with_its_own_reason_and_earns_nothing(
         assert row is not None
         return bool(row[0]), row[1]
 
+    def answer(name: str, nonce: str, sketch: list[int], sha: str) -> tuple[str, bytes]:
+        device = challenged[name]
+        body = {"nonce": nonce, "model_sha256": sha, "sketch": sketch, "latency_us": 1000}
+        return T.device(device.id, "response"), device.chain.next("challenge_response", body, now_ms()).wire
+
     try:
-        # the honest chain so far: seq 1, then seq 6 (a gap of 2-5, accepted and named)
-        chain = [honest.heartbeat(slot, now_ms()) for _ in range(6)]
+        # The challenge-case devices report their model: each is challenged at the next slot.
+        status = {
+            "state": "online",
+            "model_id": "efficientnet-lite0-int8",
+            "model_sha256": EFFICIENTNET_SHA,
+            "agent_version": "0.1.0",
+            "profile": "rpi4",
+        }
+        publisher.publish(
+            [(T.status(d.id), d.chain.sideband("status", status, now_ms()).wire) for d in challenged.values()]
+        )
+        # The honest chain so far: seq 1, then seq 6 (a gap of 2-5, accepted and named), quoting
+        # the coordinator's own newest beacon.
+        wait_until(
+            lambda: store.one("SELECT 1 FROM beacons WHERE raw IS NOT NULL") is not None,
+            30,
+            "the coordinator's first beacon",
+            coordinator.log,
+        )
+        slot, nonce = newest()
+        chain = [honest.heartbeat(slot, now_ms(), nonce) for _ in range(6)]
         assert send(T.hb(honest.id), chain[0].wire) == (True, None)
         assert send(T.hb(honest.id), chain[5].wire) == (True, "chain_gap")
-        accepted_before = count(store)
         forged = {**chain[1].raw, "body": {**chain[1].raw["body"], "uptime_s": 123_456}}
         twin = Device(honest.keypair)  # a second signer on the same key: its seq 1 forks
+        found = store.one(
+            "SELECT slot, nonce FROM beacons WHERE slot <= ? ORDER BY slot DESC LIMIT 1", (newest()[0] - 3,)
+        )
+        assert found is not None
+        stale, stale_nonce = int(found[0]), str(found[1])
         cases: list[tuple[str, str, bytes, str]] = [
             (
                 "forged signature",
@@ -151,15 +219,25 @@ def test_every_attack_is_rejected_with_its_own_reason_and_earns_nothing(
             ),
             ("replayed envelope", T.hb(honest.id), chain[0].wire, "duplicate"),
             ("reordered seq", T.hb(honest.id), chain[1].wire, "replay"),  # 4 below the head, window 2
-            ("forked chain", T.hb(honest.id), twin.heartbeat(slot, now_ms()).wire, "fork"),
+            ("forked chain", T.hb(honest.id), twin.heartbeat(slot, now_ms(), nonce).wire, "fork"),
             (
                 "future timestamp",
                 T.hb(honest.id),
-                honest.heartbeat(slot, now_ms() + 120_000).wire,
+                honest.heartbeat(slot, now_ms() + 120_000, nonce).wire,
                 "clock_skew",
             ),
-            ("stale beacon", T.hb(honest.id), honest.heartbeat(slot - 3, now_ms()).wire, "stale_beacon"),
-            ("unknown device", T.hb(stranger.id), stranger.heartbeat(slot, now_ms()).wire, "unknown_device"),
+            (
+                "stale beacon",
+                T.hb(honest.id),
+                honest.heartbeat(stale, now_ms(), stale_nonce).wire,
+                "stale_beacon",
+            ),
+            (
+                "unknown device",
+                T.hb(stranger.id),
+                stranger.heartbeat(slot, now_ms(), nonce).wire,
+                "unknown_device",
+            ),
             (
                 "throughput above the profile's bound",
                 T.proof(honest.id),
@@ -168,26 +246,125 @@ def test_every_attack_is_rejected_with_its_own_reason_and_earns_nothing(
             ),
         ]
         outcome = {name: send(topic, payload) for name, topic, payload, _ in cases}
-        assert outcome == {name: (False, reason) for name, _, _, reason in cases}
-        assert count(store) == accepted_before  # earned nothing
+        # The challenge cases, answering the challenge each device received.
+        assert challenges.wait_for(lambda m: len(m) >= 3, 30), coordinator.log()
+        issued: dict[str, Challenge] = {}
+        for payload in challenges.payloads():
+            body = verify_envelope(payload, expected_signer=SIGNER).body
+            assert isinstance(body, Challenge)
+            issued.setdefault(body.device, body)  # the first one (a loaded tick may add a second)
+        assert set(issued) == {d.id for d in challenged.values()}
+        blaze_sha = blaze.loaded.card.sha256
+        by_name = {name: issued[d.id] for name, d in challenged.items()}
+        some_sketch = [3] * 32
+        wrong = answer("wrong_hash", by_name["wrong_hash"].nonce, some_sketch, blaze_sha)
+        other = by_name["other_model"]
+        different = answer(
+            "other_model", other.nonce, expected_sketch(blaze, other.nonce)[0], other.model_sha256
+        )
+        outcome["wrong model hash in a challenge answer"] = send(*wrong)
+        outcome["a sketch from a different model"] = send(*different)  # accepted for scoring ...
+        late = by_name["late"]
+        time.sleep(max(0.0, (late.deadline_ms - now_ms()) / 1000 + 1.0))
+        outcome["a late answer"] = send(*answer("late", late.nonce, some_sketch, late.model_sha256))
+        cases += [
+            ("wrong model hash in a challenge answer", *wrong, "wrong_model"),
+            ("a sketch from a different model", *different, "challenge_failed"),
+            ("a late answer", "", b"", "challenge_late"),
+        ]
+        # ... and scored by reference execution: challenge_failed.
+        wait_until(
+            lambda: (
+                "challenge_failed"
+                in {r.outcome for r in challenge_rows.challenges(store, challenged["other_model"].id)}
+            ),
+            60,
+            "the reference run to score the other model's sketch",
+            lambda: f"{challenge_rows.challenges(store)}\n{coordinator.log()}",
+        )
+        expect = {name: (False, reason) for name, _, _, reason in cases}
+        expect["a sketch from a different model"] = (True, None)  # the message is fine; its score is not
+        assert outcome == expect
         answered = {c[3] for c in cases} - {"duplicate", "unknown_device"}
         wait_until(
             lambda: {getattr(v.body, "reason", None) for v in verdicts(collector)} >= answered,
             30,
-            "a verdict for every refusal of the registered device",
+            "a verdict for every refusal of a registered device",
             coordinator.log,
         )
         assert coordinator.terminate() == 0
+        finished = now_ms()
     finally:
         publisher.close()
         collector.close()
+        challenges.close()
         coordinator.kill()
     refused = {
         v.body.reason for v in verdicts(collector) if isinstance(v.body, Verdict) and not v.body.accepted
     }
-    assert refused == answered
+    assert refused == answered | {"challenge_missed"}  # the late device's challenge was missed first
     recorded = {r[0] for r in store.rows("SELECT reason FROM messages WHERE accepted = 0")}
-    assert recorded == {reason for *_, reason in cases}
+    assert recorded == {reason for *_, reason in cases} - {"challenge_failed"}
+
+    # Earned nothing: the audit over the whole run credits only the two honest heartbeats.
+    totals: dict[str, dict[str, int]] = {}
+    up: dict[str, list[int]] = {}
+    epoch_ms = 3_600_000
+    for epoch in range(first * slot_ms // epoch_ms, finished // epoch_ms + 1):
+        report = epoch_report(store, epoch, slot_ms=slot_ms, epoch_ms=epoch_ms)
+        for d in report.devices:
+            t = totals.setdefault(d.dev, {"heartbeats": 0, "proofs": 0, "inferences": 0, "passed": 0})
+            t["heartbeats"] += d.heartbeats_accepted
+            t["proofs"] += d.proofs_accepted
+            t["inferences"] += d.inferences_accepted
+            t["passed"] += d.challenges.get("passed", 0)
+            base = report.start_ms // slot_ms
+            up.setdefault(d.dev, []).extend(base + i for i, ch in enumerate(d.slots) if ch == "U")
+    assert stranger.id not in totals  # never registered: no report row, nothing to credit
+    assert totals[honest.id] == {"heartbeats": 2, "proofs": 0, "inferences": 0, "passed": 0}
+    honest_slots = {
+        int(r[0]) // slot_ms
+        for r in store.rows("SELECT ingest_ms FROM messages WHERE dev = ? AND accepted = 1", (honest.id,))
+    }
+    assert set(up[honest.id]) <= honest_slots  # up slots come only from its two accepted heartbeats
+    for device in challenged.values():
+        assert totals[device.id] == {"heartbeats": 0, "proofs": 0, "inferences": 0, "passed": 0}
+        assert up[device.id] == []
+
+    # Every case appears in `audit device` with its reason.
+    def audit_device(dev: str) -> dict[str, Any]:
+        capsys.readouterr()
+        args = build_parser().parse_args(["audit", "device", dev, "--config", str(config), "--json"])
+        assert args.func(args) == 0
+        return dict(json.loads(capsys.readouterr().out))
+
+    listed = {d.id: audit_device(d.id) for d in (honest, stranger, *challenged.values())}
+    honest_reasons = sorted(m["reason"] for m in listed[honest.id]["messages"] if not m["accepted"])
+    assert honest_reasons == sorted(r for *_, r in cases[:8] if r != "unknown_device")
+    assert [(m["accepted"], m["reason"]) for m in listed[stranger.id]["messages"]] == [
+        (False, "unknown_device")
+    ]
+    assert listed[stranger.id]["enrolled"] is False
+    for name, reason in (
+        ("wrong_hash", "wrong_model"),
+        ("other_model", "challenge_failed"),
+        ("late", "challenge_late"),
+    ):
+        mine = listed[challenged[name].id]
+        [c] = [c for c in mine["challenges"] if c["response_id"] is not None]
+        assert c["outcome"] == reason
+        # A challenge issued late in a slot can be followed by a second one (the device still
+        # counts as active); unanswered, it is missed or still open: no credit either way.
+        assert all(o["outcome"] in ("challenge_missed", None) for o in mine["challenges"] if o is not c)
+        answers = [m for m in mine["messages"] if m["kind"] == "challenge_response"]
+        assert len(answers) == 1 and answers[0]["id"] == c["response_id"]
+        if name == "other_model":
+            assert c["distance"] > c["tolerance"]  # scored, and far off
+        else:
+            assert (answers[0]["accepted"], answers[0]["reason"]) == (False, reason)
+    table = run_cli("audit", "device", challenged["late"].id, "--config", str(config))
+    assert table.returncode == 0, table.stderr
+    assert "challenge_late" in table.stdout and "challenge(s) issued to" in table.stdout, table.stdout
 
 
 def test_sigkill_mid_ingest_loses_nothing_and_counts_nothing_twice(
