@@ -1,7 +1,7 @@
 """1,000 simulated devices against a real coordinator: the audit must equal the ground truth exactly.
 
-    .venv/bin/python benchmarks/fleet_simulation.py [--devices 1000] [--slot-ms 15000] [--epoch-slots 8]
-        [--epochs 1] [--connections 20] [--probability 0.02] [--deadline-ms 6000] [--proof-every 1]
+    .venv/bin/python benchmarks/fleet_simulation.py [--devices 1000] [--slot-ms 10000] [--epoch-slots 8]
+        [--epochs 1] [--connections 20] [--probability 0.03] [--deadline-ms 6000] [--proof-every 1]
         [--postgres] [--keep DIR] [--json]
 
 Real parts: Mosquitto on a free 127.0.0.1 port (logging off, a deep queue per session), one
@@ -59,11 +59,11 @@ def _parse() -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--devices", type=int, default=1000)
-    parser.add_argument("--slot-ms", type=int, default=15_000)
+    parser.add_argument("--slot-ms", type=int, default=10_000)
     parser.add_argument("--epoch-slots", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--connections", type=int, default=20)
-    parser.add_argument("--probability", type=float, default=0.02, help="challenges per device per slot")
+    parser.add_argument("--probability", type=float, default=0.03, help="challenges per device per slot")
     parser.add_argument("--deadline-ms", type=int, default=6000)
     parser.add_argument("--proof-every", type=int, default=1)
     parser.add_argument("--seed", type=int, default=1)
