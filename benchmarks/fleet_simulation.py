@@ -1,7 +1,7 @@
 """1,000 simulated devices against a real coordinator: the audit must equal the ground truth exactly.
 
-    .venv/bin/python benchmarks/fleet_simulation.py [--devices 1000] [--slot-ms 15000] [--epoch-slots 8]
-        [--epochs 1] [--connections 20] [--probability 0.02] [--deadline-ms 6000] [--proof-every 1]
+    .venv/bin/python benchmarks/fleet_simulation.py [--devices 1000] [--slot-ms 10000] [--epoch-slots 8]
+        [--epochs 1] [--connections 20] [--probability 0.03] [--deadline-ms 6000] [--proof-every 1]
         [--postgres] [--keep DIR] [--json]
 
 Real parts: Mosquitto on a free 127.0.0.1 port (logging off, a deep queue per session), one
@@ -19,9 +19,9 @@ coordinator's ingest (messages stored over the run), the CPU seconds of both pro
 the machine, the coordinator's batch commit times, its ingest lag per kind (the coordinator's
 ingest stamp minus the envelope's ``ts``, i.e. the simulator's send time: p50, p99, max), and
 its commit lag (a message's ingest stamp to its verdict's commit: the backlog) and commit rate,
-and the bound hit: the first of the coordinator's commit backlog (p99 over the challenge
-deadline: the coordinator's miss sweep runs on its clock while answers that arrived in time
-still wait in its queue, so they are judged late), its ingest lag (p99 over a quarter slot: messages are
+and the bound hit: the first of the coordinator's commits (a commit backlog over a slot: it
+commits fewer messages per second than the fleet sends; the audit still holds, as time is
+stamped on arrival and misses are swept by the oldest uncommitted stamp), its ingest lag (p99 over a quarter slot: messages are
 stamped late and land in later slots or after deadlines), the coordinator's CPU (>= 0.8 core
 over the run), the simulator's CPU (>= 0.8 core), the simulator falling behind schedule
 (skipped sends), else "none: the fleet fits".
@@ -59,11 +59,11 @@ def _parse() -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--devices", type=int, default=1000)
-    parser.add_argument("--slot-ms", type=int, default=15_000)
+    parser.add_argument("--slot-ms", type=int, default=10_000)
     parser.add_argument("--epoch-slots", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--connections", type=int, default=20)
-    parser.add_argument("--probability", type=float, default=0.02, help="challenges per device per slot")
+    parser.add_argument("--probability", type=float, default=0.03, help="challenges per device per slot")
     parser.add_argument("--deadline-ms", type=int, default=6000)
     parser.add_argument("--proof-every", type=int, default=1)
     parser.add_argument("--seed", type=int, default=1)
@@ -159,11 +159,10 @@ def _bound(
     skipped = sum(n for k, n in observed.items() if k.startswith("skipped"))
     worst = max((v["p99"] for v in lag.values()), default=0)
     backlog = commit.get("p99_ms", 0)
-    if backlog > args.deadline_ms:
+    if backlog > slot_ms:
         return (
-            f"coordinator commit backlog (p99 {backlog} ms from ingest to commit, over the {args.deadline_ms} ms "
-            f"challenge deadline: answers still queued are swept as missed, then judged late; commits "
-            f"{commit.get('committed_per_s')} messages/s committed while {sent_per_s} were sent)"
+            f"coordinator commits (p99 {backlog} ms from ingest stamp to commit, over a slot: "
+            f"{commit.get('committed_per_s')} messages/s committed while {sent_per_s}/s were sent)"
         )
     if worst > slot_ms // 4:
         return (

@@ -15,6 +15,7 @@ The simulator is a device-side role: it never imports :mod:`agent.coordinator` n
 * :mod:`~agent.simulator.truth` -- the ground truth, per device per epoch;
 * :mod:`~agent.simulator.compare` -- ground truth against an audit report (pure);
 * :mod:`~agent.simulator.links` -- devices multiplexed over a few MQTT v5 connections;
+* :mod:`~agent.simulator.inbox` -- beacons, challenges and verdicts as a device judges them;
 * :mod:`~agent.simulator.answers` -- challenge answers off the timing thread;
 * :mod:`~agent.simulator.fleet` -- the run: slots, heartbeats, proofs, the end of the run.
 """

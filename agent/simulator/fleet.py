@@ -275,13 +275,7 @@ class FleetRun:
 
     def run(self) -> RunResult:
         script = self.script
-        note_sink: list[Truth] = []
-
-        def note(what: str) -> None:
-            if note_sink:
-                note_sink[0].note(what)
-
-        self.inbox = Inbox(self.coordinator, self.topics, self.beacons, self._on_challenge, note)
+        self.inbox = Inbox(self.coordinator, self.topics, self.beacons, self._on_challenge, self._note)
         self.answerer = answers.HonestAnswerer(
             str(self.card_path), self._send_answer, self._answered, self._answer_failed
         )
@@ -319,7 +313,6 @@ class FleetRun:
                     d.dev, d.ident.index, d.ident.owner, script.profile, d.plan.group_name, d.plan.behaviour
                 )
             self.truth = truth
-            note_sink.append(truth)
             start_ms = first_epoch * script.epoch_ms
             log.info(
                 "sim_waiting",
@@ -330,13 +323,12 @@ class FleetRun:
                 },
             )
             self._started_ms = start_ms
-            published_before = self.links.published
             for k in range(script.total_slots):
                 self._play_slot(truth.first_slot + k, k, truth)
             seconds = (now_ms() - start_ms) / 1000
-            published = self.links.published - published_before
             self._settle(truth)
             unacked = self.links.unacknowledged(10.0)
+            published = self.links.published  # every message sent (nothing is sent before the run)
         finally:
             self.links.close()
             self.inbox.stop()
@@ -353,6 +345,11 @@ class FleetRun:
             "seconds": round(seconds, 3),
         }
         return RunResult(truth.as_json(extra), published, unacked, seconds)
+
+    def _note(self, what: str) -> None:
+        """An observation from the inbox (dropped before the run's truth exists: beacons at connect)."""
+        if self.truth is not None:
+            self.truth.note(what)
 
     def _send_answer(self, dev: str, body: dict[str, object]) -> int:
         return self._send(self.by_dev[dev], "challenge_response", dict(body))

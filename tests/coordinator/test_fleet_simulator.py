@@ -20,7 +20,9 @@ from agent.simulator.truth import totals
 from tests.support.fleet_sim import FleetRig, write_script
 from tests.support.mosquitto import MosquittoBroker
 
-pytestmark = pytest.mark.integration
+# Three processes (coordinator, simulator with a model, broker) on compressed slots: not beside
+# the other CPU-bound modules.
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("cpu")]
 
 SCRIPT = """seed = 11
 devices = 50
