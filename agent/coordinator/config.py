@@ -80,6 +80,11 @@ class BeaconSection(Strict):
     slot_ms: Annotated[int, Field(ge=1_000, le=3_600_000)] = 60_000
 
 
+class EpochSection(Strict):
+    # Epoch length for the uptime audit (and rewards): a whole number of [beacons] slot_ms.
+    epoch_ms: Annotated[int, Field(ge=1_000, le=31_622_400_000)] = 3_600_000
+
+
 class ChallengeSection(Strict):
     # Chance per slot that an active device is challenged (0: never; 1: every slot).
     probability_per_slot: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1
@@ -151,9 +156,18 @@ class CoordinatorConfig(Strict):
     registry: RegistrySection = Field(default_factory=RegistrySection)
     beacons: BeaconSection = Field(default_factory=BeaconSection)
     challenges: ChallengeSection = Field(default_factory=ChallengeSection)
+    epochs: EpochSection = Field(default_factory=EpochSection)
     mqtt: MqttSettings = Field(default_factory=_default_mqtt)
-
     http: HttpSection = Field(default_factory=HttpSection)
+
+    @model_validator(mode="after")
+    def _epoch_is_whole_slots(self) -> CoordinatorConfig:
+        slot_ms, epoch_ms = self.beacons.slot_ms, self.epochs.epoch_ms
+        if epoch_ms % slot_ms:
+            raise ValueError(
+                f"[epochs] epoch_ms ({epoch_ms}) must be a multiple of [beacons] slot_ms ({slot_ms})"
+            )
+        return self
 
     @property
     def client_id(self) -> str:
