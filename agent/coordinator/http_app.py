@@ -24,10 +24,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from agent.coordinator.config import CoordinatorConfig, is_loopback, parse_listen
 from agent.coordinator.http_guard import Guard
+from agent.coordinator.http_server import HttpServer
 from agent.coordinator.metrics import PREFIX, DatabaseGauges
+from agent.coordinator.read_store import open_read_store
 from agent.coordinator.store import StorageUnavailableError, Store, now_ms
 from agent.coordinator.summary import online_devices, registered_count, summary
+from agent.errors import ConfigError
 
 log = logging.getLogger("edgeproof.coordinator")
 T = TypeVar("T")
@@ -183,3 +187,39 @@ def make_app(dashboard: Dashboard, *, check_host: bool = True) -> Guard:
     ]
     app = Starlette(routes=routes)
     return Guard(app, paths=PATHS, check_host=check_host, count=dashboard.count_refused)
+
+
+def start_dashboard(
+    config: CoordinatorConfig, registry: CollectorRegistry, *, mode: str, listen: str | None = None
+) -> tuple[HttpServer, Dashboard] | None:
+    """Bind ``[http] listen`` (or ``listen``) and serve the app there; None when it is empty.
+
+    Raises ConfigError for an unusable address (port in use, a remote address without
+    ``allow_remote``).
+    """
+    http = config.http
+    text = http.listen if listen is None else listen
+    try:
+        address = parse_listen(text)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    if address is None:
+        return None
+    host, port = address
+    if not http.allow_remote and not is_loopback(host):
+        raise ConfigError(
+            f"listen {text!r} is not a loopback address",
+            hint="the dashboard is for localhost; set [http] allow_remote = true to serve it elsewhere",
+        )
+    dashboard = Dashboard(
+        lambda: open_read_store(config.storage),
+        slot_ms=config.beacons.slot_ms,
+        epoch_ms=config.epochs.epoch_ms,
+        online_window_ms=http.online_window_s * 1000,
+        refresh_s=http.refresh_s,
+        mode=mode,
+        registry=registry,
+    )
+    server = HttpServer(make_app(dashboard, check_host=not http.allow_remote), host, port)
+    server.start()
+    return server, dashboard

@@ -96,10 +96,14 @@ class Guard:
             return
         status, reason = refused
         self.count(reason)
-        await send_json(send, status, {"error": reason}, extra=[(b"allow", b"GET, HEAD")] if status == 405 else [])
+        await send_json(
+            send, status, {"error": reason}, extra=[(b"allow", b"GET, HEAD")] if status == 405 else []
+        )
 
 
-async def send_json(send: Send, status: int, doc: Any, *, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+async def send_json(
+    send: Send, status: int, doc: Any, *, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
     body = json.dumps(doc).encode()
     headers = [
         (b"content-type", b"application/json"),

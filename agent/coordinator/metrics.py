@@ -98,7 +98,9 @@ class CoordinatorMetrics:
 
     def inbox(self, size: Callable[[], int]) -> None:
         """Export the receive queue's length (messages received, not yet committed)."""
-        gauge = Gauge(f"{PREFIX}_inbox_messages", "Messages received and not yet committed", registry=self.registry)
+        gauge = Gauge(
+            f"{PREFIX}_inbox_messages", "Messages received and not yet committed", registry=self.registry
+        )
         gauge.set_function(lambda: float(size()))
 
     # --- fed by the service ---------------------------------------------------------------------
@@ -108,7 +110,9 @@ class CoordinatorMetrics:
         for outcome, judged in zip(result.outcomes, result.judge_seconds, strict=False):
             self.judge_seconds.observe(judged)
             row = outcome.row
-            self.messages.labels(kind=kind_label(row.kind), result="accepted" if row.accepted else "rejected").inc()
+            self.messages.labels(
+                kind=kind_label(row.kind), result="accepted" if row.accepted else "rejected"
+            ).inc()
             if not row.accepted:
                 self.rejections.labels(reason=row.reason or "unnamed").inc()
             if outcome.challenge is not None and outcome.challenge[1] != "pending":

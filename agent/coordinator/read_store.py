@@ -67,10 +67,11 @@ def _postgres(url: str) -> Any:
             hint="pip install 'edgeproof[coordinator]' (psycopg[binary])",
         ) from exc
 
+    # Keep the URL's own options (e.g. a search_path) and add the read-only default to them.
+    options = psycopg.conninfo.conninfo_to_dict(url).get("options") or ""
+    options = f"{options} -c default_transaction_read_only=on".strip()
+
     def connect() -> Any:
-        return psycopg.connect(
-            url, autocommit=True, connect_timeout=5, options="-c default_transaction_read_only=on"
-        )
+        return psycopg.connect(url, autocommit=True, connect_timeout=5, options=options)
 
     return connect
-

@@ -43,6 +43,7 @@ from agent.coordinator import challenge_rows, slots
 from agent.coordinator.batch import BatchResult, Inbound, SignedVerdict, commit_batch
 from agent.coordinator.config import CoordinatorConfig
 from agent.coordinator.ingest import Policy
+from agent.coordinator.metrics import CoordinatorMetrics
 from agent.coordinator.reference import ModelStore, ReferenceJob, ReferenceResult, ReferenceRunner
 from agent.coordinator.registry import models_folder
 from agent.coordinator.store import StorageUnavailableError, Store, now_ms
@@ -84,6 +85,9 @@ class CoordinatorService:
         self._rng = random.SystemRandom()
         self._last_slot = -1
         self._client = self._make_client()
+        self.metrics = CoordinatorMetrics()
+        self.metrics.inbox(self._inbox.qsize)
+        self._http: Any = None  # (HttpServer, Dashboard) while [http] listen serves
 
     # --- MQTT ----------------------------------------------------------------------------------
 
@@ -169,11 +173,14 @@ class CoordinatorService:
         signal.signal(signal.SIGINT, self.request_stop)
         self._with_retry(lambda: self._start_run())
         try:
+            self._start_http()
+        except BaseException:
+            self._abandon_run()
+            raise
+        try:
             self._connect()
         except BaseException:
-            with contextlib.suppress(StorageUnavailableError), self.store.transaction():
-                self.store.stop_run(self.run_id, now_ms())
-            self.store.close()
+            self._abandon_run()
             raise
         self._republish()
         self._reference = ReferenceRunner(self.models, self.config.challenges.reference_threads)
@@ -199,6 +206,28 @@ class CoordinatorService:
         self._drain()
         return 0
 
+    def _abandon_run(self) -> None:
+        """Startup failed: close the liveness record and everything opened so far."""
+        with contextlib.suppress(StorageUnavailableError), self.store.transaction():
+            self.store.stop_run(self.run_id, now_ms())
+        self.store.close()
+        self._stop_http()
+
+    def _start_http(self) -> None:
+        from agent.coordinator.http_app import start_dashboard  # starlette/uvicorn only when serving
+
+        self.metrics.info.info(
+            {"signer": self.signer, "storage": self.store.dialect.name, "run_id": self.run_id}
+        )
+        self._http = start_dashboard(self.config, self.metrics.registry, mode="service")
+
+    def _stop_http(self) -> None:
+        if self._http is not None:
+            server, dashboard = self._http
+            server.stop()
+            dashboard.close()
+            self._http = None
+
     # --- beacons, challenges, reference runs ------------------------------------------------------
 
     def _slot_changed(self) -> bool:
@@ -216,11 +245,10 @@ class CoordinatorService:
                 rng=self._rng,
             )
         except StorageUnavailableError as exc:
-            log.warning("storage_unavailable", extra={"error": exc.message})
-            with contextlib.suppress(StorageUnavailableError):
-                self.store.reconnect()
+            self._unavailable(exc)
             return
         self._last_slot = result.slot
+        self.metrics.observe_tick(result)
         if result.beacon is not None:
             self._client.publish(result.beacon.topic, result.beacon.wire, qos=1, retain=True)
             self.counts["beacons_issued"] += 1
@@ -261,6 +289,7 @@ class CoordinatorService:
                 if verdict is not None:
                     self._publish_verdicts([verdict])
                     self.counts["challenges_scored"] += 1
+                    self.metrics.observe_scored(verdict)
 
             self._with_retry(attempt)
 
@@ -285,6 +314,7 @@ class CoordinatorService:
             seq = self._verdict_mids.pop(self._acked_mids.popleft(), None)
             if seq is not None:
                 self._published.append(seq)
+                self.metrics.verdicts_published.inc()
         return list(self._published)
 
     def _process(self, batch: list[Inbound]) -> None:
@@ -308,6 +338,7 @@ class CoordinatorService:
 
         if not self._with_retry(attempt) or result is None:
             return  # stopped while the database was down: nothing acknowledged, the broker keeps it
+        self.metrics.observe_batch(result, time.monotonic() - started)
         self._publish_verdicts(result.verdicts)
         if self._reference is not None:
             for challenge_id, sha, nonce in result.references:
@@ -338,6 +369,7 @@ class CoordinatorService:
                 action()
                 return True
             except StorageUnavailableError as exc:
+                self.metrics.storage_unavailable.inc()
                 log.warning("storage_unavailable", extra={"error": exc.message, "retry_s": delay})
             if self._stop.wait(delay):
                 return False
@@ -354,9 +386,13 @@ class CoordinatorService:
             with self.store.transaction():
                 self.store.touch_run(self.run_id, now_ms())
         except StorageUnavailableError as exc:
-            log.warning("storage_unavailable", extra={"error": exc.message})
-            with contextlib.suppress(StorageUnavailableError):
-                self.store.reconnect()
+            self._unavailable(exc)
+
+    def _unavailable(self, exc: StorageUnavailableError) -> None:
+        self.metrics.storage_unavailable.inc()
+        log.warning("storage_unavailable", extra={"error": exc.message})
+        with contextlib.suppress(StorageUnavailableError):
+            self.store.reconnect()
 
     def _republish(self) -> None:
         """Verdicts committed by an earlier run but never acknowledged by the broker."""
@@ -399,6 +435,7 @@ class CoordinatorService:
         self._client.disconnect()
         self._client.loop_stop()
         self.store.close()
+        self._stop_http()
         log.info(
             "coordinator_stopped",
             extra={"run_id": self.run_id, "liveness_closed": closed, **dict(self.counts)},
