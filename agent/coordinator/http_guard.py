@@ -3,7 +3,7 @@
 :func:`refusal` is a pure function of the request line and headers; :class:`Guard` is the
 ASGI middleware that applies it, answers the refusal (a small JSON body with the reason)
 and counts it.  The server only reads: GET and HEAD on a fixed set of paths, no request body,
-a bounded request target, and (unless the listen address is explicitly remote) a Host
+a bounded request target and header size, and (unless the listen address is explicitly remote) a Host
 header naming a loopback address, so a web page cannot read the dashboard through DNS
 rebinding.
 """
@@ -14,8 +14,9 @@ import json
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
-#: The longest request target (path and query) served.
+#: The longest request target (path and query) served, and the most header bytes taken.
 MAX_TARGET = 2048
+MAX_HEADERS = 8192
 LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
 
 Scope = MutableMapping[str, Any]
@@ -48,6 +49,9 @@ def refusal(
         return 414, "oversized"
     if method not in ("GET", "HEAD"):
         return 405, "method_not_allowed"
+    headers = list(headers)
+    if sum(len(name) + len(value) for name, value in headers) > MAX_HEADERS:
+        return 431, "oversized"
     host: str | None = None
     for name, value in headers:
         name = name.lower()

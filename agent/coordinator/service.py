@@ -203,6 +203,7 @@ class CoordinatorService:
                 self._tick()
                 last_tick = time.monotonic()
             self._score_finished()
+            self._take_published()  # counts verdicts the broker acknowledged, also when idle
         self._drain()
         return 0
 

@@ -16,7 +16,7 @@ from agent.coordinator import challenge_rows
 from agent.coordinator.audit import epoch_report
 from agent.coordinator.batch import Inbound, SignedVerdict, commit_batch
 from agent.coordinator.config import StorageSection, load_coordinator_config
-from agent.coordinator.http_guard import MAX_TARGET, host_name, refusal
+from agent.coordinator.http_guard import MAX_HEADERS, MAX_TARGET, host_name, refusal
 from agent.coordinator.http_server import bind
 from agent.coordinator.ingest import Policy
 from agent.coordinator.metrics import CoordinatorMetrics, DatabaseGauges, verdict_outcome
@@ -289,6 +289,7 @@ HOST = [(b"host", b"127.0.0.1:8480")]
         ("GET", "/", b"", [*HOST, (b"content-length", b"0")], True, None),
         ("GET", "/", b"", [*HOST, (b"transfer-encoding", b"chunked")], True, (413, "oversized")),
         ("GET", "/", b"q" * MAX_TARGET, HOST, True, (414, "oversized")),
+        ("GET", "/", b"", [*HOST, (b"x-big", b"x" * MAX_HEADERS)], True, (431, "oversized")),
     ],
 )
 def test_what_the_http_guard_refuses(
