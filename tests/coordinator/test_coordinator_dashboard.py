@@ -50,6 +50,7 @@ from tests.support.coordinator import (
     agent_cmd,
     device_key,
     enroll_direct,
+    run_cli,
     wait_until,
     write_config,
 )
@@ -73,11 +74,11 @@ def efficientnet() -> Pipeline:
 
 
 def config_with_http(folder: Path, port: int, database_url: str) -> Path:
-    config = write_config(folder, broker_port=port, database_url=database_url, slot_ms=SLOT_MS)
+    config = write_config(
+        folder, broker_port=port, database_url=database_url, slot_ms=SLOT_MS, http_listen="127.0.0.1:0"
+    )
     with config.open("a", encoding="utf-8") as out:
-        out.write(
-            f'\n[epochs]\nepoch_ms = {EPOCH_MS}\n\n[http]\nlisten = "127.0.0.1:0"\nonline_window_s = {WINDOW_S}\n'
-        )
+        out.write(f"online_window_s = {WINDOW_S}\n\n[epochs]\nepoch_ms = {EPOCH_MS}\n")
     return config
 
 
@@ -456,3 +457,39 @@ def test_metrics_and_the_rendered_dashboard_equal_the_database(
         for (reason,), n in db_counts(store)["rejections"].items()  # type: ignore[attr-defined]
     }
     assert dom.text("rollouts-note") == NO_ROLLOUTS and "hidden" in dom.by_id["rollouts"].attrs
+
+
+def test_the_cli_refuses_a_port_in_use_a_remote_listen_and_a_missing_database(tmp_path: Path) -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    port = taken.getsockname()[1]
+    folder = tmp_path / "coord"
+    try:
+        missing = write_config(folder, broker_port=1, http_listen="127.0.0.1:0")
+        done = run_cli("coordinator", "dashboard", "--config", str(missing))
+        assert done.returncode == 10 and "Traceback" not in done.stderr
+        assert done.stderr.startswith(
+            f"edgeproof: error: database {folder / 'coordinator.sqlite3'} does not exist\n"
+        )
+        config = write_config(folder, broker_port=1, http_listen=f"127.0.0.1:{port}")
+        done = run_cli("coordinator", "run", "--config", str(config))
+        assert (done.returncode, "Traceback" in done.stderr) == (2, False)
+        assert done.stderr == (
+            f"edgeproof: error: [http] listen 127.0.0.1:{port} cannot be used: Address already in use\n"
+            '  fix: another process listens there: set [http] listen to a free port, or "" to serve no dashboard\n'
+        )
+    finally:
+        taken.close()
+    store = Store.open(sqlite_path=folder / "coordinator.sqlite3")
+    try:
+        [(_, started, _, stopped)] = store.runs()  # the run that could not serve was closed
+        assert stopped is not None and stopped >= started
+    finally:
+        store.close()
+    done = run_cli("coordinator", "dashboard", "--config", str(config), "--listen", "0.0.0.0:0")
+    assert done.returncode == 2
+    assert done.stderr.startswith("edgeproof: error: listen '0.0.0.0:0' is not a loopback address\n")
+    assert "allow_remote = true" in done.stderr
+    helped = run_cli("coordinator", "dashboard", "--help")
+    assert helped.returncode == 0 and "read-only" in helped.stdout and "--listen HOST:PORT" in helped.stdout

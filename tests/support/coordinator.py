@@ -131,11 +131,13 @@ def write_config(
     deadline_ms: int = 30_000,
     active_within_slots: int = 3,
     models_dir: str = "",
+    http_listen: str = "",
 ) -> Path:
     """A coordinator config + key in ``folder``; returns the config path.
 
     Challenges are off unless ``challenge_probability`` is given (the ingest tests count
-    verdicts exactly); beacons are always issued, every ``slot_ms``.
+    verdicts exactly); beacons are always issued, every ``slot_ms``.  No dashboard unless
+    ``http_listen`` is given (the default 127.0.0.1:8480 would collide between processes).
     """
     folder.mkdir(parents=True, exist_ok=True)
     key = folder / "coordinator-key.json"
@@ -175,6 +177,9 @@ host = "127.0.0.1"
 port = {broker_port}
 client_id = "{client_id}"
 keepalive_s = 10
+
+[http]
+listen = {json.dumps(http_listen)}
 """,
         encoding="utf-8",
     )
