@@ -20,6 +20,8 @@ from prometheus_client.registry import Collector
 
 from agent.coordinator.batch import BatchResult, SignedVerdict
 from agent.coordinator.slots import TickResult
+from agent.protocol.kinds import SPECS
+from agent.protocol.reasons import is_reason
 
 PREFIX = "edgeproof_coordinator"
 #: Judge time of one message: microseconds (a heartbeat) to tens of milliseconds (a slow disk).
@@ -39,8 +41,18 @@ CHALLENGE_OUTCOMES = (
 
 
 def kind_label(kind: str | None) -> str:
-    """The ``kind`` label of a message: its envelope kind, ``unparsed`` for bytes that never parsed."""
-    return kind if kind else "unparsed"
+    """The ``kind`` label: the envelope kind, ``unparsed`` for bytes that never parsed.
+
+    Labels stay a bounded set whatever a sender writes: a kind outside the protocol is ``other``.
+    """
+    if not kind:
+        return "unparsed"
+    return kind if kind in SPECS else "other"
+
+
+def reason_label(reason: str | None) -> str:
+    """A catalogued reason name, or ``uncatalogued`` (a bug: every refusal has a named reason)."""
+    return reason if reason is not None and is_reason(reason) else "uncatalogued"
 
 
 def verdict_outcome(verdict: SignedVerdict) -> str:
@@ -114,7 +126,7 @@ class CoordinatorMetrics:
                 kind=kind_label(row.kind), result="accepted" if row.accepted else "rejected"
             ).inc()
             if not row.accepted:
-                self.rejections.labels(reason=row.reason or "unnamed").inc()
+                self.rejections.labels(reason=reason_label(row.reason)).inc()
             if outcome.challenge is not None and outcome.challenge[1] != "pending":
                 self.challenges.labels(outcome=outcome.challenge[1]).inc()
 

@@ -19,7 +19,13 @@ from agent.coordinator.config import StorageSection, load_coordinator_config
 from agent.coordinator.http_guard import MAX_HEADERS, MAX_TARGET, host_name, refusal
 from agent.coordinator.http_server import bind
 from agent.coordinator.ingest import Policy
-from agent.coordinator.metrics import CoordinatorMetrics, DatabaseGauges, verdict_outcome
+from agent.coordinator.metrics import (
+    CoordinatorMetrics,
+    DatabaseGauges,
+    kind_label,
+    reason_label,
+    verdict_outcome,
+)
 from agent.coordinator.read_store import open_read_store
 from agent.coordinator.registry import model_classes
 from agent.coordinator.slots import Outgoing, TickResult
@@ -301,6 +307,20 @@ def test_what_the_http_guard_refuses(
     expected: tuple[int, str] | None,
 ) -> None:
     assert refusal(method, path, query, headers, paths=PATHS, check_host=check_host) == expected
+
+
+def test_metric_labels_stay_a_bounded_set() -> None:
+    assert [kind_label(k) for k in ("heartbeat", None, "", "x" * 99)] == [
+        "heartbeat",
+        "unparsed",
+        "unparsed",
+        "other",
+    ]
+    assert [reason_label(r) for r in ("replay", None, "made_up")] == [
+        "replay",
+        "uncatalogued",
+        "uncatalogued",
+    ]
 
 
 def test_host_name() -> None:
