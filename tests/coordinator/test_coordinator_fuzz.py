@@ -39,8 +39,10 @@ from tests.support.coordinator import (
 pytestmark = pytest.mark.integration
 T = Topics()
 SLOT = NOW // SLOT_MS
-#: The issue asks for 10,000 in the full fuzz (a later slice); this one keeps the suite fast.
+#: 1,000 examples of 10 inputs each, judged as one batch: the issue's 10,000 inputs, with the
+#: batch path (several messages per transaction) exercised as the service runs it.
 EXAMPLES = 1_000
+PER_BATCH = 10
 POLICY = Policy(
     clock_skew_ms=30_000,
     beacon_max_age_slots=2,
@@ -113,30 +115,33 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
     return opened
 
 
-@settings(
-    max_examples=EXAMPLES,
-    derandomize=True,
-    deadline=None,
-    database=None,
-    suppress_health_check=[
-        HealthCheck.function_scoped_fixture,
-        HealthCheck.too_slow,
-        HealthCheck.data_too_large,
-    ],
-)
-@given(case=_inputs())
-def test_every_input_is_recorded_once_with_a_catalogued_reason(store: Store, case: tuple[str, bytes]) -> None:
-    topic, payload = case
-    before = store.one("SELECT COUNT(*) FROM messages")
-    result = commit_batch(
-        store, [Inbound(topic, payload, NOW)], policy=POLICY, keypair=COORD, topics=T, now_ms=NOW
+def test_every_input_is_recorded_once_with_a_catalogued_reason(store: Store) -> None:
+    judged: list[int] = []
+
+    @settings(
+        max_examples=EXAMPLES,
+        derandomize=True,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )
-    after = store.one("SELECT COUNT(*) FROM messages")
-    assert before is not None and after is not None and after[0] == before[0] + 1
-    [outcome] = result.outcomes
-    row = outcome.row
-    assert row.accepted or (row.reason is not None and is_reason(row.reason)), row
-    if row.accepted and row.reason is not None:
-        assert row.reason == "chain_gap"
-    for verdict in result.verdicts:
-        assert verify_envelope(verdict.wire, expected_signer=str(COORD.pubkey())).kind == "verdict"
+    @given(cases=st.lists(_inputs(), min_size=PER_BATCH, max_size=PER_BATCH))
+    def judge(cases: list[tuple[str, bytes]]) -> None:
+        before = store.one("SELECT COUNT(*) FROM messages")
+        batch = [Inbound(topic, payload, NOW) for topic, payload in cases]
+        result = commit_batch(store, batch, policy=POLICY, keypair=COORD, topics=T, now_ms=NOW)
+        after = store.one("SELECT COUNT(*) FROM messages")
+        assert before is not None and after is not None and after[0] == before[0] + len(cases)
+        assert len(result.outcomes) == len(cases)
+        for outcome in result.outcomes:
+            row = outcome.row
+            assert row.accepted or (row.reason is not None and is_reason(row.reason)), row
+            if row.accepted and row.reason is not None:
+                assert row.reason == "chain_gap"
+        for verdict in result.verdicts:
+            assert verify_envelope(verdict.wire, expected_signer=str(COORD.pubkey())).kind == "verdict"
+        judged.append(len(cases))
+
+    judge()
+    # Every generated input went through ingest: at least the issue's 10,000.
+    assert sum(judged) >= 10_000, sum(judged)

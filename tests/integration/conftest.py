@@ -13,10 +13,6 @@ _ROOT = Path(__file__).resolve().parents[2]
 if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
-# The daemon rig's helpers assert; let pytest explain their failures as it did when they
-# lived in the test modules (must run before the first import of these modules).
-pytest.register_assert_rewrite("tests.support.daemon_rig", "tests.support.envelopes")
-
 from tests.support.mosquitto import MosquittoBroker  # noqa: E402
 
 
