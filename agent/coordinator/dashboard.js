@@ -1,6 +1,7 @@
 // The coordinator dashboard: fetch /api/summary, render it with textContent only (no HTML
-// from data), and fetch it again every refresh_s seconds. Every number carries its raw value
-// in data-value (a rate as a fraction, "" when there is none) so a test can read it exactly.
+// from data), and fetch it again every refresh_s seconds (body data-loads counts the renders).
+// Every number carries its raw value in data-value (a rate as a fraction, "" when there is
+// none) so a test can read it exactly.
 "use strict";
 
 const DEFAULT_REFRESH_S = 5;
@@ -141,6 +142,7 @@ async function refresh() {
     wait = summary.refresh_s || DEFAULT_REFRESH_S;
     byId("status").textContent = "";
     document.body.dataset.state = "ready";
+    document.body.dataset.loads = String(Number(document.body.dataset.loads || "0") + 1);
     document.body.dataset.generatedMs = String(summary.generated_ms);
   } catch (err) {
     byId("status").textContent = "cannot load the summary: " + err.message;

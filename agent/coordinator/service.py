@@ -215,6 +215,8 @@ class CoordinatorService:
         self._stop_http()
 
     def _start_http(self) -> None:
+        if not self.config.http.listen:
+            return
         from agent.coordinator.http_app import start_dashboard  # starlette/uvicorn only when serving
 
         self.metrics.info.info(

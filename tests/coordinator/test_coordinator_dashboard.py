@@ -26,15 +26,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.challenge_run import expected_sketch
+from agent.cli import main
 from agent.coordinator import challenge_rows
 from agent.coordinator.audit import epoch_report
 from agent.coordinator.challenge_rows import FINAL_OUTCOMES
+from agent.coordinator.config import load_coordinator_config
+from agent.coordinator.http_app import start_dashboard
 from agent.coordinator.metrics import CHALLENGE_OUTCOMES
 from agent.coordinator.store import Store
 from agent.coordinator.summary import NO_ROLLOUTS
+from agent.errors import ConfigError
 from agent.inference.backends.base import BackendSettings
 from agent.inference.pipeline import Pipeline
 from agent.protocol.envelope import Envelope
@@ -78,7 +83,7 @@ def config_with_http(folder: Path, port: int, database_url: str) -> Path:
         folder, broker_port=port, database_url=database_url, slot_ms=SLOT_MS, http_listen="127.0.0.1:0"
     )
     with config.open("a", encoding="utf-8") as out:
-        out.write(f"online_window_s = {WINDOW_S}\n\n[epochs]\nepoch_ms = {EPOCH_MS}\n")
+        out.write(f"online_window_s = {WINDOW_S}\nrefresh_s = 1\n\n[epochs]\nepoch_ms = {EPOCH_MS}\n")
     return config
 
 
@@ -409,6 +414,7 @@ def test_metrics_and_the_rendered_dashboard_equal_the_database(
     finally:
         dashboard.kill()
     assert dom.body["data-state"] == "ready", dom.text("status")
+    assert int(dom.body["data-loads"]) >= 3  # it fetched /api/summary again every refresh_s = 1 s
     epoch = int(dom.value("epoch"))
     report = epoch_report(store, epoch, slot_ms=SLOT_MS, epoch_ms=EPOCH_MS)
     assert epoch == now_ms() // EPOCH_MS
@@ -487,9 +493,17 @@ def test_the_cli_refuses_a_port_in_use_a_remote_listen_and_a_missing_database(tm
         assert stopped is not None and stopped >= started
     finally:
         store.close()
-    done = run_cli("coordinator", "dashboard", "--config", str(config), "--listen", "0.0.0.0:0")
-    assert done.returncode == 2
-    assert done.stderr.startswith("edgeproof: error: listen '0.0.0.0:0' is not a loopback address\n")
-    assert "allow_remote = true" in done.stderr
-    helped = run_cli("coordinator", "dashboard", "--help")
-    assert helped.returncode == 0 and "read-only" in helped.stdout and "--listen HOST:PORT" in helped.stdout
+    # In-process (no interpreter start): a remote --listen is refused before anything binds.
+    with pytest.raises(ConfigError) as err:
+        start_dashboard(
+            load_coordinator_config(config), CollectorRegistry(), mode="read-only", listen="0.0.0.0:0"
+        )
+    assert err.value.message == "listen '0.0.0.0:0' is not a loopback address"
+    assert err.value.hint is not None and "allow_remote = true" in err.value.hint
+
+
+def test_the_dashboard_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["coordinator", "dashboard", "--help"])
+    out = capsys.readouterr().out
+    assert exited.value.code == 0 and "read-only" in out and "--listen HOST:PORT" in out
