@@ -13,8 +13,13 @@ the slot's beacon and challenges when this process wins the slot, missed deadlin
 scores the answers whose reference run finished: the runs themselves happen on the
 :class:`~agent.coordinator.reference.ReferenceRunner` thread, so ingest and acks keep flowing.
 
+With ``[http] listen`` set, a daemon thread serves the dashboard, ``/api/summary``,
+``/metrics`` and ``/healthz`` (:mod:`agent.coordinator.http_app`) from a read-only connection
+of its own; the main thread feeds :class:`~agent.coordinator.metrics.CoordinatorMetrics`
+after each committed batch, tick and score.
+
 SIGTERM (or SIGINT) drains: what was received is committed and acknowledged, the
-liveness record is closed, and the process exits 0.
+liveness record is closed, the HTTP thread is stopped, and the process exits 0.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import threading
 import time
 import uuid
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
@@ -50,6 +55,10 @@ from agent.coordinator.store import StorageUnavailableError, Store, now_ms
 from agent.errors import TransportError
 from agent.protocol.topics import Topics
 from agent.transport.mqtt import tls_context
+
+if TYPE_CHECKING:  # imported when serving: starlette and uvicorn stay unloaded with listen = ""
+    from agent.coordinator.http_app import Dashboard
+    from agent.coordinator.http_server import HttpServer
 
 log = logging.getLogger("edgeproof.coordinator")
 
@@ -87,7 +96,7 @@ class CoordinatorService:
         self._client = self._make_client()
         self.metrics = CoordinatorMetrics()
         self.metrics.inbox(self._inbox.qsize)
-        self._http: Any = None  # (HttpServer, Dashboard) while [http] listen serves
+        self._http: tuple[HttpServer, Dashboard] | None = None  # while [http] listen serves
 
     # --- MQTT ----------------------------------------------------------------------------------
 
