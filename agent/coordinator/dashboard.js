@@ -125,6 +125,7 @@ function render(s) {
   setNumber("messages-rejected", s.messages.rejected);
   setNumber("coordinator-up-slots", s.epoch.coordinator_up_slots);
   setNumber("coordinator-down-slots", s.epoch.coordinator_down_slots);
+  setNumber("slots-elapsed", s.epoch.slots_elapsed);
   renderDevices(s.devices);
   renderRejections(s.rejections);
   renderRollouts(s.rollouts);

@@ -118,6 +118,8 @@ def summary(
             "end_ms": report.end_ms,
             "coordinator_up_slots": report.coordinator_up_slots,
             "coordinator_down_slots": report.coordinator_down_slots,
+            # Slots of the epoch that have ended by now_ms (the audit's down slots include the rest).
+            "slots_elapsed": min(report.epoch_ms, now_ms - report.start_ms) // slot_ms,
         },
         "devices_registered": registered_count(store),
         "devices_online": len(online),

@@ -431,6 +431,9 @@ def test_metrics_and_the_rendered_dashboard_equal_the_database(
         report.coordinator_up_slots,
         report.coordinator_down_slots,
     )
+    assert (
+        int(dom.value("slots-elapsed")) == (int(dom.body["data-generated-ms"]) - report.start_ms) // SLOT_MS
+    )
     rows = dom.rows["dev"]
     assert sorted(rows) == [d.dev for d in report.devices] == sorted([a.id, b.id, c.id])
     for d in report.devices:

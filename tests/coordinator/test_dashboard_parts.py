@@ -121,6 +121,7 @@ def test_the_summary_is_the_databases_numbers(store: Store) -> None:
         "end_ms": T0 + E,
         "coordinator_up_slots": 3,  # slots 0-2 covered; 3 only partly (the run was last seen at AT)
         "coordinator_down_slots": 7,
+        "slots_elapsed": 3,
     }
     assert (doc["devices_registered"], doc["devices_online"]) == (3, 1)
     assert doc["messages"] == {"accepted": 5, "rejected": 3}
