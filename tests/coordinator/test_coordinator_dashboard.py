@@ -360,6 +360,11 @@ def test_metrics_and_the_rendered_dashboard_equal_the_database(
         assert online == {a.id, b.id}
         assert (got[(P + "devices_online", ())], got[(P + "devices_registered", ())]) == (2, 3)
         assert got[(P + "database_readable", ())] == 1
+        live = json.loads(get(port, "/api/summary")[2])  # the service's own summary: the database's
+        assert (live["mode"], live["devices_online"], live["devices_registered"]) == ("service", 2, 3)
+        assert live["messages"] == {"accepted": 9, "rejected": 8}
+        assert {(r["reason"],): r["total"] for r in live["rejections"]} == want["rejections"]
+        assert (live["challenges"]["passed"], live["challenges"]["scored"]) == (1, 4)
 
         # --- hostile input on the HTTP port: refused, named, counted; ingest goes on ------------
         assert get(port, "/nope")[:1] == (404,) and json.loads(get(port, "/nope")[2]) == {

@@ -4,18 +4,22 @@ read-only store."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import json
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
-from prometheus_client import generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.coordinator import challenge_rows
 from agent.coordinator.audit import epoch_report
 from agent.coordinator.batch import Inbound, SignedVerdict, commit_batch
 from agent.coordinator.config import StorageSection, load_coordinator_config
+from agent.coordinator.http_app import Dashboard, make_app, static_file
 from agent.coordinator.http_guard import MAX_HEADERS, MAX_TARGET, host_name, refusal
 from agent.coordinator.http_server import bind
 from agent.coordinator.ingest import Policy
@@ -29,7 +33,7 @@ from agent.coordinator.metrics import (
 from agent.coordinator.read_store import open_read_store
 from agent.coordinator.registry import model_classes
 from agent.coordinator.slots import Outgoing, TickResult
-from agent.coordinator.store import Store
+from agent.coordinator.store import StorageUnavailableError, Store
 from agent.coordinator.summary import NO_ROLLOUTS, summary
 from agent.errors import ConfigError, StorageError
 from agent.profiles import load_profiles
@@ -372,3 +376,74 @@ def test_a_port_in_use_is_a_config_error() -> None:
         assert err.value.exit_code == 2
     finally:
         taken.close()
+
+
+def asgi(app: Any, path: str, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+    """One request through the ASGI app itself (no server, no client library)."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"127.0.0.1:8480")],
+        "client": ("127.0.0.1", 5000),
+        "server": ("127.0.0.1", 8480),
+    }
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    headers = {k.decode(): v.decode() for k, v in start["headers"]}
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], headers, body
+
+
+def test_the_app_answers_503_with_a_named_reason_while_the_database_is_unreadable(tmp_path: Path) -> None:
+    state = {"up": False}
+    path = tmp_path / "d.sqlite3"
+    Store.open(sqlite_path=path).close()
+
+    def open_store() -> Store:
+        if not state["up"]:
+            raise StorageUnavailableError("database d is unavailable: connection refused")
+        return open_read_store(StorageSection(sqlite_path=str(path)))
+
+    registry = CollectorRegistry()
+    dashboard = Dashboard(
+        open_store,
+        slot_ms=SLOT_MS,
+        epoch_ms=E,
+        online_window_ms=WINDOW,
+        refresh_s=5,
+        mode="service",
+        registry=registry,
+    )
+    app = make_app(dashboard)
+    for _ in range(2):  # every attempt tries to reconnect, and is refused and counted
+        status, _, body = asgi(app, "/api/summary")
+        assert (status, body) == (503, b'{"error":"storage_unavailable"}')
+    status, _, body = asgi(app, "/healthz")
+    assert (status, json.loads(body)) == (503, {"status": "storage_unavailable", "mode": "service"})
+    text = asgi(app, "/metrics")[2].decode()
+    assert "edgeproof_coordinator_database_readable 0.0" in text and "devices_online" not in text
+    assert 'edgeproof_coordinator_http_refused_total{reason="storage_unavailable"} 2.0' in text
+    state["up"] = True  # the database is back: the next request reconnects
+    status, headers, body = asgi(app, "/api/summary")
+    assert status == 200 and json.loads(body)["devices_registered"] == 0
+    assert headers["content-security-policy"].startswith("default-src 'none'")
+    assert asgi(app, "/healthz")[0] == 200
+    status, headers, body = asgi(app, "/", method="HEAD")
+    assert status == 200 and headers["content-type"] == "text/html; charset=utf-8"
+    assert asgi(app, "/dashboard.css")[2] == static_file("dashboard.css")
+    dashboard.close()
