@@ -56,6 +56,7 @@ class HttpServer:
             server_header=False,
             limit_concurrency=32,
             timeout_keep_alive=5,
+            timeout_graceful_shutdown=2,
             h11_max_incomplete_event_size=16 * 1024,
         )
         self._server = uvicorn.Server(config)
