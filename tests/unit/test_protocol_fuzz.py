@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from solders.keypair import Keypair
 
 from agent.errors import ProtocolError
@@ -31,8 +32,10 @@ COORD = Keypair.from_seed(bytes([42]) * 32)
 OPERATOR = Keypair.from_seed(bytes([43]) * 32)
 T = Topics()
 D = str(DEV.pubkey())
-#: Generated and mutated inputs, each fed to every reader.
-EXAMPLES = 10_000
+#: Generated and mutated inputs, each fed to every reader: 1,000 examples of 10 payloads
+#: (a third of the time of 10,000 single examples, for the same 10,000 inputs).
+EXAMPLES = 1_000
+PER_EXAMPLE = 10
 
 
 SEEDS = envelope_seeds(DEV, COORD, OPERATOR)
@@ -62,9 +65,21 @@ def _blank(line: bytes) -> bool:
         return not line.strip()
 
 
-@FUZZ
-@given(PAYLOADS)
-def test_every_input_is_classified_by_every_reader(case: tuple[str | None, bytes]) -> None:
+def test_every_input_is_classified_by_every_reader() -> None:
+    classified: list[int] = []
+
+    @FUZZ
+    @given(st.lists(PAYLOADS, min_size=PER_EXAMPLE, max_size=PER_EXAMPLE))
+    def run(cases: list[tuple[str | None, bytes]]) -> None:
+        for case in cases:
+            _classify(case)
+        classified.append(len(cases))
+
+    run()
+    assert sum(classified) >= 10_000, sum(classified)
+
+
+def _classify(case: tuple[str | None, bytes]) -> None:
     topic, payload = case
     # 1. strict JSON
     try:
