@@ -80,10 +80,15 @@ def efficientnet() -> Pipeline:
 
 def config_with_http(folder: Path, port: int, database_url: str) -> Path:
     config = write_config(
-        folder, broker_port=port, database_url=database_url, slot_ms=SLOT_MS, http_listen="127.0.0.1:0"
+        folder,
+        broker_port=port,
+        database_url=database_url,
+        slot_ms=SLOT_MS,
+        epoch_ms=EPOCH_MS,
+        http_listen="127.0.0.1:0",
     )
-    with config.open("a", encoding="utf-8") as out:
-        out.write(f"online_window_s = {WINDOW_S}\nrefresh_s = 1\n\n[epochs]\nepoch_ms = {EPOCH_MS}\n")
+    with config.open("a", encoding="utf-8") as out:  # [http] is the file's last table
+        out.write(f"online_window_s = {WINDOW_S}\nrefresh_s = 1\n")
     return config
 
 

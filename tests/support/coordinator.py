@@ -131,6 +131,8 @@ def write_config(
     deadline_ms: int = 30_000,
     active_within_slots: int = 3,
     models_dir: str = "",
+    liveness_s: float = 5.0,
+    epoch_ms: int = 3_600_000,
     http_listen: str = "",
 ) -> Path:
     """A coordinator config + key in ``folder``; returns the config path.
@@ -160,6 +162,7 @@ batch_ms = 20
 beacon_max_age_slots = {beacon_max_age_slots}
 late_window_seqs = {late_window_seqs}
 retry_max_s = 1.0
+liveness_s = {liveness_s}
 
 [registry]
 models_dir = {json.dumps(models_dir)}
@@ -171,6 +174,9 @@ slot_ms = {slot_ms}
 probability_per_slot = {challenge_probability}
 deadline_ms = {deadline_ms}
 active_within_slots = {active_within_slots}
+
+[epochs]
+epoch_ms = {epoch_ms}
 
 [mqtt]
 host = "127.0.0.1"
