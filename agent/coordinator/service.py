@@ -332,10 +332,12 @@ class CoordinatorService:
     def _process(self, batch: list[Inbound]) -> None:
         started = time.monotonic()
         result: BatchResult | None = None
+        commit_s = 0.0  # the attempt that committed, not the retries before it
 
         def attempt() -> None:
-            nonlocal result
+            nonlocal result, commit_s
             published = self._take_published()
+            tried = time.monotonic()
             result = commit_batch(
                 self.store,
                 batch,
@@ -346,11 +348,12 @@ class CoordinatorService:
                 published=published,
                 run_id=self.run_id,
             )
+            commit_s = time.monotonic() - tried
             del self._published[: len(published)]
 
         if not self._with_retry(attempt) or result is None:
             return  # stopped while the database was down: nothing acknowledged, the broker keeps it
-        self.metrics.observe_batch(result, time.monotonic() - started)
+        self.metrics.observe_batch(result, commit_s)
         self._publish_verdicts(result.verdicts)
         if self._reference is not None:
             for challenge_id, sha, nonce in result.references:
