@@ -1,4 +1,4 @@
-"""`edgeproof coordinator run|enroll|devices`: the coordinator service and its device registry."""
+"""`edgeproof coordinator run|dashboard|enroll|devices`: the coordinator service, its dashboard and registry."""
 
 from __future__ import annotations
 
@@ -60,6 +60,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     enroll.add_argument("--json", action="store_true", help="print the enrolled device as JSON")
     enroll.set_defaults(func=run_enroll)
 
+    dashboard = commands.add_parser(
+        "dashboard",
+        help="serve the dashboard read-only from the database (no ingest)",
+        description="Serve the coordinator dashboard (/ the page, /api/summary, /metrics with the "
+        "database gauges, /healthz) from the database alone, read-only, without subscribing to the "
+        "broker: useful beside several `coordinator run` processes on one PostgreSQL database. "
+        "Listens on [http] listen (loopback by default) until SIGTERM or Ctrl-C.",
+    )
+    dashboard.add_argument("--config", required=True, help="coordinator config file (TOML)")
+    dashboard.add_argument(
+        "--listen", default=None, metavar="HOST:PORT", help="override [http] listen (e.g. 127.0.0.1:8481)"
+    )
+    dashboard.set_defaults(func=run_dashboard)
+
     devices = commands.add_parser(
         "devices",
         help="list the registered devices",
@@ -81,6 +95,36 @@ def run_service(args: argparse.Namespace) -> int:
     policy = load_policy(config)
     store = open_store(config)
     return CoordinatorService(config, keypair, store, policy).run()
+
+
+def run_dashboard(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from prometheus_client import CollectorRegistry
+
+    from agent.coordinator.config import load_coordinator_config
+    from agent.coordinator.http_app import start_dashboard
+    from agent.coordinator.read_store import open_read_store
+    from agent.errors import ConfigError
+
+    config = load_coordinator_config(args.config)
+    open_read_store(config.storage).close()  # a missing or unmigrated database fails now, not per request
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
+    served = start_dashboard(config, CollectorRegistry(), mode="read-only", listen=args.listen)
+    if served is None:
+        raise ConfigError("[http] listen is empty: nothing to serve", hint="give --listen 127.0.0.1:8480")
+    server, dashboard = served
+    print(f"dashboard (read-only) on {server.url}", flush=True)
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        server.stop()
+        dashboard.close()
+    return 0
 
 
 def run_enroll(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,6 +59,8 @@ class BatchResult:
     verdicts: list[SignedVerdict]
     #: Answers due for a reference run: (challenge id, model sha256, nonce).
     references: list[tuple[int, str, str]] = field(default_factory=list)
+    #: Seconds spent judging and recording each message, in the order of ``outcomes``.
+    judge_seconds: list[float] = field(default_factory=list)
 
 
 def _verdict_body(info: VerdictInfo) -> Verdict:
@@ -125,9 +128,11 @@ def commit_batch(
     outcomes: list[Outcome] = []
     verdicts: list[SignedVerdict] = []
     references: list[tuple[int, str, str]] = []
+    judge_seconds: list[float] = []
     with store.transaction():
         pending: list[tuple[int, VerdictInfo]] = []
         for item in items:
+            started = time.perf_counter()
             outcome = _classify_safely(item, store, policy, signer_key, topics)
             message_id = store.insert_message(outcome.row)
             if outcome.head is not None and outcome.row.dev is not None:
@@ -141,6 +146,7 @@ def commit_batch(
                 if state == "pending":
                     references.append((challenge_id, str(body["model_sha256"]), str(body["nonce"])))
             outcomes.append(outcome)
+            judge_seconds.append(time.perf_counter() - started)
         if pending:
             seq, prev = store.coordinator_head(signer_key)
             signer = ChainSigner(keypair, seq=seq, prev=prev if seq else GENESIS_PREV)
@@ -155,4 +161,4 @@ def commit_batch(
             store.mark_published(signer_key, published, now_ms)
         if run_id is not None:
             store.touch_run(run_id, now_ms)
-    return BatchResult(outcomes, verdicts, references)
+    return BatchResult(outcomes, verdicts, references, judge_seconds)

@@ -7,6 +7,7 @@ See docs/coordinator.md for every key.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -96,6 +97,54 @@ class ChallengeSection(Strict):
     reference_threads: Annotated[int, Field(ge=1, le=64)] = 1
 
 
+class HttpSection(Strict):
+    # The dashboard, /api/summary, /metrics and /healthz: "host:port" ("[::1]:8480" for IPv6);
+    # empty: no HTTP server.  Port 0 picks a free port (logged as http_listening).
+    listen: str = "127.0.0.1:8480"
+    # A listen address that is not loopback is refused unless this is true (the page shows
+    # device ids, owners and counts; put a TLS proxy with authentication in front of it).
+    allow_remote: bool = False
+    # A device is online when its last accepted heartbeat is at most this old (default: twice
+    # the devices' default heartbeat_s of 30 s).
+    online_window_s: Annotated[int, Field(ge=1, le=86_400)] = 60
+    # How often the page fetches /api/summary again.
+    refresh_s: Annotated[int, Field(ge=1, le=3_600)] = 5
+
+    @model_validator(mode="after")
+    def _listen(self) -> HttpSection:
+        address = parse_listen(self.listen)
+        if address is not None and not self.allow_remote and not is_loopback(address[0]):
+            raise ValueError(
+                f"listen {self.listen!r} is not a loopback address; the dashboard is for localhost "
+                "(set allow_remote = true to serve it on another interface)"
+            )
+        return self
+
+
+def parse_listen(text: str) -> tuple[str, int] | None:
+    """``"host:port"`` -> (host, port); ``""`` -> None (no HTTP server); ValueError otherwise."""
+    if text == "":
+        return None
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"listen {text!r}: write an IPv6 address in brackets, e.g. [::1]:8480")
+    if not sep or not host or not port.isdigit() or int(port) > 65_535:
+        raise ValueError(f"listen {text!r} is not host:port (e.g. 127.0.0.1:8480, or empty to disable)")
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or the name localhost (any other name may resolve anywhere)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _default_mqtt() -> MqttSettings:
     return MqttSettings(client_id="edgeproof-coordinator")
 
@@ -109,6 +158,7 @@ class CoordinatorConfig(Strict):
     challenges: ChallengeSection = Field(default_factory=ChallengeSection)
     epochs: EpochSection = Field(default_factory=EpochSection)
     mqtt: MqttSettings = Field(default_factory=_default_mqtt)
+    http: HttpSection = Field(default_factory=HttpSection)
 
     @model_validator(mode="after")
     def _epoch_is_whole_slots(self) -> CoordinatorConfig:

@@ -13,8 +13,13 @@ the slot's beacon and challenges when this process wins the slot, missed deadlin
 scores the answers whose reference run finished: the runs themselves happen on the
 :class:`~agent.coordinator.reference.ReferenceRunner` thread, so ingest and acks keep flowing.
 
+With ``[http] listen`` set, a daemon thread serves the dashboard, ``/api/summary``,
+``/metrics`` and ``/healthz`` (:mod:`agent.coordinator.http_app`) from a read-only connection
+of its own; the main thread feeds :class:`~agent.coordinator.metrics.CoordinatorMetrics`
+after each committed batch, tick and score.
+
 SIGTERM (or SIGINT) drains: what was received is committed and acknowledged, the
-liveness record is closed, and the process exits 0.
+liveness record is closed, the HTTP thread is stopped, and the process exits 0.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import threading
 import time
 import uuid
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
@@ -43,12 +48,17 @@ from agent.coordinator import challenge_rows, slots
 from agent.coordinator.batch import BatchResult, Inbound, SignedVerdict, commit_batch
 from agent.coordinator.config import CoordinatorConfig
 from agent.coordinator.ingest import Policy
+from agent.coordinator.metrics import CoordinatorMetrics
 from agent.coordinator.reference import ModelStore, ReferenceJob, ReferenceResult, ReferenceRunner
 from agent.coordinator.registry import models_folder
 from agent.coordinator.store import StorageUnavailableError, Store, now_ms
 from agent.errors import TransportError
 from agent.protocol.topics import Topics
 from agent.transport.mqtt import tls_context
+
+if TYPE_CHECKING:  # imported when serving: starlette and uvicorn stay unloaded with listen = ""
+    from agent.coordinator.http_app import Dashboard
+    from agent.coordinator.http_server import HttpServer
 
 log = logging.getLogger("edgeproof.coordinator")
 
@@ -84,6 +94,9 @@ class CoordinatorService:
         self._rng = random.SystemRandom()
         self._last_slot = -1
         self._client = self._make_client()
+        self.metrics = CoordinatorMetrics()
+        self.metrics.inbox(self._inbox.qsize)
+        self._http: tuple[HttpServer, Dashboard] | None = None  # while [http] listen serves
 
     # --- MQTT ----------------------------------------------------------------------------------
 
@@ -169,11 +182,14 @@ class CoordinatorService:
         signal.signal(signal.SIGINT, self.request_stop)
         self._with_retry(lambda: self._start_run())
         try:
+            self._start_http()
+        except BaseException:
+            self._abandon_run()
+            raise
+        try:
             self._connect()
         except BaseException:
-            with contextlib.suppress(StorageUnavailableError), self.store.transaction():
-                self.store.stop_run(self.run_id, now_ms())
-            self.store.close()
+            self._abandon_run()
             raise
         self._republish()
         self._reference = ReferenceRunner(self.models, self.config.challenges.reference_threads)
@@ -196,8 +212,33 @@ class CoordinatorService:
                 self._tick()
                 last_tick = time.monotonic()
             self._score_finished()
+            self._take_published()  # counts verdicts the broker acknowledged, also when idle
         self._drain()
         return 0
+
+    def _abandon_run(self) -> None:
+        """Startup failed: close the liveness record and everything opened so far."""
+        with contextlib.suppress(StorageUnavailableError), self.store.transaction():
+            self.store.stop_run(self.run_id, now_ms())
+        self.store.close()
+        self._stop_http()
+
+    def _start_http(self) -> None:
+        if not self.config.http.listen:
+            return
+        from agent.coordinator.http_app import start_dashboard  # starlette/uvicorn only when serving
+
+        self.metrics.info.info(
+            {"signer": self.signer, "storage": self.store.dialect.name, "run_id": self.run_id}
+        )
+        self._http = start_dashboard(self.config, self.metrics.registry, mode="service")
+
+    def _stop_http(self) -> None:
+        if self._http is not None:
+            server, dashboard = self._http
+            server.stop()
+            dashboard.close()
+            self._http = None
 
     # --- beacons, challenges, reference runs ------------------------------------------------------
 
@@ -217,11 +258,10 @@ class CoordinatorService:
                 missed_before_ms=self._oldest_waiting_ms(),
             )
         except StorageUnavailableError as exc:
-            log.warning("storage_unavailable", extra={"error": exc.message})
-            with contextlib.suppress(StorageUnavailableError):
-                self.store.reconnect()
+            self._unavailable(exc)
             return
         self._last_slot = result.slot
+        self.metrics.observe_tick(result)
         if result.beacon is not None:
             self._client.publish(result.beacon.topic, result.beacon.wire, qos=1, retain=True)
             self.counts["beacons_issued"] += 1
@@ -267,6 +307,7 @@ class CoordinatorService:
                 if verdict is not None:
                     self._publish_verdicts([verdict])
                     self.counts["challenges_scored"] += 1
+                    self.metrics.observe_scored(verdict)
 
             self._with_retry(attempt)
 
@@ -291,15 +332,18 @@ class CoordinatorService:
             seq = self._verdict_mids.pop(self._acked_mids.popleft(), None)
             if seq is not None:
                 self._published.append(seq)
+                self.metrics.verdicts_published.inc()
         return list(self._published)
 
     def _process(self, batch: list[Inbound]) -> None:
         started = time.monotonic()
         result: BatchResult | None = None
+        commit_s = 0.0  # the attempt that committed, not the retries before it
 
         def attempt() -> None:
-            nonlocal result
+            nonlocal result, commit_s
             published = self._take_published()
+            tried = time.monotonic()
             result = commit_batch(
                 self.store,
                 batch,
@@ -310,10 +354,12 @@ class CoordinatorService:
                 published=published,
                 run_id=self.run_id,
             )
+            commit_s = time.monotonic() - tried
             del self._published[: len(published)]
 
         if not self._with_retry(attempt) or result is None:
             return  # stopped while the database was down: nothing acknowledged, the broker keeps it
+        self.metrics.observe_batch(result, commit_s)
         self._publish_verdicts(result.verdicts)
         if self._reference is not None:
             for challenge_id, sha, nonce in result.references:
@@ -344,6 +390,7 @@ class CoordinatorService:
                 action()
                 return True
             except StorageUnavailableError as exc:
+                self.metrics.storage_unavailable.inc()
                 log.warning("storage_unavailable", extra={"error": exc.message, "retry_s": delay})
             if self._stop.wait(delay):
                 return False
@@ -360,9 +407,13 @@ class CoordinatorService:
             with self.store.transaction():
                 self.store.touch_run(self.run_id, now_ms())
         except StorageUnavailableError as exc:
-            log.warning("storage_unavailable", extra={"error": exc.message})
-            with contextlib.suppress(StorageUnavailableError):
-                self.store.reconnect()
+            self._unavailable(exc)
+
+    def _unavailable(self, exc: StorageUnavailableError) -> None:
+        self.metrics.storage_unavailable.inc()
+        log.warning("storage_unavailable", extra={"error": exc.message})
+        with contextlib.suppress(StorageUnavailableError):
+            self.store.reconnect()
 
     def _republish(self) -> None:
         """Verdicts committed by an earlier run but never acknowledged by the broker."""
@@ -405,6 +456,7 @@ class CoordinatorService:
         self._client.disconnect()
         self._client.loop_stop()
         self.store.close()
+        self._stop_http()
         log.info(
             "coordinator_stopped",
             extra={"run_id": self.run_id, "liveness_closed": closed, **dict(self.counts)},

@@ -21,6 +21,7 @@ class Reason:
     name: str
     #: ``message`` (one inbound envelope), ``challenge``, ``deploy`` (a release), ``local`` (state, config),
     #: ``chain`` (a Solana RPC call or transaction)
+    #: ``http`` (a request to the coordinator's dashboard)
     scope: str
     meaning: str
 
@@ -218,6 +219,15 @@ _TABLE: tuple[Reason, ...] = (
         "chain",
         "an account on chain (mint, vault) differs from what the bootstrap state file describes",
     ),
+    # --- the coordinator's dashboard and /metrics (HTTP; also uses ``oversized``) ------------
+    Reason("unknown_path", "http", "a request for a path the dashboard does not serve"),
+    Reason("method_not_allowed", "http", "a request with a method other than GET or HEAD"),
+    Reason(
+        "untrusted_host",
+        "http",
+        "a Host header that is not the listen address or a loopback name (DNS rebinding)",
+    ),
+    Reason("storage_unavailable", "http", "the database could not be read to answer the request"),
 )
 
 #: name -> Reason

@@ -133,11 +133,13 @@ def write_config(
     models_dir: str = "",
     liveness_s: float = 5.0,
     epoch_ms: int = 3_600_000,
+    http_listen: str = "",
 ) -> Path:
     """A coordinator config + key in ``folder``; returns the config path.
 
     Challenges are off unless ``challenge_probability`` is given (the ingest tests count
-    verdicts exactly); beacons are always issued, every ``slot_ms``.
+    verdicts exactly); beacons are always issued, every ``slot_ms``.  No dashboard unless
+    ``http_listen`` is given (the default 127.0.0.1:8480 would collide between processes).
     """
     folder.mkdir(parents=True, exist_ok=True)
     key = folder / "coordinator-key.json"
@@ -181,6 +183,9 @@ host = "127.0.0.1"
 port = {broker_port}
 client_id = "{client_id}"
 keepalive_s = 10
+
+[http]
+listen = {json.dumps(http_listen)}
 """,
         encoding="utf-8",
     )
