@@ -20,7 +20,7 @@ from dataclasses import dataclass
 class Reason:
     name: str
     #: ``message`` (one inbound envelope), ``challenge``, ``deploy`` (a release), ``local`` (state, config),
-    #: ``chain`` (a Solana RPC call or transaction)
+    #: ``chain`` (a Solana RPC call or transaction),
     #: ``http`` (a request to the coordinator's dashboard)
     scope: str
     meaning: str
