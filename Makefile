@@ -44,8 +44,11 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check agent tests benchmarks
 	$(VENV)/bin/mypy agent
 
+# Most of the suite waits on real processes (brokers, daemons, databases), so it runs on 3
+# xdist workers; the CPU-bound modules (fuzzers, the flood, quantization) carry
+# xdist_group("cpu") and run one after another on one worker.  The 30 slowest are listed.
 test: $(STAMP) broker lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 3 --dist loadgroup --durations=30
 
 demo: $(STAMP)
 	$(PY) -m agent demo

@@ -105,3 +105,37 @@ class DeployError(EdgeproofError):
     def __init__(self, message: str, *, reason: str, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
         self.reason = reason
+
+
+class ChainError(EdgeproofError):
+    """A Solana RPC call or transaction failed: transport, the node's error, or the transaction's.
+
+    Translated once, in :mod:`agent.chain.client`, from solana-py's and httpx's exceptions.
+    ``reason`` is a catalogued name (``rpc_unreachable``, ``simulation_failed``, ``blockhash_expired``,
+    ...); ``err`` is the transaction error in the RPC's JSON shape when there is one, ``logs`` the
+    program logs a simulation returned.
+    """
+
+    exit_code = 15
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str,
+        hint: str | None = None,
+        err: object = None,
+        logs: list[str] | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.reason = reason
+        self.err = err
+        self.logs = logs or []
+
+
+class ChainUnavailableError(ChainError):
+    """The RPC endpoint could not be reached (or kept failing) after every retry."""
+
+
+class BlockhashExpiredError(ChainError):
+    """A transaction's blockhash expired before it landed: it never will; build a new one."""

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from agent.commands.output import print_json, print_table
+from agent.errors import ConfigError
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -35,17 +36,26 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     enroll = commands.add_parser(
         "enroll",
-        help="register a device with its owner, profile, tags and signed binding",
+        help="register a device (or many: --from FILE.jsonl) with its owner, profile, tags and signed binding",
         description="Register DEVICE_ID (its base58 public key). The binding file is made on the "
         "device with `edgeproof keys bind` and must be signed by that device's key for that owner; "
         "a binding that does not verify is refused (exit code 8). Enrolling again replaces the owner, "
-        "profile, tags and binding and keeps the device's chain.",
+        "profile, tags and binding and keeps the device's chain. With --from FILE.jsonl (one binding "
+        "document per line, each device's owner taken from its binding) every line is verified and "
+        "all devices are enrolled in one transaction; a refused line names its number and nothing "
+        "is stored.",
     )
-    enroll.add_argument("device_id", metavar="DEVICE_ID", help="the device's base58 public key")
-    enroll.add_argument("--owner", required=True, help="the owner's base58 wallet address")
+    enroll.add_argument("device_id", metavar="DEVICE_ID", nargs="?", help="the device's base58 public key")
+    enroll.add_argument("--owner", help="the owner's base58 wallet address (with DEVICE_ID)")
     enroll.add_argument("--profile", required=True, help="firmware profile id (e.g. rpi4)")
     enroll.add_argument("--tags", default="", help="comma-separated lower-case tags (e.g. lab,eu)")
-    enroll.add_argument("--binding", required=True, help="binding file written by `edgeproof keys bind`")
+    enroll.add_argument("--binding", help="binding file written by `edgeproof keys bind` (with DEVICE_ID)")
+    enroll.add_argument(
+        "--from",
+        dest="from_file",
+        metavar="FILE.jsonl",
+        help="bulk enrolment: one binding document per line (instead of DEVICE_ID, --owner, --binding)",
+    )
     enroll.add_argument("--config", required=True, help="coordinator config file (TOML)")
     enroll.add_argument("--json", action="store_true", help="print the enrolled device as JSON")
     enroll.set_defaults(func=run_enroll)
@@ -77,6 +87,22 @@ def run_enroll(args: argparse.Namespace) -> int:
     from agent.coordinator.config import load_coordinator_config
     from agent.coordinator.registry import enroll, open_store
 
+    if args.from_file is not None:
+        return run_enroll_many(args)
+    missing = [
+        name
+        for name, value in (
+            ("DEVICE_ID", args.device_id),
+            ("--owner", args.owner),
+            ("--binding", args.binding),
+        )
+        if value is None
+    ]
+    if missing:
+        raise ConfigError(
+            f"enroll needs {', '.join(missing)} (or --from FILE.jsonl for many devices)",
+            hint="edgeproof coordinator enroll DEVICE_ID --owner WALLET --binding FILE --profile P --config FILE",
+        )
     config = load_coordinator_config(args.config)
     store = open_store(config)
     try:
@@ -96,6 +122,43 @@ def run_enroll(args: argparse.Namespace) -> int:
         print_json(record.as_json())
     else:
         print(f"enrolled {record.id} (owner {record.owner}, profile {record.profile})")
+    return 0
+
+
+def run_enroll_many(args: argparse.Namespace) -> int:
+    from agent.coordinator.config import load_coordinator_config
+    from agent.coordinator.registry import enroll_from, open_store
+
+    extra = [
+        name
+        for name, value in (
+            ("DEVICE_ID", args.device_id),
+            ("--owner", args.owner),
+            ("--binding", args.binding),
+        )
+        if value is not None
+    ]
+    if extra:
+        raise ConfigError(
+            f"--from takes each device, owner and binding from the file; drop {', '.join(extra)}"
+        )
+    config = load_coordinator_config(args.config)
+    store = open_store(config)
+    try:
+        records = enroll_from(
+            store,
+            config,
+            path=Path(args.from_file),
+            profile=args.profile,
+            tags=[t.strip() for t in args.tags.split(",") if t.strip()],
+            now_ms=time.time_ns() // 1_000_000,
+        )
+    finally:
+        store.close()
+    if args.json:
+        print_json({"enrolled": len(records), "devices": [r.as_json() for r in records]})
+    else:
+        print(f"enrolled {len(records)} devices from {args.from_file} (profile {args.profile})")
     return 0
 
 

@@ -72,6 +72,61 @@ def enroll(
     return record
 
 
+def enroll_from(
+    store: Store,
+    config: CoordinatorConfig,
+    *,
+    path: Path,
+    profile: str,
+    tags: list[str],
+    now_ms: int,
+) -> list[DeviceRecord]:
+    """Bulk enrolment: one binding document per line, every one verified, then one transaction.
+
+    The owner of each device is the one its binding names.  A line that does not verify, or a
+    device on two lines, refuses the whole file (ProtocolError naming the line): nothing is stored.
+    """
+    profiles = load_profiles(Path(config.registry.profiles_dir) if config.registry.profiles_dir else None)
+    get_profile(profiles, profile)
+    checked_tags = _idents(tags)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"binding file {path} cannot be read: {exc}") from exc
+    records: list[DeviceRecord] = []
+    lines: dict[str, int] = {}
+    for number, line in enumerate(data.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            binding = verify_binding(line)
+        except ProtocolError as exc:
+            raise ProtocolError(
+                f"{path} line {number} refused: {exc.message}",
+                reason=exc.reason,
+                hint="nothing was enrolled; fix or remove that line",
+            ) from exc
+        if binding.device in lines:
+            raise ProtocolError(
+                f"{path} line {number} refused: device {binding.device} is already on line "
+                f"{lines[binding.device]}",
+                reason="malformed",
+                hint="nothing was enrolled; keep one binding per device",
+            )
+        lines[binding.device] = number
+        records.append(
+            DeviceRecord(
+                binding.device, binding.owner, profile, checked_tags, binding.ts, binding.sig, now_ms
+            )
+        )
+    if not records:
+        raise ConfigError(f"binding file {path} holds no bindings (one binding document per line)")
+    with store.transaction():
+        for record in records:
+            store.enroll(record)
+    return records
+
+
 def model_classes(models_dir: Path) -> dict[str, str]:
     """sha256 -> model class of every model card (``*.toml``) in ``models_dir``."""
     classes: dict[str, str] = {}

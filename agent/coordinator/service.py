@@ -214,6 +214,7 @@ class CoordinatorService:
                 slot_ms=self.config.beacons.slot_ms,
                 challenges=self.config.challenges,
                 rng=self._rng,
+                missed_before_ms=self._oldest_waiting_ms(),
             )
         except StorageUnavailableError as exc:
             log.warning("storage_unavailable", extra={"error": exc.message})
@@ -230,6 +231,11 @@ class CoordinatorService:
             self.counts["challenges_issued"] += 1
         self._publish_verdicts(result.verdicts)
         self.counts["challenges_missed"] += len(result.verdicts)
+
+    def _oldest_waiting_ms(self) -> int | None:
+        """The ingest stamp of the oldest message received and not committed yet (the inbox is FIFO)."""
+        with self._inbox.mutex:
+            return self._inbox.queue[0].ingest_ms if self._inbox.queue else None
 
     def _publish_verdicts(self, verdicts: list[SignedVerdict]) -> None:
         for verdict in verdicts:

@@ -12,7 +12,10 @@ second in every coordinator process, in one transaction:
    ``active_within_slots`` slots is challenged with ``probability_per_slot``: a random
    32-byte nonce, the model it last reported, a deadline ``deadline_ms`` ahead;
 3. challenges past their deadline without an answer become ``challenge_missed`` (an
-   ``UPDATE ... WHERE outcome IS NULL``: any process, each exactly once), with a verdict.
+   ``UPDATE ... WHERE outcome IS NULL``: any process, each exactly once), with a verdict --
+   past the deadline by the ingest stamp of the oldest message the process still holds
+   uncommitted, not by the wall clock: under a commit backlog an answer that arrived in time
+   is still queued, and sweeping by the clock would judge it late.
 
 :func:`score` turns a reference run into the challenge's outcome and a verdict on the answer.
 """
@@ -118,8 +121,14 @@ def tick(
     challenges: ChallengeSection,
     rng: random.Random,
     nonce: Callable[[], str] = lambda: secrets.token_hex(32),
+    missed_before_ms: int | None = None,
 ) -> TickResult:
-    """One transaction: the slot's beacon and challenges if this process wins the slot, then misses."""
+    """One transaction: the slot's beacon and challenges if this process wins the slot, then misses.
+
+    ``missed_before_ms`` is the ingest stamp of the oldest message this process received and
+    has not committed yet (None: nothing waits): a deadline at or after it is not swept as
+    missed yet, since an answer stamped before the deadline may be among those messages.
+    """
     slot = slot_of(now_ms, slot_ms)
     result = TickResult(slot)
     with store.transaction():
@@ -133,7 +142,8 @@ def tick(
             result.challenges = _challenge_devices(
                 store, chain, topics, slot, slot_ms, now_ms, challenges, rng, nonce
             )
-        for row in challenge_rows.take_missed(store, now_ms):
+        sweep_ms = now_ms if missed_before_ms is None else min(now_ms, missed_before_ms)
+        for row in challenge_rows.take_missed(store, sweep_ms):
             result.verdicts.append(
                 _verdict(
                     chain,

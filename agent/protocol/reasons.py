@@ -19,7 +19,8 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Reason:
     name: str
-    #: ``message`` (one inbound envelope), ``challenge``, ``deploy`` (a release), ``local`` (state, config)
+    #: ``message`` (one inbound envelope), ``challenge``, ``deploy`` (a release), ``local`` (state, config),
+    #: ``chain`` (a Solana RPC call or transaction)
     scope: str
     meaning: str
 
@@ -194,6 +195,28 @@ _TABLE: tuple[Reason, ...] = (
         "reference_failed",
         "challenge",
         "the coordinator could not run its reference copy of the model: not scored",
+    ),
+    # --- Solana RPC and transactions (agent/chain) -------------------------------------------
+    Reason("rpc_unreachable", "chain", "the RPC endpoint could not be reached, timed out or kept failing"),
+    Reason("rpc_error", "chain", "the RPC node answered with an error that is not about a transaction"),
+    Reason("simulation_failed", "chain", "preflight simulation refused the transaction (err and logs kept)"),
+    Reason("blockhash_not_found", "chain", "the transaction's blockhash is unknown to the node or expired"),
+    Reason("already_processed", "chain", "this exact transaction (its signature) was already processed"),
+    Reason("signature_failure", "chain", "a transaction signature does not verify"),
+    Reason("transaction_failed", "chain", "the transaction landed but failed: fee charged, no other effect"),
+    Reason(
+        "blockhash_expired",
+        "chain",
+        "the transaction did not land before its blockhash's last valid block height; it never will",
+    ),
+    Reason(
+        "not_confirmed", "chain", "no confirmation within the timeout while the blockhash was still valid"
+    ),
+    Reason("airdrop_refused", "chain", "the cluster gave no airdrop and the payer is short of SOL"),
+    Reason(
+        "state_mismatch",
+        "chain",
+        "an account on chain (mint, vault) differs from what the bootstrap state file describes",
     ),
 )
 

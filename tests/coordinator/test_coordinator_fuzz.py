@@ -36,7 +36,8 @@ from tests.support.coordinator import (
     enroll_direct,
 )
 
-pytestmark = pytest.mark.integration
+# CPU-bound: runs on the one xdist worker that takes the "cpu" group, never beside another of them.
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("cpu")]
 T = Topics()
 SLOT = NOW // SLOT_MS
 #: 1,000 examples of 10 inputs each, judged as one batch: the issue's 10,000 inputs, with the

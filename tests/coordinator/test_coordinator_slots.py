@@ -234,3 +234,49 @@ def test_the_model_store_finds_the_shipped_models_by_sha256(tmp_path: Path) -> N
     (tmp_path / "broken.toml").write_text("id = 3\n", encoding="utf-8")
     assert ModelStore(tmp_path).cards == {}  # a broken card is skipped, not fatal
     assert ModelStore(tmp_path / "missing").cards == {}
+
+
+def test_a_deadline_is_not_swept_while_an_older_message_waits_uncommitted(store: Store) -> None:
+    device = Device(device_key(94))
+    enroll_direct(store, device.keypair)
+    commit_batch(
+        store,
+        [_status(device, EFFICIENTNET_SHA, NOW - 500)],
+        policy=_policy(),
+        keypair=COORD,
+        topics=T,
+        now_ms=NOW,
+    )
+    issued = slots.tick(
+        store, COORD, T, now_ms=NOW, slot_ms=SLOT, challenges=ALWAYS, rng=random.Random(1), nonce=_nonces()
+    )
+    assert len(issued.challenges) == 1
+    quiet = ChallengeSection(probability_per_slot=0.0)
+    # 3 s past the deadline by the clock, but a message stamped 1 ms before the deadline is
+    # still queued (a commit backlog): it may be the answer, so nothing is swept
+    held = slots.tick(
+        store,
+        COORD,
+        T,
+        now_ms=NOW + 8000,
+        slot_ms=SLOT,
+        challenges=quiet,
+        rng=random.Random(1),
+        missed_before_ms=NOW + 4999,
+    )
+    assert held.verdicts == [] and challenge_rows.challenges(store, device.id)[0].outcome is None
+    # once the queue holds only messages stamped after the deadline, the miss is swept
+    swept = slots.tick(
+        store,
+        COORD,
+        T,
+        now_ms=NOW + 8100,
+        slot_ms=SLOT,
+        challenges=quiet,
+        rng=random.Random(1),
+        missed_before_ms=NOW + 5001,
+    )
+    assert (
+        len(swept.verdicts) == 1
+        and challenge_rows.challenges(store, device.id)[0].outcome == "challenge_missed"
+    )

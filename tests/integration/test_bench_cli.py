@@ -12,7 +12,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 CARD = ROOT / "models" / "efficientnet-lite0-int8.toml"
 
-pytestmark = pytest.mark.integration
+# CPU-bound: runs on the one xdist worker that takes the "cpu" group, never beside another of them.
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("cpu")]
 
 
 def test_bench_json_reports_both_loops_and_each_process_peak_rss() -> None:

@@ -53,7 +53,8 @@ from tests.support.daemon_rig import (
 from tests.support.envelopes import coordinator_envelope, forged
 from tests.support.mosquitto import MosquittoBroker, free_port
 
-pytestmark = pytest.mark.integration
+# CPU-bound: runs on the one xdist worker that takes the "cpu" group, never beside another of them.
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("cpu")]
 
 FLOOD = 10_000
 SEED = 6

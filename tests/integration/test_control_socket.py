@@ -51,7 +51,9 @@ from tests.support.daemon_rig import (
 )
 from tests.support.mosquitto import Collector, MosquittoBroker
 
-pytestmark = pytest.mark.integration
+# Timing: heartbeats and the watchdog must keep their schedule under hostile clients; it runs in the
+# xdist group "cpu", never beside the CPU-bound modules.
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("cpu")]
 
 NOBODY = 65534
 #: READ_TIMEOUT_S of agent/device/control.py, as a client sees it.

@@ -25,7 +25,8 @@ from agent.protocol.reasons import is_reason
 from tests.support.fuzz import envelope_seeds, payloads
 from tests.support.mosquitto import free_port
 
-pytestmark = pytest.mark.integration
+# CPU-bound: runs on the one xdist worker that takes the "cpu" group, never beside another of them.
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("cpu")]
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "models" / "efficientnet-lite0-int8.toml"

@@ -18,6 +18,8 @@ ROOT = Path(__file__).resolve().parents[2]
 CALIB = ROOT / "tests" / "data" / "calib"
 MODELS = ROOT / "models"
 SHIPPED = sorted(MODELS.glob("*.toml"))
+# CPU-bound (calibration, model runs): the xdist worker of the "cpu" group runs these one at a time.
+pytestmark = pytest.mark.xdist_group("cpu")
 
 
 def edgeproof(*args: str) -> subprocess.CompletedProcess[str]:

@@ -20,6 +20,11 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     # A coordinator never imports device code (nor a device coordinator code, below).
     "agent/coordinator": ("agent.device",),
     "agent/device": ("agent.coordinator",),
+    # The fleet simulator is a device-side role built on the protocol alone: it neither reuses
+    # the daemon nor peeks into the coordinator it is measured against.
+    "agent/simulator": ("agent.coordinator", "agent.device"),
+    # The chain code serves every role: it knows none of them, nor the CLI.
+    "agent/chain": ("agent.device", "agent.coordinator", "agent.commands"),
 }
 
 
