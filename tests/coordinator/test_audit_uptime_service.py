@@ -42,7 +42,7 @@ from tests.support.coordinator import (
 )
 from tests.support.mosquitto import Collector, MosquittoBroker
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("cpu")]  # 1 s slots: timing-sensitive
 T = Topics()
 SLOT = 1000
 EPOCH_MS = 10 * SLOT
