@@ -59,11 +59,18 @@ def test_csv_has_one_row_per_device_with_every_field() -> None:
     )
 
 
-@pytest.mark.integration  # two `python -m agent` processes
+@pytest.mark.integration  # a `python -m agent` process
 def test_refusals_are_a_message_and_an_exit_code(tmp_path: Path) -> None:
     missing = tmp_path / "nope.jsonl"
     out = run_cli("audit", "uptime", "--capture", str(missing))
     assert out.returncode == 12 and "Traceback" not in out.stderr
     assert out.stderr.startswith(f"edgeproof: error: cannot read the capture {missing}: ")
-    out = run_cli("audit", "uptime")
-    assert out.returncode == 2 and "one of the arguments --config --capture is required" in out.stderr
+
+
+def test_uptime_needs_a_database_or_a_capture(capsys: pytest.CaptureFixture[str]) -> None:
+    from agent.cli import build_parser
+
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["audit", "uptime", "--epoch", "3"])
+    assert exit_info.value.code == 2
+    assert "one of the arguments --config --capture is required" in capsys.readouterr().err

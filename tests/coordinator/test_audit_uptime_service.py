@@ -42,7 +42,7 @@ from tests.support.coordinator import (
 )
 from tests.support.mosquitto import Collector, MosquittoBroker
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("cpu")]  # 1 s slots: timing-sensitive
 T = Topics()
 SLOT = 1000
 EPOCH_MS = 10 * SLOT
@@ -211,8 +211,8 @@ def test_the_audit_counts_exactly_the_scripted_slots_across_a_coordinator_kill(
     assert (sums[devices["a"].id]["proofs"], sums[devices["a"].id]["inferences"]) == (1, 100)
 
     # The CLI: JSON, CSV and table agree with the library's report of the kill's epoch, and so
-    # does the report recomputed from an exported capture.  Spawned processes on SQLite; the
-    # same command functions in this process on PostgreSQL (the output code is shared).
+    # does the report recomputed from an exported capture.  `python -m agent` spawned once (on
+    # SQLite); the other calls run the CLI's parser and command functions in this process.
     epoch = epoch_of(kill_at, EPOCH_MS)
     want = report_json(epoch_report(store, epoch, slot_ms=SLOT, epoch_ms=EPOCH_MS))
     assert want["coordinator_down_slots"] >= 3
@@ -223,13 +223,13 @@ def test_the_audit_counts_exactly_the_scripted_slots_across_a_coordinator_kill(
     rc, out, err = cli("audit", "uptime", *common, "--json", "--plot", str(png))
     assert rc == 0 and json.loads(out) == want, err
     assert matplotlib.image.imread(str(png)).shape[0] > 100
+    local = in_process(capsys)
     capture = tmp_path / "capture.jsonl"
-    rc, out, err = cli("audit", "export", *common, "--out", str(capture))
+    rc, out, err = local("audit", "export", *common, "--out", str(capture))
     assert rc == 0 and out.startswith(f"wrote {capture}: epoch {epoch}"), err
-    rc, out, err = cli("audit", "uptime", "--capture", str(capture), "--format", "json")
+    rc, out, err = local("audit", "uptime", "--capture", str(capture), "--format", "json")
     assert rc == 0 and json.loads(out) == want, err  # recomputed from the capture alone
     assert " 0 judged differently than recorded" in err
-    local = in_process(capsys)
     rc, out, err = local("audit", "uptime", *common, "--format", "csv")
     assert rc == 0, err
     rows = {r["dev"]: r for r in csv.DictReader(io.StringIO(out))}

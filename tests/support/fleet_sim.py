@@ -91,6 +91,9 @@ liveness_s = 1.0
 [beacons]
 slot_ms = {self.slot_ms}
 
+[epochs]
+epoch_ms = {self.epoch_ms}
+
 [challenges]
 probability_per_slot = {self.challenge_probability}
 deadline_ms = {self.deadline_ms}
