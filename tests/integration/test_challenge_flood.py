@@ -237,7 +237,9 @@ def test_a_flood_of_10000_challenges_is_refused_by_reason_while_heartbeats_and_w
             answered = s.get("counters", {}).get("challenges_answered", 0)
             return answered + sum(s.get("rejected_inbound", {}).values()) == FLOOD
 
-        wait_until(accounted, 120, "every flood message answered or refused (status.json)")
+        # Generous: on a loaded CI machine the daemon drains 10,000 messages slowly; the schedule checks
+        # below, not this wait, are what the test is about.
+        wait_until(accounted, 300, "every flood message answered or refused (status.json)")
         flood_end_ms = now_ms()
         time.sleep(3)  # heartbeats after the flood, for the period check below
         owner_view = edgeproof_status(config)
@@ -305,7 +307,7 @@ def test_a_flood_of_10000_challenges_is_refused_by_reason_while_heartbeats_and_w
             lambda: responses_to(capture_of(collector), fresh_after) == 1, 60, "a fresh challenge answered"
         )
         wait_until(
-            lambda: second.status().get("rejected_inbound") == {"replay": 2}, 15, "two replays refused"
+            lambda: second.status().get("rejected_inbound") == {"replay": 2}, 60, "two replays refused"
         )
         assert second.terminate() == 0, second.tail()
     finally:
