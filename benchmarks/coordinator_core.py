@@ -35,17 +35,16 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from coordinator_load import (  # noqa: E402
+from coordinator_load import (
     COORDINATOR_SEED,
     ROOT,
-    SLOT_MS,
     Databases,
     Load,
     make_load,
@@ -53,19 +52,19 @@ from coordinator_load import (  # noqa: E402
     prepare_store,
     raw_verify_rate,
 )
-from solders.keypair import Keypair  # noqa: E402
+from solders.keypair import Keypair
 
-import agent.coordinator.chain_view as chain_view  # noqa: E402
-import agent.coordinator.ingest as ingest  # noqa: E402
-import agent.protocol.envelope as envelope  # noqa: E402
-import agent.protocol.inbound as inbound  # noqa: E402
-from agent.coordinator.batch import Inbound, commit_batch  # noqa: E402
-from agent.coordinator.ingest import Policy  # noqa: E402
-from agent.coordinator.registry import model_classes  # noqa: E402
-from agent.coordinator.store import Store  # noqa: E402
-from agent.profiles import load_profiles  # noqa: E402
-from agent.protocol.chain import ChainSigner  # noqa: E402
-from agent.protocol.topics import Topics  # noqa: E402
+import agent.coordinator.chain_view as chain_view
+import agent.coordinator.ingest as ingest
+import agent.protocol.envelope as envelope
+import agent.protocol.inbound as inbound
+from agent.coordinator.batch import Inbound, commit_batch
+from agent.coordinator.ingest import Policy
+from agent.coordinator.registry import model_classes
+from agent.coordinator.store import Store
+from agent.profiles import load_profiles
+from agent.protocol.chain import ChainSigner
+from agent.protocol.topics import Topics
 
 START_MS = 1_760_000_000_000
 GOAL = 0.6
@@ -85,7 +84,8 @@ def make_policy(load: Load) -> Policy:
 def inbound_items(load: Load) -> list[Inbound]:
     """What the MQTT thread hands the batcher: topic, payload, the coordinator's receive time."""
     return [
-        Inbound(topic, wire, ts + 5, mid=i + 1) for i, ((topic, wire), ts) in enumerate(zip(load.messages, load.ts))
+        Inbound(topic, wire, ts + 5, mid=i + 1)
+        for i, ((topic, wire), ts) in enumerate(zip(load.messages, load.ts, strict=True))
     ]
 
 
@@ -108,7 +108,13 @@ def run_core(store: Store, load: Load, items: list[Inbound], policy: Policy, bat
     for lo in range(0, len(items), batch):
         chunk = items[lo : lo + batch]
         result = commit_batch(
-            store, chunk, policy=policy, keypair=keypair, topics=topics, now_ms=chunk[-1].ingest_ms, run_id=run_id
+            store,
+            chunk,
+            policy=policy,
+            keypair=keypair,
+            topics=topics,
+            now_ms=chunk[-1].ingest_ms,
+            run_id=run_id,
         )
         accepted += sum(1 for o in result.outcomes if o.row.accepted)
     elapsed = time.perf_counter() - start
@@ -236,7 +242,9 @@ def instrumented() -> Iterator[Sections]:
         sections.restore()
 
 
-def profile_pass(store: Store, load: Load, items: list[Inbound], policy: Policy, batch: int) -> dict[str, Any]:
+def profile_pass(
+    store: Store, load: Load, items: list[Inbound], policy: Policy, batch: int
+) -> dict[str, Any]:
     import agent.coordinator.batch as batch_module
 
     keypair = Keypair.from_seed(COORDINATOR_SEED)
@@ -280,9 +288,13 @@ def bound_of(profile: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--messages", type=int, default=6000, help="heartbeats per round (default 6000)")
-    parser.add_argument("--devices", type=int, default=1000, help="enrolled devices sending them (default 1000)")
+    parser.add_argument(
+        "--devices", type=int, default=1000, help="enrolled devices sending them (default 1000)"
+    )
     parser.add_argument("--rounds", type=int, default=3, help="core rounds per backend (default 3)")
     parser.add_argument("--batch", type=int, default=200, help="messages per transaction (default 200)")
     parser.add_argument(
@@ -318,7 +330,9 @@ def main(argv: list[str] | None = None) -> int:
                 finally:
                     store.close()
                 if accepted != len(items):
-                    sys.stderr.write(f"error: {backend}: only {accepted} of {len(items)} heartbeats accepted\n")
+                    sys.stderr.write(
+                        f"error: {backend}: only {accepted} of {len(items)} heartbeats accepted\n"
+                    )
                     return 1
                 rates.append(rate)
                 raw.append(raw_verify_rate(load.verify_items))
@@ -385,7 +399,9 @@ def print_report(report: dict[str, Any]) -> None:
             f"{profile['rate_instrumented_per_s']:,.0f} msg/s), us per message:"
         )
         for name, about in SECTIONS:
-            print(f"      {name:<15} {profile['us_per_message'][name]:7.1f} us  {profile['share'][name]:5.1%}  {about}")
+            print(
+                f"      {name:<15} {profile['us_per_message'][name]:7.1f} us  {profile['share'][name]:5.1%}  {about}"
+            )
         groups = ", ".join(f"{g} {v:.0%}" for g, v in profile["groups"].items())
         print(f"    groups: {groups}")
         print(f"    bound: {entry['bound']}")

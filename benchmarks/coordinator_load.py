@@ -108,7 +108,9 @@ def prepare_store(store: Store, load: Load, enrolled_ms: int, profile: str = "rp
     with store.transaction():
         for key in load.devices:
             binding = sign_binding(key, OWNER, enrolled_ms)
-            store.enroll(DeviceRecord(binding.device, OWNER, profile, ("bench",), binding.ts, binding.sig, enrolled_ms))
+            store.enroll(
+                DeviceRecord(binding.device, OWNER, profile, ("bench",), binding.ts, binding.sig, enrolled_ms)
+            )
         for slot in load.slots:
             store.add_beacon(slot, beacon_nonce(slot), slot * SLOT_MS, SLOT_MS, slot * SLOT_MS)
 
@@ -165,3 +167,7 @@ class Databases:
         if self._pg is not None:
             self._pg.cleanup()
             self._pg = None
+
+
+if __name__ == "__main__":
+    print("coordinator_load.py is the shared part of coordinator_core.py and coordinator_mqtt.py; run those")
