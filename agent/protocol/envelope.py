@@ -143,9 +143,20 @@ def _check_chain_fields(kind: str, seq: int, prev: str) -> None:
 
 
 def build_envelope(
-    signer: Keypair, kind: str, body: Strict | dict[str, Any], *, seq: int, prev: str, ts: int
+    signer: Keypair,
+    kind: str,
+    body: Strict | dict[str, Any],
+    *,
+    seq: int,
+    prev: str,
+    ts: int,
+    dev: str | None = None,
 ) -> Envelope:
-    """Validate ``body`` for ``kind``, sign, and return the envelope (pure: no state)."""
+    """Validate ``body`` for ``kind``, sign, and return the envelope (pure: no state).
+
+    ``dev`` is ``str(signer.pubkey())`` when the caller already has it (deriving it costs about
+    as much as the rest of a small envelope).
+    """
     model = validate_body(kind, body)
     if type(seq) is not int or not 0 <= seq <= SEQ_MAX:
         raise ProtocolError(f"seq must be an integer 0..2**63-1 (got {seq!r})", reason="schema")
@@ -158,7 +169,7 @@ def build_envelope(
     unsigned: dict[str, Any] = {
         "v": VERSION,
         "kind": kind,
-        "dev": str(signer.pubkey()),
+        "dev": dev if dev is not None else str(signer.pubkey()),
         "seq": seq,
         "ts": ts,
         "prev": prev,
