@@ -188,12 +188,14 @@ SECTIONS: list[tuple[str, str]] = [
     ("parse", "strict JSON, envelope keys and types, canonical size, base58 key/sig decode"),
     ("verify", "signed-bytes encoding + Signature.verify + sha256 (verify_parsed minus schema)"),
     ("schema", "pydantic body validation"),
-    ("registry", "device lookup (SELECT devices)"),
+    ("prefetch", "registry rows + chain heads of the batch's devices (a few SELECTs per batch)"),
+    ("registry", "device lookup (from the prefetch; SELECT devices when missed)"),
     ("chain", "stored chain: head (locked), seq lookup, ChainVerifier"),
     ("policy", "clock skew, beacon lookups (SELECT beacons)"),
     ("classify_other", "topic check, rows and verdict info, rest of classify"),
     ("verdict_sign", "verdict body + ChainSigner.next (encode, ed25519 sign, sha256)"),
-    ("store_write", "INSERT message/verdict, UPDATE heads, liveness, coordinator head"),
+    ("store_write", "INSERT message/verdicts, UPDATE heads, liveness, coordinator head (sending)"),
+    ("db_wait", "fetching results: waiting for the database's replies (PostgreSQL: the pipeline)"),
     ("begin_commit", "BEGIN / COMMIT (SQLite: WAL append, fsync with FULL)"),
     ("batch_other", "commit_batch's own loop, unattributed"),
 ]
@@ -202,8 +204,8 @@ SECTIONS: list[tuple[str, str]] = [
 GROUPS = {
     "parse_validate": ("parse", "schema", "classify_other"),
     "verify": ("verify",),
-    "chain_policy": ("registry", "chain", "policy"),
-    "store": ("store_write", "begin_commit"),
+    "chain_policy": ("prefetch", "registry", "chain", "policy"),
+    "store": ("store_write", "db_wait", "begin_commit"),
     "verdict_sign": ("verdict_sign",),
     "other": ("batch_other",),
 }
@@ -224,8 +226,12 @@ def instrumented() -> Iterator[Sections]:
 
     sections.wrap(batch_module, "_verdict_body", "verdict_sign")
     sections.wrap(batch_module, "classify", "classify_other")
+    sections.wrap(Store, "prefetch", "prefetch")
+    sections.wrap(Store, "_fetch", "db_wait")
     for name in (
-        "insert_message",
+        "insert_message_later",
+        "insert_verdicts",
+        "_flush_heads",
         "set_head",
         "insert_verdict",
         "set_coordinator_head",
@@ -291,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--messages", type=int, default=6000, help="heartbeats per round (default 6000)")
+    parser.add_argument("--messages", type=int, default=3000, help="heartbeats per round (default 3000)")
     parser.add_argument(
         "--devices", type=int, default=1000, help="enrolled devices sending them (default 1000)"
     )

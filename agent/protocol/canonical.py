@@ -64,7 +64,7 @@ def _plain(obj: Any, depth: int) -> bool:
         return False
     kind = type(obj)
     if kind is str:
-        return _utf8(obj)
+        return obj.isascii() or _utf8(obj)
     if kind is int:
         return bool(INT_MIN <= obj <= INT_MAX)
     if obj is None or kind is bool:
@@ -74,7 +74,7 @@ def _plain(obj: Any, depth: int) -> bool:
         if obj and inner > MAX_DEPTH:
             return False
         for key, value in obj.items():
-            if type(key) is not str or not _utf8(key) or not _plain(value, inner):
+            if type(key) is not str or not (key.isascii() or _utf8(key)) or not _plain(value, inner):
                 return False
         return True
     if kind is list or kind is tuple:
@@ -134,6 +134,11 @@ def _check_value(obj: Any, path: tuple[str | int, ...]) -> None:
 def canonical(obj: Any) -> bytes:
     """The canonical UTF-8 JSON encoding of ``obj`` (see module doc)."""
     check_value(obj)
+    return encode_checked(obj)
+
+
+def encode_checked(obj: Any) -> bytes:
+    """:func:`canonical` of a value :func:`check_value` (or :func:`parse_json`) has just accepted."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
