@@ -488,12 +488,16 @@ def _check_all_accepted(url: str, sqlite_path: Path, count: int, scenario: str) 
     store = Store.open(database_url=url, sqlite_path=sqlite_path, migrate=False)
     try:
         row = store.one("SELECT COUNT(*), SUM(accepted) FROM messages")
+        reasons = store.rows(
+            "SELECT reason, COUNT(*), MIN(detail) FROM messages WHERE accepted = 0 GROUP BY reason ORDER BY reason"
+        )
     finally:
         store.close()
     assert row is not None
     if int(row[0]) != count or int(row[1] or 0) != count:
         raise RuntimeError(
-            f"{scenario}: {row[0]} messages stored, {row[1]} accepted, expected {count} of each"
+            f"{scenario}: {row[0]} messages stored, {row[1]} accepted, expected {count} of each; "
+            f"rejected by reason: {reasons}"
         )
 
 
