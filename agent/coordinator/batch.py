@@ -14,7 +14,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +24,7 @@ from solders.keypair import Keypair
 from agent.coordinator import challenge_rows
 from agent.coordinator.ingest import Outcome, Policy, VerdictInfo, classify
 from agent.coordinator.store import MessageRow, Store
-from agent.errors import StorageError
+from agent.errors import ProtocolError, StorageError
 from agent.protocol.chain import ChainSigner
 from agent.protocol.envelope import GENESIS_PREV
 from agent.protocol.messages import Verdict
@@ -76,6 +76,13 @@ def _verdict_body(info: VerdictInfo) -> Verdict:
         return Verdict(**fields, detail=info.detail)
     except pydantic.ValidationError:
         return Verdict(**fields)  # a detail the schema does not take (e.g. a lone surrogate) is left out
+
+
+def _topic_dev(topics: Topics, topic: str) -> str | None:
+    try:
+        return topics.parse(topic).dev
+    except ProtocolError:
+        return None
 
 
 def _classify_safely(item: Inbound, store: Store, policy: Policy, signer_key: str, topics: Topics) -> Outcome:
@@ -130,18 +137,24 @@ def commit_batch(
     references: list[tuple[int, str, str]] = []
     judge_seconds: list[float] = []
     with store.transaction():
-        pending: list[tuple[int, VerdictInfo]] = []
+        # The registry rows and chain heads of the batch's devices, in a few queries (and on
+        # PostgreSQL their head rows locked in one order); a message whose signer is another
+        # device than its topic names is looked up on its own.
+        store.prefetch([dev for dev in (_topic_dev(topics, item.topic) for item in items) if dev is not None])
+        pending: list[tuple[Callable[[], int], VerdictInfo]] = []
         for item in items:
             started = time.perf_counter()
             outcome = _classify_safely(item, store, policy, signer_key, topics)
-            message_id = store.insert_message(outcome.row)
+            message_id = store.insert_message_later(outcome.row)
             if outcome.head is not None and outcome.row.dev is not None:
                 store.set_head(outcome.row.dev, outcome.head, item.ingest_ms)
             if outcome.verdict is not None:
                 pending.append((message_id, outcome.verdict))
             if outcome.challenge is not None:
                 challenge_id, state = outcome.challenge
-                challenge_rows.set_outcome(store, challenge_id, state, item.ingest_ms, response_id=message_id)
+                challenge_rows.set_outcome(
+                    store, challenge_id, state, item.ingest_ms, response_id=message_id()
+                )
                 body = json.loads(outcome.row.raw)["body"]
                 if state == "pending":
                     references.append((challenge_id, str(body["model_sha256"]), str(body["nonce"])))
@@ -150,11 +163,14 @@ def commit_batch(
         if pending:
             seq, prev = store.coordinator_head(signer_key)
             signer = ChainSigner(keypair, seq=seq, prev=prev if seq else GENESIS_PREV)
+            rows: list[tuple[str, int, str, int, str, bytes, int]] = []
             for message_id, info in pending:
                 env = signer.next("verdict", _verdict_body(info), ts=now_ms)
                 topic = topics.for_kind("verdict", info.device)
-                store.insert_verdict(signer_key, env.seq, info.device, message_id, topic, env.wire, now_ms)
-                verdicts.append(SignedVerdict(env.seq, topic, env.wire))
+                wire = env.wire  # encoded once for the row and the publish
+                rows.append((signer_key, env.seq, info.device, message_id(), topic, wire, now_ms))
+                verdicts.append(SignedVerdict(env.seq, topic, wire))
+            store.insert_verdicts(rows)
             head_seq, head_hash = signer.state()
             store.set_coordinator_head(signer_key, head_seq, head_hash)
         if published:

@@ -46,7 +46,10 @@ class StoredChain:
         # The head row first: on PostgreSQL it is locked until commit, so a second process
         # judging the same device waits here and then sees everything the first one stored.
         head = self._store.head(self._dev, lock=True)
-        stored = self._store.linked(self._dev, env.seq) if env.seq > 0 else None
+        # Only linked envelopes are stored at a chain seq, and linking moves the head to at least
+        # their seq: above a stored head nothing can be stored yet (one query saved per message).
+        above = head is not None and env.seq > head.seq
+        stored = self._store.linked(self._dev, env.seq) if env.seq > 0 and not above else None
         if env.sideband:
             if stored is not None and stored[0] != env.prev:
                 return LinkResult(

@@ -17,8 +17,8 @@ import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +92,30 @@ _MESSAGE_COLUMNS = (
 )
 
 
+@dataclass
+class _TxCache:
+    """What one write transaction has read or written of the hot rows (dropped when it ends).
+
+    ``heads`` only holds heads read with their row lock (or written) in this transaction, so
+    a cached head is the one the transaction owns; ``dirty`` heads are written at commit, all
+    in one ``executemany`` (one round trip on PostgreSQL, in the transaction).
+    """
+
+    devices: dict[str, DeviceRecord | None] = field(default_factory=dict)
+    heads: dict[str, Head] = field(default_factory=dict)
+    dirty: dict[str, tuple[Head, int]] = field(default_factory=dict)
+    #: The newest beacons ``(slot, issued_ms)``, highest slot first (read once per transaction).
+    newest_beacons: list[tuple[int, int]] | None = None
+
+
+#: How many devices one prefetch query names (well under SQLite's 32,766 parameters).
+PREFETCH_CHUNK = 500
+#: Newest beacons read once per transaction for ``newest_beacon_slot``.
+NEWEST_BEACONS = 8
+#: Beacon nonces remembered per process (a stored beacon's nonce never changes).
+BEACON_CACHE = 4096
+
+
 def _transient_errors() -> tuple[type[BaseException], ...]:
     """Errors after which the same batch is retried: lost connection, lock, deadlock, conflict.
 
@@ -119,6 +143,8 @@ class Store:
         self._connect = connect
         self._conn: Any = None
         self._in_tx = False
+        self._tx: _TxCache | None = None
+        self._beacon_nonces: dict[int, str] = {}
         self.reconnect()
 
     # --- opening -------------------------------------------------------------------------------
@@ -154,6 +180,7 @@ class Store:
                 self._conn.close()
             self._conn = None
         self._in_tx = False
+        self._tx = None
 
     # --- queries -------------------------------------------------------------------------------
 
@@ -165,12 +192,34 @@ class Store:
         except _TRANSIENT as exc:
             raise StorageUnavailableError(f"database {self.where} is unavailable: {exc}") from exc
 
+    def execute_many(self, sql: str, params: Sequence[Sequence[Any]]) -> None:
+        """One statement over many parameter rows (pipelined by psycopg: one round trip)."""
+        if self._conn is None:
+            raise StorageUnavailableError(f"database {self.where} is not connected")
+        try:
+            cursor = self._conn.cursor()
+            try:
+                cursor.executemany(self.dialect.sql(sql), [tuple(p) for p in params])
+            finally:
+                cursor.close()
+        except _TRANSIENT as exc:
+            raise StorageUnavailableError(f"database {self.where} is unavailable: {exc}") from exc
+
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        return [tuple(r) for r in self.execute(sql, params).fetchall()]
+        cursor = self.execute(sql, params)
+        return [tuple(r) for r in self._fetch(cursor.fetchall)]
 
     def one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
-        row = self.execute(sql, params).fetchone()
+        cursor = self.execute(sql, params)
+        row = self._fetch(cursor.fetchone)
         return None if row is None else tuple(row)
+
+    def _fetch(self, fetch: Any) -> Any:
+        """A fetch; in a PostgreSQL pipeline it waits for the queued statements, whose errors surface here."""
+        try:
+            return fetch()
+        except _TRANSIENT as exc:
+            raise StorageUnavailableError(f"database {self.where} is unavailable: {exc}") from exc
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Store]:
@@ -179,21 +228,43 @@ class Store:
             raise StorageError("transactions do not nest")
         self.execute(self.dialect.begin)
         self._in_tx = True
+        self._tx = _TxCache()
+        # PostgreSQL: statements are pipelined (sent without waiting for each reply); a reply is
+        # awaited only where a result is read, so a batch's INSERTs cost no round trip each.
+        pipeline = self._conn.pipeline() if self.dialect.name == "postgresql" else None
         try:
+            if pipeline is not None:
+                pipeline.__enter__()
             yield self
-        except BaseException:
-            self._in_tx = False
+            self._flush_heads()
+            if pipeline is not None:
+                active, pipeline = pipeline, None
+                self._fetch(lambda: active.__exit__(None, None, None))
+        except BaseException as exc:
+            self._end_tx(rolled_back=True)
+            with contextlib.suppress(Exception):
+                if pipeline is not None:
+                    pipeline.__exit__(type(exc), exc, exc.__traceback__)
             with contextlib.suppress(Exception):
                 if self._conn is not None:
                     self._conn.execute("ROLLBACK")
+            if isinstance(exc, _TRANSIENT):  # e.g. a pipelined statement's error, raised outside Store
+                raise StorageUnavailableError(f"database {self.where} is unavailable: {exc}") from exc
             raise
-        self._in_tx = False
+        self._end_tx(rolled_back=False)
         try:
             self.execute("COMMIT")
         except StorageUnavailableError:
+            self._beacon_nonces.clear()
             with contextlib.suppress(Exception):
                 self._conn.execute("ROLLBACK")
             raise
+
+    def _end_tx(self, *, rolled_back: bool) -> None:
+        self._in_tx = False
+        self._tx = None
+        if rolled_back:
+            self._beacon_nonces.clear()  # it may hold a beacon this transaction inserted
 
     # --- schema --------------------------------------------------------------------------------
 
@@ -241,6 +312,8 @@ class Store:
 
     def enroll(self, device: DeviceRecord) -> None:
         """Add or update a device (a new binding replaces the old one; the chain head is kept)."""
+        if self._tx is not None:
+            self._tx.devices.pop(device.id, None)
         self.execute(
             "INSERT INTO devices (id, owner, profile, tags, binding_ts, binding_sig, enrolled_ms) "
             "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET owner = excluded.owner, "
@@ -268,26 +341,75 @@ class Store:
         ]
 
     def device(self, dev: str) -> DeviceRecord | None:
+        tx = self._tx
+        if tx is not None and dev in tx.devices:
+            return tx.devices[dev]
         row = self.one(f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE id = ?", (dev,))
-        return None if row is None else _device(row)
+        record = None if row is None else _device(row)
+        if tx is not None:
+            tx.devices[dev] = record
+        return record
+
+    def prefetch(self, devs: Sequence[str]) -> None:
+        """Inside a transaction: read the registry rows and chain heads of ``devs`` in a few queries.
+
+        The heads are locked (PostgreSQL), in device order, so two coordinator processes taking
+        overlapping batches lock them in the same order.  Later :meth:`device` and :meth:`head`
+        calls of this transaction are answered from what was read (a device or head not found
+        is looked up again on its own).
+        """
+        tx = self._tx
+        if tx is None:
+            return
+        todo = sorted(set(devs) - tx.devices.keys())
+        for lo in range(0, len(todo), PREFETCH_CHUNK):
+            chunk = todo[lo : lo + PREFETCH_CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            found = {
+                str(r[0]): _device(r)
+                for r in self.rows(f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE id IN ({marks})", chunk)
+            }
+            for dev in chunk:
+                tx.devices[dev] = found.get(dev)
+            heads = self.rows(
+                f"SELECT dev, seq, hash, missing FROM chain_heads WHERE dev IN ({marks}) ORDER BY dev"
+                "{for_update}",
+                chunk,
+            )
+            for dev, seq, digest, missing in heads:
+                if str(dev) not in tx.heads:
+                    tx.heads[str(dev)] = _head(seq, digest, missing)
 
     # --- chain heads ---------------------------------------------------------------------------
 
     def head(self, dev: str, *, lock: bool = False) -> Head | None:
+        tx = self._tx
+        if tx is not None and dev in tx.heads:
+            return tx.heads[dev]  # read locked (or written) by this transaction
         row = self.one(
             "SELECT seq, hash, missing FROM chain_heads WHERE dev = ?" + ("{for_update}" if lock else ""),
             (dev,),
         )
         if row is None:
             return None
-        missing = tuple((int(lo), int(hi)) for lo, hi in json.loads(row[2]))
-        return Head(int(row[0]), str(row[1]), missing)
+        head = _head(*row)
+        if tx is not None and lock:
+            tx.heads[dev] = head
+        return head
 
     def set_head(self, dev: str, head: Head, at_ms: int) -> None:
-        self.execute(
-            "UPDATE chain_heads SET seq = ?, hash = ?, missing = ?, updated_ms = ? WHERE dev = ?",
-            (head.seq, head.hash, json.dumps([list(r) for r in head.missing]), at_ms, dev),
-        )
+        """Move ``dev``'s head; inside a transaction the row is written when it commits."""
+        if self._tx is not None:
+            self._tx.heads[dev] = head
+            self._tx.dirty[dev] = (head, at_ms)
+            return
+        self.execute(_SET_HEAD, _head_params(dev, head, at_ms))
+
+    def _flush_heads(self) -> None:
+        tx = self._tx
+        if tx is not None and tx.dirty:
+            self.execute_many(_SET_HEAD, [_head_params(dev, h, at) for dev, (h, at) in tx.dirty.items()])
+            tx.dirty.clear()
 
     # --- messages ------------------------------------------------------------------------------
 
@@ -316,6 +438,10 @@ class Store:
         return None if row is None else (int(row[0]), int(row[1]))
 
     def insert_message(self, row: MessageRow) -> int:
+        return self.insert_message_later(row)()
+
+    def insert_message_later(self, row: MessageRow) -> Callable[[], int]:
+        """Insert ``row``; the returned call gives its id (on PostgreSQL it waits for the reply)."""
         cursor = self.execute(
             f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES "
             "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
@@ -338,7 +464,17 @@ class Store:
                 row.beacon_slot,
             ),
         )
-        return int(cursor.fetchone()[0])
+        if self.dialect.name != "postgresql":
+            message_id = int(cursor.fetchone()[0])
+            return lambda: message_id
+        fetched: list[int] = []
+
+        def message_id_when_replied() -> int:
+            if not fetched:
+                fetched.append(int(self._fetch(cursor.fetchone)[0]))
+            return fetched[0]
+
+        return message_id_when_replied
 
     def messages(self, dev: str | None = None) -> list[MessageRow]:
         where, params = ("WHERE dev = ?", (dev,)) if dev is not None else ("", ())
@@ -350,17 +486,45 @@ class Store:
     # --- beacons -------------------------------------------------------------------------------
 
     def add_beacon(self, slot: int, nonce: str, time_ms: int, slot_ms: int, issued_ms: int) -> None:
+        if self._tx is not None:
+            self._tx.newest_beacons = None
         self.execute(
             "INSERT INTO beacons (slot, nonce, time_ms, slot_ms, issued_ms) VALUES (?, ?, ?, ?, ?)",
             (slot, nonce, time_ms, slot_ms, issued_ms),
         )
 
     def beacon_nonce(self, slot: int) -> str | None:
+        """The nonce of the beacon stored for ``slot`` (remembered: it never changes once stored)."""
+        known = self._beacon_nonces.get(slot)
+        if known is not None:
+            return known
         row = self.one("SELECT nonce FROM beacons WHERE slot = ?", (slot,))
-        return None if row is None else str(row[0])
+        if row is None:
+            return None
+        if len(self._beacon_nonces) >= BEACON_CACHE:
+            self._beacon_nonces.clear()
+        self._beacon_nonces[slot] = str(row[0])
+        return str(row[0])
 
     def newest_beacon_slot(self, at_ms: int) -> int | None:
-        """The highest slot issued at or before ``at_ms``."""
+        """The highest slot issued at or before ``at_ms``.
+
+        Inside a transaction the newest few beacons are read once: when one of them was issued
+        by ``at_ms`` the highest such slot is the answer (every other beacon has a lower slot);
+        otherwise the full query runs.
+        """
+        tx = self._tx
+        if tx is not None:
+            if tx.newest_beacons is None:
+                tx.newest_beacons = [
+                    (int(slot), int(issued))
+                    for slot, issued in self.rows(
+                        "SELECT slot, issued_ms FROM beacons ORDER BY slot DESC LIMIT ?", (NEWEST_BEACONS,)
+                    )
+                ]
+            issued = [slot for slot, at in tx.newest_beacons if at <= at_ms]
+            if issued:
+                return max(issued)
         row = self.one("SELECT MAX(slot) FROM beacons WHERE issued_ms <= ?", (at_ms,))
         return None if row is None or row[0] is None else int(row[0])
 
@@ -391,6 +555,15 @@ class Store:
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
             (signer, seq, dev, message_id, topic, raw, at_ms),
         )
+
+    def insert_verdicts(self, rows: Sequence[tuple[str, int, str, int, str, bytes, int]]) -> None:
+        """:meth:`insert_verdict` of many ``(signer, seq, dev, message_id, topic, raw, at_ms)`` at once."""
+        if rows:
+            self.execute_many(
+                "INSERT INTO verdicts (signer, seq, dev, message_id, topic, raw, created_ms) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
 
     def unpublished_verdicts(self, signer: str) -> list[tuple[int, str, bytes]]:
         """``(seq, topic, raw)`` of verdicts not yet acknowledged by the broker, oldest first."""
@@ -435,6 +608,15 @@ class Store:
 
 
 _DEVICE_COLUMNS = "id, owner, profile, tags, binding_ts, binding_sig, enrolled_ms"
+_SET_HEAD = "UPDATE chain_heads SET seq = ?, hash = ?, missing = ?, updated_ms = ? WHERE dev = ?"
+
+
+def _head(seq: Any, digest: Any, missing: Any) -> Head:
+    return Head(int(seq), str(digest), tuple((int(lo), int(hi)) for lo, hi in json.loads(missing)))
+
+
+def _head_params(dev: str, head: Head, at_ms: int) -> tuple[Any, ...]:
+    return (head.seq, head.hash, json.dumps([list(r) for r in head.missing]), at_ms, dev)
 
 
 def _device(row: tuple[Any, ...]) -> DeviceRecord:

@@ -43,8 +43,53 @@ def _path(parts: tuple[str | int, ...]) -> str:
     return text or "(top level)"
 
 
+def _utf8(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _plain(obj: Any, depth: int) -> bool:
+    """True when ``obj`` is canonical-encodable, built only of the exact JSON types.
+
+    The fast pass of :func:`check_value` (no paths are built, which cost more than the check
+    itself on every message); False sends the value through the full check, which accepts it
+    (a subclass, e.g. an ``IntEnum``) or names the dotted path of what is wrong.
+    """
+    if depth > MAX_DEPTH:
+        return False
+    kind = type(obj)
+    if kind is str:
+        return obj.isascii() or _utf8(obj)
+    if kind is int:
+        return bool(INT_MIN <= obj <= INT_MAX)
+    if obj is None or kind is bool:
+        return True
+    inner = depth + 1
+    if kind is dict:
+        if obj and inner > MAX_DEPTH:
+            return False
+        for key, value in obj.items():
+            if type(key) is not str or not (key.isascii() or _utf8(key)) or not _plain(value, inner):
+                return False
+        return True
+    if kind is list or kind is tuple:
+        return all(_plain(value, inner) for value in obj)
+    return False
+
+
 def check_value(obj: Any, path: tuple[str | int, ...] = ()) -> None:
     """Raise ProtocolError(reason="malformed") unless ``obj`` is canonical-encodable."""
+    if _plain(obj, len(path)):
+        return
+    _check_value(obj, path)
+
+
+def _check_value(obj: Any, path: tuple[str | int, ...]) -> None:
     if len(path) > MAX_DEPTH:
         raise ProtocolError(f"{_path(path)}: nested deeper than {MAX_DEPTH} levels", reason="malformed")
     if obj is None or isinstance(obj, bool):
@@ -76,12 +121,12 @@ def check_value(obj: Any, path: tuple[str | int, ...] = ()) -> None:
                     f"{_path(path)}: object key {key!r} is a {type(key).__name__}; keys must be strings",
                     reason="malformed",
                 )
-            check_value(key, (*path, key))
-            check_value(value, (*path, key))
+            _check_value(key, (*path, key))
+            _check_value(value, (*path, key))
         return
     if isinstance(obj, list | tuple):
         for index, value in enumerate(obj):
-            check_value(value, (*path, index))
+            _check_value(value, (*path, index))
         return
     raise ProtocolError(f"{_path(path)}: {type(obj).__name__} is not a JSON value", reason="malformed")
 
@@ -89,6 +134,11 @@ def check_value(obj: Any, path: tuple[str | int, ...] = ()) -> None:
 def canonical(obj: Any) -> bytes:
     """The canonical UTF-8 JSON encoding of ``obj`` (see module doc)."""
     check_value(obj)
+    return encode_checked(obj)
+
+
+def encode_checked(obj: Any) -> bytes:
+    """:func:`canonical` of a value :func:`check_value` (or :func:`parse_json`) has just accepted."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 

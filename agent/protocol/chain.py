@@ -33,12 +33,13 @@ class ChainSigner:
         if (seq == 0) != (prev == GENESIS_PREV):
             raise ProtocolError("chain state: seq 0 and a zero hash go together", reason="schema")
         self._keypair = keypair
+        self._dev = str(keypair.pubkey())
         self._seq = seq
         self._prev = prev
 
     @property
     def dev(self) -> str:
-        return str(self._keypair.pubkey())
+        return self._dev
 
     def state(self) -> tuple[int, str]:
         """``(seq, hash)`` of the last chained envelope; ``(0, 64 zeros)`` before the first."""
@@ -48,7 +49,9 @@ class ChainSigner:
         """Build the next envelope without advancing (call :meth:`commit` once it is stored)."""
         if kind in SIDEBAND_KINDS:
             return self.sideband(kind, body, ts)
-        return build_envelope(self._keypair, kind, body, seq=self._seq + 1, prev=self._prev, ts=ts)
+        return build_envelope(
+            self._keypair, kind, body, seq=self._seq + 1, prev=self._prev, ts=ts, dev=self._dev
+        )
 
     def commit(self, env: Envelope) -> None:
         """Advance the head past ``env`` (which must be the next chained envelope of this key)."""
@@ -71,7 +74,7 @@ class ChainSigner:
         """A side-band envelope (``status``, e.g. the last will): carries the head, does not advance it."""
         if kind not in SIDEBAND_KINDS:
             raise ProtocolError(f"{kind} is a chained kind, not side-band", reason="schema")
-        return build_envelope(self._keypair, kind, body, seq=self._seq, prev=self._prev, ts=ts)
+        return build_envelope(self._keypair, kind, body, seq=self._seq, prev=self._prev, ts=ts, dev=self._dev)
 
 
 class Link(enum.StrEnum):
