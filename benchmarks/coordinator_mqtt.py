@@ -314,6 +314,10 @@ beacon_max_age_slots = {max_age_slots}
 # heartbeats only: no challenge traffic in the figure
 probability_per_slot = 0.0
 
+[http]
+# no dashboard: two processes would both want the default port
+listen = ""
+
 [mqtt]
 host = "127.0.0.1"
 port = {port}

@@ -99,6 +99,9 @@ probability_per_slot = {self.challenge_probability}
 deadline_ms = {self.deadline_ms}
 active_within_slots = {self.active_within_slots}
 
+[http]
+listen = ""   # no dashboard: the default port may be taken by another run
+
 [mqtt]
 host = "127.0.0.1"
 port = {self.broker_port}
