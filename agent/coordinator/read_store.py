@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from agent.coordinator.config import StorageSection
+from agent.coordinator.connect import import_psycopg, redact
 from agent.coordinator.dialect import POSTGRESQL, SQLITE
 from agent.coordinator.migrations import LATEST
-from agent.coordinator.store import Store, _redact
+from agent.coordinator.store import Store
 from agent.errors import StorageError
 
 READ_SQLITE = dataclasses.replace(SQLITE, begin="BEGIN")
@@ -26,7 +27,7 @@ READ_POSTGRESQL = dataclasses.replace(POSTGRESQL, begin="BEGIN ISOLATION LEVEL R
 def open_read_store(storage: StorageSection) -> Store:
     """A read-only :class:`Store` on the configured database (which must exist and be current)."""
     if storage.database_url:
-        store = Store(READ_POSTGRESQL, _postgres(storage.database_url), _redact(storage.database_url))
+        store = Store(READ_POSTGRESQL, _postgres(storage.database_url), redact(storage.database_url))
     else:
         path = Path(storage.sqlite_path)
         if not path.is_file():
@@ -59,13 +60,7 @@ def _sqlite(path: Path) -> Any:
 
 
 def _postgres(url: str) -> Any:
-    try:
-        import psycopg
-    except ImportError as exc:
-        raise StorageError(
-            "database_url is set but psycopg is not installed",
-            hint="pip install 'edgeproof[coordinator]' (psycopg[binary])",
-        ) from exc
+    psycopg = import_psycopg()
 
     # Keep the URL's own options (e.g. a search_path) and add the read-only default to them.
     options = psycopg.conninfo.conninfo_to_dict(url).get("options") or ""

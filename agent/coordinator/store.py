@@ -24,6 +24,7 @@ from typing import Any
 
 from agent.coordinator import challenge_rows
 from agent.coordinator.challenge_rows import ChallengeRow
+from agent.coordinator.connect import postgres_connector, redact, sqlite_connector
 from agent.coordinator.dialect import POSTGRESQL, SQLITE, Dialect
 from agent.coordinator.migrations import LATEST, MIGRATIONS
 from agent.errors import StorageError
@@ -159,9 +160,9 @@ class Store:
         migrate: bool = True,
     ) -> Store:
         if database_url:
-            store = cls(POSTGRESQL, _postgres_connector(database_url), _redact(database_url))
+            store = cls(POSTGRESQL, postgres_connector(database_url), redact(database_url))
         else:
-            store = cls(SQLITE, _sqlite_connector(Path(sqlite_path), synchronous), str(sqlite_path))
+            store = cls(SQLITE, sqlite_connector(Path(sqlite_path), synchronous), str(sqlite_path))
         if migrate:
             store.migrate()
         return store
@@ -640,41 +641,3 @@ def _message(row: tuple[Any, ...]) -> MessageRow:
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-def _redact(url: str) -> str:
-    """A database URL without its password, for messages and logs."""
-    head, sep, tail = url.partition("@")
-    if not sep or "://" not in head:
-        return url
-    scheme, _, creds = head.partition("://")
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}@{tail}"
-
-
-def _sqlite_connector(path: Path, synchronous: str) -> Any:
-    def connect() -> sqlite3.Connection:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(str(path), isolation_level=None, timeout=30.0, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute(f"PRAGMA synchronous = {synchronous}")
-        conn.execute("PRAGMA foreign_keys = ON")
-        return conn
-
-    return connect
-
-
-def _postgres_connector(url: str) -> Any:
-    try:
-        import psycopg
-    except ImportError as exc:
-        raise StorageError(
-            "database_url is set but psycopg is not installed",
-            hint="pip install 'edgeproof[coordinator]' (psycopg[binary])",
-        ) from exc
-
-    def connect() -> Any:
-        # autocommit: transactions are the explicit BEGIN ... COMMIT of Store.transaction.
-        return psycopg.connect(url, autocommit=True, connect_timeout=5)
-
-    return connect
