@@ -17,23 +17,20 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.coordinator.batch import Inbound, commit_batch
-from agent.coordinator.ingest import Policy
-from agent.coordinator.registry import model_classes
 from agent.coordinator.store import Store
-from agent.profiles import load_profiles
 from agent.protocol.envelope import verify_envelope
 from agent.protocol.reasons import is_reason
 from agent.protocol.topics import Topics
 from tests.support.coordinator import (
     COORD,
     NOW,
-    ROOT,
     SLOT_MS,
     Device,
     add_beacons,
     dev_id,
     device_key,
     enroll_direct,
+    ingest_policy,
 )
 
 # CPU-bound: runs on the one xdist worker that takes the "cpu" group, never beside another of them.
@@ -44,13 +41,7 @@ SLOT = NOW // SLOT_MS
 #: batch path (several messages per transaction) exercised as the service runs it.
 EXAMPLES = 1_000
 PER_BATCH = 10
-POLICY = Policy(
-    clock_skew_ms=30_000,
-    beacon_max_age_slots=2,
-    late_window_seqs=64,
-    profiles=load_profiles(),
-    model_classes=model_classes(ROOT / "models"),
-)
+POLICY = ingest_policy(late_window_seqs=64)
 DEVICE = Device(device_key(91))
 
 

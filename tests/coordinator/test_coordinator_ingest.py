@@ -7,9 +7,7 @@ from solders.keypair import Keypair
 
 from agent.coordinator.batch import BatchResult, Inbound, commit_batch
 from agent.coordinator.ingest import Policy, classify, throughput_limit
-from agent.coordinator.registry import model_classes
 from agent.coordinator.store import Store
-from agent.profiles import load_profiles
 from agent.protocol.chain import ChainSigner
 from agent.protocol.envelope import Envelope, build_envelope, verify_envelope
 from agent.protocol.messages import Verdict
@@ -17,24 +15,18 @@ from agent.protocol.topics import Topics
 from tests.support.coordinator import (
     COORD,
     NOW,
-    ROOT,
     SLOT_MS,
     Device,
     add_beacons,
     device_key,
     enroll_direct,
     heartbeat_body,
+    ingest_policy,
 )
 
 T = Topics()
 SLOT = NOW // SLOT_MS
-POLICY = Policy(
-    clock_skew_ms=30_000,
-    beacon_max_age_slots=2,
-    late_window_seqs=8,
-    profiles=load_profiles(),
-    model_classes=model_classes(ROOT / "models"),
-)
+POLICY = ingest_policy()
 
 
 @pytest.fixture

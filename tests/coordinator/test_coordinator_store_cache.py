@@ -5,32 +5,23 @@ from __future__ import annotations
 import pytest
 
 from agent.coordinator.batch import Inbound, commit_batch
-from agent.coordinator.ingest import Policy
-from agent.coordinator.registry import model_classes
 from agent.coordinator.store import Head, MessageRow, StorageUnavailableError, Store
-from agent.profiles import load_profiles
 from agent.protocol.envelope import verify_envelope
 from agent.protocol.topics import Topics
 from tests.support.coordinator import (
     COORD,
     NOW,
-    ROOT,
     SLOT_MS,
     Device,
     add_beacons,
     device_key,
     enroll_direct,
+    ingest_policy,
 )
 
 T = Topics()
 SLOT = NOW // SLOT_MS
-POLICY = Policy(
-    clock_skew_ms=30_000,
-    beacon_max_age_slots=2,
-    late_window_seqs=8,
-    profiles=load_profiles(),
-    model_classes=model_classes(ROOT / "models"),
-)
+POLICY = ingest_policy()
 
 
 def _plain_newest(store: Store, at_ms: int) -> int | None:

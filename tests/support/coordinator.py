@@ -15,8 +15,11 @@ from typing import Any
 
 from solders.keypair import Keypair
 
+from agent.coordinator.ingest import Policy
+from agent.coordinator.registry import model_classes
 from agent.coordinator.store import DeviceRecord, Store
 from agent.identity import write_keypair
+from agent.profiles import load_profiles
 from agent.protocol.binding import sign_binding
 from agent.protocol.chain import ChainSigner
 from agent.protocol.envelope import Envelope
@@ -38,6 +41,17 @@ def _card_sha(name: str) -> str:
 
 #: The shipped efficientnet card's model (classifier-small: rpi4 allows 60 inferences/s).
 EFFICIENTNET_SHA = _card_sha("efficientnet-lite0-int8")
+
+
+def ingest_policy(late_window_seqs: int = 8, beacon_max_age_slots: int = 2) -> Policy:
+    """The ingest policy of the in-process tests: 30 s clock skew, the shipped profiles and cards."""
+    return Policy(
+        clock_skew_ms=30_000,
+        beacon_max_age_slots=beacon_max_age_slots,
+        late_window_seqs=late_window_seqs,
+        profiles=load_profiles(),
+        model_classes=model_classes(ROOT / "models"),
+    )
 
 
 def device_key(n: int) -> Keypair:
