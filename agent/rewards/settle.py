@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from agent.coordinator.audit import epoch_report
+from agent.coordinator.store import StorageUnavailableError
 from agent.errors import SettlementError
 from agent.rewards.ledger import (
     StoredSettlement,
@@ -58,6 +59,22 @@ def _final(
     return settle_report(report, policy, cumulatives_before(store, epoch))
 
 
+def _same_or_refused(computed: Settlement, existing: StoredSettlement) -> SettleOutcome:
+    """The stored record when ``computed`` has its root, else ``settlement_conflict``."""
+    if existing.root != computed.root:
+        log.warning(
+            "settlement_conflict",
+            extra={"epoch": existing.epoch, "stored_root": existing.root, "computed_root": computed.root},
+        )
+        raise SettlementError(
+            f"epoch {existing.epoch} is settled with root {existing.root}; recomputing it gives "
+            f"{computed.root} (policy {computed.policy_hash}, stored {existing.policy_hash})",
+            reason="settlement_conflict",
+            hint="the stored settlement stands; check the [rewards] policy and the store",
+        )
+    return SettleOutcome(computed, existing, created=False)
+
+
 def settle_epoch(
     store: Store, epoch: int, policy: RewardPolicy, *, slot_ms: int, epoch_ms: int, now_ms: int
 ) -> SettleOutcome:
@@ -65,20 +82,16 @@ def settle_epoch(
     computed = _final(store, epoch, policy, slot_ms=slot_ms, epoch_ms=epoch_ms, now_ms=now_ms)
     existing = load_settlement(store, epoch)
     if existing is not None:
-        if existing.root != computed.root:
-            log.warning(
-                "settlement_conflict",
-                extra={"epoch": epoch, "stored_root": existing.root, "computed_root": computed.root},
-            )
-            raise SettlementError(
-                f"epoch {epoch} is settled with root {existing.root}; recomputing it gives "
-                f"{computed.root} (policy {computed.policy_hash}, stored {existing.policy_hash})",
-                reason="settlement_conflict",
-                hint="the stored settlement stands; check the [rewards] policy and the store",
-            )
-        return SettleOutcome(computed, existing, created=False)
+        return _same_or_refused(computed, existing)
     check_order(store, epoch)
-    write_settlement(store, computed, now_ms)
+    try:
+        write_settlement(store, computed, now_ms)
+    except StorageUnavailableError:
+        # A unique-key conflict is reported as this too: another run may have settled it meanwhile.
+        raced = load_settlement(store, epoch)
+        if raced is None:
+            raise
+        return _same_or_refused(computed, raced)
     stored = load_settlement(store, epoch)
     assert stored is not None
     log.info(

@@ -27,6 +27,7 @@ from agent.coordinator.store import Store
 from agent.errors import SettlementError
 from agent.profiles import load_profiles
 from agent.protocol.topics import Topics
+from agent.rewards import settle as settle_module
 from agent.rewards.ledger import load_settlement
 from agent.rewards.policy import RewardPolicy
 from agent.rewards.settle import replay_settlements, settle_epoch
@@ -147,7 +148,11 @@ def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 
 @pytest.mark.integration
 def test_settle_is_idempotent_replayable_and_every_proof_checks(
-    store: Store, database_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    store: Store,
+    database_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     a, b, c = scripted(store)
     with pytest.raises(SettlementError, match=f"epoch {EPOCH} ends at") as early:
@@ -212,6 +217,23 @@ def test_settle_is_idempotent_replayable_and_every_proof_checks(
         assert not check_proof(first["root"], forged, printed["proof"])
     code, _, err = cli(capsys, "rewards", "proof", SIGNER, "--epoch", str(EPOCH), "--config", str(config))
     assert code == 16 and f"device {SIGNER} has no leaf in the settlement of epoch {EPOCH}" in err
+
+    # A race: another run commits E between this run's read and its insert (injected by hiding
+    # the stored record from the first read and skipping the order check). The real primary key
+    # refuses the second insert; the run re-reads and reports the stored record.
+    hidden = iter([None])
+    monkeypatch.setattr(
+        settle_module, "load_settlement", lambda st, e: next(hidden, None) or load_settlement(st, e)
+    )
+    monkeypatch.setattr(settle_module, "check_order", lambda st, e: None)
+    raced = settle_epoch(store, EPOCH, POLICY, slot_ms=SLOT_MS, epoch_ms=EPOCH_MS, now_ms=AFTER)
+    assert (raced.created, raced.stored.root, raced.stored.settled_ms) == (
+        False,
+        first["root"],
+        first["settled_ms"],
+    )
+    monkeypatch.undo()
+    assert store.one("SELECT COUNT(*) FROM allocations")[0] == 3  # type: ignore[index]
 
     # Epoch E+1 adds to the cumulative totals; E+3 (a gap) is refused by name.
     nxt = settle_epoch(store, EPOCH + 1, POLICY, slot_ms=SLOT_MS, epoch_ms=EPOCH_MS, now_ms=AFTER)
