@@ -184,6 +184,11 @@ def test_settle_is_idempotent_replayable_and_every_proof_checks(
     assert code == 0 and again["created"] is False
     assert (again["root"], again["settled_ms"]) == (first["root"], first["settled_ms"])
     assert store.one("SELECT COUNT(*) FROM allocations")[0] == 3  # type: ignore[index]
+    code, out, _ = cli(capsys, "rewards", "settle", "--epoch", str(EPOCH), "--config", str(config))
+    assert code == 0 and f"epoch {EPOCH}: already settled at {first['settled_ms']} ms" in out
+    assert "below_min_uptime" in out and "677777" in out
+    code, out, _ = cli(capsys, "rewards", "proof", a.id, "--epoch", str(EPOCH), "--config", str(config))
+    assert code == 0 and first["root"] in out and "step 0" in out
 
     # Another policy for the settled epoch: refused by name, the stored record stands.
     other = POLICY.model_copy(update={"device_cap": 500_000})
