@@ -139,3 +139,17 @@ class ChainUnavailableError(ChainError):
 
 class BlockhashExpiredError(ChainError):
     """A transaction's blockhash expired before it landed: it never will; build a new one."""
+
+
+class SettlementError(EdgeproofError):
+    """An epoch cannot be settled (or was settled with another result): nothing was written.
+
+    ``reason`` is a catalogued name: ``epoch_not_final``, ``settlement_order``,
+    ``settlement_conflict``, ``not_settled``, ``not_in_settlement``.
+    """
+
+    exit_code = 16
+
+    def __init__(self, message: str, *, reason: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.reason = reason

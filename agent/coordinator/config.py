@@ -145,6 +145,34 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+class RewardsSection(Strict):
+    """The reward policy (docs/rewards.md, "Settlement"): integers only, no floats in money."""
+
+    # Token base units shared out per settled epoch.
+    pool_per_epoch: Annotated[int, Field(ge=0, le=10**18)] = 0
+    # How the pool splits between the three measures, in basis points: must sum to 10000.
+    uptime_weight_bp: Annotated[int, Field(ge=0, le=10_000)] = 5_000
+    # Verified work = accepted inferences (the sum over accepted proofs, bounded at ingest).
+    work_weight_bp: Annotated[int, Field(ge=0, le=10_000)] = 3_000
+    challenge_weight_bp: Annotated[int, Field(ge=0, le=10_000)] = 2_000
+    # A device earns nothing unless up_slots / counted_slots >= min_uptime_bp / 10000.
+    min_uptime_bp: Annotated[int, Field(ge=0, le=10_000)] = 5_000
+    # At most this many base units per device per epoch (omitted: no cap); the excess stays unpaid.
+    device_cap: Annotated[int, Field(ge=1, le=10**18)] | None = None
+    # Pass rate (bp) credited to a device with no scored challenge in the epoch (none issued,
+    # only open ones, or only unknown_model): 0 = no challenge credit without a checked answer.
+    unscored_pass_bp: Annotated[int, Field(ge=0, le=10_000)] = 0
+
+    @model_validator(mode="after")
+    def _weights(self) -> RewardsSection:
+        total = self.uptime_weight_bp + self.work_weight_bp + self.challenge_weight_bp
+        if total != 10_000:
+            raise ValueError(
+                f"uptime_weight_bp + work_weight_bp + challenge_weight_bp must be 10000 (is {total})"
+            )
+        return self
+
+
 def _default_mqtt() -> MqttSettings:
     return MqttSettings(client_id="edgeproof-coordinator")
 
@@ -159,6 +187,7 @@ class CoordinatorConfig(Strict):
     epochs: EpochSection = Field(default_factory=EpochSection)
     mqtt: MqttSettings = Field(default_factory=_default_mqtt)
     http: HttpSection = Field(default_factory=HttpSection)
+    rewards: RewardsSection = Field(default_factory=RewardsSection)
 
     @model_validator(mode="after")
     def _epoch_is_whole_slots(self) -> CoordinatorConfig:

@@ -144,6 +144,31 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX challenges_open ON challenges (outcome, deadline_ms)",
         ),
     ),
+    Migration(
+        3,
+        "reward settlements and their allocations",
+        (
+            # One row per settled epoch (written once, never updated): the Merkle root over its
+            # allocations (docs/rewards.md, "Settlement"), the pool, what was allocated, the policy.
+            """CREATE TABLE settlements (
+                epoch BIGINT PRIMARY KEY,
+                root TEXT NOT NULL,
+                pool BIGINT NOT NULL,
+                total BIGINT NOT NULL,
+                policy_hash TEXT NOT NULL,
+                settled_ms BIGINT NOT NULL
+            )""",
+            # Each device's amount in the epoch and its cumulative earned total through it.
+            """CREATE TABLE allocations (
+                epoch BIGINT NOT NULL REFERENCES settlements(epoch),
+                dev TEXT NOT NULL,
+                owner TEXT NOT NULL,
+                amount BIGINT NOT NULL,
+                cumulative BIGINT NOT NULL,
+                PRIMARY KEY (epoch, dev)
+            )""",
+        ),
+    ),
 )
 
 #: The schema version this code writes and reads.

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 class Reason:
     name: str
     #: ``message`` (one inbound envelope), ``challenge``, ``deploy`` (a release), ``local`` (state, config),
-    #: ``chain`` (a Solana RPC call or transaction),
+    #: ``chain`` (a Solana RPC call or transaction), ``rewards`` (an epoch's settlement),
     #: ``http`` (a request to the coordinator's dashboard)
     scope: str
     meaning: str
@@ -219,6 +219,28 @@ _TABLE: tuple[Reason, ...] = (
         "chain",
         "an account on chain (mint, vault) differs from what the bootstrap state file describes",
     ),
+    # --- reward settlement (agent/rewards; edgeproof rewards settle|replay|proof) ------------
+    Reason("no_counted_slots", "rewards", "the device had no counted slot in the epoch: it earns nothing"),
+    Reason(
+        "below_min_uptime", "rewards", "the device's uptime was below the policy's min_uptime_bp: it earns 0"
+    ),
+    Reason(
+        "epoch_not_final",
+        "rewards",
+        "the epoch has not ended, or a challenge issued in it has no final outcome yet: not settled",
+    ),
+    Reason(
+        "settlement_order",
+        "rewards",
+        "epochs are settled in order without gaps: this one is not the next after the last settled",
+    ),
+    Reason(
+        "settlement_conflict",
+        "rewards",
+        "the epoch is settled and recomputing it gives another root: the stored one stands",
+    ),
+    Reason("not_settled", "rewards", "the epoch has no settlement record"),
+    Reason("not_in_settlement", "rewards", "the device has no leaf in the epoch's settlement"),
     # --- the coordinator's dashboard and /metrics (HTTP; also uses ``oversized``) ------------
     Reason("unknown_path", "http", "a request for a path the dashboard does not serve"),
     Reason("method_not_allowed", "http", "a request with a method other than GET or HEAD"),

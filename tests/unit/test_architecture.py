@@ -17,14 +17,17 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "agent/inference": ("agent.protocol", "agent.device", "agent.transport"),
     # The transport moves bytes; it does not know the daemon or a coordinator.
     "agent/transport": ("agent.device", "agent.inference"),
-    # A coordinator never imports device code (nor a device coordinator code, below).
-    "agent/coordinator": ("agent.device",),
+    # A coordinator never imports device code (nor a device coordinator code, below), nor the
+    # rewards built on top of its audit.
+    "agent/coordinator": ("agent.device", "agent.rewards"),
     "agent/device": ("agent.coordinator",),
     # The fleet simulator is a device-side role built on the protocol alone: it neither reuses
     # the daemon nor peeks into the coordinator it is measured against.
     "agent/simulator": ("agent.coordinator", "agent.device"),
     # The chain code serves every role: it knows none of them, nor the CLI.
     "agent/chain": ("agent.device", "agent.coordinator", "agent.commands"),
+    # Settlement reads the coordinator's audit; it knows neither the daemon nor the CLI nor MQTT.
+    "agent/rewards": ("agent.device", "agent.commands", "agent.transport"),
 }
 
 
