@@ -169,6 +169,15 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        4,
+        "indexes for the uptime audit's time ranges",
+        (
+            # The audit reads an epoch's messages by ingest time and its challenges by issue time.
+            "CREATE INDEX messages_ingest ON messages (ingest_ms)",
+            "CREATE INDEX challenges_issued ON challenges (issued_ms)",
+        ),
+    ),
 )
 
 #: The schema version this code writes and reads.
