@@ -139,3 +139,18 @@ class ChainUnavailableError(ChainError):
 
 class BlockhashExpiredError(ChainError):
     """A transaction's blockhash expired before it landed: it never will; build a new one."""
+
+
+class FleetError(EdgeproofError):
+    """An operator command (``edgeproof fleet ...``) refused: ``reason`` is a catalogued name.
+
+    E.g. ``key_exists`` (an operator key is never overwritten), ``card_mismatch`` (the card's
+    ``file``/``sha256`` are not the model artifact's), ``stale_version`` / ``version_reused``
+    (the operator's own record of the channel).
+    """
+
+    exit_code = 16
+
+    def __init__(self, message: str, *, reason: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.reason = reason
