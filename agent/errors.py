@@ -154,3 +154,6 @@ class FleetError(EdgeproofError):
     def __init__(self, message: str, *, reason: str, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
         self.reason = reason
+
+    def __str__(self) -> str:
+        return f"refused ({self.reason}): {super().__str__()}"
