@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ipaddress
+import json
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -201,8 +201,8 @@ def run_serve(args: argparse.Namespace) -> int:
         raise ConfigError(f"cannot listen on {args.host}:{args.port}: {exc}") from exc
     url = f"http://{args.host}:{server.server_port}/"
     if args.json:
-        print_json({"url": url, "dir": str(server.root)})
-        sys.stdout.flush()
+        # One line, so a supervising script can read it before the server's first request.
+        print(json.dumps({"url": url, "dir": str(server.root)}, sort_keys=True), flush=True)
     else:
         print(f"serving {server.root} at {url}", flush=True)
 
