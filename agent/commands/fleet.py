@@ -67,7 +67,8 @@ def _register_publish(commands: argparse._SubParsersAction[argparse.ArgumentPars
         "key's chain (seq and the channel's highest version come from --state, which is written before "
         "publishing), and publish it retained with QoS 1 on {prefix}/fleet/manifest/CHANNEL through "
         "the config's [mqtt] settings. A version at or below the highest this operator published on "
-        "the channel is refused (version_reused, stale_version). --dry-run signs and publishes "
+        "the channel, or at or below the channel's retained manifest, is refused (version_reused, "
+        "stale_version). --dry-run signs and publishes "
         "nothing: it prints the manifest and, with --devices, which devices each stage reaches.",
     )
     publish.add_argument("--card", required=True, help="the model card (TOML)")

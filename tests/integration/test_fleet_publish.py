@@ -3,7 +3,8 @@
 Real parts: Mosquitto, a daemon process following channel "stable", `edgeproof fleet serve`
 serving the release folder, `edgeproof fleet publish` signing with an operator key file.  The
 retained manifest on the broker is the envelope the operator's state file records; republishing
-the same version is refused by name and leaves the retained slot alone.
+the same version is refused by name (from the operator's state file, and from the retained slot
+for a state file that does not know it) and leaves the retained slot alone.
 """
 
 from __future__ import annotations
@@ -147,6 +148,18 @@ def test_fleet_publish_and_serve_push_a_model_that_a_real_daemon_commits(tmp_pat
             "edgeproof: error: refused (version_reused): version 1 on channel 'stable'"
         )
         assert json.loads(state.read_text(encoding="utf-8")) == record
+        # A state file that does not know v1 (lost, or another operator's) is stopped by the
+        # retained slot: version 1 again would replace what a new device installs.
+        fresh = tmp_path / "fresh-state.json"
+        blind = edgeproof(
+            "fleet", "publish", "--card", str(card), "--file", str(release / "tiny.onnx"), "--url", url,
+            "--channel", "stable", "--key", str(key), "--state", str(fresh), "--config", str(config),
+        )  # fmt: skip
+        assert blind.returncode == 16
+        assert blind.stderr.startswith(
+            "edgeproof: error: refused (version_reused): the retained manifest on channel 'stable' is version 1"
+        )
+        assert not fresh.exists()
         assert [verify_envelope(p).hash for p in retained_manifests(broker)] == [env.hash]
         assert daemon.terminate() == 0, daemon.tail()
     finally:

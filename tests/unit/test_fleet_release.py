@@ -13,6 +13,7 @@ from solders.keypair import Keypair
 from agent.device.manifests import DeviceFacts, check_manifest, rollout_bucket
 from agent.errors import ConfigError, FleetError
 from agent.fleet.keys import init_operator_key, load_operator_key
+from agent.fleet.publish import check_above_retained, retained_version
 from agent.fleet.reach import Device, stage_reach
 from agent.fleet.release import build_manifest, parse_duration_ms, parse_stages, parse_targets
 from agent.protocol.envelope import GENESIS_PREV, build_envelope
@@ -159,3 +160,18 @@ def test_an_operator_key_is_0600_and_never_overwritten(tmp_path: Path) -> None:
     assert exists.value.reason == "key_exists"
     assert exists.value.message == f"operator key file {path} already exists; refusing to overwrite it"
     assert path.read_bytes() == before and load_operator_key(path).pubkey() == keypair.pubkey()
+
+
+def test_the_retained_manifest_bounds_the_next_version() -> None:
+    operator = Keypair.from_seed(bytes([34]) * 32)
+    wire = build_envelope(operator, "manifest", manifest_body(version=7), seq=3, prev="ab" * 32, ts=NOW).wire
+    current = retained_version(wire)
+    assert current == (7, str(operator.pubkey()))
+    assert retained_version(None) is None and retained_version(b"not an envelope") is None
+    check_above_retained("stable", 8, current)  # above: fine
+    with pytest.raises(FleetError) as lower:
+        check_above_retained("stable", 6, current)
+    assert lower.value.reason == "stale_version" and lower.value.hint == "publish with --version 8 or higher"
+    with pytest.raises(FleetError) as same:
+        check_above_retained("stable", 7, current)
+    assert same.value.reason == "version_reused"
