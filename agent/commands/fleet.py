@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import ipaddress
 import json
+import logging
 import signal
 import time
 from pathlib import Path
@@ -13,6 +14,8 @@ from typing import Any
 
 from agent.commands.output import print_json, print_table
 from agent.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -214,4 +217,5 @@ def run_serve(args: argparse.Namespace) -> int:
     with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever(poll_interval=0.2)
     server.server_close()
+    log.info("fleet_serve_stopped", extra={"url": url, "refused": dict(server.refusals)})
     return 0
