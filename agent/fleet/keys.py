@@ -27,7 +27,13 @@ def init_operator_key(path: Path | str, *, seed: bytes | None = None) -> Keypair
 
 def load_operator_key(path: Path | str) -> Keypair:
     """Read an operator key (mode 0600 enforced, as for a device key)."""
-    return load_keypair(path)
+    key_path = Path(path)
+    if not key_path.exists():
+        raise KeyFileError(
+            f"operator key file {key_path} does not exist",
+            hint=f"create one with: edgeproof fleet keys init --key {key_path} (or restore your backup)",
+        )
+    return load_keypair(key_path)
 
 
 def _exists(key_path: Path) -> FleetError:

@@ -11,7 +11,7 @@ import pytest
 from solders.keypair import Keypair
 
 from agent.device.manifests import DeviceFacts, check_manifest, rollout_bucket
-from agent.errors import ConfigError, FleetError
+from agent.errors import ConfigError, FleetError, KeyFileError
 from agent.fleet.keys import init_operator_key, load_operator_key
 from agent.fleet.publish import check_above_retained, retained_version
 from agent.fleet.reach import Device, stage_reach
@@ -175,3 +175,10 @@ def test_the_retained_manifest_bounds_the_next_version() -> None:
     with pytest.raises(FleetError) as same:
         check_above_retained("stable", 7, current)
     assert same.value.reason == "version_reused"
+
+
+def test_a_missing_operator_key_names_the_fleet_command_that_creates_it(tmp_path: Path) -> None:
+    with pytest.raises(KeyFileError) as missing:
+        load_operator_key(tmp_path / "nope.json")
+    assert missing.value.message == f"operator key file {tmp_path / 'nope.json'} does not exist"
+    assert missing.value.hint is not None and "edgeproof fleet keys init" in missing.value.hint
