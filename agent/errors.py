@@ -153,3 +153,21 @@ class SettlementError(EdgeproofError):
     def __init__(self, message: str, *, reason: str, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
         self.reason = reason
+
+
+class FleetError(EdgeproofError):
+    """An operator command (``edgeproof fleet ...``) refused: ``reason`` is a catalogued name.
+
+    E.g. ``key_exists`` (an operator key is never overwritten), ``card_mismatch`` (the card's
+    ``file``/``sha256`` are not the model artifact's), ``stale_version`` / ``version_reused``
+    (the operator's own record of the channel).
+    """
+
+    exit_code = 17
+
+    def __init__(self, message: str, *, reason: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"refused ({self.reason}): {super().__str__()}"

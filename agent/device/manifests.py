@@ -21,7 +21,6 @@ trial, rollback) is the model updater's job (agent/device/updater.py).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Collection
 from dataclasses import dataclass
 
@@ -29,19 +28,11 @@ from agent.device.model_store import release_key
 from agent.errors import ProtocolError
 from agent.protocol.envelope import Envelope, verify_envelope
 from agent.protocol.messages import Manifest
+from agent.protocol.rollout import matches_targets
+from agent.protocol.rollout import rollout_bucket as rollout_bucket  # re-exported (it lives in protocol)
 
 #: Free space kept on the state volume beyond a manifest's downloads.
 HEADROOM_BYTES = 16 * 1024 * 1024
-
-
-def rollout_bucket(dev: str, channel: str, model_id: str, model_version: str) -> int:
-    """The device's place (0..9999) in a release's rollout.
-
-    Stable per (device, channel, model release): advancing a stage (a new manifest version
-    with the same model) keeps every device that was already in, and adds more.
-    """
-    key = "\x00".join((channel, model_id, model_version, dev)).encode()
-    return int.from_bytes(hashlib.sha256(key).digest()[:8], "big") % 10_000
 
 
 @dataclass(frozen=True)
@@ -90,12 +81,7 @@ class ManifestDecision:
 
 
 def targets_device(manifest: Manifest, facts: DeviceFacts) -> bool:
-    t = manifest.targets
-    return (
-        (not t.profiles or facts.profile in t.profiles)
-        and (not t.tags or bool(facts.tags.intersection(t.tags)))
-        and (not t.devices or facts.dev in t.devices)
-    )
+    return matches_targets(manifest.targets, dev=facts.dev, profile=facts.profile, tags=facts.tags)
 
 
 def expiry_problem(manifest: Manifest, now_ms: int) -> str | None:

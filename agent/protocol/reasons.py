@@ -241,6 +241,17 @@ _TABLE: tuple[Reason, ...] = (
     ),
     Reason("not_settled", "rewards", "the epoch has no settlement record"),
     Reason("not_in_settlement", "rewards", "the device has no leaf in the epoch's settlement"),
+    # --- the fleet operator's own commands (edgeproof fleet ...; also card_mismatch,
+    # --- stale_version and version_reused, judged on the operator's state file) ------------
+    Reason("key_exists", "local", "an operator key file already exists; it is never overwritten"),
+    Reason(
+        "operator_state",
+        "local",
+        "the operator's state file belongs to another key or is not one fleet publish wrote",
+    ),
+    # --- fleet serve (artifact HTTP server; also unknown_path, method_not_allowed) -----------
+    Reason("path_traversal", "http", "a request path that leaves the served folder (.., symlink, absolute)"),
+    Reason("bad_range", "http", "a Range header that is malformed or outside the file (answered 416)"),
     # --- the coordinator's dashboard and /metrics (HTTP; also uses ``oversized``) ------------
     Reason("unknown_path", "http", "a request for a path the dashboard does not serve"),
     Reason("method_not_allowed", "http", "a request with a method other than GET or HEAD"),

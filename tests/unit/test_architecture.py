@@ -24,6 +24,9 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     # The fleet simulator is a device-side role built on the protocol alone: it neither reuses
     # the daemon nor peeks into the coordinator it is measured against.
     "agent/simulator": ("agent.coordinator", "agent.device"),
+    # The fleet operator's tools build on the protocol alone: an operator never runs device code
+    # (the rollout bucket they share lives in agent.protocol.rollout), nor the coordinator's.
+    "agent/fleet": ("agent.device", "agent.coordinator", "agent.commands"),
     # The chain code serves every role: it knows none of them, nor the CLI.
     "agent/chain": ("agent.device", "agent.coordinator", "agent.commands"),
     # Settlement reads the coordinator's audit; it knows neither the daemon nor the CLI nor MQTT.

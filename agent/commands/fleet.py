@@ -1,0 +1,221 @@
+"""`edgeproof fleet keys|publish|serve`: the fleet operator's side of model updates (docs/fleet.md)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ipaddress
+import json
+import logging
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from agent.commands.output import print_json, print_table
+from agent.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    group = sub.add_parser(
+        "fleet",
+        help="operator tooling: keys, publish signed model manifests, serve artifacts",
+        description="The fleet operator's side of model updates: an operator key, `publish` (build, "
+        "sign on the operator's chain and publish a retained manifest) and `serve` (HTTP artifacts "
+        "with Range and ETag). See docs/fleet.md.",
+    )
+    group.set_defaults(group_parser=group)
+    commands = group.add_subparsers(dest="fleet_command", metavar="SUBCOMMAND")
+    _register_keys(commands)
+    _register_publish(commands)
+    _register_serve(commands)
+
+
+def _register_keys(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    keys = commands.add_parser(
+        "keys",
+        help="create and show the operator key",
+        description="The operator key signs manifests: ed25519 in Solana CLI keypair JSON, mode 0600. "
+        "Devices trust its base58 public key ([fleet] operator_keys). Back it up offline: a lost key "
+        "cannot sign again and a new key must be added to every device.",
+    )
+    keys.set_defaults(group_parser=keys)
+    sub = keys.add_subparsers(dest="fleet_keys_command", metavar="SUBCOMMAND")
+    init = sub.add_parser(
+        "init",
+        help="create a new operator key (never overwrites)",
+        description="Write a new operator key with mode 0600. An existing file is refused (key_exists).",
+    )
+    init.add_argument("--key", required=True, help="operator key file to create")
+    init.add_argument("--json", action="store_true", help="print {operator, key} as JSON")
+    init.set_defaults(func=run_keys_init)
+    show = sub.add_parser(
+        "show",
+        help="print the operator's public key (what devices list in operator_keys)",
+        description="Print the operator key's base58 public key. The key file must have mode 0600.",
+    )
+    show.add_argument("--key", required=True, help="operator key file")
+    show.add_argument("--json", action="store_true", help='print {"operator": ...}')
+    show.set_defaults(func=run_keys_show)
+
+
+def _register_publish(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    publish = commands.add_parser(
+        "publish",
+        help="build, sign and publish a retained model manifest on a channel",
+        description="Build the manifest a device checks (the card's file and sha256 must be the model "
+        "artifact's; model id and version are the card's), sign it as the next link of the operator "
+        "key's chain (seq and the channel's highest version come from --state, which is written before "
+        "publishing), and publish it retained with QoS 1 on {prefix}/fleet/manifest/CHANNEL through "
+        "the config's [mqtt] settings. A version at or below the highest this operator published on "
+        "the channel, or at or below the channel's retained manifest, is refused (version_reused, "
+        "stale_version). --dry-run signs and publishes "
+        "nothing: it prints the manifest and, with --devices, which devices each stage reaches.",
+    )
+    publish.add_argument("--card", required=True, help="the model card (TOML)")
+    publish.add_argument("--file", required=True, help="the model file the card names")
+    publish.add_argument("--url", required=True, help="base URL the artifacts are served under (BASE/NAME)")
+    publish.add_argument("--channel", required=True, help="manifest channel (e.g. stable)")
+    publish.add_argument(
+        "--targets",
+        default="",
+        help="profile:ID,tag:NAME,device:PUBKEY (default: every device on the channel)",
+    )
+    publish.add_argument("--stages", default="100", help="percent per stage, last 100 (default: %(default)s)")
+    publish.add_argument("--stage", type=int, default=0, help="the current stage index (default: 0)")
+    publish.add_argument(
+        "--abort-failure-rate",
+        type=float,
+        default=0.2,
+        help="failure rate that halts the rollout (recorded for the rollout controller; default: %(default)s)",
+    )
+    publish.add_argument("--expires", default="7d", help="validity: Ns, Nm, Nh or Nd (default: %(default)s)")
+    publish.add_argument("--version", type=int, default=None, help="manifest version (default: highest + 1)")
+    publish.add_argument("--key", required=True, help="operator key file")
+    publish.add_argument("--state", required=True, help="the operator's state file (chain head, versions)")
+    publish.add_argument("--config", default=None, help="agent config whose [mqtt] settings are used")
+    publish.add_argument("--devices", default=None, help="with --dry-run: JSON list of {dev, profile, tags}")
+    publish.add_argument(
+        "--dry-run", action="store_true", help="print what would be published; change nothing"
+    )
+    publish.add_argument("--json", action="store_true", help="print the result as JSON")
+    publish.set_defaults(func=run_publish)
+
+
+def _register_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    serve = commands.add_parser(
+        "serve",
+        help="serve release artifacts over HTTP (Range, ETag, HEAD)",
+        description="Serve the files in DIR over HTTP/1.1 for development and small fleets: GET and "
+        "HEAD, one Range (206, 416), a strong ETag (the file's sha256), Content-Length. A path leaving "
+        "DIR is refused (404, path_traversal). Listens on 127.0.0.1 by default; SIGTERM stops it.",
+    )
+    serve.add_argument("dir", metavar="DIR", help="folder of artifacts")
+    serve.add_argument("--port", type=int, required=True, help="TCP port (0: a free one, printed)")
+    serve.add_argument("--host", default="127.0.0.1", help="listen address (default: %(default)s)")
+    serve.add_argument("--json", action="store_true", help='print {"url": ...} as JSON once listening')
+    serve.set_defaults(func=run_serve)
+
+
+def run_keys_init(args: argparse.Namespace) -> int:
+    from agent.fleet.keys import init_operator_key
+
+    keypair = init_operator_key(args.key)
+    if args.json:
+        print_json({"operator": str(keypair.pubkey()), "key": args.key})
+    else:
+        print(f"created {args.key} (mode 0600)\noperator: {keypair.pubkey()}\nback this file up offline")
+    return 0
+
+
+def run_keys_show(args: argparse.Namespace) -> int:
+    from agent.fleet.keys import load_operator_key
+
+    operator = str(load_operator_key(args.key).pubkey())
+    if args.json:
+        print_json({"operator": operator})
+    else:
+        print(operator)
+    return 0
+
+
+def run_publish(args: argparse.Namespace) -> int:
+    from agent.fleet.publish import PublishRequest, publish_manifest
+
+    request = PublishRequest(
+        card=Path(args.card),
+        model=Path(args.file),
+        base_url=args.url,
+        channel=args.channel,
+        targets=args.targets,
+        stages=args.stages,
+        stage=args.stage,
+        abort_failure_rate=args.abort_failure_rate,
+        expires=args.expires,
+        version=args.version,
+        key=Path(args.key),
+        state=Path(args.state),
+        config=args.config,
+        devices=Path(args.devices) if args.devices else None,
+        dry_run=args.dry_run,
+    )
+    result = publish_manifest(request, now_ms=time.time_ns() // 1_000_000)
+    if args.json:
+        print_json(result)
+        return 0
+    _print_publish(result)
+    return 0
+
+
+def _print_publish(result: dict[str, Any]) -> None:
+    manifest = result["manifest"]
+    verb = "would publish" if result["dry_run"] else "published"
+    print(
+        f"{verb} {manifest['model_id']} {manifest['model_version']} as version {manifest['version']} on "
+        f"{result['topic']} (retained, QoS 1), operator {result['operator']} seq {result['seq']}"
+    )
+    rows = [(a["name"], a["length"], a["sha256"][:16], a["url"]) for a in manifest["artifacts"]]
+    print_table("artifacts", ("name", "bytes", "sha256", "url"), rows)
+    for stage in result.get("reach", []):
+        mark = " (current)" if stage["current"] else ""
+        print(
+            f"stage {stage['stage']}{mark}: {stage['bp'] / 100:g}% -> {len(stage['devices'])} of {stage['targeted']} targeted devices"
+        )
+        for dev in stage["devices"]:
+            print(f"  {dev}")
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from agent.fleet.serve import make_server
+
+    root = Path(args.dir)
+    if not root.is_dir():
+        raise ConfigError(f"{root} is not a folder")
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port {args.port} is not a TCP port")
+    try:
+        ipaddress.ip_address(args.host)
+    except ValueError as exc:
+        raise ConfigError(f"--host {args.host!r} is not an IP address") from exc
+    try:
+        server = make_server(root, args.host, args.port)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {args.host}:{args.port}: {exc}") from exc
+    url = f"http://{args.host}:{server.server_port}/"
+    if args.json:
+        # One line, so a supervising script can read it before the server's first request.
+        print(json.dumps({"url": url, "dir": str(server.root)}, sort_keys=True), flush=True)
+    else:
+        print(f"serving {server.root} at {url}", flush=True)
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    with contextlib.suppress(KeyboardInterrupt):
+        server.serve_forever(poll_interval=0.2)
+    server.server_close()
+    log.info("fleet_serve_stopped", extra={"url": url, "refused": dict(server.refusals)})
+    return 0
