@@ -20,25 +20,22 @@ from agent.coordinator.audit_capture import capture_report, export_capture, read
 from agent.coordinator.audit_device import device_verdicts
 from agent.coordinator.batch import Inbound, commit_batch
 from agent.coordinator.config import ChallengeSection
-from agent.coordinator.ingest import Policy
-from agent.coordinator.registry import model_classes
 from agent.coordinator.store import Store
 from agent.errors import CorruptStateError, EdgeproofError
-from agent.profiles import load_profiles
 from agent.protocol.topics import Topics
 from tests.support.coordinator import (
     COORD,
     EFFICIENTNET_SHA,
     NOW,
-    ROOT,
     SLOT_MS,
     Device,
     device_key,
     enroll_direct,
+    ingest_policy,
 )
 
 T = Topics()
-POLICY = Policy(30_000, 2, 64, load_profiles(), model_classes(ROOT / "models"))
+POLICY = ingest_policy(late_window_seqs=64)
 EPOCH_MS = 10 * SLOT_MS
 EPOCH = NOW // EPOCH_MS + 1
 FIRST = EPOCH * EPOCH_MS // SLOT_MS

@@ -22,7 +22,6 @@ from agent.coordinator.config import StorageSection, load_coordinator_config
 from agent.coordinator.http_app import Dashboard, make_app, static_file
 from agent.coordinator.http_guard import MAX_HEADERS, MAX_TARGET, host_name, refusal
 from agent.coordinator.http_server import bind
-from agent.coordinator.ingest import Policy
 from agent.coordinator.metrics import (
     CoordinatorMetrics,
     DatabaseGauges,
@@ -31,12 +30,10 @@ from agent.coordinator.metrics import (
     verdict_outcome,
 )
 from agent.coordinator.read_store import open_read_store
-from agent.coordinator.registry import model_classes
 from agent.coordinator.slots import Outgoing, TickResult
 from agent.coordinator.store import StorageUnavailableError, Store
 from agent.coordinator.summary import NO_ROLLOUTS, summary
 from agent.errors import ConfigError, StorageError
-from agent.profiles import load_profiles
 from agent.protocol.chain import ChainSigner
 from agent.protocol.envelope import Envelope
 from agent.protocol.messages import Verdict
@@ -44,16 +41,16 @@ from agent.protocol.topics import Topics
 from tests.support.coordinator import (
     COORD,
     NOW,
-    ROOT,
     SLOT_MS,
     Device,
     add_beacons,
     device_key,
     enroll_direct,
+    ingest_policy,
 )
 
 T = Topics()
-POLICY = Policy(30_000, 1_000_000, 64, load_profiles(), model_classes(ROOT / "models"))
+POLICY = ingest_policy(late_window_seqs=64, beacon_max_age_slots=1_000_000)
 E = 10 * SLOT_MS  # ten slots an epoch
 EPOCH = NOW // E + 1  # the devices are enrolled before it
 T0 = EPOCH * E

@@ -21,11 +21,8 @@ from agent.coordinator import challenge_rows, slots
 from agent.coordinator.audit_capture import export_capture, read_capture
 from agent.coordinator.batch import Inbound, commit_batch
 from agent.coordinator.config import ChallengeSection
-from agent.coordinator.ingest import Policy
-from agent.coordinator.registry import model_classes
 from agent.coordinator.store import Store
 from agent.errors import SettlementError
-from agent.profiles import load_profiles
 from agent.protocol.topics import Topics
 from agent.rewards import settle as settle_module
 from agent.rewards.ledger import load_settlement
@@ -35,16 +32,16 @@ from tests.support.coordinator import (
     COORD,
     EFFICIENTNET_SHA,
     NOW,
-    ROOT,
     SLOT_MS,
     Device,
     device_key,
     enroll_direct,
+    ingest_policy,
 )
 from tests.support.reward_merkle_check import check_proof, root_of
 
 T = Topics()
-INGEST = Policy(30_000, 2, 64, load_profiles(), model_classes(ROOT / "models"))
+INGEST = ingest_policy(late_window_seqs=64)
 EPOCH_MS = 5 * SLOT_MS
 EPOCH = NOW // EPOCH_MS + 1
 FIRST = EPOCH * EPOCH_MS // SLOT_MS
