@@ -17,6 +17,7 @@ with the real client, the real CLI (``edgeproof status --live``) or raw sockets:
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import itertools
 import json
@@ -400,11 +401,40 @@ else:
 """
 
 
+#: The client and what it imports (standard library only besides these), copied byte for byte
+#: into a folder uid 65534 can read: the checkout may sit where it cannot (a 0700 temp folder).
+CLIENT_MODULES = (
+    "agent/__init__.py",
+    "agent/errors.py",
+    "agent/device/__init__.py",
+    "agent/device/control_client.py",
+    "agent/device/control_protocol.py",
+)
+
+
+def nobody_pythonpath() -> str:
+    folder = Path(tempfile.mkdtemp(prefix="edgeproof-client-"))
+    atexit.register(shutil.rmtree, folder, True)
+    os.chmod(folder, 0o755)
+    for name in CLIENT_MODULES:
+        target = folder / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(target.parent, 0o755)
+        shutil.copyfile(ROOT / name, target)
+        os.chmod(target, 0o644)
+    return str(folder)
+
+
+_NOBODY_PATH: list[str] = []
+
+
 def as_nobody(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    if not _NOBODY_PATH:
+        _NOBODY_PATH.append(nobody_pythonpath())
     return subprocess.run(
         ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *argv],
         cwd="/",
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": _NOBODY_PATH[0]},
         capture_output=True,
         text=True,
         timeout=60,
