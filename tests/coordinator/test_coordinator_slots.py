@@ -42,6 +42,19 @@ def _policy() -> Policy:
     )
 
 
+def _quiet_tick(store: Store, now_ms: int) -> slots.TickResult:
+    """A slot tick that issues no challenges (it still marks the missed ones)."""
+    return slots.tick(
+        store,
+        COORD,
+        T,
+        now_ms=now_ms,
+        slot_ms=SLOT,
+        challenges=ChallengeSection(probability_per_slot=0.0),
+        rng=random.Random(1),
+    )
+
+
 def _status(device: Device, sha: str, at: int) -> Inbound:
     body = {"state": "online", "model_id": "m", "model_sha256": sha, "agent_version": "0.1.0"}
     return Inbound(T.status(device.id), device.chain.sideband("status", body, at).wire, at)
@@ -105,33 +118,9 @@ def test_challenges_go_to_active_devices_for_their_reported_model_and_misses_are
     )
     assert sent[active.id].topic == T.device(active.id, "challenge") and not sent[active.id].retain
     # No answer: missed once the deadline passed, by exactly one tick.
-    before = slots.tick(
-        store,
-        COORD,
-        T,
-        now_ms=NOW + 5000,
-        slot_ms=SLOT,
-        challenges=ChallengeSection(probability_per_slot=0.0),
-        rng=random.Random(1),
-    )
-    after = slots.tick(
-        store,
-        COORD,
-        T,
-        now_ms=NOW + 5001,
-        slot_ms=SLOT,
-        challenges=ChallengeSection(probability_per_slot=0.0),
-        rng=random.Random(1),
-    )
-    again = slots.tick(
-        store,
-        COORD,
-        T,
-        now_ms=NOW + 6000,
-        slot_ms=SLOT,
-        challenges=ChallengeSection(probability_per_slot=0.0),
-        rng=random.Random(1),
-    )
+    before = _quiet_tick(store, NOW + 5000)
+    after = _quiet_tick(store, NOW + 5001)
+    again = _quiet_tick(store, NOW + 6000)
     assert before.verdicts == [] and len(after.verdicts) == 2 and again.verdicts == []
     verdict = verify_envelope(after.verdicts[0].wire).body
     assert verdict.reason == "challenge_missed" and verdict.ref_kind == "challenge"  # type: ignore[union-attr]
