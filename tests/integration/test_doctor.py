@@ -19,7 +19,8 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "models" / "efficientnet-lite0-int8.toml"
 COORDINATOR = "9xQeWvG816bUx9EPjHmaT23yvVM2ZWbrrpZb9PusVFin"
-WALLET = "4Nd1mBQtrMJVYVfKf2PJy9NZUZdTAsp7D4xWLs4gDB4T"
+# A wallet on the ed25519 curve (Keypair.from_seed(bytes([23]) * 32)): someone holds its key.
+WALLET = "4MfyR4G3NWfVRDWo6iNAHDBZqWMgwZX6FNtMqEW3a9JT"
 
 
 def fake_root(tmp_path: Path, temp_mc: int = 45_000) -> Path:
@@ -30,7 +31,9 @@ def fake_root(tmp_path: Path, temp_mc: int = 45_000) -> Path:
     return root
 
 
-def write_config(tmp_path: Path, port: int, coordinator: str = COORDINATOR, **inference: Any) -> Path:
+def write_config(
+    tmp_path: Path, port: int, coordinator: str = COORDINATOR, extra: str = "", **inference: Any
+) -> Path:
     key = tmp_path / "device-key.json"
     if not key.exists():
         init_keypair(key, seed=bytes([5]) * 32)
@@ -51,7 +54,7 @@ host = "127.0.0.1"
 port = {port}
 [coordinator]
 pubkey = "{coordinator}"
-"""
+{extra}"""
     path = tmp_path / "agent.toml"
     path.write_text(text)
     return path
@@ -81,13 +84,18 @@ def test_a_ready_device_passes_every_check(
         "config": "ok",
         "daemon": "warn",  # not started in this test
         "key": "ok",
+        "wallet": "ok",
         "profile": "ok",
+        "platform": "ok",
         "model": "ok",
         "thermal": "ok",
         "source": "ok",
         "storage": "ok",
         "broker": "ok",
+        "beacon": "warn",  # no coordinator publishes one here (test_doctor_network.py has them)
+        "clock": "skip",
         "coordinator": "ok",
+        "rpc": "skip",  # no [rewards] rpc_url
     }
     d = details(report)
     assert d["model"].startswith(
