@@ -177,6 +177,7 @@ def diagnose(config_path: str | None, *, root: Path = Path("/"), broker_timeout_
             onnx_providers=inf.onnx_providers or None,
             litert_delegates=inf.litert_delegates or None,
             spin_wait=inf.max_fps == 0,
+            tensorrt_cache=inf.tensorrt_cache,
         )
         pipeline = Pipeline.open(inf.model, settings, inf.backend or None)
         info = pipeline.describe()
@@ -295,7 +296,7 @@ def diagnose(config_path: str | None, *, root: Path = Path("/"), broker_timeout_
     if profile_ok:
         detected = found.profile
         assert detected is not None
-        report.attempt("platform", lambda: doctor_checks.platform(detected, cfg))
+        report.attempt("platform", lambda: doctor_checks.platform(detected, cfg, root=root))
         report.attempt("model", model)
         report.attempt("thermal", thermal)
     else:

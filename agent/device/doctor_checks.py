@@ -30,8 +30,7 @@ NTP_HINT = "sync the clock with NTP: timedatectl set-ntp true (timedatectl statu
 #: An offset above this is worth a warning; above [beacons] tolerance_s it is a failure.
 CLOCK_WARN_MS = 2_000
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
-TRT_CACHE_ENABLE = "ORT_TENSORRT_ENGINE_CACHE_ENABLE"
-TRT_CACHE_PATH = "ORT_TENSORRT_CACHE_PATH"
+NVPMODEL_STATUS = "var/lib/nvpmodel/status"
 #: Android's shared storage (FUSE): SQLite's locking and fsync are not dependable there.
 SHARED_STORAGE = ("/sdcard", "/storage/", "/mnt/sdcard")
 
@@ -155,17 +154,31 @@ def rpc(rewards: RewardSettings) -> Outcome:
     return "ok", f"{url}: getHealth ok, slot {slot}; reward mint {rewards.mint} found", ""
 
 
-def platform(profile: Profile, cfg: AgentConfig, env: Mapping[str, str] | None = None) -> Outcome:
+def platform(
+    profile: Profile, cfg: AgentConfig, env: Mapping[str, str] | None = None, root: Path = Path("/")
+) -> Outcome:
     """What the platform's deploy/ recipe sets up: GPU providers and engine cache, wake lock and storage."""
     environ = os.environ if env is None else env
     if profile.id.startswith("jetson"):
-        return _jetson(profile, environ)
+        return _jetson(profile, cfg, root)
     if profile.id == "android-termux":
         return _termux(cfg, environ)
     return "ok", f"{profile.id}: nothing platform-specific to check", ""
 
 
-def _jetson(profile: Profile, environ: Mapping[str, str]) -> Outcome:
+def power_mode(root: Path) -> str | None:
+    """The nvpmodel power mode id (``/var/lib/nvpmodel/status`` holds ``pmode:0000``), if any."""
+    try:
+        text = (root / NVPMODEL_STATUS).read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return None
+    for field in text.split():
+        if field.startswith("pmode:") and field[6:].isdigit():
+            return str(int(field[6:]))
+    return None
+
+
+def _jetson(profile: Profile, cfg: AgentConfig, root: Path) -> Outcome:
     try:
         import onnxruntime
 
@@ -176,34 +189,40 @@ def _jetson(profile: Profile, environ: Mapping[str, str]) -> Outcome:
             "onnxruntime is not installed",
             "install NVIDIA's onnxruntime-gpu wheel (deploy/jetson/README.md)",
         )
-    wanted = [p for p in profile.inference.onnx_providers if p in GPU_PROVIDERS]
+    mode = power_mode(root)
+    power = (
+        f"; power mode {mode} (nvpmodel)" if mode is not None else "; power mode unknown (no nvpmodel status)"
+    )
+    wanted = [
+        p for p in (cfg.inference.onnx_providers or profile.inference.onnx_providers) if p in GPU_PROVIDERS
+    ]
     missing = [p for p in wanted if p not in available]
     if missing:
         return (
             "warn",
-            f"onnxruntime offers {', '.join(available)}: no {', '.join(missing)} (the CPU build); "
-            "inference runs on the CPU",
+            f"onnxruntime offers {', '.join(available)}: no {', '.join(missing)} (a CPU build), so inference "
+            f"runs on the CPU{power}",
             "install NVIDIA's onnxruntime-gpu for this JetPack (deploy/jetson/README.md)",
         )
-    if "TensorrtExecutionProvider" in wanted and environ.get(TRT_CACHE_ENABLE) != "1":
+    gpu = ", ".join(p for p in available if p in GPU_PROVIDERS) or "none (CPU providers configured)"
+    if "TensorrtExecutionProvider" not in wanted:
+        return "ok", f"GPU providers: {gpu}{power}", ""
+    cache = cfg.inference.tensorrt_cache
+    if not cache:
         return (
             "warn",
-            "TensorRT is available but its engine cache is off: every start rebuilds the engine (minutes)",
-            f"install deploy/jetson/tensorrt-cache.conf as a drop-in (sets {TRT_CACHE_ENABLE}=1, {TRT_CACHE_PATH})",
+            f"GPU providers: {gpu}; no TensorRT engine cache, so every start rebuilds the engine (minutes){power}",
+            'set [inference] tensorrt_cache = "/var/lib/edgeproof/tensorrt" and install the drop-in '
+            "deploy/jetson/edgeproof-jetson.conf",
         )
-    cache = environ.get(TRT_CACHE_PATH, "")
-    if "TensorrtExecutionProvider" in wanted and not (cache and os.access(cache, os.W_OK)):
+    if not (os.path.isdir(cache) and os.access(cache, os.W_OK)):
         return (
             "fail",
-            f"{TRT_CACHE_PATH}={cache or '(unset)'} is not a writable folder: TensorRT cannot store its engine",
-            "create it for the agent's user (the drop-in uses /var/lib/edgeproof/tensorrt, under StateDirectory)",
+            f"inference.tensorrt_cache {cache} is not a folder this user can write: TensorRT cannot keep its engine",
+            "the drop-in deploy/jetson/edgeproof-jetson.conf creates it (StateDirectory=edgeproof/tensorrt); "
+            "run doctor as the agent's user",
         )
-    where = f"; TensorRT engine cache {cache}" if "TensorrtExecutionProvider" in wanted else ""
-    return (
-        "ok",
-        f"GPU providers available: {', '.join(p for p in available if p in GPU_PROVIDERS)}{where}",
-        "",
-    )
+    return "ok", f"GPU providers: {gpu}; TensorRT engine cache {cache}{power}", ""
 
 
 def _termux(cfg: AgentConfig, environ: Mapping[str, str]) -> Outcome:
