@@ -66,7 +66,7 @@ def beacon(payload: bytes | None, pin: str, topic: str) -> tuple[Outcome, Envelo
             "fail",
             f"beacon slot {body.slot} is signed by {env.dev}, not by the pinned coordinator {pin}: "
             "the daemon refuses it (untrusted_coordinator)",
-            "compare coordinator.pubkey with `edgeproof coordinator keys show` on the coordinator",
+            "compare coordinator.pubkey with `edgeproof keys show --key <its coordinator key>` on the coordinator",
         ), env
     return ("ok", f"beacon slot {body.slot} is signed by the pinned coordinator {pin}", ""), env
 

@@ -127,7 +127,7 @@ def test_a_beacon_from_another_signer_or_forged_fails_the_pin(
     )
     assert (
         beacon["hint"]
-        == "compare coordinator.pubkey with `edgeproof coordinator keys show` on the coordinator"
+        == "compare coordinator.pubkey with `edgeproof keys show --key <its coordinator key>` on the coordinator"
     )
     # The pinned key's envelope with its body altered after signing.
     forged = beacon_wire(now_ms()).replace(b'"slot":41', b'"slot":42')
