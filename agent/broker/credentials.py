@@ -21,7 +21,13 @@ from agent.config import REPO_ROOT
 from agent.errors import BrokerCredentialsError
 
 SHIPPED_ACL = REPO_ROOT / "deploy" / "mosquitto" / "acl"
+INSTALLED_ACL = Path("/etc/mosquitto/edgeproof/acl")
 DEFAULT_PASSWD = Path("/etc/mosquitto/edgeproof/passwd")
+
+
+def default_acl() -> Path:
+    """The broker's installed acl_file when there is one (what the broker enforces), else the shipped one."""
+    return INSTALLED_ACL if INSTALLED_ACL.is_file() else SHIPPED_ACL
 
 
 def check_device_id(dev: str) -> str:
@@ -75,13 +81,14 @@ def issue_credentials(
     *,
     password_file: Path = DEFAULT_PASSWD,
     secret_file: Path | None = None,
-    acl: Path = SHIPPED_ACL,
+    acl: Path | None = None,
     prefix: str = "edgeproof/v1",
     password: str | None = None,
     ca: Path | None = None,
     days: int = 825,
 ) -> Issued:
     check_device_id(dev)
+    acl = default_acl() if acl is None else acl
     coverage = require_coverage(parse_acl(acl), dev, prefix)
     secret = generate_password() if password is None else check_password(password)
     secret_path = secret_file or password_file.parent / f"{dev}.password"

@@ -64,7 +64,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run_credentials(args: argparse.Namespace) -> int:
-    from agent.broker.credentials import SHIPPED_ACL, issue_credentials
+    from agent.broker.credentials import issue_credentials
 
     password = None
     if args.password_stdin:
@@ -73,7 +73,7 @@ def run_credentials(args: argparse.Namespace) -> int:
         args.dev,
         password_file=Path(args.password_file),
         secret_file=Path(args.secret_out) if args.secret_out else None,
-        acl=Path(args.acl) if args.acl else SHIPPED_ACL,
+        acl=Path(args.acl) if args.acl else None,
         prefix=args.topic_prefix,
         password=password,
         ca=Path(args.ca) if args.ca else None,

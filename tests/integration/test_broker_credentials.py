@@ -28,7 +28,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from agent.cli import main
 from tests.support.mosquitto import Collector
-from tests.support.tls_broker import DEV_A, DEV_B, SecureBroker, start_broker_with_ca
+from tests.support.tls_broker import DEPLOY, DEV_A, DEV_B, SecureBroker, start_broker_with_ca
 
 pytestmark = pytest.mark.integration
 COORDINATOR_PW = "pw-coordinator"
@@ -122,7 +122,7 @@ def first(etc: Path) -> dict[str, Any]:
     """The first run: a new password file and a new CA in the broker's folder."""
     capsys_free = subprocess.run(
         [sys.executable, "-m", "agent", "broker", "credentials", DEV_A, "--password-file", str(etc / "passwd"),
-         "--ca", str(etc), "--json"],
+         "--ca", str(etc), "--acl", str(DEPLOY / "acl"), "--json"],
         capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[2],
     )  # fmt: skip
     result: dict[str, Any] = json.loads(capsys_free.stdout)

@@ -5,6 +5,8 @@ real localnet ledger (getHealth and the reward mint)."""
 from __future__ import annotations
 
 import re
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ from solders.pubkey import Pubkey
 from agent.chain.bootstrap import bootstrap
 from agent.chain.client import ChainClient
 from agent.protocol.envelope import GENESIS_PREV, build_envelope
-from agent.protocol.messages import Beacon
+from agent.protocol.messages import Beacon, Challenge
 from tests.integration.test_doctor import details, doctor, fake_root, statuses, write_config
 from tests.support.daemon_rig import COORDINATOR, ROGUE, now_ms
 from tests.support.localnet import Localnet
@@ -26,6 +28,7 @@ from tests.support.mosquitto import MosquittoBroker, free_port
 
 pytestmark = pytest.mark.integration
 PIN = str(COORDINATOR.pubkey())
+ROGUE_DEV = str(ROGUE.pubkey())
 PREFIX = "doctortest/v1"
 SLOT_MS = 30_000
 NTP = "sync the clock with NTP: timedatectl set-ntp true (timedatectl status then shows 'System clock synchronized: yes')"
@@ -131,8 +134,16 @@ def test_a_beacon_from_another_signer_or_forged_fails_the_pin(
     )
     # The pinned key's envelope with its body altered after signing.
     forged = beacon_wire(now_ms()).replace(b'"slot":41', b'"slot":42')
+    # A validly signed envelope of another kind (a challenge) retained on the beacon topic.
+    challenge = Challenge(
+        device=ROGUE_DEV, nonce="22" * 32, model_sha256="33" * 32, deadline_ms=now_ms() + 60_000
+    )
+    other_kind = build_envelope(
+        COORDINATOR, "challenge", challenge, seq=1, prev=GENESIS_PREV, ts=now_ms()
+    ).wire
     hostile = {
         forged: "bad_signature",
+        other_kind: "wrong_kind",
         b"not json at all": "malformed",
         b"{" * 70_000: "oversized",
     }
@@ -212,3 +223,38 @@ def test_the_reward_wallet_is_checked(
         "detail": "no owner wallet: this device's rewards cannot be claimed",
         "hint": "set device.owner_wallet to the Solana address that should receive rewards",
     }
+
+
+def test_a_flood_on_the_beacon_topic_does_not_hide_the_retained_beacon(mosquitto: MosquittoBroker) -> None:
+    """The probe takes the broker's retained message, not whatever else arrives on the topic."""
+    from agent.transport.probe import probe_broker
+    from agent.transport.settings import MqttSettings
+
+    wire = beacon_wire(now_ms())
+    retain(mosquitto, wire)
+    flooder = paho.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5
+    )
+    flooder.connect("127.0.0.1", mosquitto.port)
+    flooder.loop_start()
+    stop = threading.Event()
+
+    def flood() -> None:
+        while not stop.is_set():
+            flooder.publish(f"{PREFIX}/beacon", b"x" * 512, qos=0)
+            time.sleep(0.0005)
+
+    thread = threading.Thread(target=flood, daemon=True)
+    thread.start()
+    try:
+        settings = MqttSettings(host="127.0.0.1", port=mosquitto.port, topic_prefix=PREFIX)
+        for attempt in range(3):
+            result = probe_broker(
+                settings, f"doctor-flood-{attempt}", timeout_s=5, retained=f"{PREFIX}/beacon"
+            )
+            assert result.retained == wire
+    finally:
+        stop.set()
+        thread.join(5)
+        flooder.disconnect()
+        flooder.loop_stop()

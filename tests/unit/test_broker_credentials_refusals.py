@@ -11,6 +11,7 @@ import pytest
 from agent.broker.acl import device_coverage, parse_acl
 from agent.broker.passwd import hash_password, verify_password
 from agent.cli import main
+from agent.errors import BrokerCredentialsError
 from tests.support.tls_broker import DEPLOY, DEV_A, DEV_B
 
 
@@ -180,3 +181,43 @@ def test_an_incomplete_ca_folder_is_refused(tmp_path: Path, capsys: pytest.Captu
     assert code == 19
     assert err.startswith(f"edgeproof: error: refused (ca_unusable): {ca} has ca.crt but not ca.key\n")
     assert not (ca / "ca.key").exists()
+
+
+def test_oversized_files_are_refused_before_they_are_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    passwd = tmp_path / "passwd"
+    with passwd.open("wb") as handle:
+        handle.truncate(17 * 1024 * 1024)  # sparse: nothing is written, the size is what counts
+    code, _, err = run(capsys, DEV_A, "--password-file", str(passwd))
+    assert (code, err.split(":", 2)[2].strip().split("\n")[0]) == (
+        19,
+        f"refused (passwd_malformed): {passwd} is {17 * 1024 * 1024} bytes, more than 16777216: not a "
+        "password file?",
+    )
+    acl = tmp_path / "acl"
+    with acl.open("wb") as handle:
+        handle.truncate(5 * 1024 * 1024)
+    code, _, err = run(capsys, DEV_A, "--password-file", str(tmp_path / "p2"), "--acl", str(acl))
+    assert code == 19 and err.startswith(f"edgeproof: error: refused (acl_malformed): {acl} is 5242880 bytes")
+    missing = tmp_path / "nope"
+    code, _, err = run(capsys, DEV_A, "--password-file", str(tmp_path / "p2"), "--acl", str(missing))
+    assert code == 19 and err.startswith(
+        f"edgeproof: error: refused (acl_malformed): the ACL {missing} cannot be read"
+    )
+    assert not (tmp_path / "p2").exists()
+
+
+def test_the_default_acl_is_the_installed_one_when_present(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agent.broker import credentials
+
+    installed = tmp_path / "acl"
+    monkeypatch.setattr(credentials, "INSTALLED_ACL", installed)
+    assert credentials.default_acl() == credentials.SHIPPED_ACL == DEPLOY / "acl"
+    installed.write_text((DEPLOY / "acl").read_text().replace("pattern read edgeproof/v1/beacon\n", ""))
+    assert credentials.default_acl() == installed
+    with pytest.raises(BrokerCredentialsError) as refused:
+        credentials.issue_credentials(DEV_A, password_file=tmp_path / "passwd")
+    assert refused.value.reason == "acl_not_covered"
