@@ -1,9 +1,9 @@
 """``edgeproof broker credentials DEV``: one device's broker login, checked against the ACL.
 
 Order: the device id is validated, the ACL is parsed and must grant the device exactly its role's
-topics (before anything is written: a device the broker would confine wrongly gets no login), the
-password is hashed into the password file (replacing the device's entry), the plaintext goes to a
-0600 file for the device, and with a CA folder a client certificate is issued.
+topics (before anything is written: a device the broker would confine wrongly gets no login), with
+a CA folder a client certificate is issued, then the password is hashed into the password file
+(replacing the device's entry) and the plaintext goes to a 0600 file for the device.
 """
 
 from __future__ import annotations
@@ -98,9 +98,10 @@ def issue_credentials(
             reason="bad_password",
         )
     try:
+        # The certificate first: a CA folder that is refused leaves the password file untouched.
+        cert = issue_client_cert(ca, dev, days) if ca is not None else None
         entry = upsert(password_file, dev, secret)
         write_secret(secret_path, secret)
-        cert = issue_client_cert(ca, dev, days) if ca is not None else None
     except OSError as exc:
         raise BrokerCredentialsError(
             f"cannot write {exc.filename or password_file}: {exc.strerror or exc}",

@@ -181,6 +181,7 @@ def test_an_incomplete_ca_folder_is_refused(tmp_path: Path, capsys: pytest.Captu
     assert code == 19
     assert err.startswith(f"edgeproof: error: refused (ca_unusable): {ca} has ca.crt but not ca.key\n")
     assert not (ca / "ca.key").exists()
+    assert not (tmp_path / "passwd").exists()  # refused before the password file is touched
 
 
 def test_oversized_files_are_refused_before_they_are_read(
