@@ -242,3 +242,77 @@ def test_with_require_certificate_only_the_issued_client_certificate_gets_in(
         assert handshake(strict, (cert["cert_file"], cert["key_file"])).startswith("accepted (TLSv1.")
     finally:
         strict.broker.kill()
+
+
+def test_the_doctor_sees_the_device_connected_over_tls_and_the_coordinator_beacon(
+    broker: SecureBroker, etc: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The operations guide's last step: with the written credentials and the CA, doctor's broker,
+    beacon and clock checks pass against the production broker (the device reads the beacon the
+    coordinator retained, under the shipped ACL)."""
+    from agent.identity import init_keypair
+    from agent.protocol.envelope import GENESIS_PREV, build_envelope
+    from agent.protocol.messages import Beacon
+    from tests.integration.test_doctor import fake_root
+    from tests.support.daemon_rig import COORDINATOR, now_ms
+
+    key = tmp_path / "device-key.json"
+    dev = str(init_keypair(key, seed=bytes([31]) * 32).pubkey())
+    issued = credentials(capsys, etc, dev, "--acl", str(DEPLOY / "acl"))
+    assert broker.broker.process is not None
+    broker.broker.process.send_signal(signal.SIGHUP)
+    beacon = Beacon(slot=9, nonce="7e" * 32, time_ms=now_ms() - 2_000, slot_ms=30_000)
+    wire = build_envelope(COORDINATOR, "beacon", beacon, seq=1, prev=GENESIS_PREV, ts=now_ms()).wire
+    coordinator = connect(broker, "coordinator", COORDINATOR_PW)
+    try:
+        info = coordinator.client.publish("edgeproof/v1/beacon", wire, qos=1, retain=True)
+        info.wait_for_publish(5)
+    finally:
+        coordinator.close()
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f"""[device]
+key = "{key}"
+state_dir = "{tmp_path / "state"}"
+profile = "generic-x86_64"
+[inference]
+source = "none"
+[mqtt]
+host = "127.0.0.1"
+port = {broker.broker.port}
+username = "{dev}"
+password_file = "{issued["device_secret_file"]}"
+[mqtt.tls]
+ca_file = "{broker.ca_file}"
+[coordinator]
+pubkey = "{COORDINATOR.pubkey()}"
+"""
+    )
+    deadline = time.monotonic() + 10
+    while True:  # until the broker has re-read its password file
+        code = main(
+            [
+                "doctor",
+                "--config",
+                str(config),
+                "--root",
+                str(fake_root(tmp_path / str(time.monotonic_ns()))),
+                "--json",
+            ]
+        )
+        report = json.loads(capsys.readouterr().out)
+        checks = {c["name"]: c for c in report["checks"]}
+        if checks["broker"]["status"] == "ok" or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert checks["broker"]["detail"].startswith(
+        f"127.0.0.1:{broker.broker.port} accepted a connection (TLS, broker certificate verified, user {dev}) in "
+    )
+    assert checks["beacon"] == {
+        "name": "beacon",
+        "status": "ok",
+        "detail": f"beacon slot 9 is signed by the pinned coordinator {COORDINATOR.pubkey()}",
+        "hint": "",
+    }
+    assert checks["clock"]["status"] == "ok", checks["clock"]
+    assert (code, report["failed"]) == (0, []), report
