@@ -3,8 +3,10 @@
 Every check uses the real part: the config is loaded and validated, the key file is read with
 its mode checked, the model is hashed against its card and run once on a synthetic frame by the
 backend the daemon would pick, the source yields a frame, the state folder takes a file, the
-broker answers an MQTT CONNECT with the configured TLS and credentials, the thermal sensor is
-read.  A failed check names what is wrong and how to fix it; later checks that need its result
+broker answers an MQTT CONNECT with the configured TLS and credentials and hands over the
+coordinator's retained beacon (its signer checked against the pin, its slot time against this
+clock), the thermal sensor is read, the reward wallet and the RPC endpoint are checked, and what
+the platform's recipe needs is there (:mod:`agent.device.doctor_checks`).  A failed check names what is wrong and how to fix it; later checks that need its result
 are skipped rather than failing again for the same cause.
 
 Nothing here disturbs a running daemon.  The broker ties every client id to its user name
