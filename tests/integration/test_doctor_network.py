@@ -91,18 +91,18 @@ def test_a_device_clock_behind_or_ahead_is_named_with_the_ntp_fix(
     clock = check(report, "clock")
     assert code == 1 and report["failed"] == ["clock"]
     assert re.fullmatch(
-        r"the device clock is 29\d\.\d s behind the coordinator's \(beacon slot 41\); beyond "
+        r"the device clock is 2\d\d\.\d s behind the coordinator's \(beacon slot 41\); beyond "
         r"beacons\.tolerance_s 120: beacons are refused \(beacon_from_future\)",
         clock["detail"],
     ), clock["detail"]
     assert clock["hint"] == NTP
-    # 10 s behind: within the daemon's tolerance, still worth fixing.
-    retain(mosquitto, beacon_wire(now_ms() + 10_000))
+    # 30 s behind (less the doctor's own run time): within the daemon's tolerance, worth fixing.
+    retain(mosquitto, beacon_wire(now_ms() + 30_000))
     code, report = run(capsys, tmp_path, mosquitto)
     clock = check(report, "clock")
     assert (code, clock["status"], clock["hint"]) == (0, "warn", NTP)
     assert re.fullmatch(
-        r"the device clock is \d\.\d s behind the coordinator's \(beacon slot 41\)", clock["detail"]
+        r"the device clock is \d+\.\d s behind the coordinator's \(beacon slot 41\)", clock["detail"]
     )
     # A slot that started 40 s ago in 30 s slots: the device is ~10 s ahead (or the coordinator stopped).
     retain(mosquitto, beacon_wire(now_ms() - SLOT_MS - 10_000))
@@ -110,7 +110,7 @@ def test_a_device_clock_behind_or_ahead_is_named_with_the_ntp_fix(
     clock = check(report, "clock")
     assert (code, clock["status"]) == (0, "warn")
     assert re.fullmatch(
-        r"beacon slot 41 started 4\d\.\d s ago, longer than its 30 s slot: the device clock is 1\d\.\d s ahead "
+        r"beacon slot 41 started \d+\.\d s ago, longer than its 30 s slot: the device clock is \d+\.\d s ahead "
         r"of the coordinator's, or the coordinator stopped publishing beacons",
         clock["detail"],
     ), clock["detail"]
