@@ -323,3 +323,42 @@ def test_a_newer_release_supersedes_a_download_and_a_stop_keeps_the_partial(tmp_
             assert list(staging2.iterdir()) == []
         finally:
             third.updater.stop()
+
+
+def test_a_committed_version_is_never_installed_again_over_a_newer_release(tmp_path: Path) -> None:
+    """Issue 9 defect 2: the stored first manifest, re-delivered or judged again after a restart,
+    never replaces the newer release the device runs."""
+    files_a = release_files(tmp_path / "release-a")
+    files_b = release_files(tmp_path / "release-b", seed=1)
+    sha_b = hashlib.sha256(files_b["tiny.onnx"]).hexdigest()
+
+    def commit(u: Updater, version: int) -> None:
+        u.wait_ready(f"v{version} to be ready")
+        wait_until(
+            lambda: u.updater.poll() is None and ("committed", None, version) in u.states(), 30, "the commit"
+        )
+
+    with ArtifactServer(files_a) as server_a, ArtifactServer(files_b) as server_b:
+        v1 = tiny_manifest(server_a, files_a, version=1)
+        first = in_process_updater(tmp_path / "models")
+        try:
+            first.updater.offer(v1)
+            commit(first, 1)
+            first.updater.offer(tiny_manifest(server_b, files_b, version=2))
+            commit(first, 2)
+            served, reported = len(server_a.paths), len(first.reports)
+            first.updater.offer(v1)  # the broker re-delivers the first version
+            time.sleep(1.0)
+            assert len(first.reports) == reported and first.updater.poll() is None
+        finally:
+            first.updater.stop()
+        second = in_process_updater(tmp_path / "models")  # a restart on the same store and state
+        try:
+            second.updater.offer(v1)  # the stored first manifest, judged again
+            time.sleep(1.0)
+            assert second.reports == [] and second.updater.poll() is None
+            assert len(server_a.paths) == served
+            active = second.updater.store.active()
+            assert active is not None and (active.current.model_sha256, active.state) == (sha_b, "committed")
+        finally:
+            second.updater.stop()
