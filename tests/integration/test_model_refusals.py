@@ -162,24 +162,36 @@ def test_every_refusal_is_reported_by_name_and_the_device_keeps_its_model(tmp_pa
 
         # -- a flood of forged manifests, each under a new version: bounded reports, counted
         before = len(deploy_reports(r.collector))
+        sent_before = own_status(daemon)["counters"]["refusal_reports_sent"]
+        assert sent_before == 4  # reuse, stale, tampered, expired
         for version in range(100, 100 + FLOOD):
             forged = coordinator_envelope(
                 "manifest", tiny_manifest(server_b, files_b, version), ROGUE, seq=version
             )
             r.push_wire(forged.wire, retain=False)
-        wait_until(
-            lambda: rejected(daemon, "untrusted_operator") == FLOOD, 60, "every forged manifest refused"
-        )
-        counters = own_status(daemon)["counters"]
-        flood_reports = [
-            b for b in deploy_reports(r.collector)[before:] if b["reason"] == "untrusted_operator"
-        ]
-        # BURST tokens, four of them spent above (reuse, stale, tampered, expired), one more a minute.
+
+        def judged() -> dict[str, int] | None:
+            status = own_status(daemon)
+            c = status.get("counters", {})
+            done = c.get("refusal_reports_sent", 0) + c.get("refusal_reports_rate_limited", 0)
+            return c if done == sent_before + FLOOD else None
+
+        counters = wait_until(judged, 60, "every forged manifest refused and judged for a report")
+        assert rejected(daemon, "untrusted_operator") == FLOOD
+        flood_sent = counters["refusal_reports_sent"] - sent_before
+        # BURST tokens, sent_before of them spent above, one more a minute.
         minutes = int((time.monotonic() - started) / 60)
-        assert BURST - 4 <= len(flood_reports) <= BURST - 4 + minutes + 1, len(flood_reports)
-        assert {b["manifest_version"] for b in flood_reports} <= set(range(100, 100 + FLOOD))
-        assert counters["refusal_reports_rate_limited"] == FLOOD - len(flood_reports)
-        assert len(deploy_reports(r.collector)) == before + len(flood_reports)
+        assert BURST - sent_before <= flood_sent <= BURST - sent_before + minutes + 1, flood_sent
+        assert counters["refusal_reports_rate_limited"] == FLOOD - flood_sent
+
+        def flood_reports() -> list[dict[str, object]]:
+            later = deploy_reports(r.collector)[before:]
+            return [b for b in later if b["reason"] == "untrusted_operator"]
+
+        wait_until(lambda: len(flood_reports()) == flood_sent, 30, "the flood's reports to arrive")
+        assert {b["manifest_version"] for b in flood_reports()} <= set(range(100, 100 + FLOOD))
+        time.sleep(1.0)
+        assert len(deploy_reports(r.collector)) == before + flood_sent
         on_a()
 
         # The plain status table says which release runs and that it is not on trial.
