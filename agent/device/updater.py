@@ -393,7 +393,11 @@ class ModelUpdater:
     def _report_committed_once(self, release: Release) -> None:
         """Report ``committed`` unless the record says it was (at commit, or at the start after a crash)."""
         key = committed_version_key(release.channel)
-        done = self.state.record(key)
+        try:
+            done = self.state.record(key)
+        except EdgeproofError as exc:  # reported again rather than not at all
+            log.warning("committed release version unreadable", extra={"error": exc.message})
+            done = None
         if isinstance(done, int) and done >= release.manifest_version:
             return
         self.report(deploy_body(release, "committed"))
