@@ -253,8 +253,8 @@ def test_the_doctor_sees_the_device_connected_over_tls_and_the_coordinator_beaco
     from agent.identity import init_keypair
     from agent.protocol.envelope import GENESIS_PREV, build_envelope
     from agent.protocol.messages import Beacon
-    from tests.integration.test_doctor import fake_root
     from tests.support.daemon_rig import COORDINATOR, now_ms
+    from tests.support.doctor_rig import fake_root
 
     key = tmp_path / "device-key.json"
     dev = str(init_keypair(key, seed=bytes([31]) * 32).pubkey())

@@ -21,8 +21,8 @@ from agent.chain.bootstrap import bootstrap
 from agent.chain.client import ChainClient
 from agent.protocol.envelope import GENESIS_PREV, build_envelope
 from agent.protocol.messages import Beacon, Challenge
-from tests.integration.test_doctor import details, doctor, fake_root, statuses, write_config
 from tests.support.daemon_rig import COORDINATOR, ROGUE, now_ms
+from tests.support.doctor_rig import details, doctor, fake_root, statuses, write_config
 from tests.support.localnet import Localnet
 from tests.support.mosquitto import MosquittoBroker, free_port
 
