@@ -31,6 +31,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _register_keys(commands)
     _register_publish(commands)
     _register_serve(commands)
+    from agent.commands import fleet_rollout
+
+    fleet_rollout.register(commands)
 
 
 def _register_keys(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
