@@ -242,10 +242,8 @@ def run_rollout(args: argparse.Namespace) -> int:
     keypair = load_operator_key(args.key)
     operator = str(keypair.pubkey())
     rate = args.abort_failure_rate
-    if rate is None:
-        record = load_state(Path(args.state), operator).channels.get(args.channel)
-        rate = record.abort_failure_rate if record is not None else 0.2
-    if not 0.0 < rate <= 1.0:
+    load_state(Path(args.state), operator)  # it must be this key's (or not exist yet)
+    if rate is not None and not 0.0 < rate <= 1.0:
         raise ConfigError(f"--abort-failure-rate {rate} must be in (0, 1]")
     if args.tick <= 0:
         raise ConfigError(f"--tick {args.tick} must be positive")
@@ -275,6 +273,7 @@ def run_rollout(args: argparse.Namespace) -> int:
         if args.exit_when_settled:
             watcher = threading.Thread(target=_watch_settled, args=(config, args.channel, stop), daemon=True)
             watcher.start()
+        controller.subscribe()
         print(json.dumps({"controller": "running", "channel": args.channel}), flush=True)
         controller.run(stop)
     result = {

@@ -33,6 +33,7 @@ from agent.fleet.mqtt_publish import BrokerSession
 from agent.fleet.rollout import Member, Report, Rollout
 from agent.fleet.rollout_inbox import DeployInbox, Refused
 from agent.fleet.rollout_sign import publish_next
+from agent.fleet.state import load_state
 from agent.protocol.envelope import Envelope, verify_envelope
 from agent.protocol.messages import Deploy, Manifest, Status
 from agent.protocol.topics import Topics
@@ -41,6 +42,8 @@ log = logging.getLogger(__name__)
 
 #: Messages waiting for the main loop; beyond this the broker's deliveries are dropped as ``flooded``.
 QUEUE_MAX = 20_000
+#: The abort failure rate when neither the command line nor the operator's state file names one.
+DEFAULT_ABORT_RATE = 0.2
 #: How often the enrolled devices are read again.
 DEVICES_EVERY_S = 5.0
 
@@ -62,7 +65,8 @@ class ControllerSettings:
     state: Path
     #: Operator keys whose manifests on the channel start or update a rollout (the own key included).
     operators: frozenset[str]
-    abort_failure_rate: float
+    #: None: what ``fleet publish`` recorded for the channel in the state file when the rollout starts.
+    abort_failure_rate: float | None
     stage_timeout_ms: int
     tick_s: float = 1.0
     propose: Path | None = None
@@ -117,8 +121,8 @@ class RolloutController:
     # ------------------------------------------------------------------ main loop
 
     def run(self, stop: threading.Event) -> None:
+        """Until ``stop``: handle messages, tick every ``tick_s`` (call :meth:`subscribe` first)."""
         self._rollout = self.storage.load(self.settings.channel)
-        self.subscribe()
         next_tick = time.monotonic()
         while not stop.is_set():
             timeout = max(0.0, next_tick - time.monotonic())
@@ -209,7 +213,7 @@ class RolloutController:
         rollout = Rollout(
             manifest=manifest,
             state="halted" if manifest.halted else "running",
-            abort_failure_rate=self.settings.abort_failure_rate,
+            abort_failure_rate=self._abort_rate(),
             stage_timeout_ms=self.settings.stage_timeout_ms,
             stage_started_ms=tuple([now] * (manifest.stage + 1)),
             started_ms=now,
@@ -220,6 +224,13 @@ class RolloutController:
             "rollout_started",
             extra={"channel": manifest.channel, "model_id": manifest.model_id, "version": manifest.version},
         )
+
+    def _abort_rate(self) -> float:
+        if self.settings.abort_failure_rate is not None:
+            return self.settings.abort_failure_rate
+        state = load_state(self.settings.state, str(self.settings.key.pubkey()))
+        record = state.channels.get(self.settings.channel)
+        return record.abort_failure_rate if record is not None else DEFAULT_ABORT_RATE
 
     # ------------------------------------------------------------------ ticks
 
@@ -273,6 +284,7 @@ class RolloutController:
         else:
             self.storage.save(plan.advanced(rollout, manifest, now))
             log.info("rollout_advanced", extra={**extra, "version": manifest.version, "to_stage": stage})
+        self._rollout = self.storage.load(self.settings.channel)
 
     def _flush_counts(self) -> None:
         with self._lock:
