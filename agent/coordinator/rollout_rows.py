@@ -145,6 +145,47 @@ def report_counts(store: Store, rollout_id: int) -> dict[str, int]:
     return {str(s): int(n) for s, n in rows}
 
 
+#: Report states that end a device's part (the controller's tally also counts timeouts).
+_FAILED = ("failed", "rolled_back", "rejected")
+
+
+def dashboard_items(store: Store) -> list[dict[str, Any]]:
+    """The newest rollout of each channel as the dashboard's flat rows (counts of reports by state).
+
+    The page does not compute stage membership: ``fleet status`` has the full per-stage tally
+    (with devices that never reported and timeouts); here a failure is a failed report.
+    """
+    newest: dict[str, RolloutRow] = {}
+    for row in rollouts(store):
+        newest.setdefault(row.channel, row)
+    items = []
+    for channel in sorted(newest):
+        row = newest[channel]
+        assert row.id is not None
+        counts = report_counts(store, row.id)
+        reasons = store.rows(
+            "SELECT COALESCE(reason, state), COUNT(*) FROM rollout_reports WHERE rollout_id = ? "
+            "AND state IN (?, ?, ?) GROUP BY COALESCE(reason, state) ORDER BY 1",
+            (row.id, *_FAILED),
+        )
+        stages = json.loads(row.manifest)["stages"]
+        items.append(
+            {
+                "channel": channel,
+                "release": f"{row.model_id} {row.model_version}",
+                "manifest_version": row.manifest_version,
+                "stage": f"{row.stage + 1} of {len(stages)} ({stages[row.stage] / 100:g}%)",
+                "state": row.state,
+                "committed": counts.get("committed", 0),
+                "failed": sum(counts.get(s, 0) for s in _FAILED),
+                "reasons": ", ".join(f"{r} {n}" for r, n in reasons) or "-",
+                "in_flight": sum(n for s, n in counts.items() if s not in (*_FAILED, "committed")),
+                "halt_reason": row.halt_reason or "-",
+            }
+        )
+    return items
+
+
 def _rollout(r: tuple[Any, ...]) -> RolloutRow:
     return RolloutRow(
         id=int(r[0]),
