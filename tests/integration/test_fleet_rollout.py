@@ -9,11 +9,14 @@ operator key file, and 200 simulated devices that judge each manifest with the d
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +25,12 @@ from solders.keypair import Keypair
 
 from agent.coordinator.store import DeviceRecord, Store
 from agent.fleet.rollout import Member, entry_stage
-from agent.fleet.serve import make_server
+from agent.fleet.serve import ArtifactHTTPServer, make_server
 from agent.protocol.binding import sign_binding
 from agent.protocol.chain import ChainSigner
 from agent.protocol.envelope import build_envelope, verify_envelope
 from agent.protocol.messages import Manifest
+from agent.protocol.rollout import rollout_bucket
 from tests.support.daemon_rig import OPERATOR, OPERATOR_SEED, ROOT, clean_env, wait_until, write_key
 from tests.support.mosquitto import Collector, MosquittoBroker
 from tests.support.onnx_models import tiny_classifier, write_model_and_card
@@ -109,59 +113,64 @@ def hostile_reports(broker: MosquittoBroker, outsider: Keypair, member: Keypair,
     client.loop_stop()
 
 
-def test_rollout_with_ten_percent_failing_devices_halts_at_the_first_stage(tmp_path: Path) -> None:
-    release = tmp_path / "release"
-    release.mkdir()
-    card = write_model_and_card(release, tiny_classifier(seed=5), name="tiny", input_shape="[1, 3, 32, 32]")
-    key, state = tmp_path / "operator.json", tmp_path / "operator-state.json"
-    write_key(key, OPERATOR_SEED)
-    keys = device_keys(DEVICES)
-    broker = MosquittoBroker(tmp_path / "broker")
-    broker.start()
-    agent_toml, coord_toml = tmp_path / "agent.toml", tmp_path / "coordinator.toml"
-    mqtt = f'[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\n'
-    agent_toml.write_text(mqtt, encoding="utf-8")
-    coord_toml.write_text(f'[storage]\nsqlite_path = "coordinator.sqlite3"\n{mqtt}', encoding="utf-8")
-    store = Store.open(sqlite_path=tmp_path / "coordinator.sqlite3")
-    enroll(store, keys)
-    server = make_server(release)
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_port}"
-    controller: subprocess.Popen[str] | None = None
+@dataclass
+class Rig:
+    """Broker, enrolled store, artifact server, operator key and configs for one rollout run."""
+
+    tmp: Path
+    keys: list[Keypair]
+    broker: MosquittoBroker = field(init=False)
+    store: Store = field(init=False)
+    server: ArtifactHTTPServer = field(init=False)
     fleet: RolloutFleet | None = None
-    try:
-        # Publish stage 0 (10%) first, to learn the release; then pick the failing 10%: every
-        # tenth device in bucket order, so each stage holds its share of them.
-        published = edgeproof(
-            "fleet", "publish", "--card", str(card), "--file", str(release / "tiny.onnx"), "--url", url,
-            "--channel", "stable", "--targets", f"profile:{PROFILE}", "--stages", "10,50,100",
-            "--abort-failure-rate", "0.05", "--expires", "1h", "--key", str(key), "--state", str(state),
-            "--config", str(agent_toml), "--json", "--dry-run",
-        )  # fmt: skip
-        assert published.returncode == 0, published.stderr
-        first = Manifest.model_validate(json.loads(published.stdout)["manifest"])
-        members = [Member(str(k.pubkey()), PROFILE, ("lobby",)) for k in keys]
-        stage_of = {m.dev: entry_stage(first, m) for m in members}
-        from agent.protocol.rollout import rollout_bucket
+    controller: subprocess.Popen[str] | None = None
 
-        ordered = sorted(
-            stage_of, key=lambda d: rollout_bucket(d, "stable", first.model_id, first.model_version)
+    def __post_init__(self) -> None:
+        self.release = self.tmp / "release"
+        self.release.mkdir()
+        self.card = write_model_and_card(
+            self.release, tiny_classifier(seed=5), name="tiny", input_shape="[1, 3, 32, 32]"
         )
-        failing = set(ordered[::10])
-        stage0 = {d for d, s in stage_of.items() if s == 0}
-        assert 10 <= len(stage0) <= 35 and len(failing & stage0) >= 2
+        self.key, self.state = self.tmp / "operator.json", self.tmp / "operator-state.json"
+        write_key(self.key, OPERATOR_SEED)
+        self.broker = MosquittoBroker(self.tmp / "broker")
+        self.broker.start()
+        mqtt = f'[mqtt]\nhost = "{self.broker.host}"\nport = {self.broker.port}\n'
+        self.agent_toml, self.coord_toml = self.tmp / "agent.toml", self.tmp / "coordinator.toml"
+        self.agent_toml.write_text(mqtt, encoding="utf-8")
+        self.coord_toml.write_text(
+            f'[storage]\nsqlite_path = "coordinator.sqlite3"\n{mqtt}', encoding="utf-8"
+        )
+        self.store = Store.open(sqlite_path=self.tmp / "coordinator.sqlite3")
+        enroll(self.store, self.keys)
+        self.server = make_server(self.release)
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
 
-        fleet = RolloutFleet(
-            broker.host,
-            broker.port,
-            keys,
+    def publish(self, stages: str, *, dry_run: bool = False) -> dict[str, Any]:
+        done = edgeproof(
+            "fleet", "publish", "--card", str(self.card), "--file", str(self.release / "tiny.onnx"),
+            "--url", self.url, "--channel", "stable", "--targets", f"profile:{PROFILE}", "--stages", stages,
+            "--abort-failure-rate", "0.05", "--expires", "1h", "--key", str(self.key), "--state",
+            str(self.state), "--config", str(self.agent_toml), "--json", *(["--dry-run"] if dry_run else []),
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return dict(json.loads(done.stdout))
+
+    def start(self, failing: set[str]) -> RolloutFleet:
+        self.fleet = RolloutFleet(
+            self.broker.host,
+            self.broker.port,
+            self.keys,
             failing,
             operator=str(OPERATOR.pubkey()),
-            folder=tmp_path / "devices",
+            folder=self.tmp / "devices",
         )
-        fleet.start()
-        log = (tmp_path / "controller.log").open("w")
-        controller = subprocess.Popen(
+        self.fleet.start()
+        log = (self.tmp / "controller.log").open("w")
+        args = ["--coordinator-config", str(self.coord_toml), "--channel", "stable", "--key", str(self.key)]
+        args += ["--state", str(self.state), "--stage-timeout", "2m", "--tick", "0.5"]
+        self.controller = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
@@ -169,18 +178,7 @@ def test_rollout_with_ten_percent_failing_devices_halts_at_the_first_stage(tmp_p
                 "fleet",
                 "rollout",
                 "run",
-                "--coordinator-config",
-                str(coord_toml),
-                "--channel",
-                "stable",
-                "--key",
-                str(key),
-                "--state",
-                str(state),
-                "--stage-timeout",
-                "2m",
-                "--tick",
-                "0.5",
+                *args,
                 "--exit-when-settled",
                 "--json",
             ],
@@ -190,21 +188,59 @@ def test_rollout_with_ten_percent_failing_devices_halts_at_the_first_stage(tmp_p
             stderr=log,
             text=True,
         )
-        assert controller.stdout is not None
-        assert json.loads(controller.stdout.readline())["controller"] == "running"
-        outsider = next(k for k in keys if stage_of[str(k.pubkey())] == 2)
-        member = next(k for k in keys if str(k.pubkey()) in stage0)
-        real = edgeproof(
-            "fleet", "publish", "--card", str(card), "--file", str(release / "tiny.onnx"), "--url", url,
-            "--channel", "stable", "--targets", f"profile:{PROFILE}", "--stages", "10,50,100",
-            "--abort-failure-rate", "0.05", "--expires", "1h", "--key", str(key), "--state", str(state),
-            "--config", str(agent_toml), "--json",
-        )  # fmt: skip
-        assert real.returncode == 0, real.stderr
-        hostile_reports(broker, outsider, member, first)
-        out, _ = controller.communicate(timeout=60)
-        assert controller.returncode == 0, (tmp_path / "controller.log").read_text()
-        result: dict[str, Any] = json.loads(out)
+        assert self.controller.stdout is not None
+        assert json.loads(self.controller.stdout.readline())["controller"] == "running"
+        return self.fleet
+
+    def settled(self) -> dict[str, Any]:
+        """The controller's report once it exits (the rollout halted or done)."""
+        assert self.controller is not None
+        out, _ = self.controller.communicate(timeout=60)
+        assert self.controller.returncode == 0, (self.tmp / "controller.log").read_text()
+        return dict(json.loads(out))
+
+    def close(self) -> None:
+        if self.controller is not None and self.controller.poll() is None:
+            self.controller.terminate()
+            self.controller.wait(10)
+        if self.fleet is not None:
+            self.fleet.stop()
+        self.server.shutdown()
+        self.server.server_close()
+        self.store.close()
+        self.broker.kill()
+
+
+@contextlib.contextmanager
+def rollout_rig(tmp_path: Path, devices: int) -> Iterator[Rig]:
+    rig = Rig(tmp_path, device_keys(devices))
+    try:
+        yield rig
+    finally:
+        rig.close()
+
+
+def test_rollout_with_ten_percent_failing_devices_halts_at_the_first_stage(tmp_path: Path) -> None:
+    with rollout_rig(tmp_path, DEVICES) as r:
+        # Learn the release from a dry run, then pick the failing 10%: every tenth device in
+        # bucket order, so each stage holds its share of them.
+        first = Manifest.model_validate(r.publish("10,50,100", dry_run=True)["manifest"])
+        stage_of = {
+            str(k.pubkey()): entry_stage(first, Member(str(k.pubkey()), PROFILE, ("lobby",))) for k in r.keys
+        }
+        ordered = sorted(
+            stage_of, key=lambda d: rollout_bucket(d, "stable", first.model_id, first.model_version)
+        )
+        failing = set(ordered[::10])
+        stage0 = {d for d, s in stage_of.items() if s == 0}
+        assert 10 <= len(stage0) <= 35 and len(failing & stage0) >= 2
+        fleet = r.start(failing)
+        outsider = next(k for k in r.keys if stage_of[str(k.pubkey())] == 2)
+        member = next(k for k in r.keys if str(k.pubkey()) in stage0)
+        r.publish("10,50,100")
+        hostile_reports(r.broker, outsider, member, first)
+        result = r.settled()
+        broker, server, coord_toml, key, state = r.broker, r.server, r.coord_toml, r.key, r.state
 
         # It halted by itself at stage 0 and published the halt: v2, stage 0, halted.
         assert [d["action"] for d in result["decisions"]] == ["halt"]
@@ -251,13 +287,25 @@ def test_rollout_with_ten_percent_failing_devices_halts_at_the_first_stage(tmp_p
             "edgeproof: error: refused (not_halted): the rollout on 'stable' is running"
         )
         assert retained(broker).halted is None
-    finally:
-        if controller is not None and controller.poll() is None:
-            controller.terminate()
-            controller.wait(10)
-        if fleet is not None:
-            fleet.stop()
-        server.shutdown()
-        server.server_close()
-        store.close()
-        broker.kill()
+
+
+def test_a_healthy_rollout_advances_stage_by_stage_and_no_device_downloads_twice(tmp_path: Path) -> None:
+    with rollout_rig(tmp_path, 40) as r:
+        fleet = r.start(set())
+        r.publish("25,100")
+        result = r.settled()
+        assert [d["action"] for d in result["decisions"]] == ["advance", "done"]
+        assert result["refusals"] == {}
+        final = retained(r.broker)
+        assert (final.version, final.stage, final.halted) == (2, 1, None)
+        wait_until(lambda: fleet.counters["committed"] == 40, 30, "every device to commit")
+        # Stage-0 devices saw version 2 (the next stage) and did not fetch their release again.
+        assert dict(r.server.downloads) == {"tiny.onnx": 40, "tiny.toml": 40}
+        status = edgeproof("fleet", "status", "--coordinator-config", str(r.coord_toml), "--json")
+        (rollout,) = json.loads(status.stdout)["rollouts"]
+        assert rollout["state"] == "done" and rollout["failure_rate"] == 0.0
+        assert sum(s["committed"] for s in rollout["stages"]) == 40
+        assert [s["devices"] for s in rollout["stages"]] == [
+            sum(1 for d in fleet.devices if entry_stage(final, Member(d.dev, PROFILE, ("lobby",))) == i)
+            for i in (0, 1)
+        ]
