@@ -282,7 +282,7 @@ def run_rollout(args: argparse.Namespace) -> int:
             sorted((k, v) for k, v in controller.inbox.counters.items() if not k.endswith("_taken"))
         ),
         "taken": {k: v for k, v in controller.inbox.counters.items() if k.endswith("_taken")},
-        "decisions": [{"action": d.action, "why": d.why} for d in controller.decisions],
+        "decisions": [{"action": d.action, "why": d.why, "at_ms": at} for at, d in controller.decisions],
         "cpu_s": round(time.process_time() - started, 3),
     }
     log.info("rollout_controller_stopped", extra=result)

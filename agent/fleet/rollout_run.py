@@ -100,7 +100,8 @@ class RolloutController:
         self._stored_counts: Counter[str] = Counter()
         self._proposed: set[tuple[int, int, bool]] = set()
         self.online: dict[str, bool] = {}
-        self.decisions: list[plan.Decision] = []
+        #: (ms, decision) for every action taken (not the waits).
+        self.decisions: list[tuple[int, plan.Decision]] = []
 
     # ------------------------------------------------------------------ broker thread
 
@@ -251,7 +252,7 @@ class RolloutController:
         return decision
 
     def _act(self, rollout: Rollout, decision: plan.Decision, now: int) -> None:
-        self.decisions.append(decision)
+        self.decisions.append((now, decision))
         extra = {"channel": rollout.channel, "stage": rollout.stage, "why": decision.why}
         if decision.action == "done":
             self.storage.save(plan.finished(rollout))
