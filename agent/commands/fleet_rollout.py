@@ -274,7 +274,10 @@ def run_rollout(args: argparse.Namespace) -> int:
             watcher = threading.Thread(target=_watch_settled, args=(config, args.channel, stop), daemon=True)
             watcher.start()
         controller.subscribe()
-        print(json.dumps({"controller": "running", "channel": args.channel}), flush=True)
+        if args.json:  # one line a supervising script can read once the subscriptions hold
+            print(json.dumps({"controller": "running", "channel": args.channel}), flush=True)
+        else:
+            print(f"rollout controller running on channel {args.channel}", flush=True)
         controller.run(stop)
     result = {
         "channel": args.channel,

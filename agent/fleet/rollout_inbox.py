@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Container, Mapping
 from dataclasses import dataclass
 
+from agent.errors import ProtocolError
 from agent.protocol.chain import LinkResult
 from agent.protocol.envelope import Envelope
 from agent.protocol.inbound import Accepted, ChainObserver, SeqFloor, Trust, check_inbound
@@ -75,7 +76,7 @@ class DeployInbox:
     ) -> Envelope | Refused:
         try:
             claimed = self.topics.parse(topic).dev
-        except Exception:  # a topic outside the layout: check_inbound names it below
+        except ProtocolError:  # a topic outside the layout: check_inbound names it below
             claimed = None
         if claimed is not None and claimed in enrolled:
             bucket = self._buckets.setdefault(claimed, TokenBucket(*self._limits))
