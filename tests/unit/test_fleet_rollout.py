@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from solders.keypair import Keypair
 
+from agent.cli import main
+from agent.coordinator.store import Store
+from agent.errors import FleetError
 from agent.fleet import rollout as plan
 from agent.fleet.rollout import Member, Report, Rollout
 from agent.fleet.rollout_inbox import DeployInbox, TokenBucket
+from agent.fleet.rollout_sign import publish_next, sign_manifest
 from agent.protocol.chain import ChainSigner
 from agent.protocol.envelope import validate_body
-from agent.protocol.messages import Manifest
+from agent.protocol.messages import Manifest, body_to_dict
 from agent.protocol.rollout import rollout_bucket
 from agent.protocol.topics import Topics
 from tests.support.manifests import NOW, manifest_body
@@ -141,3 +147,51 @@ def test_token_bucket_refills() -> None:
     bucket = TokenBucket(burst=2, rate_per_s=1.0)
     assert [bucket.take(0.0) for _ in range(3)] == [True, True, False]
     assert bucket.take(1.0) and not bucket.take(1.0)
+
+
+def test_propose_writes_the_next_body_and_signs_nothing(tmp_path: Path) -> None:
+    key = Keypair.from_seed(bytes([11]) * 32)
+    state_path = tmp_path / "state.json"
+    m = manifest()
+    proposed = publish_next(
+        None,  # type: ignore[arg-type]  # a proposal never touches the broker
+        Topics(),
+        state_path,
+        key,
+        m,
+        stage=1,
+        now_ms=NOW,
+        abort_failure_rate=0.1,
+        propose=tmp_path / "proposals",
+    )
+    assert (proposed.version, proposed.stage) == (4, 1)
+    written = json.loads((tmp_path / "proposals" / "stable-v4.json").read_text(encoding="utf-8"))
+    assert written == body_to_dict(proposed) and not state_path.exists()
+    env = sign_manifest(state_path, key, proposed, now_ms=NOW, abort_failure_rate=0.1)
+    state = json.loads(state_path.read_text(encoding="utf-8"))
+    assert (env.seq, state["seq"], state["channels"]["stable"]["version"]) == (1, 1, 4)
+    with pytest.raises(
+        FleetError, match="version 4 on channel 'stable' is not above this operator's highest 4"
+    ):
+        sign_manifest(state_path, key, proposed, now_ms=NOW, abort_failure_rate=0.1)
+
+
+def test_status_halt_and_resume_refuse_a_channel_without_a_rollout(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "coordinator.toml"
+    config.write_text(
+        '[storage]\nsqlite_path = "c.sqlite3"\n[mqtt]\nhost = "127.0.0.1"\nport = 1\n', encoding="utf-8"
+    )
+    Store.open(sqlite_path=tmp_path / "c.sqlite3").close()
+    key = tmp_path / "op.json"
+    key.write_text(json.dumps(list(bytes(Keypair.from_seed(bytes([11]) * 32)))), encoding="utf-8")
+    key.chmod(0o600)
+    assert main(["fleet", "status", "--coordinator-config", str(config), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"rollouts": [], "refusals": {}}
+    assert main(["fleet", "status", "--coordinator-config", str(config), "--channel", "beta"]) == 17
+    assert "refused (no_rollout): no rollout is recorded for channel 'beta'" in capsys.readouterr().err
+    for verb in ("halt", "resume"):
+        args = ["fleet", verb, "--coordinator-config", str(config), "--channel", "beta", "--key", str(key)]
+        assert main([*args, "--state", str(tmp_path / "s.json")]) == 17
+        assert "refused (no_rollout)" in capsys.readouterr().err
