@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -78,7 +79,6 @@ class RolloutFleet:
         prefix: str = "edgeproof/v1",
         connections: int = 8,
         workers: int = 16,
-        clock_ms: object = None,
     ) -> None:
         self.topics = Topics(prefix)
         self.channel = channel
@@ -134,8 +134,6 @@ class RolloutFleet:
         except ProtocolError:
             self.count("manifest_refused")
             return
-        import time
-
         now = time.time_ns() // 1_000_000
         for device in group:
             with device.lock:
@@ -179,8 +177,6 @@ class RolloutFleet:
             state=state,  # type: ignore[arg-type]
             **extra,  # type: ignore[arg-type]
         )
-        import time
-
         env = device.signer.next("deploy", body, time.time_ns() // 1_000_000)
         device.states.append(state)
         client.publish(self.topics.for_kind("deploy", device.dev), env.wire, qos=1)
