@@ -195,3 +195,72 @@ def test_status_halt_and_resume_refuse_a_channel_without_a_rollout(
         args = ["fleet", verb, "--coordinator-config", str(config), "--channel", "beta", "--key", str(key)]
         assert main([*args, "--state", str(tmp_path / "s.json")]) == 17
         assert "refused (no_rollout)" in capsys.readouterr().err
+
+
+class RecordingBroker:
+    """Stands in for the broker session in this one-component test: keeps what is published."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, bytes]] = []
+
+    def publish_retained(self, topic: str, payload: bytes) -> None:
+        self.published.append((topic, payload))
+
+
+def test_the_controller_advances_on_a_real_store_and_a_restart_keeps_the_replay_floor(tmp_path: Path) -> None:
+    from agent.commands.fleet_rollout import CoordinatorRollouts
+    from agent.coordinator.store import DeviceRecord
+    from agent.fleet.rollout_run import ControllerSettings, RolloutController
+    from agent.protocol.envelope import build_envelope, verify_envelope
+
+    operator = Keypair.from_seed(bytes([11]) * 32)
+    store = Store.open(sqlite_path=tmp_path / "c.sqlite3")
+    with store.transaction():
+        for k in KEYS[:20]:
+            store.enroll(DeviceRecord(str(k.pubkey()), "owner", "rpi4", (), NOW, "sig", NOW))
+    m = manifest(stages=[5000, 10_000], targets={"profiles": ["rpi4"]})
+    settings = ControllerSettings(
+        channel="stable",
+        key=operator,
+        state=tmp_path / "state.json",
+        operators=frozenset({str(operator.pubkey())}),
+        abort_failure_rate=0.2,
+        stage_timeout_ms=600_000,
+    )
+    topics = Topics()
+    broker = RecordingBroker()
+    controller = RolloutController(CoordinatorRollouts(store), broker, topics, settings)  # type: ignore[arg-type]
+    first = build_envelope(operator, "manifest", m, seq=1, prev="0" * 64, ts=NOW, dev=str(operator.pubkey()))
+    controller.handle(topics.manifest("stable"), first.wire)
+    members = plan.stage_members(m, [Member(str(k.pubkey()), "rpi4") for k in KEYS[:20]])
+    assert 3 <= len(members) <= 17
+    body = {
+        "channel": "stable",
+        "manifest_version": 3,
+        "model_id": m.model_id,
+        "model_sha256": m.model_sha256,
+    }
+    signers = {str(k.pubkey()): ChainSigner(k) for k in KEYS[:20]}
+    wires = {dev: signers[dev].next("deploy", {**body, "state": "committed"}, NOW).wire for dev in members}
+    for dev, wire in wires.items():
+        controller.handle(topics.for_kind("deploy", dev), wire)
+    outsider = next(d for d in signers if d not in members)
+    controller.handle(
+        topics.for_kind("deploy", outsider),
+        signers[outsider].next("deploy", {**body, "state": "received"}, NOW).wire,
+    )
+    decision = controller.tick()
+    assert decision is not None and decision.action == "advance"
+    ((topic, payload),) = broker.published
+    env = verify_envelope(payload)
+    assert topic == topics.manifest("stable") and env.dev == str(operator.pubkey()) and env.seq == 1
+    assert isinstance(env.body, Manifest) and (env.body.version, env.body.stage) == (4, 1)
+    assert controller.inbox.counters["not_in_stage"] == 1
+    # A new controller on the same database: the stored reports set each device's replay floor.
+    again = RolloutController(CoordinatorRollouts(store), broker, topics, settings)  # type: ignore[arg-type]
+    dev, wire = next(iter(wires.items()))
+    again.handle(topics.for_kind("deploy", dev), wire)
+    assert again.inbox.counters["replay"] == 1
+    rollout = CoordinatorRollouts(store).load("stable")
+    assert rollout is not None and rollout.stage == 1 and rollout.manifest.version == 4
+    store.close()
