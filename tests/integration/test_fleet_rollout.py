@@ -157,7 +157,7 @@ class Rig:
         assert done.returncode == 0, done.stderr
         return dict(json.loads(done.stdout))
 
-    def start(self, failing: set[str]) -> RolloutFleet:
+    def start(self, failing: set[str], *, exit_when_settled: bool = True) -> RolloutFleet:
         self.fleet = RolloutFleet(
             self.broker.host,
             self.broker.port,
@@ -179,7 +179,7 @@ class Rig:
                 "rollout",
                 "run",
                 *args,
-                "--exit-when-settled",
+                *(["--exit-when-settled"] if exit_when_settled else []),
                 "--json",
             ],
             cwd=ROOT,
@@ -192,9 +192,18 @@ class Rig:
         assert json.loads(self.controller.stdout.readline())["controller"] == "running"
         return self.fleet
 
-    def settled(self) -> dict[str, Any]:
-        """The controller's report once it exits (the rollout halted or done)."""
+    def rollout_state(self) -> str | None:
+        row = self.store.one("SELECT state FROM rollouts WHERE channel = 'stable'")
+        return None if row is None else str(row[0])
+
+    def refusals(self) -> dict[str, int]:
+        return {str(r): int(n) for r, n in self.store.rows("SELECT reason, count FROM rollout_refusals")}
+
+    def settled(self, *, stop: bool = False) -> dict[str, Any]:
+        """The controller's report once it exits (the rollout halted or done; ``stop``: SIGTERM it)."""
         assert self.controller is not None
+        if stop:
+            self.controller.terminate()
         out, _ = self.controller.communicate(timeout=60)
         assert self.controller.returncode == 0, (self.tmp / "controller.log").read_text()
         return dict(json.loads(out))
@@ -234,12 +243,16 @@ def test_rollout_with_ten_percent_failing_devices_halts_at_the_first_stage(tmp_p
         failing = set(ordered[::10])
         stage0 = {d for d, s in stage_of.items() if s == 0}
         assert 10 <= len(stage0) <= 35 and len(failing & stage0) >= 2
-        fleet = r.start(failing)
+        fleet = r.start(failing, exit_when_settled=False)
         outsider = next(k for k in r.keys if stage_of[str(k.pubkey())] == 2)
         member = next(k for k in r.keys if str(k.pubkey()) in stage0)
         r.publish("10,50,100")
+        wait_until(lambda: r.rollout_state() == "halted", 60, "the rollout to halt by itself")
+        # Hostile reports while it is halted (its stage is still 0): each refused and counted by name.
         hostile_reports(r.broker, outsider, member, first)
-        result = r.settled()
+        expected = ("not_in_stage", "bad_signature", "malformed", "replay", "flooded")
+        wait_until(lambda: all(r.refusals().get(x) for x in expected), 30, "the refusals to be counted")
+        result = r.settled(stop=True)
         broker, server, coord_toml, key, state = r.broker, r.server, r.coord_toml, r.key, r.state
 
         # It halted by itself at stage 0 and published the halt: v2, stage 0, halted.
@@ -254,7 +267,9 @@ def test_rollout_with_ten_percent_failing_devices_halts_at_the_first_stage(tmp_p
         assert max(downloads.values()) <= len(stage0)
         later = [d for d in fleet.devices if d.dev not in stage0]
         assert later and all(d.states == [] for d in later)
-        assert all(d.accepted_version == 2 for d in later)  # they saw the halt and did not start
+        # They saw the halt and did not start.
+        wait_until(lambda: all(d.accepted_version == 2 for d in later), 30, "every device to see the halt")
+        assert all(d.states == [] for d in later)
 
         status = edgeproof("fleet", "status", "--coordinator-config", str(coord_toml), "--json")
         assert status.returncode == 0, status.stderr
