@@ -194,7 +194,10 @@ class InboundHandlers:
         summary = decision.summary(self.clock_ms())
         with self._count_lock:
             self.manifests[channel] = summary
-        if decision.eligible:
+        if decision.manifest.halted:
+            # A halted rollout: nothing starts; a release of it being prepared stops.
+            self.updater.halt(decision.manifest)
+        elif decision.eligible:
             # Also for a duplicate (the same content, stored or re-delivered, not expired): an
             # unfinished download resumes; a running or failed release is not started again.
             self.updater.offer(decision.manifest)

@@ -273,6 +273,29 @@ _TABLE: tuple[Reason, ...] = (
         "the CA folder is incomplete, its key is readable by others, or openssl failed",
     ),
     Reason("not_writable", "local", "the password, secret or certificate file cannot be written"),
+    # --- the rollout controller (edgeproof fleet rollout run|status|halt|resume) -----------
+    Reason(
+        "halted",
+        "deploy",
+        "the rollout controller halted the release's rollout before this device had it active",
+    ),
+    Reason(
+        "timed_out",
+        "deploy",
+        "a device of a rollout stage neither committed nor failed within the stage timeout (a failure)",
+    ),
+    Reason(
+        "not_in_stage",
+        "message",
+        "a deploy report from a device the rollout's stages so far do not include (not targeted, bucket above)",
+    ),
+    Reason("unknown_rollout", "message", "a deploy report about a release no rollout on the channel tracks"),
+    Reason(
+        "flooded", "message", "more reports from one device than the rollout controller's per-device rate"
+    ),
+    Reason("no_rollout", "local", "no rollout is recorded for the channel (fleet status, halt, resume)"),
+    Reason("not_halted", "local", "fleet resume on a rollout that is not halted"),
+    Reason("already_halted", "local", "fleet halt on a rollout that is halted or finished already"),
     # --- fleet serve (artifact HTTP server; also unknown_path, method_not_allowed) -----------
     Reason("path_traversal", "http", "a request path that leaves the served folder (.., symlink, absolute)"),
     Reason("bad_range", "http", "a Range header that is malformed or outside the file (answered 416)"),
