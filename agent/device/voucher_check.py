@@ -101,7 +101,7 @@ def decode_transaction(text: str) -> Transaction:
         raise _refuse("malformed", f"the voucher's transaction is {len(raw)} bytes, over {PACKET_DATA_SIZE}")
     try:
         tx = Transaction.from_bytes(raw)
-    except ValueError as exc:
+    except Exception as exc:  # solders raises its own error types for malformed bytes
         raise _refuse("malformed", f"the voucher's transaction does not decode: {exc}") from None
     if bytes(tx) != raw:
         raise _refuse("malformed", "the voucher's transaction has trailing or non-canonical bytes")
