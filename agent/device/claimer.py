@@ -301,15 +301,20 @@ class Claimer:
         self._submit(record, tx)
 
     def _submit(self, record: ClaimRecord, tx: Transaction) -> None:
+        accepted = True
         try:
             self._chain().send(tx)
         except ChainError as exc:
             if exc.reason in ("simulation_failed", "signature_failure", "transaction_failed"):
                 self._failed(record, exc.reason)
                 return
-            if exc.reason not in ("already_processed", "blockhash_not_found"):
+            if exc.reason == "blockhash_not_found":
+                # Not taken (the node does not know the blockhash, yet or any more): re-sent
+                # every tick until it lands or the block height passes its last valid height.
+                accepted = False
+            elif exc.reason != "already_processed":
                 raise
-        if record.state == "signed":
+        if accepted and record.state == "signed":
             record.state, record.updated_ms = "submitted", self.clock_ms()
             self.book.save(record)
             self._receipt(record.claim_id, "submitted", signature=record.signature)

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from solders.hash import Hash
 from solders.instruction import AccountMeta, Instruction
 from solders.signature import Signature
 
@@ -313,17 +314,42 @@ def test_the_daemon_refuses_a_tampered_voucher_and_pays_an_honest_one(
         code, record, err = cli(config, "status")
         assert record["claim"]["claim_id"] == fifth.claim_id and record["claim"]["why"] == "expired"
 
+        # 5. A voucher whose blockhash the node does not know: signed, never lands, expires at its
+        # last valid block height; the signature is not on chain, so a new claim follows.
+        unknown_hash = Hash(bytes([77] * 32))
+        lost = build(
+            fifth.claim_id,
+            NEXT,
+            the_terms=terms(fifth.claim_id, 500_000, mint=spl_pubkey(mint)),
+            paid=1_000_000,
+            blockhash=unknown_hash,
+            last_valid_block_height=client.block_height() + 20,
+        )
+        publisher.publish(VOUCHER_TOPIC, voucher_env(lost, 5).wire)
+        got = wait_until(lambda: receipts(collector, fifth.claim_id), 30, "the lost voucher's receipt")
+        lost_id = decode_tx(lost.transaction).signatures[0]
+        assert [(r.status, r.reason, r.signature) for r in got] == [
+            ("failed", "blockhash_expired", str(lost_id))
+        ]
+        assert client.status(lost_id) is None and client.token_amount(owner_ata) == 1_000_000
+        seen = {claim.claim_id, second.claim_id, third["claim_id"], fourth["claim_id"], fifth.claim_id}
+        sixth = new_claim(collector, seen)
+        code, record, err = cli(config, "status")
+        assert record["claim"]["claim_id"] == sixth.claim_id and record["claim"]["state"] == "sent"
+        assert record["chain_errors"] == {}
+
         assert daemon.terminate() == 0, daemon.tail()
         code, offline, err = cli(config, "status")
         assert code == 0, err
         assert offline["source"] == "state file (the daemon is not running)"
-        assert (offline["earned"], offline["paid"]) == (1_000_000, 1_000_000)
+        assert (offline["earned"], offline["paid"]) == (1_500_000, 1_000_000)  # epoch 4 proven, not paid
         assert [r["status"] for r in offline["receipts"]] == [
             "refused",
             "submitted",
             "confirmed",
             "refused",
             "refused",
+            "failed",
         ]
     finally:
         daemon.ensure_dead()
