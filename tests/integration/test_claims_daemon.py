@@ -13,7 +13,8 @@ daemon's ``claim`` with vouchers built by the coordinator's own builder (agent/r
 * a redelivered voucher is ``duplicate``, an older one ``replay``; a voucher that forgets a paid
   claim is refused ``amount_too_high`` (the agent's own record); an expired one makes the daemon
   claim again with a new claim id;
-* against a hostile RPC endpoint (stalls, garbage, oversized answers) and hostile MQTT (forged,
+* the ``claim_every_s`` schedule claims unasked, and not again while its claim is outstanding;
+  against a hostile RPC endpoint (stalls, garbage, oversized answers) and hostile MQTT (forged,
   oversized, malformed, a flood) every refusal is named and counted while heartbeats keep
   their schedule.
 """
@@ -65,14 +66,14 @@ NEXT = settlement(epoch=4, amount=500_000, cumulative=1_500_000)
 VOUCHER_TOPIC = f"{PREFIX}/dev/{DEV}/voucher"
 
 
-def rewards_toml(rpc_url: str, mint: str, *, timeout_s: float = 5.0) -> str:
+def rewards_toml(rpc_url: str, mint: str, *, timeout_s: float = 5.0, every_s: float = 0) -> str:
     return "\n".join(
         [
             "[rewards]",
             f'rpc_url = "{rpc_url}"',
             f'mint = "{mint}"',
             "decimals = 6",
-            "claim_every_s = 0",
+            f"claim_every_s = {every_s}",
             f"rpc_timeout_s = {timeout_s}",
         ]
     )
@@ -373,7 +374,7 @@ def test_hostile_rpc_and_hostile_mqtt_are_named_counted_and_off_the_heartbeat_pa
         mosquitto,
         coordinator=str(COORDINATOR.pubkey()),
         owner_wallet=str(OWNER.pubkey()),
-        extra=rewards_toml(hostile.url, mint, timeout_s=0.5),
+        extra=rewards_toml(hostile.url, mint, timeout_s=0.5, every_s=2),
     )
     collector = Collector(mosquitto, f"{PREFIX}/dev/{DEV}/+", client_id="hostile-collector")
     publisher = Publisher(mosquitto)
@@ -385,10 +386,13 @@ def test_hostile_rpc_and_hostile_mqtt_are_named_counted_and_off_the_heartbeat_pa
         )
         publish_root(publisher)
         wait_until(lambda: (rewards_of(daemon).get("root") or {}).get("epoch") == 3, 30, "the root kept")
-        code, first, err = cli(config, "claim")
-        assert code == 0, err
+        # Nobody asks: the schedule claims (a root is there and nothing is proven yet).
         claim = new_claim(collector, set())
-        assert claim.claim_id == first["claim_id"]
+        wait_until(
+            lambda: (rewards_of(daemon).get("claim") or {}).get("why") == "schedule",
+            10,
+            "the scheduled claim in status.json (rewritten every 2 s)",
+        )
         honest = build(
             claim.claim_id, SETTLED, the_terms=terms(claim.claim_id, 1_000_000, mint=spl_pubkey(mint))
         )
@@ -426,6 +430,8 @@ def test_hostile_rpc_and_hostile_mqtt_are_named_counted_and_off_the_heartbeat_pa
         beats = status["counters"]["heartbeat_emitted"] - beats_before
         rewards = status["rewards"]
         assert rewards["claim"]["state"] == "sent" and rewards["paid"] == 0
+        # The schedule made no second claim while this one was outstanding.
+        assert [c.claim_id for c in device_bodies(collector, "claim")] == [claim.claim_id]
         assert set(rewards["chain_errors"]) >= {"rpc_unreachable", "rpc_error", "rpc_oversized"}
         assert rewards["refused"] == {}
         assert daemon.terminate() == 0, daemon.tail()

@@ -134,3 +134,27 @@ def test_voucher_admission_duplicate_replay_busy_disabled(tmp_path: Path) -> Non
     assert claim_info.value.reason == "claims_disabled" and claim_info.value.exit_code == 21
     nobody = claimer_on(tmp_path / "nobody.db", owner="")
     assert nobody.disabled_reason() == "device.owner_wallet is empty: there is nobody to pay"
+
+
+def test_the_schedule_claims_when_something_new_or_enough_is_waiting(tmp_path: Path) -> None:
+    claimer = claimer_on(tmp_path / "state.db")
+    claimer.settings = claimer.settings.model_copy(update={"min_claim": 100})
+    emitted = claimer.emit
+    assert isinstance(emitted, Emitted)
+    claimer._scheduled()
+    assert emitted.sent == []  # no root: nothing to claim
+    claimer.book.accept_root(SETTLED.body)
+    claimer._scheduled()
+    assert len(emitted.sent) == 1  # a root, nothing proven yet
+    claimer._scheduled()
+    assert len(emitted.sent) == 1  # outstanding: not again
+    record = claimer.book.current()
+    assert record is not None and record.why == "schedule"
+    record.amount = SETTLED.leaf.cumulative - 50
+    claimer.book.confirm(record)
+    claimer.book.set_earned(SETTLED.body.epoch, SETTLED.leaf.amount, SETTLED.leaf.cumulative)
+    claimer._scheduled()
+    assert len(emitted.sent) == 1  # 50 waiting, min_claim 100
+    claimer.book.accept_root(settlement(epoch=SETTLED.body.epoch + 1).body)
+    claimer._scheduled()
+    assert len(emitted.sent) == 2  # a newer epoch
