@@ -381,13 +381,16 @@ class Claimer:
 
     # -- reporting
 
-    def snapshot(self) -> dict[str, Any]:
+    def counts(self) -> dict[str, dict[str, int]]:
         with self.count_lock:
-            counts = {
+            return {
                 "counters": dict(self.counters),
                 "refused": dict(self.refused),
                 "chain_errors": dict(self.chain_errors),
             }
+
+    def snapshot(self) -> dict[str, Any]:
+        counts = self.counts()
         return {
             **book_summary(self.book),
             **counts,

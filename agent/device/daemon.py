@@ -404,6 +404,7 @@ class Daemon(InboundHandlers):
             outbox=self.outbox.stats().as_dict(),
             transport=self.transport.status().as_dict(),
             coordinator_pinned=bool(self.config.coordinator.pubkey),
+            claims=self.claimer.counts(),
         )
 
     def _start_metrics(self) -> None:
