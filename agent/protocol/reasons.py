@@ -266,6 +266,12 @@ _TABLE: tuple[Reason, ...] = (
         "local",
         "the operator's state file belongs to another key or is not one fleet publish wrote",
     ),
+    Reason(
+        "signing_file",
+        "local",
+        "a manifest signing file (fleet publish --out, fleet sign) that is not one fleet publish wrote, "
+        "or that cannot be read or written",
+    ),
     # --- fleet serve (artifact HTTP server; also unknown_path, method_not_allowed) -----------
     Reason("path_traversal", "http", "a request path that leaves the served folder (.., symlink, absolute)"),
     Reason("bad_range", "http", "a Range header that is malformed or outside the file (answered 416)"),
