@@ -223,3 +223,14 @@ def test_the_duplicate_of_the_accepted_manifest_is_not_a_replay() -> None:
     """The retained re-delivery (or the stored envelope at a restart) has the floor's seq."""
     decision = decide_seq(seq=6, version=6, floor=6)
     assert decision.duplicate
+
+
+def test_a_schema_maximum_manifest_with_every_cosignature_fits_the_bound() -> None:
+    from tests.unit.test_protocol_messages import max_bodies
+
+    body = max_bodies()["manifest"]
+    env = build_envelope(A, "manifest", body, seq=2**63 - 1, prev="e" * 64, ts=2**53 - 1)
+    for i in range(MAX_COSIGS):
+        env = add_cosignature(env, Keypair.from_seed(bytes([90 + i]) * 32))
+    assert len(env.cosigs) == MAX_COSIGS
+    assert len(env.wire) <= MAX_BYTES["manifest"]
