@@ -164,13 +164,6 @@ def check_manifest(
             reason="version_reused",
             hint="an operator publishes every change under a new, higher version",
         )
-    if not duplicate and env.seq <= operator_seq:
-        raise ProtocolError(
-            f"manifest version {manifest.version} on {topic_channel!r} is seq {env.seq} of operator "
-            f"{env.dev}, at or below the seq {operator_seq} already accepted from it on this channel",
-            reason="replay",
-            hint="the operator's chain restarted or went back: restore its --state file from the backup",
-        )
     bucket = rollout_bucket(facts.dev, manifest.channel, manifest.model_id, manifest.model_version)
     targeted = targets_device(manifest, facts)
     expired = expiry_problem(manifest, now_ms)
@@ -179,6 +172,13 @@ def check_manifest(
     )
     if expired is not None and not (duplicate and runs_committed):
         raise ProtocolError(expired, reason="expired")
+    if not duplicate and env.seq <= operator_seq:
+        raise ProtocolError(
+            f"manifest version {manifest.version} on {topic_channel!r} is seq {env.seq} of operator "
+            f"{env.dev}, at or below the seq {operator_seq} already accepted from it on this channel",
+            reason="replay",
+            hint="the operator's chain restarted or went back: restore its --state file from the backup",
+        )
     if duplicate:
         return ManifestDecision(manifest, env.dev, duplicate=True, targeted=targeted, bucket=bucket)
     decision = ManifestDecision(manifest, env.dev, duplicate=False, targeted=targeted, bucket=bucket)

@@ -127,6 +127,7 @@ class Rig:
     publisher: Publisher
     tmp_path: Path
     daemons: list[DaemonProcess] = field(default_factory=list)
+    operator_seq: int = 0
 
     def daemon(self, trial_s: float) -> DaemonProcess:
         """Start a daemon (the same device and state every time) following channel "stable"."""
@@ -139,7 +140,9 @@ class Rig:
         return daemon
 
     def push(self, manifest: Manifest) -> None:
-        envelope = coordinator_envelope("manifest", manifest, OPERATOR)
+        # Each push is the operator chain's next link: devices refuse a seq at or below the last.
+        self.operator_seq += 1
+        envelope = coordinator_envelope("manifest", manifest, OPERATOR, seq=self.operator_seq)
         self.publisher.publish(MANIFEST_TOPIC, envelope.wire, retain=True)
 
 
