@@ -234,3 +234,15 @@ def test_a_schema_maximum_manifest_with_every_cosignature_fits_the_bound() -> No
         env = add_cosignature(env, Keypair.from_seed(bytes([90 + i]) * 32))
     assert len(env.cosigs) == MAX_COSIGS
     assert len(env.wire) <= MAX_BYTES["manifest"]
+
+
+def test_a_capture_counts_a_bad_cosignature_as_a_bad_signature_and_verifies_a_good_one() -> None:
+    from agent.protocol.capture import verify_capture
+
+    good = manifest(A, B, version=3)
+    bad = with_cosigs(manifest(A, version=4), [cosignature(manifest(version=5), C).to_json()])
+    lines = [f"{TOPIC} {good.wire.decode()}", f"{TOPIC} {canonical(bad).decode()}"]
+    report = verify_capture(lines)
+    assert [(p.line, p.reason) for p in report.problems] == [(2, "bad_cosignature")]
+    assert report.signers[str(A.pubkey())].counts["bad_signature"] == 1
+    assert report.signers[str(A.pubkey())].counts["valid"] == 1
