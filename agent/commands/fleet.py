@@ -21,10 +21,11 @@ log = logging.getLogger(__name__)
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     group = sub.add_parser(
         "fleet",
-        help="operator tooling: keys, publish signed model manifests, serve artifacts",
+        help="operator tooling: keys, publish and co-sign model manifests, serve artifacts",
         description="The fleet operator's side of model updates: an operator key, `publish` (build, "
-        "sign on the operator's chain and publish a retained manifest) and `serve` (HTTP artifacts "
-        "with Range and ETag). See docs/fleet.md.",
+        "sign on the operator's chain and publish a retained manifest), `sign` (add one operator's "
+        "co-signature to a manifest signing file, k-of-n) and `serve` (HTTP artifacts with Range and "
+        "ETag). See docs/fleet.md.",
     )
     group.set_defaults(group_parser=group)
     commands = group.add_subparsers(dest="fleet_command", metavar="SUBCOMMAND")
@@ -202,7 +203,8 @@ def run_publish(args: argparse.Namespace) -> int:
                 key=Path(args.key),
                 state=Path(args.state),
                 config=args.config,
-            )
+            ),
+            now_ms=time.time_ns() // 1_000_000,
         )
         if args.json:
             print_json(result)
@@ -278,7 +280,7 @@ def run_sign(args: argparse.Namespace) -> int:
 
     path = Path(args.manifest_file)
     keypair = load_operator_key(args.key)
-    summary = cosign_file(path, keypair).summary(path)
+    summary = cosign_file(path, keypair, now_ms=time.time_ns() // 1_000_000).summary(path)
     summary["signed_by"] = str(keypair.pubkey())
     if args.json:
         print_json(summary)

@@ -26,6 +26,7 @@ from agent.fleet.reach import load_devices, stage_reach
 from agent.fleet.release import build_manifest, parse_duration_ms, parse_stages, parse_targets
 from agent.fleet.signing import (
     SigningFile,
+    check_not_expired,
     check_threshold,
     load_signing_file,
     new_signing_file,
@@ -152,9 +153,10 @@ def publish_manifest(request: PublishRequest, *, now_ms: int) -> dict[str, Any]:
     return report
 
 
-def publish_from_file(request: PublishFromRequest) -> dict[str, Any]:
+def publish_from_file(request: PublishFromRequest, *, now_ms: int) -> dict[str, Any]:
     """Publish a co-signed signing file: it must carry its threshold and be this operator's record."""
     signing = load_signing_file(request.signing_file)
+    check_not_expired(signing, request.signing_file, now_ms)
     env, manifest = signing.envelope, signing.manifest
     keypair = load_operator_key(request.key)
     operator = str(keypair.pubkey())

@@ -120,9 +120,21 @@ def load_signing_file(path: Path) -> SigningFile:
     return new_signing_file(env, doc["threshold"])
 
 
-def cosign_file(path: Path, keypair: Keypair) -> SigningFile:
+def check_not_expired(signing: SigningFile, path: Path, now_ms: int) -> None:
+    """Every device refuses an expired manifest (``expired``): signing or publishing it is pointless."""
+    m = signing.manifest
+    if m.expires_ms <= now_ms:
+        raise FleetError(
+            f"{path}: manifest version {m.version} on {m.channel!r} expired at {m.expires_ms} ms (now {now_ms} ms)",
+            reason="expired",
+            hint="write a new one with fleet publish --out (the next version); sign it before --expires runs out",
+        )
+
+
+def cosign_file(path: Path, keypair: Keypair, *, now_ms: int) -> SigningFile:
     """Add ``keypair``'s co-signature to the file at ``path`` (rewritten atomically)."""
     current = load_signing_file(path)
+    check_not_expired(current, path, now_ms)
     try:
         env = add_cosignature(current.envelope, keypair)
     except ProtocolError as exc:

@@ -86,9 +86,9 @@ def from_request(s: dict[str, Path], **change: Any) -> PublishFromRequest:
     return PublishFromRequest(**fields)
 
 
-def refused(call: Any, *args: Any) -> FleetError:
+def refused(call: Any, *args: Any, **kw: Any) -> FleetError:
     with pytest.raises(FleetError) as info:
-        call(*args)
+        call(*args, **kw)
     return info.value
 
 
@@ -120,19 +120,19 @@ def test_threshold_and_out_go_together(setup: dict[str, Path]) -> None:
 
 def test_sign_adds_each_key_once_and_verifies_what_is_there(setup: dict[str, Path]) -> None:
     publish_manifest(request(setup), now_ms=NOW)
-    signed = cosign_file(setup["out"], C)
+    signed = cosign_file(setup["out"], C, now_ms=NOW)
     assert signed.envelope.signers == (str(A.pubkey()), str(C.pubkey())) and signed.ready
     summary = signed.summary(setup["out"])
     assert summary["signers"] == [str(A.pubkey()), str(C.pubkey())] and summary["threshold"] == 2
-    assert refused(cosign_file, setup["out"], C).reason == "duplicate_signer"
-    assert refused(cosign_file, setup["out"], A).reason == "duplicate_signer"
+    assert refused(cosign_file, setup["out"], C, now_ms=NOW).reason == "duplicate_signer"
+    assert refused(cosign_file, setup["out"], A, now_ms=NOW).reason == "duplicate_signer"
     # The file on disk is the verified envelope, co-signature included.
     assert verify_envelope(load_signing_file(setup["out"]).envelope.raw).cosigs == signed.envelope.cosigs
 
 
 def test_a_file_edited_by_hand_is_refused_by_the_protocols_reason(setup: dict[str, Path]) -> None:
     publish_manifest(request(setup), now_ms=NOW)
-    cosign_file(setup["out"], B)
+    cosign_file(setup["out"], B, now_ms=NOW)
     doc = json.loads(setup["out"].read_text(encoding="utf-8"))
     path = setup["out"]
 
@@ -166,31 +166,33 @@ def test_from_refuses_k_minus_one_another_chain_and_a_file_the_record_moved_past
     setup: dict[str, Path], tmp_path: Path
 ) -> None:
     publish_manifest(request(setup), now_ms=NOW)
-    below = refused(publish_from_file, from_request(setup))
+    below = refused(publish_from_file, from_request(setup), now_ms=NOW)
     assert below.reason == "below_threshold"
     assert below.message == f"{setup['out']} carries 1 of the 2 signatures it needs"
-    cosign_file(setup["out"], B)
-    other = refused(publish_from_file, from_request(setup, key=setup["b"], state=tmp_path / "b-state.json"))
+    cosign_file(setup["out"], B, now_ms=NOW)
+    other = refused(
+        publish_from_file, from_request(setup, key=setup["b"], state=tmp_path / "b-state.json"), now_ms=NOW
+    )
     assert other.reason == "operator_state"
     assert (
-        refused(publish_from_file, from_request(setup, state=tmp_path / "none.json")).reason
+        refused(publish_from_file, from_request(setup, state=tmp_path / "none.json"), now_ms=NOW).reason
         == "operator_state"
     )
     # The operator signed a newer version since: this file is stale.
     publish_manifest(request(setup, out=tmp_path / "v2.json"), now_ms=NOW)
-    assert refused(publish_from_file, from_request(setup)).reason == "stale_version"
+    assert refused(publish_from_file, from_request(setup), now_ms=NOW).reason == "stale_version"
 
 
 def test_from_checks_the_configs_device_trust_when_it_lists_keys(setup: dict[str, Path]) -> None:
     publish_manifest(request(setup), now_ms=NOW)
-    cosign_file(setup["out"], ROGUE)  # the file's own threshold is met: 2 signers
+    cosign_file(setup["out"], ROGUE, now_ms=NOW)  # the file's own threshold is met: 2 signers
     text = setup["config"].read_text(encoding="utf-8")
     keys = json.dumps([str(k.pubkey()) for k in (A, B, C)])
     setup["config"].write_text(
         text + f'[fleet]\nchannels = ["stable"]\noperator_keys = {keys}\noperator_threshold = 2\n',
         encoding="utf-8",
     )
-    untrusted = refused(publish_from_file, from_request(setup))
+    untrusted = refused(publish_from_file, from_request(setup), now_ms=NOW)
     assert untrusted.reason == "untrusted_signer"
     assert untrusted.message.startswith(f"{setup['out']}: manifest co-signed by {ROGUE.pubkey()}")
 
@@ -215,3 +217,15 @@ def test_cli_from_refuses_build_options_and_publish_needs_them(
     shown = json.loads(capsys.readouterr().out)
     assert shown["signers"] == [str(A.pubkey()), str(B.pubkey())] and shown["ready"] is True
     assert shown["signed_by"] == str(B.pubkey()) and shown["threshold"] == 2
+
+
+def test_an_expired_signing_file_is_neither_signed_nor_published(setup: dict[str, Path]) -> None:
+    publish_manifest(request(setup), now_ms=NOW)  # --expires 1h
+    later = NOW + 3_600_000
+    late_sign = refused(cosign_file, setup["out"], B, now_ms=later)
+    assert late_sign.reason == "expired"
+    assert late_sign.message.startswith(
+        f"{setup['out']}: manifest version 1 on 'stable' expired at {later} ms"
+    )
+    cosign_file(setup["out"], B, now_ms=later - 1)
+    assert refused(publish_from_file, from_request(setup), now_ms=later).reason == "expired"
