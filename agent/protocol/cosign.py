@@ -20,17 +20,26 @@ from collections.abc import Collection, Sequence
 from solders.keypair import Keypair
 
 from agent.errors import ProtocolError
-from agent.protocol.envelope import COSIGS_KEY, MAX_COSIGS, Cosig, Envelope, signed_bytes, verify_envelope
+from agent.protocol.envelope import (
+    COSIGS_KEY,
+    MAX_COSIGS,
+    Cosig,
+    Envelope,
+    check_distinct,
+    signed_bytes,
+    verify_envelope,
+)
 from agent.protocol.kinds import COSIGNED_KINDS
 
 
 def check_signers(kind: str, signers: Sequence[str], trusted: Collection[str], threshold: int) -> None:
     """Every signer trusted and at least ``threshold`` of them (``signers[0]`` is the envelope's ``dev``).
 
-    Raises ProtocolError: ``untrusted_operator`` (the envelope's own signer), ``untrusted_signer``
-    (a co-signer), ``below_threshold`` (fewer distinct signers than ``threshold``).  Signers are
-    distinct already (the envelope layer refuses a repeated key as ``duplicate_signer``).
+    Raises ProtocolError: ``duplicate_signer`` (a key twice), ``untrusted_operator`` (the
+    envelope's own signer), ``untrusted_signer`` (a co-signer), ``below_threshold`` (fewer
+    signers than ``threshold``).
     """
+    check_distinct(kind, tuple(signers))
     dev, cosigners = signers[0], signers[1:]
     if dev not in trusted:
         raise ProtocolError(
@@ -44,7 +53,7 @@ def check_signers(kind: str, signers: Sequence[str], trusted: Collection[str], t
                 reason="untrusted_signer",
                 hint="every signature a manifest carries must be a trusted key's",
             )
-    count = len(set(signers))
+    count = len(signers)
     if count < threshold:
         raise ProtocolError(
             f"{kind} carries {count} of the {threshold} operator signatures this device requires",

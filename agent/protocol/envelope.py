@@ -332,12 +332,13 @@ def parse_envelope(data: bytes | str | dict[str, Any]) -> Parsed:
             raise ValueError("not canonical base58")
     except ValueError as exc:
         raise ProtocolError(f"sig is not a base58 signature: {exc}", reason="malformed") from exc
-    cosigs = _parse_cosigs(env, dev) if COSIGS_KEY in env else ()
+    cosigs = _parse_cosigs(env) if COSIGS_KEY in env else ()
     return Parsed(kind, dev, seq, ts, prev, sig_text, env, pubkey, sig, cosigs)
 
 
-def _parse_cosigs(env: dict[str, Any], dev: str) -> tuple[ParsedCosig, ...]:
-    """The bound (``too_many_signatures``), the structure (``malformed``), distinct keys (``duplicate_signer``)."""
+def _parse_cosigs(env: dict[str, Any]) -> tuple[ParsedCosig, ...]:
+    """The bound (``too_many_signatures``) and the structure (``malformed``); distinct keys are
+    :func:`check_distinct`'s (a refused manifest must still parse, to be reported by name)."""
     raw = env[COSIGS_KEY]
     if type(raw) is not list or not raw:
         raise ProtocolError(f"{COSIGS_KEY}: expected a non-empty list", reason="malformed")
@@ -346,7 +347,6 @@ def _parse_cosigs(env: dict[str, Any], dev: str) -> tuple[ParsedCosig, ...]:
             f"{COSIGS_KEY}: {len(raw)} co-signatures, over the bound of {MAX_COSIGS}",
             reason="too_many_signatures",
         )
-    seen = {dev}
     out: list[ParsedCosig] = []
     for i, item in enumerate(raw):
         if not isinstance(item, dict) or item.keys() != COSIG_KEYS:
@@ -366,18 +366,23 @@ def _parse_cosigs(env: dict[str, Any], dev: str) -> tuple[ParsedCosig, ...]:
                 f"{COSIGS_KEY}[{i}]: key is not a base58 public key or sig not a base58 signature: {exc}",
                 reason="malformed",
             ) from exc
-        if key in seen:
-            who = "the envelope's own signer" if key == dev else "an earlier co-signer"
-            raise ProtocolError(
-                f"{COSIGS_KEY}[{i}]: {key} is {who}: a key signs once", reason="duplicate_signer"
-            )
-        seen.add(key)
         out.append(ParsedCosig(Cosig(key, sig), pubkey, signature))
     return tuple(out)
 
 
+def check_distinct(kind: str, signers: tuple[str, ...]) -> None:
+    """No key signs twice: ``signers[0]`` is ``dev``, the rest the co-signers (``duplicate_signer``)."""
+    for i, key in enumerate(signers[1:]):
+        if key in signers[: i + 1]:
+            who = "the envelope's own signer" if key == signers[0] else "an earlier co-signer"
+            raise ProtocolError(
+                f"{kind} {COSIGS_KEY}[{i}]: {key} is {who}: a key signs once", reason="duplicate_signer"
+            )
+
+
 def verify_parsed(parsed: Parsed) -> Envelope:
-    """The signature, the body schema and the seq/prev genesis rule of a parsed envelope."""
+    """Distinct signers, the signature(s), the body schema and the seq/prev genesis rule."""
+    check_distinct(parsed.kind, parsed.signers)
     to_sign = DOMAIN + encode_checked(_unsigned(parsed.raw))  # signed_bytes; raw checked when parsed
     if not parsed.signature.verify(parsed.pubkey, to_sign):
         raise ProtocolError(

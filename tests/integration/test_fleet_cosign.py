@@ -8,6 +8,7 @@ A twice, one whose co-signature was made over other bytes.  Then the CLI way: ``
 (C; again: refused), ``fleet publish --from``: committed, proofs name the pushed model.  Then A's
 state file is lost: the next manifest restarts A's chain at seq 1 and is refused as ``replay``
 (A had reached seq 6); after a restart the floor still holds (kept in the device state store).
+Every refusal is also reported to the operator as a signed deploy ``rejected`` with its reason.
 """
 
 from __future__ import annotations
@@ -180,6 +181,12 @@ def test_two_of_three_operators_commit_and_every_short_or_stale_signature_set_is
             for payload, reason in cases:  # not retained: the slot stays for the real release
                 publisher.publish(MANIFEST_TOPIC, payload)
                 wait_until(lambda reason=reason: rejected(daemon, reason) == 1, 20, f"{reason} to be counted")
+                # ... and reported to the operator as a signed deploy `rejected` naming the reason.
+                wait_until(
+                    lambda reason=reason: ("rejected", reason, 1) in deploy_states(collector),
+                    20,
+                    f"the {reason} report",
+                )
             status = own_status(daemon)
             assert status["model"]["id"] == SHIPPED and "stable" not in status["manifests"]
             assert not [s for s in deploy_states(collector) if s[0] == "received"]
@@ -248,6 +255,7 @@ def test_two_of_three_operators_commit_and_every_short_or_stale_signature_set_is
                               "--state", str(fresh), "--config", str(config))  # fmt: skip
             assert stale.returncode == 0, stale.stderr  # the operator side cannot know: the device does
             wait_until(lambda: rejected(daemon, "replay") == 1, 20, "the seq-1 manifest to be a replay")
+            wait_until(lambda: ("rejected", "replay", 2) in deploy_states(collector), 20, "the replay report")
             assert own_status(daemon)["model"]["sha256"] == tiny_sha
             assert daemon.terminate() == 0, daemon.tail()
 
@@ -258,6 +266,7 @@ def test_two_of_three_operators_commit_and_every_short_or_stale_signature_set_is
             wait_until(lambda: own_status(restarted).get("manifests", {}).get("stable"), 60, "the stored v1")
             publisher.publish(MANIFEST_TOPIC, signed(manifest_body(server, files, 3), 4, B).wire)
             wait_until(lambda: rejected(restarted, "replay") >= 1, 20, "a seq-4 manifest to be a replay")
+            wait_until(lambda: ("rejected", "replay", 3) in deploy_states(collector), 20, "its report")
             status = own_status(restarted)
             assert status["model"]["sha256"] == tiny_sha and status["manifests"]["stable"]["version"] == 1
             assert status["state"]["signer_seqs"][floor] == 6
