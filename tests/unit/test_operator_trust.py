@@ -226,9 +226,23 @@ def test_the_duplicate_of_the_accepted_manifest_is_not_a_replay() -> None:
 
 
 def test_a_schema_maximum_manifest_with_every_cosignature_fits_the_bound() -> None:
-    from tests.unit.test_protocol_messages import max_bodies
-
-    body = max_bodies()["manifest"]
+    ident, pk, safe, name = "a" * 64, str(ROGUE.pubkey()), 2**53 - 1, "n" * 63
+    body = {  # every field at its schema bound (as tests/unit/test_protocol_messages.py's)
+        "channel": ident,
+        "version": safe,
+        "model_id": ident,
+        "model_version": "9" * 32,
+        "model": name + "0",
+        "card": name + "1",
+        "artifacts": [
+            {"name": name + str(i), "url": "https://" + "u" * 248, "sha256": "f" * 64, "length": 2**32}
+            for i in range(3)
+        ],
+        "targets": {"profiles": [ident] * 8, "tags": [ident] * 8, "devices": [pk] * 16},
+        "expires_ms": safe,
+        "stages": [1, 2, 3, 4, 5, 6, 7, 10_000],
+        "stage": 7,
+    }
     env = build_envelope(A, "manifest", body, seq=2**63 - 1, prev="e" * 64, ts=2**53 - 1)
     for i in range(MAX_COSIGS):
         env = add_cosignature(env, Keypair.from_seed(bytes([90 + i]) * 32))
