@@ -102,6 +102,7 @@ class Daemon(InboundHandlers):
             onnx_providers=inf.onnx_providers or None,
             litert_delegates=inf.litert_delegates or None,
             spin_wait=inf.max_fps == 0,  # paced frames: idle workers sleep instead of spinning
+            tensorrt_cache=inf.tensorrt_cache,
         )
         # One SQLite file, two owners: the device state store and the message queue.
         self.db = SqliteFile.open(config.outbox.path, synchronous=config.outbox.synchronous)

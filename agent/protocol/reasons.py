@@ -277,6 +277,25 @@ _TABLE: tuple[Reason, ...] = (
         "a manifest signing file (fleet publish --out, fleet sign) that is not one fleet publish wrote, "
         "or that cannot be read or written",
     ),
+    # --- edgeproof broker credentials (a device's broker login) ------------------------------
+    Reason("bad_device_id", "local", "a broker user name that is not a base58 ed25519 public key"),
+    Reason(
+        "bad_password", "local", "a broker password that is empty, over 256 bytes or has control characters"
+    ),
+    Reason("acl_malformed", "local", "an acl_file line that is not a user, topic or pattern line"),
+    Reason("acl_not_covered", "local", "the ACL does not grant a device one of its own topics"),
+    Reason(
+        "acl_too_broad",
+        "local",
+        "the ACL lets a device write its inbound channels, the beacon or manifests, or touch another device",
+    ),
+    Reason("passwd_malformed", "local", "a password file line that is not user:hash"),
+    Reason(
+        "ca_unusable",
+        "local",
+        "the CA folder is incomplete, its key is readable by others, or openssl failed",
+    ),
+    Reason("not_writable", "local", "the password, secret or certificate file cannot be written"),
     # --- fleet serve (artifact HTTP server; also unknown_path, method_not_allowed) -----------
     Reason("path_traversal", "http", "a request path that leaves the served folder (.., symlink, absolute)"),
     Reason("bad_range", "http", "a Range header that is malformed or outside the file (answered 416)"),
