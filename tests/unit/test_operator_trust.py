@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -260,3 +261,29 @@ def test_a_capture_counts_a_bad_cosignature_as_a_bad_signature_and_verifies_a_go
     assert [(p.line, p.reason) for p in report.problems] == [(2, "bad_cosignature")]
     assert report.signers[str(A.pubkey())].counts["bad_signature"] == 1
     assert report.signers[str(A.pubkey())].counts["valid"] == 1
+
+
+def test_the_device_config_bounds_the_threshold_by_its_keys(tmp_path: Any) -> None:
+    from agent.config import load_config
+    from agent.errors import ConfigError
+
+    keys = json.dumps(sorted(TRUSTED))
+
+    def fleet(text: str) -> Any:
+        path = tmp_path / "agent.toml"
+        path.write_text(f'[fleet]\nchannels = ["stable"]\n{text}\n', encoding="utf-8")
+        return load_config(path, env={}).fleet
+
+    assert fleet(f"operator_keys = {keys}").operator_threshold == 1
+    assert fleet(f"operator_keys = {keys}\noperator_threshold = 3").operator_threshold == 3
+    with pytest.raises(ConfigError) as above:
+        fleet(f"operator_keys = {keys}\noperator_threshold = 4")
+    assert "operator_threshold 4 is above the 3 operator_keys: no manifest could ever be trusted" in str(
+        above.value
+    )
+    twice = json.dumps([str(A.pubkey()), str(A.pubkey())])
+    with pytest.raises(ConfigError) as dup:
+        fleet(f"operator_keys = {twice}\noperator_threshold = 2")
+    assert "operator_keys lists a key twice" in str(dup.value)
+    with pytest.raises(ConfigError):
+        fleet(f"operator_keys = {keys}\noperator_threshold = 0")
