@@ -72,6 +72,23 @@ _TABLE: tuple[Reason, ...] = (
     Reason("wrong_model", "challenge", "the challenge names a model that is not the active one"),
     # --- fleet manifests ---------------------------------------------------------------------
     Reason("untrusted_operator", "message", "a manifest signed by a key the device does not trust"),
+    Reason("untrusted_signer", "message", "a manifest co-signed by a key the device does not trust (k-of-n)"),
+    Reason(
+        "duplicate_signer",
+        "message",
+        "a key signs a manifest twice (as its signer and a co-signer, or in two co-signatures)",
+    ),
+    Reason(
+        "bad_cosignature",
+        "message",
+        "a co-signature does not verify over the manifest envelope's signed bytes",
+    ),
+    Reason(
+        "below_threshold",
+        "message",
+        "a manifest carries fewer distinct trusted signatures than the device's threshold k",
+    ),
+    Reason("too_many_signatures", "message", "a manifest carries more co-signatures than the bound (7)"),
     Reason("wrong_channel", "message", "a manifest for another channel than the topic it arrived on"),
     Reason("stale_version", "message", "a manifest version below the one accepted on its channel"),
     Reason("no_space", "deploy", "not enough free disk for the release"),
@@ -302,6 +319,12 @@ _TABLE: tuple[Reason, ...] = (
         "operator_state",
         "local",
         "the operator's state file belongs to another key or is not one fleet publish wrote",
+    ),
+    Reason(
+        "signing_file",
+        "local",
+        "a manifest signing file (fleet publish --out, fleet sign) that is not one fleet publish wrote, "
+        "or that cannot be read or written",
     ),
     # --- edgeproof broker credentials (a device's broker login) ------------------------------
     Reason("bad_device_id", "local", "a broker user name that is not a base58 ed25519 public key"),

@@ -100,6 +100,8 @@ def write_config(
     manifest_channel: str | None = None,
     trial_s: float = 60.0,
     owner_wallet: str = "",
+    operator_keys: list[str] | None = None,
+    operator_threshold: int = 1,
     extra: str = "",
 ) -> Path:
     workdir.mkdir(parents=True, exist_ok=True)
@@ -118,7 +120,8 @@ def write_config(
         [
             "[fleet]",
             f'channels = ["{manifest_channel}"]',
-            f'operator_keys = ["{OPERATOR.pubkey()}"]',
+            f"operator_keys = {json.dumps(operator_keys or [str(OPERATOR.pubkey())])}",
+            f"operator_threshold = {operator_threshold}",
             f"trial_s = {trial_s}",
         ]
         if manifest_channel is not None
