@@ -30,8 +30,9 @@ Install (or upgrade) one role from the checkout this script is in:
      coordinator: /etc/edgeproof-coordinator/coordinator.toml from deploy/coordinator.example.toml;
                   with --database-url, that URL in its [storage] database_url (also in an existing
                   one); the coordinator key /var/lib/edgeproof-coordinator/coordinator-key.json
-                  (mode 0600); then its database is created or migrated (`edgeproof coordinator
-                  migrate`): SQLite in /var/lib/edgeproof-coordinator unless a URL is set
+                  (mode 0600); then its database is created or migrated with
+                  `edgeproof coordinator migrate`: SQLite in /var/lib/edgeproof-coordinator
+                  unless a URL is set
      localnet:    the ledger's folder /var/lib/edgeproof-localnet (the snapshot ledger.json)
   6. install /etc/systemd/system/<unit> (edgeproof.service, edgeproof-coordinator.service,
      edgeproof-localnet.service), then, when systemd is PID 1, systemctl daemon-reload and

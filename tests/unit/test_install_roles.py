@@ -370,3 +370,20 @@ def test_coordinator_on_postgresql_url_set_kept_and_schema_migrated(tmp_path, pg
     assert config.read_text() == text.replace(url, other)
     owned(image, "/etc/edgeproof-coordinator/coordinator.toml", 0o640, "root", "edgeproof-coordinator")
     assert not [p.name for p in config.parent.iterdir() if p.name != "coordinator.toml"]  # no temp left
+
+
+def test_help_explains_the_roles_and_their_options():
+    result = subprocess.run(["bash", str(INSTALL), "--help"], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    for word in (
+        "--role ROLE",
+        "agent (default), coordinator or localnet",
+        "--root DIR",
+        "useradd",
+        "--database-url URL",
+        "/etc/edgeproof-coordinator/coordinator.toml",
+        "/var/lib/edgeproof-coordinator/coordinator-key.json",
+        "edgeproof-localnet.service",
+        "coordinator migrate",
+    ):
+        assert word in result.stdout, word
