@@ -471,6 +471,32 @@ as_user() {
 	fi
 }
 
+# key_id FILE: the base58 public key of a Solana keypair file (its last 32 bytes), read as the
+# role's user like as_user; Python's stdlib only (an edgeproof command costs a second or more).
+key_id() {
+	as_user "$PYTHON" -c '
+import json
+import sys
+
+ALPHABET = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+with open(sys.argv[1], encoding="utf-8") as handle:
+    raw = bytes(json.load(handle)[32:64])
+number, text = int.from_bytes(raw, "big"), ""
+while number:
+    number, digit = divmod(number, 58)
+    text = ALPHABET[digit] + text
+print("1" * (len(raw) - len(raw.lstrip(b"\0"))) + text)' "$1"
+}
+
+# key_mode_check FILE: warn when the key is readable by others (the daemon refuses it then).
+key_mode_check() {
+	local mode
+	mode=$(stat -c %a -- "$1")
+	if [ "$mode" != 600 ]; then
+		warn "$1 has mode $mode: the daemon refuses a key others can read; fix: chmod 600 $1"
+	fi
+}
+
 # mkd MODE OWNER GROUP DIR: a directory with that mode (and owner/group, but with --prefix).
 mkd() {
 	if [ "$STAGE_MODE" = 1 ]; then

@@ -112,7 +112,8 @@ role_install() {
 		[ -f "$DEST$KEY" ] || die "$DEST$KEY exists but is not a regular file" "move it away and run install.sh again"
 		note "exists: kept (never overwritten)"
 		if [ "$DRY_RUN" = 0 ]; then
-			note "device id: $(as_user "$EDGEPROOF" keys show --key "$DEST$KEY")"
+			key_mode_check "$DEST$KEY"
+			note "device id: $(key_id "$DEST$KEY")"
 		fi
 	else
 		as_user "$EDGEPROOF" keys init --key "$DEST$KEY"

@@ -98,6 +98,9 @@ role_install() {
 	if [ -e "$DEST$KEY" ]; then
 		[ -f "$DEST$KEY" ] || die "$DEST$KEY exists but is not a regular file" "move it away and run install.sh again"
 		note "exists: kept (never overwritten)"
+		if [ "$DRY_RUN" = 0 ]; then
+			key_mode_check "$DEST$KEY"
+		fi
 	else
 		as_user "$EDGEPROOF" keys init --key "$DEST$KEY"
 		if [ "$ROOT_MODE" = 1 ]; then
@@ -105,7 +108,7 @@ role_install() {
 		fi
 	fi
 	if [ "$DRY_RUN" = 0 ]; then
-		public=$(as_user "$EDGEPROOF" keys show --key "$DEST$KEY")
+		public=$(key_id "$DEST$KEY")
 		note "coordinator public key: $public"
 		note "devices pin it with: deploy/install.sh --coordinator-key $public"
 	fi
