@@ -114,17 +114,17 @@ role_install() {
 	fi
 
 	step "database"
-	if [ "$DRY_RUN" = 1 ]; then
-		run "$EDGEPROOF" coordinator migrate --config "$DEST$CONF"
-		return 0
-	fi
 	# With --root or --prefix the config names the installed system's paths: the SQLite file is
 	# made under $DEST instead (a PostgreSQL URL is used as it is).
 	migrate=("$EDGEPROOF" coordinator migrate --config "$DEST$CONF")
-	if [ -n "$DEST" ]; then
+	if [ -n "$DEST" ] && [ -e "$DEST$CONF" ]; then
 		sqlite=$(sqlite_file)
 		no_link "$sqlite" "$sqlite-wal" "$sqlite-shm"
 		migrate+=(--sqlite-path "$sqlite")
+	fi
+	if [ "$DRY_RUN" = 1 ]; then
+		as_user "${migrate[@]}"
+		return 0
 	fi
 	if ! (umask 0077 && as_user "${migrate[@]}" | sed 's/^/    /'); then
 		die "the database could not be created or migrated (the message above says why)" \

@@ -243,6 +243,22 @@ def test_an_existing_image_user_keeps_its_ids_and_gains_the_video_group(tmp_path
     owned(image, "/var/lib/edgeproof/device-key.json", 0o600, "edgeproof", "edgeproof")
 
 
+def test_a_live_coordinator_install_makes_key_and_database_as_its_user_and_never_chowns():
+    # A dry run of a real install (no --root) shows the commands without running them.
+    result = install("--role", "coordinator", "--dry-run")
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    user, agent = "edgeproof-coordinator", edgeproof_bin()  # --no-venv: EDGEPROOF_BIN
+    as_user = f"would run: runuser -u {user} -- env -C / {agent}"
+    assert f"{as_user} keys init --key /var/lib/{user}/coordinator-key.json" in out
+    assert f"{as_user} coordinator migrate --config /etc/{user}/coordinator.toml" in out
+    assert f"would run: useradd --system --user-group --home-dir /var/lib/{user} --no-create-home" in out
+    assert f"would run: install -d -m 0750 -o {user} -g {user} /var/lib/{user}" in out
+    assert f"would run: install -d -m 0750 -o root -g {user} /etc/{user}" in out
+    assert "chown" not in out, out
+    assert not Path(f"/etc/{user}").exists() and not Path(f"/var/lib/{user}").exists()
+
+
 # ---------------------------------------------------------------------- refusals
 
 
