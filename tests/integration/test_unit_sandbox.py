@@ -10,7 +10,8 @@ the unit file itself and systemd-analyze's tables, and execs the real command un
 * the device daemon and the coordinator, each under its unit, run the whole loop over a real
   Mosquitto: the daemon quotes beacons, answers challenges that the coordinator scores by
   reference execution (onnxruntime under MemoryDenyWriteExecute=), answers `status --live` on
-  its control socket, and both stop cleanly on SIGTERM;
+  its control socket, and both stop cleanly on SIGTERM; the daemon runs under strace, which
+  shows that none of its calls is refused and that it writes only under its state folder;
 * the localnet ledger under its unit runs the SPL token program (bootstrap: mint, vault, supply)
   and saves its snapshot on SIGTERM.
 """
@@ -18,6 +19,9 @@ the unit file itself and systemd-analyze's tables, and execs the real command un
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
 import subprocess
 import sys
 import time
@@ -61,6 +65,61 @@ attempt("af_netlink", lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW).
 attempt("af_inet", lambda: socket.socket().close())
 attempt("sched_setaffinity", lambda: os.sched_setaffinity(0, os.sched_getaffinity(0)))
 """
+
+
+WRITABLE_DEVICES = {"/dev/null"}
+_WRITE_CALL = re.compile(
+    r"^(?P<call>openat|open|creat|mkdir|mkdirat|rename|renameat2?|link|linkat|unlink|unlinkat|rmdir|bind)"
+    r"\((?P<args>.*)\) = (?P<ret>.*)$"
+)
+_WRITE_FLAGS = re.compile(r"O_WRONLY|O_RDWR|O_CREAT|O_TRUNC")
+# SQLite gives a new -wal/-shm/journal file its database's owner with fchown(fd, uid, gid), but
+# only when it runs as root (os_unix.c, robustFchown: a no-op for any other euid). The tests run
+# as root; the unit runs the agent as "edgeproof", which never makes that call. Seen refused here:
+# fchown(4, 0, 0) = -1 EPERM.
+_ROOT_ONLY = re.compile(r"^fchown\(\d+(?:<[^>]*>)?, 0, 0\) += -1 EPERM" if os.geteuid() == 0 else r"(?!)")
+
+
+_AT_PATH = re.compile(r'(?:AT_FDCWD|\d+)(?:<(?P<dir>[^>]*)>)?,\s*"(?P<name>[^"]*)"')
+
+
+def _paths(call: str, args: str) -> set[str]:
+    """The paths a call names; relative ones against its directory fd (strace -y) or the cwd."""
+    if call.endswith("at") or call.startswith("renameat"):
+        pairs = [(m["dir"], m["name"]) for m in _AT_PATH.finditer(args)]
+    else:
+        pairs = [(None, name) for name in re.findall(r'"([^"]*)"', args)]
+    return {name if name.startswith("/") else str(Path(folder or ROOT) / name) for folder, name in pairs}
+
+
+def traced(trace: Path) -> tuple[list[str], set[str]]:
+    """(calls refused with EPERM/EAFNOSUPPORT, paths written) by the daemon and its threads.
+
+    strace -ff writes one file per process or thread (trace.PID), so no call is split in two
+    lines. The main process's file starts with the sandbox's own set-up: it counts from the
+    daemon's execve. A file with another execve (systemd-analyze, run by the sandbox) is not
+    the daemon's.
+    """
+    refused: list[str] = []
+    writes: set[str] = set()
+    for part in sorted(trace.parent.glob(trace.name + ".*")):
+        lines = part.read_text(encoding="utf-8", errors="replace").splitlines()
+        execs = [i for i, line in enumerate(lines) if line.startswith("execve(") and "= 0" in line]
+        agent = [i for i in execs if '"-m", "agent"' in lines[i]]
+        if execs and not agent:
+            continue
+        for line in lines[agent[-1] if agent else 0 :]:
+            if ("= -1 EPERM" in line or "= -1 EAFNOSUPPORT" in line) and not _ROOT_ONLY.search(line):
+                refused.append(f"{part.name}: {line}")
+            match = _WRITE_CALL.match(line)
+            if match is None or match["ret"].startswith("-1"):
+                continue
+            if match["call"] in ("openat", "open") and not _WRITE_FLAGS.search(match["args"]):
+                continue
+            if match["call"] == "bind" and "AF_UNIX" not in match["args"]:
+                continue
+            writes |= _paths(match["call"], match["args"])
+    return refused, writes
 
 
 def probe(unit: Path | None, tmp_path: Path) -> dict[str, str]:
@@ -123,8 +182,27 @@ def test_device_daemon_and_coordinator_run_the_loop_under_their_units(
         config, tmp_path / "coordinator.log", command_prefix=prefix(COORDINATOR_UNIT)
     )
     device_config = daemon_rig.write_config(tmp_path / "device", mosquitto, coordinator=str(COORD.pubkey()))
+    # strace records what the daemon does under its filters: no call may be refused, and every
+    # file it writes (opens for writing, creates, renames, removes, binds) is under its state folder.
+    trace = tmp_path / "daemon.strace"
     daemon = daemon_rig.DaemonProcess(
-        device_config, tmp_path / "daemon.log", command_prefix=prefix(AGENT_UNIT)
+        device_config,
+        tmp_path / "daemon.log",
+        # The unit's venv is read-only (no .pyc writes there), and systemd sets HOME to the user's
+        # home, which install.sh makes the state folder: onnxruntime writes
+        # ~/.cache/Microsoft/DeveloperTools/.onnxruntime/onnxruntime.db there.
+        env={"PYTHONDONTWRITEBYTECODE": "1", "HOME": str(device_config.parent / "state")},
+        command_prefix=(
+            "strace",
+            "-ff",
+            "-y",
+            "-qq",
+            "-e",
+            "trace=!futex",
+            "-o",
+            str(trace),
+            *prefix(AGENT_UNIT),
+        ),
     )
 
     def passed() -> int:
@@ -150,9 +228,13 @@ def test_device_daemon_and_coordinator_run_the_loop_under_their_units(
             timeout=60,
         )
         assert live.returncode == 0, live.stderr + context()
-        assert json.loads(live.stdout)["pid"] == daemon.pid
+        # The daemon is strace's child (the sandbox execs into it): SIGTERM goes to it, by its pid.
+        agent_pid = int(json.loads(live.stdout)["pid"])
+        status = Path(f"/proc/{agent_pid}/status").read_text()
+        assert f"\nPPid:\t{daemon.pid}\n" in status, status
         assert coordinator.terminate() == 0, context()
-        assert daemon.terminate() == 0, context()
+        os.kill(agent_pid, signal.SIGTERM)
+        assert daemon.proc is not None and daemon.proc.wait(60) == 0, context()  # strace passes it on
     finally:
         daemon.ensure_dead()
         coordinator.kill()
@@ -163,6 +245,15 @@ def test_device_daemon_and_coordinator_run_the_loop_under_their_units(
     store.close()
     logs = coordinator.log() + daemon.tail(100_000)
     assert not [word for word in BLOCKED if word in logs], context()
+    refused, writes = traced(trace)
+    assert refused == [], refused[:20]
+    # The state folder itself counts (the unit's StateDirectory= makes it; here the daemon does).
+    state = str(daemon.state_dir) + "/"
+    writable = (state, str(daemon.state_dir), *WRITABLE_DEVICES)
+    outside = sorted({path for path in writes if not (path.startswith(state) or path in writable)})
+    assert outside == [], outside
+    assert state + "control.sock" in writes and state + "status.json" in writes
+    assert state + ".cache/Microsoft/DeveloperTools/.onnxruntime/onnxruntime.db" in writes
 
 
 def test_localnet_runs_the_token_program_under_its_unit(tmp_path: Path) -> None:
