@@ -91,6 +91,7 @@ def write_config(
     broker: MosquittoBroker,
     *,
     source: str = "synthetic:320x240:7",
+    source_loop: bool = False,
     max_fps: float = 2.0,
     outbox_path: Path | None = None,
     max_bytes: int | None = None,
@@ -98,6 +99,7 @@ def write_config(
     metrics_port: int | None = None,
     manifest_channel: str | None = None,
     trial_s: float = 60.0,
+    owner_wallet: str = "",
     extra: str = "",
 ) -> Path:
     workdir.mkdir(parents=True, exist_ok=True)
@@ -128,10 +130,12 @@ def write_config(
             f'key = "{key}"',
             f'state_dir = "{workdir / "state"}"',
             'profile = "generic-x86_64"',
+            f'owner_wallet = "{owner_wallet}"',
             "[inference]",
             f'model = "{MODEL}"',
             f'source = "{source}"',
             f"max_fps = {max_fps}",
+            *(["loop = true"] if source_loop else []),
             "threads = 1",
             "[proofs]",
             "window_s = 5",
