@@ -170,10 +170,18 @@ def clean_env() -> dict[str, str]:
 class DaemonProcess:
     """``python -m agent run`` in a subprocess; only this process is ever signalled, by its pid."""
 
-    def __init__(self, config: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        config: Path,
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        command_prefix: tuple[str, ...] = (),
+    ) -> None:
         self.config = config
         self.log_path = log_path
         self.env = env or {}
+        # e.g. tests/support/unit_sandbox.py's command(): run the daemon under a unit's filters
+        self.command_prefix = command_prefix
         self.state_dir = config.parent / "state"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -181,6 +189,7 @@ class DaemonProcess:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [
+                    *self.command_prefix,
                     sys.executable,
                     "-m",
                     "agent",
