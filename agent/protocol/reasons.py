@@ -21,7 +21,7 @@ class Reason:
     name: str
     #: ``message`` (one inbound envelope), ``challenge``, ``deploy`` (a release), ``local`` (state, config),
     #: ``chain`` (a Solana RPC call or transaction), ``rewards`` (an epoch's settlement),
-    #: ``http`` (a request to the coordinator's dashboard)
+    #: ``http`` (a request to the coordinator's dashboard), ``payout`` (a claim, voucher or receipt)
     scope: str
     meaning: str
 
@@ -241,6 +241,31 @@ _TABLE: tuple[Reason, ...] = (
     ),
     Reason("not_settled", "rewards", "the epoch has no settlement record"),
     Reason("not_in_settlement", "rewards", "the device has no leaf in the epoch's settlement"),
+    # --- claims and vouchers, coordinator side (agent/rewards/desk.py) ---------------------
+    Reason(
+        "owner_mismatch",
+        "payout",
+        "the claim's owner is not the device's registered owner (its leaf's owner)",
+    ),
+    Reason(
+        "nothing_claimable",
+        "payout",
+        "the device's cumulative earned total minus what was paid is zero (or it has no settled leaf)",
+    ),
+    Reason(
+        "payout_paused",
+        "payout",
+        "the payout circuit breaker is open: no voucher is issued until its window has passed",
+    ),
+    Reason(
+        "voucher_outstanding", "payout", "the device already has a voucher whose transaction may still land"
+    ),
+    Reason(
+        "payout_unavailable", "payout", "the payout desk could not read the chain (RPC) to answer the claim"
+    ),
+    Reason("claim_id_reused", "payout", "a claim id that another device already used"),
+    Reason("unknown_voucher", "payout", "a receipt for a claim id that has no voucher for this device"),
+    Reason("receipt_mismatch", "payout", "a receipt naming another transaction signature than its voucher's"),
     # --- the fleet operator's own commands (edgeproof fleet ...; also card_mismatch,
     # --- stale_version and version_reused, judged on the operator's state file) ------------
     Reason("key_exists", "local", "an operator key file already exists; it is never overwritten"),
