@@ -21,7 +21,7 @@ class Reason:
     name: str
     #: ``message`` (one inbound envelope), ``challenge``, ``deploy`` (a release), ``local`` (state, config),
     #: ``chain`` (a Solana RPC call or transaction), ``rewards`` (an epoch's settlement),
-    #: ``http`` (a request to the coordinator's dashboard), ``payout`` (a claim, voucher or receipt)
+    #: ``http`` (a request to the coordinator's dashboard), ``claim`` (a reward claim or voucher)
     scope: str
     meaning: str
 
@@ -241,31 +241,79 @@ _TABLE: tuple[Reason, ...] = (
     ),
     Reason("not_settled", "rewards", "the epoch has no settlement record"),
     Reason("not_in_settlement", "rewards", "the device has no leaf in the epoch's settlement"),
+    # --- reward claims at the device: the voucher checks before signing (agent/device/voucher_check.py;
+    # --- also malformed, blockhash_expired, replay, duplicate, busy) -----------------------------
+    Reason(
+        "wrong_program", "claim", "a voucher instruction runs a program other than ATA, SPL Token, the memo"
+    ),
+    Reason(
+        "extra_instruction",
+        "claim",
+        "a voucher is not exactly CreateIdempotent, TransferChecked, memo (in order, those opcodes)",
+    ),
+    Reason("wrong_mint", "claim", "a voucher names another mint than the device's [rewards] mint"),
+    Reason("wrong_decimals", "claim", "a voucher's decimals are not the device's [rewards] decimals"),
+    Reason(
+        "wrong_destination", "claim", "the tokens would not go to the ATA of the device's own owner_wallet"
+    ),
+    Reason(
+        "amount_too_high",
+        "claim",
+        "the transfer is not the voucher's amount, or exceeds cumulative - paid, the claim or the own record",
+    ),
+    Reason("extra_writable", "claim", "a writable account other than the fee payer, the vault and the ATA"),
+    Reason("fee_payer_is_device", "claim", "the voucher's transaction would make the device pay the fees"),
+    Reason(
+        "bad_memo", "claim", "the memo is not edgeproof:claim:<id> signed by this device, or other signers"
+    ),
+    Reason("bad_proof", "claim", "the voucher's leaf and proof do not give its epoch's reward_root"),
+    Reason("unknown_epoch", "claim", "the voucher's epoch is not the newest verified reward_root's"),
+    Reason("unknown_claim", "claim", "the voucher answers no outstanding claim of this device"),
+    Reason(
+        "voucher_conflict",
+        "claim",
+        "another transaction was already signed for this claim id (never two per claim)",
+    ),
+    Reason(
+        "voucher_mismatch",
+        "claim",
+        "the voucher's fields disagree with its transaction (blockhash, fee payer signature, authority)",
+    ),
+    Reason("stale_root", "message", "a reward_root older than the newest epoch the device keeps"),
+    Reason("root_conflict", "message", "a reward_root for the kept epoch with another root"),
+    Reason(
+        "claims_disabled",
+        "claim",
+        "the device does not claim: [rewards] rpc_url or device.owner_wallet unset",
+    ),
+    Reason("claim_not_found", "claim", "no claim with that id on this device"),
+    Reason("claim_pending", "claim", "the claim was not final when rewards claim --wait gave up"),
+    Reason("not_stored", "claim", "the claim could not be stored in the outbox; nothing was sent"),
     # --- claims and vouchers, coordinator side (agent/rewards/desk.py) ---------------------
     Reason(
         "owner_mismatch",
-        "payout",
+        "claim",
         "the claim's owner is not the device's registered owner (its leaf's owner)",
     ),
     Reason(
         "nothing_claimable",
-        "payout",
+        "claim",
         "the device's cumulative earned total minus what was paid is zero (or it has no settled leaf)",
     ),
     Reason(
         "payout_paused",
-        "payout",
+        "claim",
         "the payout circuit breaker is open: no voucher is issued until its window has passed",
     ),
     Reason(
-        "voucher_outstanding", "payout", "the device already has a voucher whose transaction may still land"
+        "voucher_outstanding", "claim", "the device already has a voucher whose transaction may still land"
     ),
     Reason(
-        "payout_unavailable", "payout", "the payout desk could not read the chain (RPC) to answer the claim"
+        "payout_unavailable", "claim", "the payout desk could not read the chain (RPC) to answer the claim"
     ),
-    Reason("claim_id_reused", "payout", "a claim id that another device already used"),
-    Reason("unknown_voucher", "payout", "a receipt for a claim id that has no voucher for this device"),
-    Reason("receipt_mismatch", "payout", "a receipt naming another transaction signature than its voucher's"),
+    Reason("claim_id_reused", "claim", "a claim id that another device already used"),
+    Reason("unknown_voucher", "claim", "a receipt for a claim id that has no voucher for this device"),
+    Reason("receipt_mismatch", "claim", "a receipt naming another transaction signature than its voucher's"),
     # --- the fleet operator's own commands (edgeproof fleet ...; also card_mismatch,
     # --- stale_version and version_reused, judged on the operator's state file) ------------
     Reason("key_exists", "local", "an operator key file already exists; it is never overwritten"),
