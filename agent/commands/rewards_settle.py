@@ -19,10 +19,22 @@ def add_settlement_commands(commands: argparse._SubParsersAction[argparse.Argume
         "in one transaction. Settling an epoch again changes nothing: the stored root is reported "
         "(exit 0); a different result for a settled epoch is refused (settlement_conflict, exit 16). "
         "Epochs are settled in order; an epoch that has not ended or has unscored challenges is "
-        "refused (epoch_not_final).",
+        "refused (epoch_not_final). The epoch's signed reward_root is then published retained on the "
+        "broker (the same bytes on every run; never over a newer epoch) and, with --memo, in a memo "
+        "on chain.",
     )
     settle.add_argument("--epoch", required=True, help="epoch number or 'previous'")
     settle.add_argument("--config", required=True, help="coordinator config file (TOML) with [rewards]")
+    settle.add_argument(
+        "--no-publish",
+        action="store_true",
+        help="do not publish the signed reward_root (retained, {prefix}/rewards/root) on the broker",
+    )
+    settle.add_argument(
+        "--memo",
+        action="store_true",
+        help="also put the root in a memo on chain ([payout] rpc_url, signed by the treasury), once",
+    )
     settle.add_argument("--json", action="store_true", help="print JSON (every device's allocation)")
     settle.set_defaults(func=run_settle)
 
@@ -98,6 +110,7 @@ def _print_settlement(data: dict[str, Any], title: str) -> None:
 
 
 def run_settle(args: argparse.Namespace) -> int:
+    from agent.commands.rewards_root import publish_root
     from agent.coordinator.config import load_coordinator_config
     from agent.coordinator.registry import open_store
     from agent.rewards.settle import settle_epoch
@@ -114,16 +127,24 @@ def run_settle(args: argparse.Namespace) -> int:
             epoch_ms=config.epochs.epoch_ms,
             now_ms=_now_ms(),
         )
+        published = publish_root(
+            config, store, outcome.stored, mqtt=not args.no_publish, memo=args.memo, now_ms=_now_ms()
+        )
     finally:
         store.close()
     data = outcome.settlement.as_json()
     data["created"] = outcome.created
     data["settled_ms"] = outcome.stored.settled_ms
+    data["published"] = published
     if args.json:
         print_json(data)
     else:
         state = "settled" if outcome.created else f"already settled at {outcome.stored.settled_ms} ms"
         _print_settlement(data, f"epoch {epoch}: {state}")
+        print(
+            f"reward_root: mqtt {published['mqtt']}, memo {published['memo']}"
+            + (f" ({published['memo_signature']})" if published["memo_signature"] else "")
+        )
     return 0
 
 

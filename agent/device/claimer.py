@@ -293,7 +293,9 @@ class Claimer:
             self.book.set_earned(voucher.epoch, voucher.epoch_amount, voucher.cumulative)
         signature = self.keypair.sign_message(checked.message)
         tx = sign_checked(checked, signature)
-        record.signature, record.transaction = str(signature), base64.b64encode(bytes(tx)).decode()
+        # The transaction id is the fee payer's signature (index 0), not the device's: a cluster
+        # indexes statuses by it, and the coordinator's voucher record names it (claim contract).
+        record.signature, record.transaction = str(tx.signatures[0]), base64.b64encode(bytes(tx)).decode()
         record.voucher = None
         self.book.save(record)
         self._count(self.counters, "vouchers_signed")
