@@ -91,8 +91,8 @@ def _daemon_config(folder: Path, broker: MosquittoBroker, rpc: str, mint: str) -
     return config
 
 
-def _settle(config: Path, epoch: int) -> dict[str, object]:
-    done = run_cli("rewards", "settle", "--epoch", str(epoch), "--config", str(config), "--json")
+def _settle(config: Path, epoch: int, *flags: str) -> dict[str, object]:
+    done = run_cli("rewards", "settle", "--epoch", str(epoch), "--config", str(config), "--json", *flags)
     assert done.returncode == 0, done.stderr
     return dict(json.loads(done.stdout))
 
@@ -155,8 +155,14 @@ def test_a_device_claims_its_settled_reward_and_is_never_paid_twice(
         first = _settle(config, epoch)
         leaf = next(d for d in first["devices"] if d["dev"] == dev)  # type: ignore[attr-defined]
         assert leaf["amount"] == POOL and first["published"]["mqtt"] == "published"  # type: ignore[index]
-        again = _settle(config, epoch)
+        again = _settle(config, epoch, "--memo")
         assert again["created"] is False and again["published"]["mqtt"] == "unchanged"  # type: ignore[index]
+        memo_sig = str(again["published"]["memo_signature"])  # type: ignore[index]
+        assert again["published"]["memo"] == "sent"  # type: ignore[index]
+        root_memo, root_signers, _ = memo_and_signers(client, Signature.from_string(memo_sig))
+        assert (root_memo, root_signers) == (f"edgeproof:root:{epoch}:{first['root']}", [SIGNER])
+        third = _settle(config, epoch, "--memo")
+        assert third["published"] == {"mqtt": "unchanged", "memo": "unchanged", "memo_signature": memo_sig}
         held = recorded(store, epoch)
         assert held is not None
         with BrokerSession(MqttSettings(host=mosquitto.host, port=mosquitto.port)) as session:

@@ -21,6 +21,7 @@ from agent.chain.bootstrap import bootstrap
 from agent.chain.client import ChainClient
 from agent.chain.programs import MEMO_PROGRAM_ID
 from agent.coordinator.batch import BatchResult, Inbound, commit_batch
+from agent.coordinator.payouts import ReconcileResult
 from agent.coordinator.store import Store
 from agent.errors import ChainError
 from agent.protocol.topics import Topics
@@ -281,5 +282,49 @@ def test_every_proof_checks_against_the_root_and_a_changed_amount_fails(
         assert check_proof(root, leaf, steps)
         assert not check_proof(root, {**leaf, "cumulative": amounts[i] + 1}, steps)
         assert not check_proof(root, {**leaf, "amount": amounts[i] - 1}, steps)
+    rig.desk.close()
+    store.close()
+
+
+def test_a_flood_of_claims_and_a_replayed_claim_get_one_voucher(
+    tmp_path: Path, chain: tuple[ChainClient, Pubkey]
+) -> None:
+    client, mint = chain
+    store = Store.open(sqlite_path=tmp_path / "c.sqlite3")
+    rig = Rig(store, client, mint)
+    (dev,), _ = _setup(store, 170, {0: 50})
+    first = _claim(dev, new_claim_id())
+    flood = [_claim(dev, new_claim_id()) for _ in range(40)]
+    result = rig.send(first, *flood, dev=dev.id, channel="claim")
+    reasons = [v.get("reason") for v in _verdicts(result)]
+    assert reasons == [None] + ["voucher_outstanding"] * 40
+    assert len(result.vouchers) == 1
+    replayed = rig.send(first, dev=dev.id, channel="claim")  # the same envelope again: a redelivery
+    assert replayed.vouchers == [] and replayed.verdicts == []
+    assert replayed.outcomes[0].row.reason == "duplicate"
+    assert store.one("SELECT COUNT(*) FROM vouchers")[0] == 1  # type: ignore[index]
+    rig.desk.close()
+    store.close()
+
+
+def test_an_unreachable_rpc_refuses_the_claim_by_name_and_stores_nothing(
+    tmp_path: Path, chain: tuple[ChainClient, Pubkey]
+) -> None:
+    client, mint = chain
+    store = Store.open(sqlite_path=tmp_path / "c.sqlite3")
+    rig = Rig(store, client, mint)
+    dead = ChainClient("http://127.0.0.1:9", timeout_s=0.5, retries=1, backoff_s=0.01)
+    rig.desk.close()
+    rig.desk = PayoutDesk(rig.desk.settings, dead, T)
+    (dev,), _ = _setup(store, 175, {0: 50})
+    result = rig.send(_claim(dev, new_claim_id()), dev=dev.id, channel="claim")
+    verdict = _verdicts(result)[0]
+    assert (verdict["reason"], verdict["detail"]) == (
+        "payout_unavailable",
+        "the chain could not be read: rpc_unreachable",
+    )
+    assert result.vouchers == [] and store.one("SELECT COUNT(*) FROM vouchers")[0] == 0  # type: ignore[index]
+    assert dead.retried == 1  # retried with backoff once, then translated into ChainUnavailableError
+    assert rig.desk.reconcile(store, now_ms=_now()) == ReconcileResult()
     rig.desk.close()
     store.close()
