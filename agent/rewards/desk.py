@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -43,6 +44,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("edgeproof.payouts")
 #: Confirmation levels at which a landed voucher counts as paid.
 _CONFIRMED = ("confirmed", "finalized")
+#: A blockhash fetched this recently is reused for the next voucher (one RPC round trip per
+#: second, not per claim, under a burst of claims; the lifetime it costs is at most this).
+BLOCKHASH_REUSE_S = 1.0
 
 
 class ChainReads(Protocol):
@@ -120,6 +124,7 @@ class PayoutDesk:
         self.chain = chain
         self.topics = topics
         self._settled: dict[int, tuple[StoredSettlement, dict[str, int]]] = {}
+        self._latest: tuple[float, LatestBlockhash] | None = None
 
     def close(self) -> None:
         self.chain.close()
@@ -171,7 +176,7 @@ class PayoutDesk:
         tripped = self._trip_if_over(store, amount, now_ms)
         if tripped is not None:
             return _reject("payout_paused", tripped, tripped=True)
-        latest = self.chain.latest_blockhash()
+        latest = self._blockhash()
         s = self.settings
         terms = VoucherTerms(
             treasury=s.treasury.pubkey(),
@@ -218,6 +223,12 @@ class PayoutDesk:
             extra={"dev": dev, "claim_id": claim.claim_id, "amount": amount, "signature": str(tx_id(tx))},
         )
         return PayoutAnswer(outgoing=[(topic, env.wire)])
+
+    def _blockhash(self) -> LatestBlockhash:
+        now = time.monotonic()
+        if self._latest is None or now - self._latest[0] > BLOCKHASH_REUSE_S:
+            self._latest = (now, self.chain.latest_blockhash())
+        return self._latest[1]
 
     def _leaf(self, store: Store, dev: str) -> tuple[StoredSettlement, int] | None:
         row = store.one("SELECT MAX(epoch) FROM allocations WHERE dev = ?", (dev,))
