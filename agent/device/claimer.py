@@ -293,8 +293,7 @@ class Claimer:
             self.book.set_earned(voucher.epoch, voucher.epoch_amount, voucher.cumulative)
         signature = self.keypair.sign_message(checked.message)
         tx = sign_checked(checked, signature)
-        # The transaction id is the fee payer's signature (index 0), not the device's: a cluster
-        # indexes statuses by it, and the coordinator's voucher record names it (claim contract).
+        # The transaction id is the fee payer's signature (index 0), known to the coordinator too.
         record.signature, record.transaction = str(tx.signatures[0]), base64.b64encode(bytes(tx)).decode()
         record.voucher = None
         self.book.save(record)
@@ -302,15 +301,20 @@ class Claimer:
         self._submit(record, tx)
 
     def _submit(self, record: ClaimRecord, tx: Transaction) -> None:
+        accepted = True
         try:
             self._chain().send(tx)
         except ChainError as exc:
             if exc.reason in ("simulation_failed", "signature_failure", "transaction_failed"):
                 self._failed(record, exc.reason)
                 return
-            if exc.reason not in ("already_processed", "blockhash_not_found"):
+            if exc.reason == "blockhash_not_found":
+                # Not taken (the node does not know the blockhash, yet or any more): re-sent
+                # every tick until it lands or the block height passes its last valid height.
+                accepted = False
+            elif exc.reason != "already_processed":
                 raise
-        if record.state == "signed":
+        if accepted and record.state == "signed":
             record.state, record.updated_ms = "submitted", self.clock_ms()
             self.book.save(record)
             self._receipt(record.claim_id, "submitted", signature=record.signature)

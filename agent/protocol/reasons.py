@@ -200,6 +200,7 @@ _TABLE: tuple[Reason, ...] = (
     # --- Solana RPC and transactions (agent/chain) -------------------------------------------
     Reason("rpc_unreachable", "chain", "the RPC endpoint could not be reached, timed out or kept failing"),
     Reason("rpc_error", "chain", "the RPC node answered with an error that is not about a transaction"),
+    Reason("rpc_oversized", "chain", "the RPC node's answer is over 4 MiB: not read further, not parsed"),
     Reason("simulation_failed", "chain", "preflight simulation refused the transaction (err and logs kept)"),
     Reason("blockhash_not_found", "chain", "the transaction's blockhash is unknown to the node or expired"),
     Reason("already_processed", "chain", "this exact transaction (its signature) was already processed"),
