@@ -239,6 +239,8 @@ class PayoutDesk:
             stored = load_settlement(store, epoch)
             if stored is None:
                 return None
+            if len(self._settled) >= 2:  # devices claim from the newest epoch or the one before
+                del self._settled[min(self._settled)]
             self._settled[epoch] = (stored, {leaf.dev: i for i, leaf in enumerate(stored.leaves)})
         stored, index = self._settled[epoch]
         return stored, index[dev]
@@ -274,7 +276,12 @@ class PayoutDesk:
     # --- chain state ---------------------------------------------------------------------------
 
     def _close_from_chain(self, store: Store, v: vouchers.VoucherRow, now_ms: int) -> str | None:
-        """Paid, failed or released per the chain; None while it may still land."""
+        """Paid, failed or released per the chain (recorded); None while it may still land."""
+        found = self._chain_state(v)
+        return None if found is None else self._close(store, v, found[0], now_ms, found[1])
+
+    def _chain_state(self, v: vouchers.VoucherRow) -> tuple[str, int | None] | None:
+        """(state, slot) the chain says the voucher ends in; None while it may still land (RPC only)."""
         signature = Signature.from_string(v.signature)
         status = self.chain.status(signature)
         if status is None:
@@ -282,15 +289,15 @@ class PayoutDesk:
                 return None
             status = self.chain.status(signature)  # a last look: it may have landed in the last slot
             if status is None:
-                return self._close(store, v, vouchers.RELEASED, now_ms, None)
+                return vouchers.RELEASED, None
         if status.err is not None:
-            return self._close(store, v, vouchers.FAILED, now_ms, int(status.slot))
+            return vouchers.FAILED, int(status.slot)
         level = (
             str(status.confirmation_status).rsplit(".", 1)[-1].lower() if status.confirmation_status else ""
         )
         if level not in _CONFIRMED:
             return None
-        return self._close(store, v, vouchers.PAID, now_ms, int(status.slot))
+        return vouchers.PAID, int(status.slot)
 
     def _close(self, store: Store, v: vouchers.VoucherRow, state: str, now_ms: int, slot: int | None) -> str:
         if vouchers.close(store, v.claim_id, state, now_ms, slot):
@@ -318,16 +325,19 @@ class PayoutDesk:
         return PayoutAnswer()
 
     def reconcile(self, store: Store, *, now_ms: int) -> ReconcileResult:
+        """Every outstanding voucher against the chain: the RPC calls outside any transaction,
+        each close in a short one of its own (ingest is not held up by a slow node)."""
         counts = {vouchers.PAID: 0, vouchers.RELEASED: 0, vouchers.FAILED: 0}
+        for v in vouchers.all_outstanding(store):
+            try:
+                found = self._chain_state(v)
+            except ChainError as exc:
+                log.warning("payout_rpc_failed", extra={"claim_id": v.claim_id, "reason": exc.reason})
+                break
+            if found is not None:
+                with store.transaction():
+                    counts[self._close(store, v, found[0], now_ms, found[1])] += 1
         with store.transaction():
-            for v in vouchers.all_outstanding(store):
-                try:
-                    state = self._close_from_chain(store, v, now_ms)
-                except ChainError as exc:
-                    log.warning("payout_rpc_failed", extra={"claim_id": v.claim_id, "reason": exc.reason})
-                    break
-                if state is not None:
-                    counts[state] += 1
             paused = self.breaker_open(store, now_ms=now_ms)
         return ReconcileResult(
             counts[vouchers.PAID], counts[vouchers.RELEASED], counts[vouchers.FAILED], breaker_open=paused

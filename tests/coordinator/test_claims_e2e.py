@@ -83,12 +83,7 @@ reconcile_s = 0.5
 
 def _daemon_config(folder: Path, broker: MosquittoBroker, rpc: str, mint: str) -> Path:
     extra = f'[rewards]\nrpc_url = "{rpc}"\nmint = "{mint}"\ndecimals = 6\nclaim_every_s = 0\n'
-    config = daemon_rig.write_config(folder, broker, coordinator=SIGNER, extra=extra)
-    text = config.read_text(encoding="utf-8").replace(
-        "[device]\n", f'[device]\nowner_wallet = "{OWNER}"\n', 1
-    )
-    config.write_text(text, encoding="utf-8")
-    return config
+    return daemon_rig.write_config(folder, broker, coordinator=SIGNER, owner_wallet=OWNER, extra=extra)
 
 
 def _settle(config: Path, epoch: int, *flags: str) -> dict[str, object]:
