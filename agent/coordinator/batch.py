@@ -158,17 +158,23 @@ def _pay(
     row = outcome.row
     assert row.dev is not None and row.seq is not None
     body = json.loads(row.raw)["body"]
-    if row.kind == "claim":
-        record = store.device(row.dev)
-        assert record is not None  # accepted: a registered device
-        request = ClaimRequest(
-            row.dev, record.owner, Claim.model_validate(body), row.seq, row.hash, message_id
-        )
-        answer = payouts.claim(
-            store, request, now_ms=now_ms, sign=lambda kind, b: chain.sign(kind, b, now_ms)
-        )
-    else:
-        answer = payouts.receipt(store, row.dev, Receipt.model_validate(body), now_ms=now_ms)
+    try:
+        if row.kind == "claim":
+            record = store.device(row.dev)
+            assert record is not None  # accepted: a registered device
+            request = ClaimRequest(
+                row.dev, record.owner, Claim.model_validate(body), row.seq, row.hash, message_id
+            )
+            answer = payouts.claim(
+                store, request, now_ms=now_ms, sign=lambda kind, b: chain.sign(kind, b, now_ms)
+            )
+        else:
+            answer = payouts.receipt(store, row.dev, Receipt.model_validate(body), now_ms=now_ms)
+    except StorageError:
+        raise  # the batch is retried as a whole
+    except Exception as exc:  # a bug must not stall ingest on one message (as in _classify_safely)
+        log.exception("payout_failed", extra={"dev": row.dev, "kind": row.kind})
+        answer = PayoutAnswer(reason="ingest_failed", detail=type(exc).__name__)
     if answer.reason is None:
         return outcome, answer
     detail = answer.detail[:200] if answer.detail else None

@@ -21,7 +21,7 @@ from agent.chain.bootstrap import bootstrap
 from agent.chain.client import ChainClient
 from agent.chain.programs import MEMO_PROGRAM_ID
 from agent.coordinator.batch import BatchResult, Inbound, commit_batch
-from agent.coordinator.payouts import ReconcileResult
+from agent.coordinator.payouts import PayoutAnswer, ReconcileResult
 from agent.coordinator.store import Store
 from agent.errors import ChainError
 from agent.protocol.topics import Topics
@@ -327,4 +327,50 @@ def test_an_unreachable_rpc_refuses_the_claim_by_name_and_stores_nothing(
     assert dead.retried == 1  # retried with backoff once, then translated into ChainUnavailableError
     assert rig.desk.reconcile(store, now_ms=_now()) == ReconcileResult()
     rig.desk.close()
+    store.close()
+
+
+class _BrokenDesk:
+    """A desk with a bug: every call raises."""
+
+    def claim(self, *args: object, **kwargs: object) -> PayoutAnswer:
+        raise RuntimeError("bug")
+
+    def receipt(self, *args: object, **kwargs: object) -> PayoutAnswer:
+        raise KeyError("bug")
+
+    def reconcile(self, *args: object, **kwargs: object) -> ReconcileResult:
+        return ReconcileResult()
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_desk_bug_rejects_the_message_as_ingest_failed_and_ingest_goes_on(tmp_path: Path) -> None:
+    store = Store.open(sqlite_path=tmp_path / "c.sqlite3")
+    dev = Device(device_key(180))
+    enroll_direct(store, dev.keypair)
+    now = _now()
+    items = [
+        Inbound(T.device(dev.id, "claim"), _claim(dev, new_claim_id()), now),
+        Inbound(
+            T.device(dev.id, "receipt"),
+            dev.chain.next("receipt", {"claim_id": "a" * 32, "status": "submitted"}, now).wire,
+            now,
+        ),
+        Inbound(
+            T.hb(dev.id),
+            dev.chain.next("status", {"state": "online", "agent_version": "0.1.0"}, now).wire,
+            now,
+        ),
+    ]
+    result = commit_batch(
+        store, items, policy=INGEST, keypair=COORD, topics=T, now_ms=now, payouts=_BrokenDesk()
+    )
+    assert [(o.row.kind, o.row.reason) for o in result.outcomes][:2] == [
+        ("claim", "ingest_failed"),
+        ("receipt", "ingest_failed"),
+    ]
+    assert [v.get("reason") for v in _verdicts(result)][:2] == ["ingest_failed", "ingest_failed"]
+    assert store.head(dev.id) is not None and store.head(dev.id).seq >= 2  # type: ignore[union-attr]
     store.close()
