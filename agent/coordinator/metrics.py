@@ -149,6 +149,7 @@ class CoordinatorMetrics:
         self.vouchers_sent.inc(len(result.vouchers))
 
     def observe_reconcile(self, result: ReconcileResult) -> None:
+        self.payout_breaker_open.set(1 if result.breaker_open else 0)
         self.vouchers_closed.labels(outcome="paid").inc(result.paid)
         self.vouchers_closed.labels(outcome="released").inc(result.released)
         self.vouchers_closed.labels(outcome="failed").inc(result.failed)

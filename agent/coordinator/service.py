@@ -252,21 +252,11 @@ class CoordinatorService:
     def _reconcile(self) -> None:
         """Outstanding vouchers against the chain (at start, then every ``reconcile_s``)."""
         self._last_reconcile = time.monotonic()
-        if self.payouts is None:
-            return
         payouts = self.payouts
-
-        def attempt() -> None:
-            result = payouts.reconcile(self.store, now_ms=now_ms())
-            if result.paid or result.released or result.failed:
-                log.info(
-                    "vouchers_reconciled",
-                    extra={"paid": result.paid, "released": result.released, "failed": result.failed},
-                )
-            self.metrics.observe_reconcile(result)
-            self.metrics.payout_breaker_open.set(1 if result.breaker_open else 0)
-
-        self._with_retry(attempt)
+        if payouts is not None:
+            self._with_retry(
+                lambda: self.metrics.observe_reconcile(payouts.reconcile(self.store, now_ms=now_ms()))
+            )
 
     def _publish_vouchers(self, result: BatchResult) -> None:
         for topic, wire in result.vouchers:

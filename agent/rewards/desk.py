@@ -339,6 +339,8 @@ class PayoutDesk:
                     counts[self._close(store, v, found[0], now_ms, found[1])] += 1
         with store.transaction():
             paused = self.breaker_open(store, now_ms=now_ms)
+        if any(counts.values()):
+            log.info("vouchers_reconciled", extra=dict(counts))
         return ReconcileResult(
             counts[vouchers.PAID], counts[vouchers.RELEASED], counts[vouchers.FAILED], breaker_open=paused
         )
