@@ -68,6 +68,18 @@ def add_settlement_commands(commands: argparse._SubParsersAction[argparse.Argume
     proof.add_argument("--json", action="store_true", help="print JSON")
     proof.set_defaults(func=run_proof)
 
+    payouts = commands.add_parser(
+        "payouts",
+        help="the coordinator's payout desk: per device earned, paid, outstanding; the breaker",
+        description="Reads the coordinator's database (read-only): for each device its cumulative "
+        "earned total in the newest settled epoch, what was paid (vouchers confirmed on chain), what "
+        "is outstanding (a voucher whose transaction may still land), what is claimable, its last "
+        "receipts, and whether the payout breaker is open. See docs/rewards.md, 'Claims'.",
+    )
+    payouts.add_argument("--config", required=True, help="coordinator config file (TOML)")
+    payouts.add_argument("--json", action="store_true", help="print JSON")
+    payouts.set_defaults(func=run_payouts)
+
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
@@ -220,4 +232,44 @@ def run_proof(args: argparse.Namespace) -> int:
             rows[f"step {i} ({'left' if step.left else 'right'})"] = step.sibling.hex()
         rows["root"] = stored.root
         print_kv(f"inclusion proof of {leaf.dev} in epoch {epoch}", rows)
+    return 0
+
+
+def run_payouts(args: argparse.Namespace) -> int:
+    from agent.coordinator.config import load_coordinator_config
+    from agent.coordinator.payout_summary import payout_summary
+    from agent.coordinator.read_store import open_read_store
+
+    config = load_coordinator_config(args.config)
+    store = open_read_store(config.storage)
+    try:
+        with store.transaction():
+            doc = payout_summary(store, now_ms=_now_ms())
+    finally:
+        store.close()
+    if args.json:
+        print_json(doc)
+        return 0
+    breaker = doc["breaker"]
+    print(
+        f"payout breaker OPEN until {breaker['until_ms']} ms: {breaker['detail']}"
+        if breaker["open"]
+        else "payout breaker closed"
+    )
+    print_table(
+        f"{len(doc['devices'])} device(s) with rewards",
+        ["device", "epoch", "earned", "paid", "outstanding", "claimable", "last receipt"],
+        [
+            (
+                d["dev"],
+                d["epoch"],
+                d["earned"],
+                d["paid"],
+                d["outstanding"],
+                d["claimable"],
+                d["receipts"][0]["status"] if d["receipts"] else "",
+            )
+            for d in doc["devices"]
+        ],
+    )
     return 0

@@ -7,12 +7,14 @@ Every rewards number in the DOM equals :func:`payout_summary` and the hand-compu
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
 
+from agent.cli import main
 from agent.coordinator.config import load_coordinator_config
 from agent.coordinator.http_app import start_dashboard
 from agent.coordinator.payout_summary import payout_summary
@@ -49,7 +51,7 @@ def _voucher(
 
 
 def test_the_rewards_section_shows_each_devices_earned_paid_outstanding_and_the_breaker(
-    tmp_path: Path,
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     folder = tmp_path / "coord"
     config_path = write_config(folder, broker_port=1, http_listen="127.0.0.1:0")
@@ -78,6 +80,14 @@ def test_the_rewards_section_shows_each_devices_earned_paid_outstanding_and_the_
         (d["dev"], d["earned"], d["paid"], d["outstanding"], d["claimable"]) for d in expected["devices"]
     ] == sorted([(da, 1000, 400, 600, 0), (db, 90, 90, 0, 0), (dc, 7, 0, 0, 7)])
     store.close()
+    # The same figures from the CLI (read-only).
+    assert main(["rewards", "payouts", "--config", str(config_path), "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed["devices"] == expected["devices"] and listed["breaker"]["open"] is True
+    assert main(["rewards", "payouts", "--config", str(config_path)]) == 0
+    table = capsys.readouterr().out
+    assert table.startswith("payout breaker OPEN until ") and "would pass the cap of 1000" in table
+    assert da in table and "submitted" in table
     served = start_dashboard(load_coordinator_config(config_path), CollectorRegistry(), mode="read-only")
     assert served is not None
     server, dashboard = served
