@@ -67,6 +67,9 @@ class InferenceSettings(Strict):
     onnx_providers: list[str] = Field(default_factory=list)  # empty: from the profile
     litert_delegates: list[str] = Field(default_factory=list)
     max_fps: Annotated[float, Field(ge=0)] = 5.0  # 0: as fast as the hardware allows
+    # Folder for the TensorRT execution provider's engine and timing caches (Jetson,
+    # deploy/jetson/README.md).  Empty: no cache, TensorRT builds its engine at every start.
+    tensorrt_cache: str = ""
 
 
 class ProofSettings(Strict):
@@ -128,6 +131,8 @@ class FleetSettings(Strict):
     channels: Annotated[list[str], Field(max_length=8)] = Field(default_factory=list)
     # base58 public keys of the fleet operators whose signed manifests are accepted.
     operator_keys: Annotated[list[str], Field(max_length=8)] = Field(default_factory=list)
+    # k of k-of-n: how many distinct operator_keys must have signed a manifest (ADR 0025).
+    operator_threshold: Annotated[int, Field(ge=1, le=8)] = 1
     # This device's tags, matched against a manifest's targets.tags.
     tags: Annotated[list[str], Field(max_length=16)] = Field(default_factory=list)
     # A new model runs on trial this long; an inference error meanwhile rolls it back.
@@ -146,6 +151,13 @@ class FleetSettings(Strict):
     def _trusted(self) -> FleetSettings:
         if self.channels and not self.operator_keys:
             raise ValueError("channels are set but operator_keys is empty: no manifest could be trusted")
+        if len(set(self.operator_keys)) != len(self.operator_keys):
+            raise ValueError("operator_keys lists a key twice")
+        if self.operator_keys and self.operator_threshold > len(self.operator_keys):
+            raise ValueError(
+                f"operator_threshold {self.operator_threshold} is above the {len(self.operator_keys)} "
+                "operator_keys: no manifest could ever be trusted"
+            )
         return self
 
 
@@ -268,6 +280,7 @@ def _resolve_paths(config: AgentConfig, base: Path) -> AgentConfig:
         update={
             "model": _resolve(base, config.inference.model),
             "source": _resolve(base, config.inference.source),
+            "tensorrt_cache": _resolve(base, config.inference.tensorrt_cache),
         }
     )
     outbox_path = config.outbox.path

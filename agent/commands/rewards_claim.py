@@ -98,8 +98,9 @@ def run_claim(args: argparse.Namespace) -> int:
         print_json(record)
     else:
         print_kv(
-            f"claim {record['claim_id']}",
+            "claim",
             {
+                "claim id": record["claim_id"],
                 "state": record["state"],
                 "new": record["new"],
                 "amount": record.get("amount"),
@@ -149,7 +150,9 @@ def run_status(args: argparse.Namespace) -> int:
     )
     claim = data.get("claim")
     if claim:
-        print_kv(f"claim {claim['claim_id']}", {k: claim.get(k) for k in ("state", "amount", "reason")})
+        print_kv(
+            "current claim", {k: claim.get(k) for k in ("claim_id", "state", "amount", "reason", "signature")}
+        )
     receipts = data.get("receipts") or []
     if receipts:
         rows = [

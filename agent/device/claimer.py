@@ -286,10 +286,20 @@ class Claimer:
                 self._expired(record)
             return
         if record.signed_hash is None:
-            record.state, record.signed_hash, record.amount = "signed", checked.message_hash, voucher.amount
-            record.epoch, record.last_valid_block_height = voucher.epoch, voucher.last_valid_block_height
-            record.updated_ms = self.clock_ms()
-            self.book.save(record)  # the hash before the signature: never a second transaction
+            with self.book.lock:  # request() may have given the claim up meanwhile
+                now = self.book.current()
+                if now is None or now.claim_id != record.claim_id or now.state != "sent":
+                    gone = VoucherRefused("the claim is no longer outstanding", reason="unknown_claim")
+                    self._refuse(None, voucher.claim_id, gone)
+                    return
+                record.state, record.signed_hash, record.amount = (
+                    "signed",
+                    checked.message_hash,
+                    voucher.amount,
+                )
+                record.epoch, record.last_valid_block_height = voucher.epoch, voucher.last_valid_block_height
+                record.updated_ms = self.clock_ms()
+                self.book.save(record)  # the hash before the signature: never a second transaction
             self.book.set_earned(voucher.epoch, voucher.epoch_amount, voucher.cumulative)
         signature = self.keypair.sign_message(checked.message)
         tx = sign_checked(checked, signature)
@@ -381,13 +391,16 @@ class Claimer:
 
     # -- reporting
 
-    def snapshot(self) -> dict[str, Any]:
+    def counts(self) -> dict[str, dict[str, int]]:
         with self.count_lock:
-            counts = {
+            return {
                 "counters": dict(self.counters),
                 "refused": dict(self.refused),
                 "chain_errors": dict(self.chain_errors),
             }
+
+    def snapshot(self) -> dict[str, Any]:
+        counts = self.counts()
         return {
             **book_summary(self.book),
             **counts,

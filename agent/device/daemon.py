@@ -39,6 +39,7 @@ from agent.device.control_protocol import socket_path
 from agent.device.coordinator_pin import UNPINNED_NOTICE
 from agent.device.health import HealthProbe
 from agent.device.inbound_handlers import InboundHandlers
+from agent.device.manifest_refusals import RefusalReports
 from agent.device.manifests import DeviceFacts
 from agent.device.metrics import MetricsServer, Snapshot
 from agent.device.model_store import ModelStore
@@ -103,6 +104,7 @@ class Daemon(InboundHandlers):
             onnx_providers=inf.onnx_providers or None,
             litert_delegates=inf.litert_delegates or None,
             spin_wait=inf.max_fps == 0,  # paced frames: idle workers sleep instead of spinning
+            tensorrt_cache=inf.tensorrt_cache,
         )
         # One SQLite file, two owners: the device state store and the message queue.
         self.db = SqliteFile.open(config.outbox.path, synchronous=config.outbox.synchronous)
@@ -120,6 +122,7 @@ class Daemon(InboundHandlers):
         self.trust = Trust(
             coordinators=frozenset({pin}) if pin else frozenset(),
             operators=frozenset(config.fleet.operator_keys),
+            operator_threshold=config.fleet.operator_threshold,
             kinds=DEVICE_INBOUND,
             audience=self.dev,
         )
@@ -150,10 +153,10 @@ class Daemon(InboundHandlers):
         self.notifier = Notifier()
         self.stop_event = threading.Event()
         self._challenges: queue.Queue[Challenge] = queue.Queue(maxsize=16)
+        self.fleet = DeviceFacts(self.dev, self.profile.id, frozenset(config.fleet.tags))
         self._init_guards(config)
         self.beacon: tuple[int, str] = (0, NO_BEACON)
         self.verdicts: deque[dict[str, Any]] = deque(maxlen=20)
-        self.fleet = DeviceFacts(self.dev, self.profile.id, frozenset(config.fleet.tags))
         #: channel -> the latest accepted manifest (see agent/device/manifests.py).
         self.manifests: dict[str, dict[str, Any]] = {}
         self.rejected_inbound: Counter[str] = Counter()
@@ -195,6 +198,9 @@ class Daemon(InboundHandlers):
         )
         self._last_beacon: Beacon | None = None
         self.rejection_log = RejectionLog(interval_s=REJECTION_LOG_S, now_s=time.monotonic())
+        self.refusal_reports = RefusalReports(
+            self.state, self._report_deploy, self.fleet, now_s=time.monotonic()
+        )
 
     def _open_pipeline(self, card: Path) -> Pipeline:
         # The configured backend override applies to the configured model only; a fleet release's
@@ -207,7 +213,7 @@ class Daemon(InboundHandlers):
     def _report_deploy(self, body: Deploy) -> None:
         env = self.emit("deploy", body)
         log.log(
-            logging.WARNING if body.state in ("failed", "rolled_back") else logging.INFO,
+            logging.WARNING if body.state in ("failed", "rolled_back", "rejected") else logging.INFO,
             "deploy state",
             extra={
                 "state": body.state,
@@ -404,6 +410,7 @@ class Daemon(InboundHandlers):
             outbox=self.outbox.stats().as_dict(),
             transport=self.transport.status().as_dict(),
             coordinator_pinned=bool(self.config.coordinator.pubkey),
+            claims=self.claimer.counts(),
         )
 
     def _start_metrics(self) -> None:

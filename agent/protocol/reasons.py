@@ -72,8 +72,25 @@ _TABLE: tuple[Reason, ...] = (
     Reason("wrong_model", "challenge", "the challenge names a model that is not the active one"),
     # --- fleet manifests ---------------------------------------------------------------------
     Reason("untrusted_operator", "message", "a manifest signed by a key the device does not trust"),
+    Reason("untrusted_signer", "message", "a manifest co-signed by a key the device does not trust (k-of-n)"),
+    Reason(
+        "duplicate_signer",
+        "message",
+        "a key signs a manifest twice (as its signer and a co-signer, or in two co-signatures)",
+    ),
+    Reason(
+        "bad_cosignature",
+        "message",
+        "a co-signature does not verify over the manifest envelope's signed bytes",
+    ),
+    Reason(
+        "below_threshold",
+        "message",
+        "a manifest carries fewer distinct trusted signatures than the device's threshold k",
+    ),
+    Reason("too_many_signatures", "message", "a manifest carries more co-signatures than the bound (7)"),
     Reason("wrong_channel", "message", "a manifest for another channel than the topic it arrived on"),
-    Reason("stale_version", "message", "a manifest version at or below the accepted one"),
+    Reason("stale_version", "message", "a manifest version below the one accepted on its channel"),
     Reason("no_space", "deploy", "not enough free disk for the release"),
     # --- a release: download, verify, smoke test, trial -------------------------------------
     Reason("bad_url", "deploy", "an artifact URL or redirect that is not allowed"),
@@ -83,7 +100,12 @@ _TABLE: tuple[Reason, ...] = (
     Reason("hash_mismatch", "deploy", "the downloaded bytes do not hash to the manifest's sha256"),
     Reason("io_error", "deploy", "the release could not be written to disk"),
     Reason("install_failed", "deploy", "the release folder could not be installed"),
-    Reason("card_mismatch", "deploy", "the card in the release does not match its artifact"),
+    Reason(
+        "card_mismatch",
+        "deploy",
+        "the card's id, version, file or sha256 is not the manifest's model_id, model_version, model "
+        "or model artifact sha256",
+    ),
     Reason("bad_release", "deploy", "the release folder is incomplete or inconsistent"),
     Reason("load_failed", "deploy", "the release's card or model cannot be loaded"),
     Reason("output_shape", "deploy", "the model's outputs do not have the shapes its card lists"),
@@ -323,6 +345,54 @@ _TABLE: tuple[Reason, ...] = (
         "local",
         "the operator's state file belongs to another key or is not one fleet publish wrote",
     ),
+    Reason(
+        "signing_file",
+        "local",
+        "a manifest signing file (fleet publish --out, fleet sign) that is not one fleet publish wrote, "
+        "or that cannot be read or written",
+    ),
+    # --- edgeproof broker credentials (a device's broker login) ------------------------------
+    Reason("bad_device_id", "local", "a broker user name that is not a base58 ed25519 public key"),
+    Reason(
+        "bad_password", "local", "a broker password that is empty, over 256 bytes or has control characters"
+    ),
+    Reason("acl_malformed", "local", "an acl_file line that is not a user, topic or pattern line"),
+    Reason("acl_not_covered", "local", "the ACL does not grant a device one of its own topics"),
+    Reason(
+        "acl_too_broad",
+        "local",
+        "the ACL lets a device write its inbound channels, the beacon or manifests, or touch another device",
+    ),
+    Reason("passwd_malformed", "local", "a password file line that is not user:hash"),
+    Reason(
+        "ca_unusable",
+        "local",
+        "the CA folder is incomplete, its key is readable by others, or openssl failed",
+    ),
+    Reason("not_writable", "local", "the password, secret or certificate file cannot be written"),
+    # --- the rollout controller (edgeproof fleet rollout run|status|halt|resume) -----------
+    Reason(
+        "halted",
+        "deploy",
+        "the rollout controller halted the release's rollout before this device had it active",
+    ),
+    Reason(
+        "timed_out",
+        "deploy",
+        "a device of a rollout stage neither committed nor failed within the stage timeout (a failure)",
+    ),
+    Reason(
+        "not_in_stage",
+        "message",
+        "a deploy report from a device the rollout's stages so far do not include (not targeted, bucket above)",
+    ),
+    Reason("unknown_rollout", "message", "a deploy report about a release no rollout on the channel tracks"),
+    Reason(
+        "flooded", "message", "more reports from one device than the rollout controller's per-device rate"
+    ),
+    Reason("no_rollout", "local", "no rollout is recorded for the channel (fleet status, halt, resume)"),
+    Reason("not_halted", "local", "fleet resume on a rollout that is not halted"),
+    Reason("already_halted", "local", "fleet halt on a rollout that is halted or finished already"),
     # --- fleet serve (artifact HTTP server; also unknown_path, method_not_allowed) -----------
     Reason("path_traversal", "http", "a request path that leaves the served folder (.., symlink, absolute)"),
     Reason("bad_range", "http", "a Range header that is malformed or outside the file (answered 416)"),

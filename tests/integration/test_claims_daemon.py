@@ -11,8 +11,12 @@ daemon's ``claim`` with vouchers built by the coordinator's own builder (agent/r
   ``rewards claim --wait`` / ``rewards status`` report it (from the daemon, then from the state
   file once it stopped);
 * a redelivered voucher is ``duplicate``, an older one ``replay``; a voucher that forgets a paid
-  claim is refused ``amount_too_high`` (the agent's own record); an expired one makes the daemon
-  claim again with a new claim id;
+  claim is refused ``amount_too_high`` (the agent's own record); an expired one, or one whose
+  transaction never lands before its last valid block height, makes the daemon claim again with
+  a new claim id;
+* a daemon killed -9 after signing (every send failing at an RPC gateway) re-sends the same
+  transaction after its restart, refuses another for that claim id (``voucher_conflict``) and
+  is paid exactly once;
 * the ``claim_every_s`` schedule claims unasked, and not again while its claim is outstanding;
   against a hostile RPC endpoint (stalls, garbage, oversized answers) and hostile MQTT (forged,
   oversized, malformed, a flood) every refusal is named and counted while heartbeats keep
@@ -57,6 +61,7 @@ from tests.support.envelopes import coordinator_envelope, forged
 from tests.support.hostile_rpc import HostileRpc
 from tests.support.localnet import Localnet
 from tests.support.mosquitto import Collector, MosquittoBroker
+from tests.support.rpc_gate import RpcGate
 from tests.support.vouchers import OWNER, THIEF, Settlement, build, settlement, terms, with_accounts
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("cpu")]
@@ -131,7 +136,8 @@ def voucher_env(body: Voucher, seq: int) -> Envelope:
 
 @pytest.fixture
 def chain(tmp_path: Path) -> Iterator[tuple[Localnet, ChainClient, str]]:
-    localnet = Localnet(slot_ms=100, validity_slots=150, log_path=tmp_path / "localnet.log").start()
+    # 1200 slots of 100 ms: a blockhash lives 2 minutes (the restart in step 6 must fit in it).
+    localnet = Localnet(slot_ms=100, validity_slots=1200, log_path=tmp_path / "localnet.log").start()
     client = ChainClient(localnet.url)
     try:
         result = bootstrap(client, COORDINATOR, state_path=tmp_path / "treasury.json", supply=10**12)
@@ -148,12 +154,13 @@ def test_the_daemon_refuses_a_tampered_voucher_and_pays_an_honest_one(
     owner_ata = spl.associated_token_address(OWNER.pubkey(), spl_pubkey(mint))
     vault = spl.associated_token_address(COORDINATOR.pubkey(), spl_pubkey(mint))
     vault_before = client.token_amount(vault)
+    gate = RpcGate(client.url).start()  # the daemon's RPC goes through it
     config = write_config(
         tmp_path / "device",
         mosquitto,
         coordinator=str(COORDINATOR.pubkey()),
         owner_wallet=str(OWNER.pubkey()),
-        extra=rewards_toml(client.url, mint),
+        extra=rewards_toml(gate.url, mint),
     )
     collector = Collector(mosquitto, f"{PREFIX}/dev/{DEV}/+", client_id="claims-collector")
     publisher = Publisher(mosquitto)
@@ -339,11 +346,67 @@ def test_the_daemon_refuses_a_tampered_voucher_and_pays_an_honest_one(
         assert record["claim"]["claim_id"] == sixth.claim_id and record["claim"]["state"] == "sent"
         assert record["chain_errors"] == {}
 
+        # 6. Signed, then every send fails at the RPC gateway and the daemon is killed -9. After
+        # the restart it re-sends the transaction it signed (the same tx id) and refuses another
+        # transaction for the same claim id (voucher_conflict); the claim is paid once.
+        gate.blocked.add("sendTransaction")
+        latest = client.latest_blockhash()
+        signed = build(
+            sixth.claim_id,
+            NEXT,
+            the_terms=terms(sixth.claim_id, 500_000, mint=spl_pubkey(mint)),
+            paid=1_000_000,
+            blockhash=latest.blockhash,
+            last_valid_block_height=latest.last_valid_block_height,
+        )
+        publisher.publish(VOUCHER_TOPIC, voucher_env(signed, 6).wire)
+        wait_until(
+            lambda: (
+                (rewards_of(daemon).get("claim") or {}).get("state") == "signed"
+                and rewards_of(daemon).get("chain_errors", {}).get("rpc_unreachable")
+            ),
+            30,
+            "the claim signed and its send failing at the gateway",
+        )
+        daemon.kill9()
+        daemon.start()
+        wait_until(lambda: daemon.status().get("pid") == daemon.pid, 90, "the restarted daemon's status")
+        fresh = wait_until(
+            lambda: (b := client.latest_blockhash()).blockhash != latest.blockhash and b,
+            10,
+            "a new blockhash",
+        )
+        other = build(
+            sixth.claim_id,
+            NEXT,
+            the_terms=terms(sixth.claim_id, 500_000, mint=spl_pubkey(mint)),
+            paid=1_000_000,
+            blockhash=fresh.blockhash,
+            last_valid_block_height=fresh.last_valid_block_height,
+        )
+        publisher.publish(VOUCHER_TOPIC, voucher_env(other, 7).wire)
+        wait_until(lambda: receipts(collector, sixth.claim_id), 30, "the conflicting voucher's receipt")
+        gate.blocked.clear()
+        signed_id = decode_tx(signed.transaction).signatures[0]
+        got = wait_until(
+            lambda: len(receipts(collector, sixth.claim_id)) >= 3 and receipts(collector, sixth.claim_id),
+            30,
+            "submitted and confirmed after the restart",
+        )
+        assert [(r.status, r.reason, r.signature) for r in got] == [
+            ("refused", "voucher_conflict", None),
+            ("submitted", None, str(signed_id)),
+            ("confirmed", None, str(signed_id)),
+        ]
+        assert client.token_amount(owner_ata) == 1_500_000
+        assert client.status(decode_tx(other.transaction).signatures[0]) is None
+        assert gate.refused["sendTransaction"] >= 3  # one send and its two retries, at least
+
         assert daemon.terminate() == 0, daemon.tail()
         code, offline, err = cli(config, "status")
         assert code == 0, err
         assert offline["source"] == "state file (the daemon is not running)"
-        assert (offline["earned"], offline["paid"]) == (1_500_000, 1_000_000)  # epoch 4 proven, not paid
+        assert (offline["earned"], offline["paid"], offline["claimable"]) == (1_500_000, 1_500_000, 0)
         assert [r["status"] for r in offline["receipts"]] == [
             "refused",
             "submitted",
@@ -351,11 +414,30 @@ def test_the_daemon_refuses_a_tampered_voucher_and_pays_an_honest_one(
             "refused",
             "refused",
             "failed",
+            "refused",
+            "submitted",
+            "confirmed",
         ]
+        text = subprocess.run(
+            [sys.executable, "-m", "agent", "rewards", "status", "--config", str(config)],
+            cwd=ROOT,
+            env=clean_env(),
+            capture_output=True,
+            timeout=60,
+            check=True,
+        ).stdout.decode()
+        for words in (
+            "state file (the daemon is not running)",
+            "epoch 4",
+            "wrong_destination",
+            "voucher_conflict",
+        ):
+            assert words in text, text
     finally:
         daemon.ensure_dead()
         publisher.close()
         collector.close()
+        gate.stop()
 
 
 def spl_pubkey(text: str) -> Any:

@@ -79,7 +79,7 @@ class DomReader(HTMLParser):
         super().__init__(convert_charrefs=True)
         self.by_id: dict[str, Element] = {}
         self.body: dict[str, str] = {}
-        self.rows: dict[str, dict[str, Row]] = {"dev": {}, "reason": {}, "payee": {}}
+        self.rows: dict[str, dict[str, Row]] = {"dev": {}, "reason": {}, "rollout": {}, "payee": {}}
         self._open: list[Element] = []
         self._row: Row | None = None
         self._cell: Element | None = None
@@ -94,7 +94,7 @@ class DomReader(HTMLParser):
         if "id" in values:
             self.by_id[values["id"]] = element
         if tag == "tr":
-            for key in ("dev", "reason", "payee"):
+            for key in ("dev", "reason", "rollout", "payee"):
                 if f"data-{key}" in values:
                     self._row = Row(values[f"data-{key}"])
                     self.rows[key][self._row.key] = self._row

@@ -91,6 +91,7 @@ def write_config(
     broker: MosquittoBroker,
     *,
     source: str = "synthetic:320x240:7",
+    source_loop: bool = False,
     max_fps: float = 2.0,
     outbox_path: Path | None = None,
     max_bytes: int | None = None,
@@ -99,6 +100,8 @@ def write_config(
     manifest_channel: str | None = None,
     trial_s: float = 60.0,
     owner_wallet: str = "",
+    operator_keys: list[str] | None = None,
+    operator_threshold: int = 1,
     extra: str = "",
 ) -> Path:
     workdir.mkdir(parents=True, exist_ok=True)
@@ -117,7 +120,8 @@ def write_config(
         [
             "[fleet]",
             f'channels = ["{manifest_channel}"]',
-            f'operator_keys = ["{OPERATOR.pubkey()}"]',
+            f"operator_keys = {json.dumps(operator_keys or [str(OPERATOR.pubkey())])}",
+            f"operator_threshold = {operator_threshold}",
             f"trial_s = {trial_s}",
         ]
         if manifest_channel is not None
@@ -134,6 +138,7 @@ def write_config(
             f'model = "{MODEL}"',
             f'source = "{source}"',
             f"max_fps = {max_fps}",
+            *(["loop = true"] if source_loop else []),
             "threads = 1",
             "[proofs]",
             "window_s = 5",

@@ -158,3 +158,70 @@ def test_the_schedule_claims_when_something_new_or_enough_is_waiting(tmp_path: P
     claimer.book.accept_root(settlement(epoch=SETTLED.body.epoch + 1).body)
     claimer._scheduled()
     assert len(emitted.sent) == 2  # a newer epoch
+
+
+def test_the_claim_ops_refuse_by_name(tmp_path: Path) -> None:
+    from agent.device.claimer import claim_ops
+    from agent.device.control_protocol import Refusal
+
+    ops = claim_ops(claimer_on(tmp_path / "off.db", rpc_url=""))
+    assert (ops["claim"].main_loop, ops["claim_status"].main_loop, ops["rewards"].main_loop) == (
+        True,
+        False,
+        False,
+    )
+    cases = [
+        ("claim", {}, "claims_disabled"),
+        ("claim", {"amount": 0}, "bad_request"),
+        ("claim", {"amount": True}, "bad_request"),
+        ("claim", {"amount": 2**64}, "bad_request"),
+        ("claim_status", {"claim_id": "x"}, "bad_request"),
+        ("claim_status", {"claim_id": "a" * 32}, "claim_not_found"),
+    ]
+    for op, params, reason in cases:
+        with pytest.raises(Refusal) as info:
+            ops[op].run(params)
+        assert info.value.reason == reason, (op, params)
+    live = claim_ops(claimer_on(tmp_path / "on.db"))
+    made = live["claim"].run({"amount": 7})
+    assert made["new"] is True and made["asked"] == 7 and made["state"] == "sent"
+    again = live["claim"].run({})
+    assert again["new"] is False and again["claim_id"] == made["claim_id"]
+    assert live["claim_status"].run({"claim_id": made["claim_id"]})["final"] is False
+    assert live["rewards"].run({})["claim"]["claim_id"] == made["claim_id"]
+
+
+def test_the_claimer_counts_reach_metrics() -> None:
+    from prometheus_client.core import CollectorRegistry
+    from prometheus_client.exposition import generate_latest
+
+    from agent.device.metrics import DaemonCollector, Snapshot
+
+    snap = Snapshot(
+        device="d",
+        model_id="m",
+        model_sha256="0" * 64,
+        agent_version="v",
+        mode="inference",
+        counters={},
+        rejected_inbound={},
+        chain_seq=1,
+        outbox={},
+        transport={},
+        claims={
+            "counters": {"claims_sent": 3, "claims_confirmed": 1},
+            "refused": {"wrong_mint": 2},
+            "chain_errors": {"rpc_unreachable": 4},
+        },
+    )
+    registry = CollectorRegistry()
+    registry.register(DaemonCollector(lambda: snap))
+    text = generate_latest(registry).decode()
+    for line in (
+        "edgeproof_claims_sent_total 3.0",
+        "edgeproof_claims_confirmed_total 1.0",
+        "edgeproof_vouchers_signed_total 0.0",
+        'edgeproof_vouchers_refused_total{reason="wrong_mint"} 2.0',
+        'edgeproof_claim_rpc_errors_total{reason="rpc_unreachable"} 4.0',
+    ):
+        assert line in text.splitlines(), line
