@@ -33,6 +33,7 @@ from tests.support.claims import DeviceDriver, body_of, memo_and_signers, new_cl
 from tests.support.coordinator import COORD, OWNER, Device, device_key, enroll_direct, ingest_policy
 from tests.support.localnet import Localnet
 from tests.support.reward_merkle_check import check_proof
+from tests.support.rpc_gate import RpcGate
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("cpu")]
 
@@ -370,3 +371,38 @@ def test_a_desk_bug_rejects_the_message_as_ingest_failed_and_ingest_goes_on(tmp_
     head = store.head(dev.id)
     assert head is not None and head.seq == 2  # both still took their place in the device's chain
     store.close()
+
+
+def test_a_failing_rpc_gateway_is_retried_with_backoff_then_refused_by_name_and_recovered(
+    tmp_path: Path, chain: tuple[ChainClient, Pubkey]
+) -> None:
+    client, mint = chain
+    store = Store.open(sqlite_path=tmp_path / "c.sqlite3")
+    gate = RpcGate(client.url).start()
+    rig = Rig(store, client, mint)
+    rig.desk.close()
+    flaky = ChainClient(gate.url, timeout_s=2, retries=2, backoff_s=0.01, poll_s=0.05)
+    rig.desk = PayoutDesk(rig.desk.settings, flaky, T)
+    (dev,), root = _setup(store, 185, {0: 321})
+    driver = DeviceDriver(dev.keypair, OWNER, mint, DECIMALS, SIGNER)
+    try:
+        gate.blocked = {"getLatestBlockhash"}
+        refused = rig.send(_claim(dev, new_claim_id()), dev=dev.id, channel="claim")
+        assert _verdicts(refused)[0]["detail"] == "the chain could not be read: rpc_unreachable"
+        assert gate.refused["getLatestBlockhash"] == 3  # the call and its two retries, all HTTP 503
+        gate.blocked = set()
+        claim_id = new_claim_id()
+        checked = driver.check(
+            rig.send(_claim(dev, claim_id), dev=dev.id, channel="claim").vouchers[0][1], root
+        )
+        driver.pay(client, checked)
+        gate.blocked = {"getSignatureStatuses"}  # the schedule's look-up fails: nothing changes
+        assert rig.desk.reconcile(store, now_ms=_now()) == ReconcileResult()
+        assert vouchers.by_claim(store, claim_id).state == "outstanding"  # type: ignore[union-attr]
+        gate.blocked = set()
+        assert rig.desk.reconcile(store, now_ms=_now()).paid == 1
+        assert vouchers.by_claim(store, claim_id).state == "paid"  # type: ignore[union-attr]
+    finally:
+        rig.desk.close()
+        gate.stop()
+        store.close()
