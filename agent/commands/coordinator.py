@@ -112,8 +112,14 @@ def run_service(args: argparse.Namespace) -> int:
     config = load_coordinator_config(args.config)
     keypair = load_keypair(config.coordinator.key)
     policy = load_policy(config)
+    payouts = None
+    if config.payout.rpc_url:  # the payout desk is rewards code: composed here, not imported there
+        from agent.protocol.topics import Topics
+        from agent.rewards.desk import open_desk
+
+        payouts = open_desk(config.payout, config.coordinator.key, Topics(config.mqtt.topic_prefix))
     store = open_store(config)
-    return CoordinatorService(config, keypair, store, policy).run()
+    return CoordinatorService(config, keypair, store, policy, payouts=payouts).run()
 
 
 def run_dashboard(args: argparse.Namespace) -> int:

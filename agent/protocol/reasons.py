@@ -312,6 +312,31 @@ _TABLE: tuple[Reason, ...] = (
     Reason("claim_not_found", "claim", "no claim with that id on this device"),
     Reason("claim_pending", "claim", "the claim was not final when rewards claim --wait gave up"),
     Reason("not_stored", "claim", "the claim could not be stored in the outbox; nothing was sent"),
+    # --- claims and vouchers, coordinator side (agent/rewards/desk.py) ---------------------
+    Reason(
+        "owner_mismatch",
+        "claim",
+        "the claim's owner is not the device's registered owner (its leaf's owner)",
+    ),
+    Reason(
+        "nothing_claimable",
+        "claim",
+        "the device's cumulative earned total minus what was paid is zero (or it has no settled leaf)",
+    ),
+    Reason(
+        "payout_paused",
+        "claim",
+        "the payout circuit breaker is open: no voucher is issued until its window has passed",
+    ),
+    Reason(
+        "voucher_outstanding", "claim", "the device already has a voucher whose transaction may still land"
+    ),
+    Reason(
+        "payout_unavailable", "claim", "the payout desk could not read the chain (RPC) to answer the claim"
+    ),
+    Reason("claim_id_reused", "claim", "a claim id that another device already used"),
+    Reason("unknown_voucher", "claim", "a receipt for a claim id that has no voucher for this device"),
+    Reason("receipt_mismatch", "claim", "a receipt naming another transaction signature than its voucher's"),
     # --- the fleet operator's own commands (edgeproof fleet ...; also card_mismatch,
     # --- stale_version and version_reused, judged on the operator's state file) ------------
     Reason("key_exists", "local", "an operator key file already exists; it is never overwritten"),
