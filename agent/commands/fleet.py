@@ -109,6 +109,13 @@ def _register_publish(commands: argparse._SubParsersAction[argparse.ArgumentPars
     publish.add_argument("--config", default=None, help="agent config whose [mqtt] settings are used")
     publish.add_argument("--devices", default=None, help="with --dry-run: JSON list of {dev, profile, tags}")
     publish.add_argument(
+        "--coordinator-config",
+        default=None,
+        metavar="FILE",
+        help="with --dry-run, instead of --devices: the coordinator config whose database's enrolled "
+        "devices (profile, tags) the stages are computed for (read-only)",
+    )
+    publish.add_argument(
         "--dry-run", action="store_true", help="print what would be published; change nothing"
     )
     publish.add_argument(
@@ -130,6 +137,12 @@ def _register_publish(commands: argparse._SubParsersAction[argparse.ArgumentPars
         default=None,
         metavar="FILE",
         help="publish a signing file that carries its threshold of signatures (with --key, --state, --config)",
+    )
+    publish.add_argument(
+        "--rollback",
+        action="store_true",
+        help="an explicit rollback (rollback: true): devices install this model although it is older than "
+        "the one they run; without it they refuse it (downgrade)",
     )
     publish.add_argument("--json", action="store_true", help="print the result as JSON")
     publish.set_defaults(func=run_publish)
@@ -236,6 +249,8 @@ def run_publish(args: argparse.Namespace) -> int:
         dry_run=args.dry_run,
         out=Path(args.out) if args.out else None,
         threshold=args.threshold,
+        rollback=args.rollback,
+        **_enrolled(args),
     )
     result = publish_manifest(request, now_ms=time.time_ns() // 1_000_000)
     if args.json:
@@ -243,6 +258,24 @@ def run_publish(args: argparse.Namespace) -> int:
         return 0
     _print_publish(result)
     return 0
+
+
+def _enrolled(args: argparse.Namespace) -> dict[str, Any]:
+    """``--coordinator-config``: the enrolled devices of the coordinator's database, read-only."""
+    if args.coordinator_config is None:
+        return {}
+    if not args.dry_run or args.devices:
+        raise ConfigError("--coordinator-config goes with --dry-run, instead of --devices")
+    from agent.coordinator.config import load_coordinator_config
+    from agent.coordinator.read_store import open_read_store
+    from agent.fleet.reach import Device
+
+    store = open_read_store(load_coordinator_config(args.coordinator_config).storage)
+    try:
+        devices = tuple(Device(d.id, d.profile, d.tags) for d in store.devices())
+    finally:
+        store.close()
+    return {"enrolled": devices, "enrolled_from": f"coordinator database {store.where}"}
 
 
 #: ``fleet publish`` options that build a manifest (so --from, which publishes one as it is, refuses them).
@@ -257,9 +290,11 @@ _BUILD_ONLY = (
     "expires",
     "version",
     "devices",
+    "coordinator_config",
     "dry_run",
     "out",
     "threshold",
+    "rollback",
 )
 _DEFAULTS: dict[str, Any] = {
     "card": None,
@@ -272,9 +307,11 @@ _DEFAULTS: dict[str, Any] = {
     "expires": "7d",
     "version": None,
     "devices": None,
+    "coordinator_config": None,
     "dry_run": False,
     "out": None,
     "threshold": 1,
+    "rollback": False,
 }
 
 
@@ -312,11 +349,14 @@ def _print_publish(result: dict[str, Any]) -> None:
         return
     verb = "would publish" if result["dry_run"] else "published"
     print(
-        f"{verb} {manifest['model_id']} {manifest['model_version']} as version {manifest['version']} on "
+        f"{verb} {'a rollback to ' if manifest.get('rollback') else ''}{manifest['model_id']} "
+        f"{manifest['model_version']} as version {manifest['version']} on "
         f"{result['topic']} (retained, QoS 1), operator {result['operator']} seq {result['seq']}"
     )
     rows = [(a["name"], a["length"], a["sha256"][:16], a["url"]) for a in manifest["artifacts"]]
     print_table("artifacts", ("name", "bytes", "sha256", "url"), rows)
+    if "devices_from" in result:
+        print(f"devices: {result['devices_from']}")
     for stage in result.get("reach", []):
         mark = " (current)" if stage["current"] else ""
         print(

@@ -210,6 +210,7 @@ class InboundHandlers:
                 free_bytes=shutil.disk_usage(self.state_dir).free,
                 threshold=self.config.fleet.operator_threshold,
                 operator_seq=self.state.signer_seq(manifest_seq_key(env.dev, channel)),
+                installed=self.updater.installed(),
             )
         except ProtocolError as exc:
             self._refused_manifest(topic, payload, exc)

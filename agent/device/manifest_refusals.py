@@ -1,9 +1,9 @@
 """Tell the operator when this device refuses a manifest meant for it (issue 9, defect 4).
 
 A refused manifest whose envelope still parses and whose body fits the manifest schema, and
-whose targets name this device, is reported as a signed ``deploy`` message with state
+whose targets name this device (for ``wrong_profile``: whose tags and device ids do), is reported as a signed ``deploy`` message with state
 ``rejected`` and the refusal's reason (``expired``, ``stale_version``, ``version_reused``,
-``untrusted_operator``, ``bad_signature``, ...), so ``edgeproof fleet status`` can show it.
+``untrusted_operator``, ``bad_signature``, ``wrong_profile``, ``downgrade``, ...), so ``edgeproof fleet status`` can show it.
 Whatever arrives, the number of reports stays bounded:
 
 * one report per ``(channel, manifest version, reason)``: a re-delivered or replayed refusal is
@@ -118,7 +118,7 @@ class RefusalReports:
         manifest = refused_manifest(payload)
         if manifest is None:
             return "unreadable"
-        if not targets_device(manifest, self.facts):
+        if not targets_device(manifest, self.facts, any_profile=reason == "wrong_profile"):
             return "not_targeted"
         key = (manifest.channel, manifest.version, reason)
         with self._lock:

@@ -6,8 +6,8 @@ caller passes the clock, the highest manifest version accepted so far on the cha
 manifest, the release the device runs committed, and the free bytes of the state volume.
 Refusals raise :class:`ProtocolError` with a named reason (``untrusted_operator``,
 ``untrusted_signer``, ``below_threshold``, ``wrong_channel``, ``stale_version``,
-``version_reused``, ``replay``, ``expired``, ``no_space``), the daemon counts and logs them like
-any other rejected inbound message.
+``version_reused``, ``replay``, ``expired``, ``wrong_profile``, ``downgrade``, ``no_space``), the
+daemon counts and logs them like any other rejected inbound message.
 
 Trust is k-of-n (ADR 0025): the envelope's signer and every co-signer must be trusted operator
 keys, and at least ``threshold`` distinct ones.  The operator chain is followed per operator key
@@ -22,6 +22,16 @@ accepted manifest's; other content under a used version is ``version_reused``.  
 expired, for a duplicate too, so a stored manifest never resumes a download after it expired;
 the one exception is the duplicate of the release the device already runs committed, which
 stays accepted (nothing would be installed, and it keeps being reported in ``status``).
+
+A manifest whose tag and device targets name this device but whose profile list does not is
+refused ``wrong_profile`` (reported to the operator); one whose tags or devices name other
+devices is accepted and stays silent (not this device's business, and no flood of reports).
+
+Nothing but an explicit rollback makes a device go back (issue 9): an eligible manifest whose
+model is older than the release the device runs is refused ``downgrade`` unless it says
+``rollback: true``.  Older means: the same ``model_id`` with a lower ``model_version`` (dot-
+separated numeric parts, compared only when both versions parse so), or the model sha256 of the
+release the device kept as its previous one (whatever its version says).
 
 Installing an eligible manifest's model (download with resume, smoke test, atomic activation,
 trial, rollback) is the model updater's job (agent/device/updater.py).
@@ -89,13 +99,49 @@ class ManifestDecision:
         }
 
 
+@dataclass(frozen=True)
+class Installed:
+    """The release the device runs (on trial or committed) and the model it kept as previous."""
+
+    model_id: str
+    model_version: str
+    model_sha256: str
+    previous_sha256: str | None = None
+
+
+def numeric_version(text: str) -> tuple[int, ...] | None:
+    """``1.10.2`` as (1, 10, 2); None unless every dot-separated part is a decimal number."""
+    parts = text.split(".")
+    if not all(p.isascii() and p.isdigit() for p in parts):
+        return None
+    return tuple(int(p) for p in parts)
+
+
+def downgrade_problem(manifest: Manifest, installed: Installed | None) -> str | None:
+    """Why installing ``manifest`` would take the device back, or None (newer, same, unrelated, rollback)."""
+    if manifest.rollback or installed is None or manifest.model_sha256 == installed.model_sha256:
+        return None
+    names = f"manifest version {manifest.version} names model {manifest.model_id} {manifest.model_version}"
+    runs = f"the device runs {installed.model_id} {installed.model_version}"
+    if manifest.model_sha256 == installed.previous_sha256:
+        return f"{names}, the release this device kept as previous; {runs}"
+    if manifest.model_id != installed.model_id:
+        return None
+    new, old = numeric_version(manifest.model_version), numeric_version(installed.model_version)
+    if new is not None and old is not None and new < old:
+        return f"{names}, older than the model it runs; {runs}"
+    return None
+
+
 def manifest_seq_key(operator: str, channel: str) -> str:
     """The state store's signer-seq key of ``operator``'s manifests on ``channel``."""
     return f"{operator}/manifest/{channel}"
 
 
-def targets_device(manifest: Manifest, facts: DeviceFacts) -> bool:
-    return matches_targets(manifest.targets, dev=facts.dev, profile=facts.profile, tags=facts.tags)
+def targets_device(manifest: Manifest, facts: DeviceFacts, *, any_profile: bool = False) -> bool:
+    """The targets name this device (with ``any_profile``: its tags and id, whatever the profiles)."""
+    profile = manifest.targets.profiles[0] if any_profile and manifest.targets.profiles else facts.profile
+    return matches_targets(manifest.targets, dev=facts.dev, profile=profile, tags=facts.tags)
 
 
 def expiry_problem(manifest: Manifest, now_ms: int) -> str | None:
@@ -132,6 +178,7 @@ def check_manifest(
     free_bytes: int,
     threshold: int = 1,
     operator_seq: int = 0,
+    installed: Installed | None = None,
 ) -> ManifestDecision:
     """Decide on one verified manifest envelope; ProtocolError names why it is refused.
 
@@ -139,7 +186,8 @@ def check_manifest(
     manifest at that version is then refused, its content cannot be confirmed);
     ``committed_release`` the key of the release the device runs committed, if any;
     ``threshold`` the k of k-of-n; ``operator_seq`` the highest seq accepted from ``env.dev`` on
-    this channel (:func:`manifest_seq_key`, 0 if none).
+    this channel (:func:`manifest_seq_key`, 0 if none); ``installed`` the release the device runs
+    (None: the configured model), for the ``downgrade`` check.
     """
     manifest = env.body
     if not isinstance(manifest, Manifest):
@@ -179,9 +227,23 @@ def check_manifest(
             reason="replay",
             hint="the operator's chain restarted or went back: restore its --state file from the backup",
         )
+    if not targeted and targets_device(manifest, facts, any_profile=True):
+        raise ProtocolError(
+            f"manifest version {manifest.version} on {topic_channel!r} targets profiles "
+            f"{', '.join(manifest.targets.profiles)}; this device is {facts.profile!r}",
+            reason="wrong_profile",
+            hint="publish a release built for this profile, or add it to --targets",
+        )
     if duplicate:
         return ManifestDecision(manifest, env.dev, duplicate=True, targeted=targeted, bucket=bucket)
     decision = ManifestDecision(manifest, env.dev, duplicate=False, targeted=targeted, bucket=bucket)
+    going_back = downgrade_problem(manifest, installed) if decision.eligible and not manifest.halted else None
+    if going_back is not None:
+        raise ProtocolError(
+            going_back,
+            reason="downgrade",
+            hint="a rollback is an explicit manifest: fleet publish --rollback",
+        )
     needed = manifest.total_bytes + HEADROOM_BYTES
     if decision.eligible and not manifest.halted and free_bytes < needed:
         raise ProtocolError(

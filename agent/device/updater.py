@@ -37,6 +37,9 @@ Stages, each reported to the operator as a ``deploy`` message on ``dev/{dev}/dep
   downloading or being smoke-tested, and drops it if it is smoke-tested but not yet activated
   (``failed``, reason ``halted``; its files are deleted).  An active release (on trial or
   committed) stays: a halt stops a rollout, only a rollback manifest takes a model back.
+* A rollback manifest (``rollback: true``) installs through the same path: download, verify,
+  smoke test, trial, commit.  Without the flag, a manifest whose model is older than the active
+  release never reaches :meth:`ModelUpdater.offer`: it is refused ``downgrade`` (agent/device/manifests.py).
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ from pathlib import Path
 
 from agent.device.download import DEFAULT_DEADLINE_FLOOR_S, DEFAULT_MIN_RATE_BPS, fetch_artifact
 from agent.device.holds import hold
-from agent.device.manifests import expiry_problem
+from agent.device.manifests import Installed, expiry_problem
 from agent.device.model_store import Active, ModelStore, Release
 from agent.device.smoke import SmokeResult, smoke_test
 from agent.device.state_store import StateStore
@@ -218,6 +221,22 @@ class ModelUpdater:
         except StorageError:
             return None
         return active.current.key if active is not None and active.state == "committed" else None
+
+    def installed(self) -> Installed | None:
+        """The release the device runs (on trial or committed) and its previous one, for ``downgrade``."""
+        try:
+            active = self.store.active()
+        except StorageError:
+            return None
+        if active is None:
+            return None
+        current, previous = active.current, active.previous
+        return Installed(
+            current.model_id,
+            current.model_version,
+            current.model_sha256,
+            None if previous is None else previous.model_sha256,
+        )
 
     def _active_key(self) -> str | None:
         try:

@@ -22,7 +22,7 @@ from agent.config import load_config
 from agent.errors import ConfigError, FleetError, ProtocolError
 from agent.fleet.keys import load_operator_key
 from agent.fleet.mqtt_publish import BrokerSession
-from agent.fleet.reach import load_devices, stage_reach
+from agent.fleet.reach import Device, load_devices, stage_reach
 from agent.fleet.release import build_manifest, parse_duration_ms, parse_stages, parse_targets
 from agent.fleet.signing import (
     SigningFile,
@@ -62,6 +62,12 @@ class PublishRequest:
     out: Path | None = None
     #: k: distinct operator signatures the signing file needs before ``--from`` publishes it.
     threshold: int = 1
+    #: An explicit rollback (``rollback: true``): devices install it although its model is older.
+    rollback: bool = False
+    #: With --dry-run: the coordinator's enrolled devices (read by the CLI, which may import it).
+    enrolled: tuple[Device, ...] | None = None
+    #: Where ``enrolled`` came from, for the report (the coordinator database, redacted).
+    enrolled_from: str | None = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,8 @@ def publish_manifest(request: PublishRequest, *, now_ms: int) -> dict[str, Any]:
         raise ConfigError(f"--abort-failure-rate {request.abort_failure_rate} must be in (0, 1]")
     if request.devices is not None and not request.dry_run:
         raise ConfigError("--devices goes with --dry-run")
+    if request.enrolled is not None and (request.devices is not None or not request.dry_run):
+        raise ConfigError("--coordinator-config goes with --dry-run, instead of --devices")
     if request.threshold != 1 and request.out is None:
         raise ConfigError(
             f"--threshold {request.threshold} goes with --out: a manifest that needs {request.threshold} "
@@ -107,6 +115,7 @@ def publish_manifest(request: PublishRequest, *, now_ms: int) -> dict[str, Any]:
         stages=parse_stages(request.stages),
         stage=request.stage,
         expires_ms=now_ms + parse_duration_ms(request.expires),
+        rollback=request.rollback,
     )
     mqtt = load_config(request.config).mqtt
     topic = Topics(mqtt.topic_prefix).manifest(request.channel)
@@ -119,8 +128,12 @@ def publish_manifest(request: PublishRequest, *, now_ms: int) -> dict[str, Any]:
         "manifest": body_to_dict(manifest),
     }
     if request.dry_run:
-        if request.devices is not None:
+        if request.enrolled is not None:
+            report["reach"] = stage_reach(manifest, list(request.enrolled))
+            report["devices_from"] = request.enrolled_from
+        elif request.devices is not None:
             report["reach"] = stage_reach(manifest, load_devices(request.devices))
+            report["devices_from"] = str(request.devices)
         return report
     if request.out is not None:
         env = build_envelope(

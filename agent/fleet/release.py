@@ -111,6 +111,7 @@ def build_manifest(
     stages: list[int],
     stage: int,
     expires_ms: int,
+    rollback: bool = False,
 ) -> Manifest:
     model_id, model_version, files = release_files(card_path, model_path)
     base = base_url.rstrip("/")
@@ -128,6 +129,7 @@ def build_manifest(
         "expires_ms": expires_ms,
         "stages": stages,
         "stage": stage,
+        **({"rollback": True} if rollback else {}),
     }
     model = validate_body("manifest", body)
     assert isinstance(model, Manifest)

@@ -396,6 +396,10 @@ class Manifest(Strict):
     #: one that is downloading or preparing it stops (``failed``, reason ``halted``), one that
     #: runs it committed keeps it.  Absent (never ``false``) otherwise, so older bodies are unchanged.
     halted: Literal[True] | None = None
+    #: This release takes the device back to an older model (docs/fleet.md "Rollbacks"): without
+    #: it a device refuses a model older than the one it runs (``downgrade``).  Absent (never
+    #: ``false``) otherwise, so older bodies are unchanged.
+    rollback: Literal[True] | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:

@@ -91,6 +91,16 @@ _TABLE: tuple[Reason, ...] = (
     Reason("too_many_signatures", "message", "a manifest carries more co-signatures than the bound (7)"),
     Reason("wrong_channel", "message", "a manifest for another channel than the topic it arrived on"),
     Reason("stale_version", "message", "a manifest version below the one accepted on its channel"),
+    Reason(
+        "wrong_profile",
+        "message",
+        "a manifest whose tags and device ids name this device but whose profiles do not include its own",
+    ),
+    Reason(
+        "downgrade",
+        "message",
+        "a manifest whose model is older than the one the device runs, without rollback: true",
+    ),
     Reason("no_space", "deploy", "not enough free disk for the release"),
     # --- a release: download, verify, smoke test, trial -------------------------------------
     Reason("bad_url", "deploy", "an artifact URL or redirect that is not allowed"),

@@ -147,6 +147,23 @@ def halted_manifest_body() -> dict[str, Any]:
     }
 
 
+def rollback_manifest_body() -> dict[str, Any]:
+    """A rollback: an older model (0.9.0) under a higher version, with ``rollback: true`` (docs/fleet.md)."""
+    body = halted_manifest_body()
+    del body["halted"]
+    body.update(
+        version=5,
+        model_version="0.9.0",
+        stages=[10_000],
+        stage=0,
+        artifacts=[
+            {**a, "sha256": ("ef" if a["name"].endswith(".onnx") else "cd") * 32} for a in body["artifacts"]
+        ],
+        rollback=True,
+    )
+    return body
+
+
 def manifest_body(version: int = 7) -> dict[str, Any]:
     """A small manifest (two artifacts, every device on the channel, one stage)."""
     return {
@@ -231,6 +248,12 @@ def generate() -> dict[str, Any]:
             "canonical_body": canonical(halted_manifest_body()).decode("utf-8"),
             "envelope_hash": build_envelope(
                 kp, "manifest", halted_manifest_body(), seq=1, prev=GENESIS_PREV, ts=TS
+            ).hash,
+        },
+        "rollback_manifest": {
+            "canonical_body": canonical(rollback_manifest_body()).decode("utf-8"),
+            "envelope_hash": build_envelope(
+                kp, "manifest", rollback_manifest_body(), seq=1, prev=GENESIS_PREV, ts=TS
             ).hash,
         },
         "cosign": cosign_vectors(),

@@ -6,8 +6,9 @@ is refused or fails by name and the device reports it on its deploy topic: ``rej
 manifest it refuses (reused version, older version, tampered, expired), ``failed`` for a
 release that breaks while it is prepared (card id or version not the manifest's, a download
 longer than declared, a truncated download, a model that fails its smoke test), ``rolled_back``
-for a model that raises during its trial.  After each one the device runs A.  A manifest for
-another profile is no refusal: it is accepted and not installed, and never reported.  A flood of
+for a model that raises during its trial.  After each one the device runs A.  A manifest whose
+only mismatch is its profile list is refused and reported (``wrong_profile``); one whose tags
+name other devices is accepted, not installed and never reported.  A flood of
 forged manifests, each under a new version, yields a bounded number of reports and a counter.
 """
 
@@ -153,17 +154,27 @@ def test_every_refusal_is_reported_by_name_and_the_device_keeps_its_model(tmp_pa
         assert ("activated", None) in reports_of(r, 8)
         on_a()
 
-        # -- another profile: accepted, not installed, not reported
+        # -- another profile: refused and reported (wrong_profile), nothing downloaded, still on A
         served_b = len(server_b.paths)
         r.push(tiny_manifest(server_b, files_b, version=9, targets={"profiles": ["rpi5"]}))
-        wait_until(lambda: own_status(daemon)["manifests"]["stable"]["version"] == 9, 30, "v9 to be accepted")
+        reported("rejected", "wrong_profile", 9, "a manifest for another profile")
+        wait_until(lambda: rejected(daemon, "wrong_profile") == 1, 30, "the wrong profile counted")
+        assert own_status(daemon)["manifests"]["stable"]["version"] == 8  # the last accepted one
+        assert reports_of(r, 9) == [("rejected", "wrong_profile")] and len(server_b.paths) == served_b
+        on_a()
+        # -- tags naming other devices (whatever the profile): accepted, not installed, silent
+        r.push(
+            tiny_manifest(server_b, files_b, version=10, targets={"profiles": ["rpi5"], "tags": ["garage"]})
+        )
+        wait_until(lambda: own_status(daemon)["manifests"]["stable"]["version"] == 10, 30, "v10 accepted")
         assert own_status(daemon)["manifests"]["stable"]["targeted"] is False
-        assert reports_of(r, 9) == [] and len(server_b.paths) == served_b
+        assert reports_of(r, 10) == [] and len(server_b.paths) == served_b
+        on_a()
 
         # -- a flood of forged manifests, each under a new version: bounded reports, counted
         before = len(deploy_reports(r.collector))
         sent_before = own_status(daemon)["counters"]["refusal_reports_sent"]
-        assert sent_before == 4  # reuse, stale, tampered, expired
+        assert sent_before == 5  # reuse, stale, tampered, expired, wrong profile
         for version in range(100, 100 + FLOOD):
             forged = coordinator_envelope(
                 "manifest", tiny_manifest(server_b, files_b, version), ROGUE, seq=version

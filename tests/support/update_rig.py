@@ -82,6 +82,8 @@ def tiny_manifest(
     declared: dict[str, bytes] | None = None,  # the bytes the manifest describes (default: files)
     targets: dict[str, Any] | None = None,
     prefix: str = "",  # the folder the artifacts are served under (``ArtifactServer`` keys "prefix/name")
+    model_version: str = "1.0.0",
+    rollback: bool = False,
     **sha: str,
 ) -> Manifest:
     described = files if declared is None else declared
@@ -90,7 +92,7 @@ def tiny_manifest(
             "channel": "stable",
             "version": version,
             "model_id": "tiny",
-            "model_version": "1.0.0",
+            "model_version": model_version,
             "model": "tiny.onnx",
             "card": "tiny.toml",
             "artifacts": [
@@ -106,6 +108,7 @@ def tiny_manifest(
             "stages": [10_000],
             "stage": 0,
             **({"targets": targets} if targets is not None else {}),
+            **({"rollback": True} if rollback else {}),
         }
     )
 

@@ -69,6 +69,15 @@ def test_what_names_no_manifest_or_another_device_is_not_reported(tmp_path: Path
     assert sent == []
 
 
+def test_wrong_profile_is_reported_when_tags_and_ids_name_the_device_else_silent(tmp_path: Path) -> None:
+    reports, sent, _ = reporter(tmp_path)
+    assert reports.consider(wire(targets={"profiles": ["rpi4"]}), "wrong_profile", 0.0) == "sent"
+    assert reports.consider(wire(targets={"profiles": ["rpi4"]}), "wrong_profile", 1.0) == "repeated"
+    for targets in ({"profiles": ["rpi4"], "devices": [str(OPERATOR.pubkey())]}, {"tags": ["garage"]}):
+        assert reports.consider(wire(version=4, targets=targets), "wrong_profile", 2.0) == "not_targeted"
+    assert [(d.manifest_version, d.state, d.reason) for d in sent] == [(3, "rejected", "wrong_profile")]
+
+
 def test_a_flood_of_ten_thousand_forged_versions_yields_a_bounded_number_of_reports(tmp_path: Path) -> None:
     forged = json.loads(wire(Keypair.from_seed(bytes([33]) * 32)))
     reports, sent, state = reporter(tmp_path)

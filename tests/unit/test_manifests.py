@@ -10,7 +10,9 @@ from solders.keypair import Keypair
 from agent.device.manifests import (
     HEADROOM_BYTES,
     DeviceFacts,
+    Installed,
     check_manifest,
+    numeric_version,
     rollout_bucket,
     stored_manifest,
 )
@@ -171,7 +173,7 @@ def test_rollout_stage_decides_participation_by_bucket() -> None:
     ("targets", "targeted"),
     [
         ({}, True),
-        ({"profiles": ["jetson-orin"]}, False),
+        ({"profiles": ["jetson-orin"], "tags": ["garage"]}, False),  # other devices: accepted, silent
         ({"tags": ["lobby", "garage"]}, True),
         ({"tags": ["garage"]}, False),
         ({"devices": [DEV]}, True),
@@ -287,5 +289,85 @@ def test_no_space_only_matters_when_the_device_would_install() -> None:
     assert exc.reason == "no_space"
     assert str(exc) == "manifest version 3 needs 5.0 MB of downloads plus 16.8 MB headroom; 21.8 MB free"
     assert decide(manifest_body(), free_bytes=needed).eligible
-    not_for_us = decide(manifest_body(targets={"profiles": ["jetson-orin"]}), free_bytes=0)
+    not_for_us = decide(manifest_body(targets={"devices": [OTHER_DEV]}), free_bytes=0)
     assert not not_for_us.targeted
+
+
+# ----------------------------------------------------------------- wrong profile, downgrades
+
+
+@pytest.mark.parametrize(
+    "targets",
+    [
+        {"profiles": ["jetson-orin"]},
+        {"profiles": ["jetson-orin", "rpi5"], "tags": ["lobby"], "devices": [DEV]},
+    ],
+)
+def test_a_manifest_naming_this_device_but_another_profile_is_refused_wrong_profile(
+    targets: dict[str, Any],
+) -> None:
+    exc = refusal(manifest_body(targets=targets))
+    assert exc.reason == "wrong_profile"
+    profiles = ", ".join(targets["profiles"])
+    assert exc.message == f"manifest version 3 on 'stable' targets profiles {profiles}; this device is 'rpi4'"
+
+
+RUNS_120 = Installed("efficientnet-lite0-int8", "1.2.0", "11" * 32, previous_sha256="ab" * 32)
+
+
+def test_numeric_versions_compare_part_by_part_and_others_do_not_parse() -> None:
+    assert numeric_version("1.10.0") == (1, 10, 0) and numeric_version("2") == (2,)
+    assert [numeric_version(v) for v in ("1.0.0-rc1", "1..0", "v1", "1.0+x", "\u0661.\u0662")] == [None] * 5
+
+
+def test_the_release_kept_as_previous_is_a_downgrade_whatever_its_version() -> None:
+    exc = refusal(manifest_body(model_version="9.0.0"), installed=RUNS_120)
+    assert exc.reason == "downgrade"
+    assert exc.message == (
+        "manifest version 3 names model efficientnet-lite0-int8 9.0.0, the release this device kept as "
+        "previous; the device runs efficientnet-lite0-int8 1.2.0"
+    )
+
+
+def test_a_lower_model_version_is_a_downgrade_unless_the_manifest_says_rollback() -> None:
+    runs = Installed("efficientnet-lite0-int8", "1.2.0", "11" * 32)
+    exc = refusal(manifest_body(model_version="1.1.9"), installed=runs)
+    assert exc.reason == "downgrade"
+    assert exc.message == (
+        "manifest version 3 names model efficientnet-lite0-int8 1.1.9, older than the model it runs; "
+        "the device runs efficientnet-lite0-int8 1.2.0"
+    )
+    assert decide(manifest_body(model_version="1.1.9", rollback=True), installed=runs).eligible
+    assert decide(manifest_body(rollback=True), installed=RUNS_120).eligible
+
+
+@pytest.mark.parametrize(
+    ("change", "installed"),
+    [
+        ({"model_version": "1.10.0"}, Installed("efficientnet-lite0-int8", "1.9.0", "11" * 32)),  # newer
+        ({"model_version": "1.0.0"}, Installed("other-model", "2.0.0", "11" * 32)),  # another model
+        ({"model_version": "1.0.0-rc1"}, Installed("efficientnet-lite0-int8", "1.2.0", "11" * 32)),
+        ({"model_version": "1.0.0"}, Installed("efficientnet-lite0-int8", "2.0.0", "ab" * 32)),  # runs it
+        ({"model_version": "1.0.0"}, None),  # the configured model
+    ],
+)
+def test_no_downgrade_when_newer_unrelated_unparsable_the_same_or_nothing_installed(
+    change: dict[str, Any], installed: Installed | None
+) -> None:
+    assert decide(manifest_body(**change), installed=installed).eligible
+
+
+def test_a_downgrade_is_only_judged_when_the_device_would_install() -> None:
+    bucket = rollout_bucket(DEV, "stable", "efficientnet-lite0-int8", "1.1.0")
+    if bucket > 0:  # outside the current stage: accepted, judged again when a later stage includes it
+        assert not decide(manifest_body(stages=[bucket, 10_000], stage=0), installed=RUNS_120).eligible
+    halted = decide(manifest_body(halted=True), installed=RUNS_120)
+    assert halted.eligible and halted.manifest.halted
+
+
+@pytest.mark.parametrize("flag", ["halted", "rollback"])
+def test_false_flags_are_refused_so_older_hashes_stay(flag: str) -> None:
+    with pytest.raises(ProtocolError) as info:
+        validate_body("manifest", manifest_body(**{flag: False}))
+    assert info.value.reason == "schema"
+    assert flag not in signed(manifest_body()).raw["body"]

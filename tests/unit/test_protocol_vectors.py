@@ -73,6 +73,8 @@ def test_doc_quotes_the_vectors() -> None:
         json.dumps(v["challenge"]["sketch"], separators=(",", ":")),
         v["halted_manifest"]["canonical_body"],
         v["halted_manifest"]["envelope_hash"],
+        v["rollback_manifest"]["canonical_body"],
+        v["rollback_manifest"]["envelope_hash"],
         *(op[k] for op in v["cosign"]["operators"] for k in ("seed_hex", "pubkey_b58")),
         v["cosign"]["envelope_hash"],
         v["cosign"]["sig_b58"],
