@@ -64,7 +64,20 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         default="",
         help="other operator keys (comma-separated) whose manifests start a rollout",
     )
-    run.add_argument("--propose", default=None, help="k>1 teams: write next manifests to DIR for co-signing")
+    run.add_argument(
+        "--propose",
+        default=None,
+        metavar="DIR",
+        help="k>1 teams: sign each next manifest (stage, halt) with --key and write it to DIR as a signing "
+        "file for `fleet sign`, then `fleet publish --from`, instead of publishing it",
+    )
+    run.add_argument(
+        "--threshold",
+        type=int,
+        default=2,
+        help="with --propose: the signatures each signing file needs, the devices' operator_threshold "
+        "(default: %(default)s)",
+    )
     run.add_argument(
         "--exit-when-settled", action="store_true", help="exit once the rollout is halted or done"
     )
@@ -247,6 +260,10 @@ def run_rollout(args: argparse.Namespace) -> int:
         raise ConfigError(f"--abort-failure-rate {rate} must be in (0, 1]")
     if args.tick <= 0:
         raise ConfigError(f"--tick {args.tick} must be positive")
+    if args.propose:
+        from agent.fleet.signing import check_threshold
+
+        check_threshold(args.threshold)
     others = frozenset(k.strip() for k in args.operator_keys.split(",") if k.strip())
     settings = ControllerSettings(
         channel=args.channel,
@@ -257,6 +274,7 @@ def run_rollout(args: argparse.Namespace) -> int:
         stage_timeout_ms=parse_duration_ms(args.stage_timeout),
         tick_s=args.tick,
         propose=Path(args.propose) if args.propose else None,
+        threshold=args.threshold,
     )
     store = _open(config)
     storage = CoordinatorRollouts(store)

@@ -70,6 +70,8 @@ class ControllerSettings:
     stage_timeout_ms: int
     tick_s: float = 1.0
     propose: Path | None = None
+    #: With ``propose``: the signatures each proposed signing file needs (the devices' k).
+    threshold: int = 2
 
 
 class RolloutController:
@@ -252,9 +254,9 @@ class RolloutController:
         return decision
 
     def _act(self, rollout: Rollout, decision: plan.Decision, now: int) -> None:
-        self.decisions.append((now, decision))
         extra = {"channel": rollout.channel, "stage": rollout.stage, "why": decision.why}
         if decision.action == "done":
+            self.decisions.append((now, decision))
             self.storage.save(plan.finished(rollout))
             log.info("rollout_done", extra=extra)
             return
@@ -262,7 +264,8 @@ class RolloutController:
         stage = rollout.stage if halt else rollout.stage + 1
         key = (rollout.manifest.version, stage, halt)
         if self.settings.propose is not None and key in self._proposed:
-            return
+            return  # proposed already: waiting for the co-signers (one decision, not one per tick)
+        self.decisions.append((now, decision))
         manifest = publish_next(
             self.broker,
             self.topics,
@@ -274,6 +277,7 @@ class RolloutController:
             now_ms=now,
             abort_failure_rate=rollout.abort_failure_rate,
             propose=self.settings.propose,
+            threshold=self.settings.threshold,
         )
         if self.settings.propose is not None:
             self._proposed.add(key)

@@ -7,15 +7,17 @@ channel and the manifest it replaces.  The controller and ``fleet halt``/``fleet
 run at once: an exclusive lock on ``STATE.lock`` keeps them from signing the same seq.
 
 This is the 1-of-1 path (one operator key).  A team whose devices require k > 1 operator
-signatures runs the controller with ``--propose DIR``: the next manifest is written there for
-the co-signers (``edgeproof fleet sign``) instead of being published (docs/fleet.md).
+signatures runs the controller with ``--propose DIR --threshold K``: the next manifest is signed
+as the next link of the controller key's chain (its state file written first, as for a publish)
+and written to ``DIR/CHANNEL-vVERSION.json`` as a signing file (agent/fleet/signing.py) instead
+of being published; the co-signers add theirs (``edgeproof fleet sign``) and the controller's
+operator publishes it (``edgeproof fleet publish --from``), docs/fleet.md.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,9 +27,10 @@ from solders.keypair import Keypair
 from agent.errors import FleetError
 from agent.fleet.mqtt_publish import BrokerSession
 from agent.fleet.rollout import next_manifest
+from agent.fleet.signing import check_threshold, new_signing_file, write_signing_file
 from agent.fleet.state import load_state, save_state
 from agent.protocol.envelope import Envelope, build_envelope
-from agent.protocol.messages import Manifest, body_to_dict
+from agent.protocol.messages import Manifest
 from agent.protocol.topics import Topics
 
 
@@ -79,25 +82,27 @@ def publish_next(
     now_ms: int,
     abort_failure_rate: float,
     propose: Path | None = None,
+    threshold: int = 2,
 ) -> Manifest:
     """Under the state lock: the next manifest of ``current`` (``stage``, ``halted``), signed and published.
 
-    With ``propose`` the unsigned body is written to ``DIR/CHANNEL-vVERSION.json`` instead, for a
-    team whose devices need k > 1 signatures (co-signed and published by them); nothing is signed.
+    With ``propose`` the signed envelope is written to the signing file ``DIR/CHANNEL-vVERSION.json``
+    (needing ``threshold`` signatures) instead of being published, for a team whose devices need
+    k > 1 signatures.
     """
     with state_lock(state_path):
         manifest = next_manifest(
             current, version=next_version(state_path, keypair, current), stage=stage, halted=halted
         )
         if propose is not None:
+            check_threshold(threshold)
             propose.mkdir(parents=True, exist_ok=True)
-            out = propose / f"{manifest.channel}-v{manifest.version}.json"
-            out.write_text(
-                json.dumps(body_to_dict(manifest), indent=2, sort_keys=True) + "\n", encoding="utf-8"
-            )
-            return manifest
         env = sign_manifest(
             state_path, keypair, manifest, now_ms=now_ms, abort_failure_rate=abort_failure_rate
         )
+        if propose is not None:
+            out = propose / f"{manifest.channel}-v{manifest.version}.json"
+            write_signing_file(out, new_signing_file(env, threshold), replace=False)
+            return manifest
         broker.publish_retained(topics.manifest(manifest.channel), env.wire)
     return manifest

@@ -79,10 +79,13 @@ class RolloutFleet:
         prefix: str = "edgeproof/v1",
         connections: int = 8,
         workers: int = 16,
+        operators: tuple[str, ...] = (),  # more trusted operator keys (k-of-n), besides ``operator``
+        threshold: int = 1,
     ) -> None:
         self.topics = Topics(prefix)
         self.channel = channel
         self.operator = operator
+        self.operators, self.threshold = [operator, *operators], threshold
         self.devices = [SimDevice(k, str(k.pubkey()) in failing, folder / str(i)) for i, k in enumerate(keys)]
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sim-dl")
         self.counters: Counter[str] = Counter()
@@ -141,13 +144,14 @@ class RolloutFleet:
                     decision = check_manifest(
                         env,
                         topic_channel=self.channel,
-                        operators=[self.operator],
+                        operators=self.operators,
                         facts=DeviceFacts(device.dev, PROFILE, frozenset({"lobby"})),
                         now_ms=now,
                         accepted_version=device.accepted_version,
                         accepted_manifest=device.accepted,
                         committed_release=device.committed,
                         free_bytes=1 << 40,
+                        threshold=self.threshold,
                     )
                 except ProtocolError as exc:
                     self.count(f"refused_{exc.reason}")

@@ -16,9 +16,10 @@ from agent.fleet import rollout as plan
 from agent.fleet.rollout import Member, Report, Rollout
 from agent.fleet.rollout_inbox import DeployInbox, TokenBucket
 from agent.fleet.rollout_sign import publish_next, sign_manifest
+from agent.fleet.signing import load_signing_file
 from agent.protocol.chain import ChainSigner
 from agent.protocol.envelope import validate_body
-from agent.protocol.messages import Manifest, body_to_dict
+from agent.protocol.messages import Manifest
 from agent.protocol.rollout import rollout_bucket
 from agent.protocol.topics import Topics
 from tests.support.manifests import NOW, manifest_body
@@ -149,7 +150,7 @@ def test_token_bucket_refills() -> None:
     assert bucket.take(1.0) and not bucket.take(1.0)
 
 
-def test_propose_writes_the_next_body_and_signs_nothing(tmp_path: Path) -> None:
+def test_propose_signs_the_next_manifest_into_a_signing_file_and_publishes_nothing(tmp_path: Path) -> None:
     key = Keypair.from_seed(bytes([11]) * 32)
     state_path = tmp_path / "state.json"
     m = manifest()
@@ -163,13 +164,15 @@ def test_propose_writes_the_next_body_and_signs_nothing(tmp_path: Path) -> None:
         now_ms=NOW,
         abort_failure_rate=0.1,
         propose=tmp_path / "proposals",
+        threshold=2,
     )
     assert (proposed.version, proposed.stage) == (4, 1)
-    written = json.loads((tmp_path / "proposals" / "stable-v4.json").read_text(encoding="utf-8"))
-    assert written == body_to_dict(proposed) and not state_path.exists()
-    env = sign_manifest(state_path, key, proposed, now_ms=NOW, abort_failure_rate=0.1)
-    state = json.loads(state_path.read_text(encoding="utf-8"))
-    assert (env.seq, state["seq"], state["channels"]["stable"]["version"]) == (1, 1, 4)
+    signing = load_signing_file(tmp_path / "proposals" / "stable-v4.json")
+    assert signing.manifest == proposed and signing.threshold == 2 and not signing.ready
+    assert signing.envelope.signers == (str(key.pubkey()),) and signing.envelope.seq == 1
+    state = json.loads(state_path.read_text(encoding="utf-8"))  # written before the file
+    assert (state["seq"], state["channels"]["stable"]["version"]) == (1, 4)
+    assert state["head"] == signing.envelope.hash
     with pytest.raises(
         FleetError, match="version 4 on channel 'stable' is not above this operator's highest 4"
     ):
