@@ -3,7 +3,8 @@
 Real parts: Mosquitto, the coordinator's SQLite database with 24 enrolled devices, ``fleet serve``'s
 artifact server (in process), ``edgeproof fleet publish/sign`` and ``fleet rollout run --propose``
 as child processes, and 24 simulated devices (tests/support/rollout_fleet.py) that trust operators
-A and B with threshold 2, judging every manifest with the daemon's own check.
+A and B with threshold 2, judging every manifest with the daemon's own check and running the
+daemon's real smoke test on the model they downloaded.
 
 A publishes stage 0 with ``--out --threshold 2``, B signs, A publishes ``--from``.  Once stage 0
 committed, the controller (key A) writes the next-stage manifest as a signing file signed by A
@@ -88,6 +89,7 @@ def test_a_two_of_two_rollout_advances_once_the_proposal_is_co_signed(tmp_path: 
         operator=str(OPERATOR.pubkey()),
         operators=(str(B.pubkey()),),
         threshold=2,
+        smoke_every=1,
         folder=tmp_path / "devices",
     )
     controller: subprocess.Popen[str] | None = None
@@ -139,6 +141,9 @@ def test_a_two_of_two_rollout_advances_once_the_proposal_is_co_signed(tmp_path: 
         ok("fleet", "publish", "--from", str(proposal), "--key", str(key_a), "--state", str(state),
            "--config", str(agent_toml))  # fmt: skip
         wait_until(lambda: fleet.counters["committed"] == len(keys), 60, "stage 1 to commit")
+        assert fleet.counters["smoke_tests"] == len(
+            keys
+        )  # each ran the real smoke test of what it downloaded
         out, _ = controller.communicate(timeout=60)
         assert controller.returncode == 0, (tmp_path / "controller.log").read_text()
         result = json.loads(out)

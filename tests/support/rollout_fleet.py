@@ -4,9 +4,11 @@ Shared by tests/integration/test_fleet_rollout.py and benchmarks/fleet_rollout.p
 has its own key (``Keypair.from_seed``), chain and accepted-manifest memory, and judges every
 manifest with the daemon's own :func:`agent.device.manifests.check_manifest`; an eligible one
 is downloaded with :func:`agent.device.download.fetch_artifact` (Range resume, sha256 and length
-checked) into the device's staging folder.  The smoke test is a stand-in: a device listed in
-``failing`` reports ``failed`` with ``inference_failed`` (its model "raises"), the others go
-``staged`` -> ``activated`` -> ``committed``.  A halted manifest stops a device mid-download
+checked) into the device's staging folder.  With ``smoke_every=N`` every N-th device runs the
+daemon's real smoke test (agent/device/smoke.py: load the downloaded card and model with ONNX
+Runtime, run it, check the outputs; a DeployError is reported ``failed`` with its reason), the
+others stand in for it.  A device listed in ``failing`` then reports ``failed`` with
+``inference_failed`` (its model "raises"), the others go ``staged`` -> ``activated`` -> ``committed``.  A halted manifest stops a device mid-download
 (``failed``, ``halted``) and keeps one that has not started from starting, as the updater does.
 Deploy reports are signed envelopes on ``{prefix}/dev/{dev}/deploy`` (QoS 1).
 """
@@ -28,7 +30,9 @@ from solders.keypair import Keypair
 from agent.device.download import fetch_artifact
 from agent.device.manifests import DeviceFacts, check_manifest
 from agent.device.model_store import release_key
+from agent.device.smoke import smoke_test
 from agent.errors import DeployError, ProtocolError
+from agent.inference.runtime import backend_settings, resolve_profile
 from agent.protocol.chain import ChainSigner
 from agent.protocol.envelope import verify_envelope
 from agent.protocol.messages import Deploy, Manifest
@@ -48,6 +52,7 @@ class SimDevice:
     key: Keypair
     failing: bool
     folder: Path
+    smoke: bool = False  # runs the real smoke test
     dev: str = ""
     signer: ChainSigner = field(init=False)
     accepted_version: int = 0
@@ -81,12 +86,23 @@ class RolloutFleet:
         workers: int = 16,
         operators: tuple[str, ...] = (),  # more trusted operator keys (k-of-n), besides ``operator``
         threshold: int = 1,
+        smoke_every: int = 0,  # every N-th device runs the real smoke test (0: none)
     ) -> None:
         self.topics = Topics(prefix)
         self.channel = channel
         self.operator = operator
         self.operators, self.threshold = [operator, *operators], threshold
-        self.devices = [SimDevice(k, str(k.pubkey()) in failing, folder / str(i)) for i, k in enumerate(keys)]
+        self.devices = [
+            SimDevice(
+                k,
+                str(k.pubkey()) in failing,
+                folder / str(i),
+                smoke=bool(smoke_every) and i % smoke_every == 0,
+            )
+            for i, k in enumerate(keys)
+        ]
+        self.profile = resolve_profile("generic-x86_64")
+        self.settings = backend_settings(self.profile, threads=1)
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sim-dl")
         self.counters: Counter[str] = Counter()
         self._counter_lock = threading.Lock()
@@ -198,6 +214,9 @@ class RolloutFleet:
             self._report(client, device, manifest, "downloading", progress_bp=10_000)
             self._report(client, device, manifest, "staged")
             self._report(client, device, manifest, "smoke_test")
+            if device.smoke:
+                smoke_test(staging / manifest.card, self.profile, self.settings)
+                self.count("smoke_tests")
             if device.failing:
                 self._report(client, device, manifest, "failed", reason="inference_failed")
                 self.count("failed")
