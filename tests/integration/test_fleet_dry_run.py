@@ -1,5 +1,7 @@
 """``fleet publish --dry-run --coordinator-config``: which enrolled devices each stage would reach.
 
+Also ``--rollback``: the same manifest with ``rollback: true``.
+
 A real coordinator SQLite database (migrated by Store.open) with 40 devices enrolled under signed
 bindings, of two profiles and two tags; ``edgeproof fleet publish`` runs as a child process and
 reads it read-only.  The expected reach is computed here from the protocol's bucket function.
@@ -82,6 +84,16 @@ def test_dry_run_shows_the_enrolled_devices_each_stage_reaches(tmp_path: Path) -
     assert expected[-1] == sorted(buckets) and report["dry_run"] is True
     assert report["devices_from"] == f"coordinator database {tmp_path / 'coordinator.sqlite3'}"
     assert not state.exists()  # a dry run changes nothing
+    assert "rollback" not in manifest
+
+    (tmp_path / "none.json").write_text("[]", encoding="utf-8")
+    rollback = edgeproof(*common, "--devices", str(tmp_path / "none.json"), "--rollback", "--json")
+    assert rollback.returncode == 0, rollback.stderr
+    body = json.loads(rollback.stdout)["manifest"]
+    assert body["rollback"] is True and {
+        k: v for k, v in body.items() if k not in ("rollback", "expires_ms")
+    } == {k: v for k, v in manifest.items() if k != "expires_ms"}
+    assert [s["devices"] for s in json.loads(rollback.stdout)["reach"]] == [[], [], []]
 
     table = edgeproof(*common, "--coordinator-config", str(coord))
     assert table.returncode == 0, table.stderr
