@@ -1,0 +1,424 @@
+"""The demo's steps, in order: the network up, a rollout, a challenge round, a settlement, claims.
+
+Every role acts through its own command (``chain localnet``, ``chain bootstrap``, ``coordinator
+run``/``enroll``, ``run``, ``fleet keys init``/``serve``/``publish``, ``rewards settle``, ``audit
+uptime``), as a child process of this one; the demo only writes their config files, waits for
+what each step must produce (read back from the coordinator's database, the daemons' status
+files and the ledger), and stops every child it started, also on failure and on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.demo import network
+from agent.demo.live import LiveTable
+from agent.demo.network import DemoDevice, Layout
+from agent.demo.observe import Observer, View
+from agent.demo.processes import Child, Supervisor, agent_argv
+from agent.demo.steps import Steps
+from agent.errors import EdgeproofError
+from agent.localnet.clip import make_clip
+
+#: Seconds the target epoch must still have when the devices are up, or the next epoch is settled.
+MIN_EPOCH_LEFT_S = 35.0
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def claim_command_available() -> bool:
+    """Whether this build has ``edgeproof rewards claim`` (the claim flow)."""
+    import argparse
+
+    from agent.cli import build_parser
+
+    parser = build_parser()
+    for action in parser._subparsers._group_actions if parser._subparsers else []:
+        if isinstance(action, argparse._SubParsersAction) and "rewards" in action.choices:
+            rewards = action.choices["rewards"]
+            for sub in rewards._subparsers._group_actions if rewards._subparsers else []:
+                if isinstance(sub, argparse._SubParsersAction):
+                    return "claim" in sub.choices
+    return False
+
+
+@dataclass
+class Result:
+    out: Path
+    steps: Steps
+    epoch: int | None = None
+    devices: list[dict[str, Any]] = field(default_factory=list)
+    settlement: dict[str, Any] | None = None
+    audit: dict[str, Any] | None = None
+    rollout: dict[str, Any] = field(default_factory=dict)
+    bootstrap: dict[str, Any] = field(default_factory=dict)
+    report: Path | None = None
+    plot: Path | None = None
+    stopped: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "out": str(self.out),
+            "ok": all(s.status != "failed" for s in self.steps.done),
+            "steps": self.steps.as_json(),
+            "epoch": self.epoch,
+            "devices": self.devices,
+            "settlement": self.settlement,
+            "audit": self.audit,
+            "rollout": self.rollout,
+            "mint": self.bootstrap.get("mint"),
+            "report": str(self.report) if self.report else None,
+            "plot": str(self.plot) if self.plot else None,
+            "stopped": self.stopped,
+        }
+
+
+class Demo:
+    def __init__(self, out: Path, live: LiveTable, *, max_epoch_wait_s: float = 150.0) -> None:
+        self.layout = Layout(out)
+        self.live = live
+        self.steps = Steps(on_change=live.step_changed)
+        self.result = Result(out, self.steps)
+        self.sup = Supervisor(self.layout.logs, cwd=out)
+        self.devices = self.layout.devices()
+        self.observer = Observer(self.devices, self.layout.database)
+        self.max_epoch_wait_s = max_epoch_wait_s
+        self.stage = ""
+        self.coordinator: Child | None = None
+        self.daemons: dict[str, Child] = {}
+
+    # ------------------------------------------------------------------ helpers
+
+    def tick(self) -> View:
+        """A fresh view, shown; a child that died fails the current step, naming it."""
+        for child in self.sup.dead():
+            if child.name.startswith(("coordinator", "agent-", "localnet", "fleet-serve")):
+                raise EdgeproofError(
+                    f"{child.name} (pid {child.pid}) exited with {child.process.returncode}: {child.tail(3)}",
+                    hint=f"see {child.log_path}",
+                )
+        view = self.observer.view(now_ms(), stage=self.stage)
+        self.live.show(view)
+        return view
+
+    def wait(self, what: str, predicate: Any, timeout_s: float, every_s: float = 1.0) -> View:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            view = self.tick()
+            if predicate(view):
+                return view
+            if time.monotonic() > deadline:
+                raise EdgeproofError(f"timed out after {timeout_s:g} s waiting for {what}")
+            time.sleep(every_s)
+
+    # ------------------------------------------------------------------ the steps
+
+    def run(self) -> Result:
+        try:
+            self._network()
+            self._rollout()
+            self._challenges()
+            self._settle()
+            self._claims()
+            self._audit()
+        finally:
+            self._stop()
+        return self.result
+
+    def _network(self) -> None:
+        layout = self.layout
+        with self.steps.step("generate clips") as note:
+            self.devices[0].clip.parent.mkdir(parents=True, exist_ok=True)
+            frames = [make_clip(d.clip, seconds_per_photo=1.0 + 0.5 * i) for i, d in enumerate(self.devices)]
+            note["detail"] = f"{len(frames)} clips, {sum(frames)} frames"
+        with self.steps.step("start mosquitto") as note:
+            broker = self.sup.start_broker(layout.out / "broker")
+            note["detail"] = f"{broker.host}:{broker.port}"
+        self.broker_port = broker.port
+        with self.steps.step("start the ledger (chain localnet)") as note:
+            ledger = self.sup.spawn(
+                "localnet",
+                agent_argv("--log-level", "info", "chain", "localnet", "--port", "0"),
+                stdout_pipe=True,
+            )
+            self.rpc = str(self.sup.ready_line(ledger, 60)["rpc"])
+            note["detail"] = self.rpc
+        coordinator = network.write_coordinator(layout, broker.port)
+        with self.steps.step("chain bootstrap") as note:
+            self.result.bootstrap = self.sup.run(
+                "chain-bootstrap",
+                [
+                    "chain",
+                    "bootstrap",
+                    "--rpc",
+                    self.rpc,
+                    "--key",
+                    str(layout.coordinator_key),
+                    "--state",
+                    str(layout.bootstrap_state),
+                    "--json",
+                ],
+            )
+            self.observer.attach_ledger(self.rpc, str(self.result.bootstrap["mint"]))
+            note["detail"] = (
+                f"mint {self.result.bootstrap['mint']}, vault {self.result.bootstrap['vault_balance']}"
+            )
+        with self.steps.step("start the coordinator") as note:
+            self.coordinator = self.sup.spawn(
+                "coordinator",
+                agent_argv(
+                    "--log-level", "info", "coordinator", "run", "--config", str(layout.coordinator_config)
+                ),
+            )
+            text = self.sup.wait_for_log(self.coordinator, "mqtt_subscribed", 90)
+            note["detail"] = f"{coordinator.pubkey()} {_listening(text)}"
+        with self.steps.step("enroll three devices") as note:
+            groups: dict[tuple[str, ...], list[DemoDevice]] = {}
+            for d in self.devices:
+                groups.setdefault(d.tags, []).append(d)
+            self.profile = _profile()
+            for tags, members in groups.items():
+                path = network.write_bindings(
+                    layout.coordinator / f"bindings-{tags[0]}.jsonl", members, now_ms()
+                )
+                self.sup.run(
+                    "coordinator-enroll",
+                    [
+                        "coordinator",
+                        "enroll",
+                        "--from",
+                        str(path),
+                        "--profile",
+                        self.profile,
+                        "--tags",
+                        ",".join(tags),
+                        "--config",
+                        str(layout.coordinator_config),
+                        "--json",
+                    ],
+                )
+            note["detail"] = f"{len(self.devices)} devices, profile {self.profile}"
+        with self.steps.step("fleet keys init") as note:
+            layout.fleet.mkdir(parents=True, exist_ok=True)
+            self.operator = str(
+                self.sup.run(
+                    "fleet-keys", ["fleet", "keys", "init", "--key", str(layout.operator_key), "--json"]
+                )["operator"]
+            )
+            note["detail"] = f"operator {self.operator}"
+        with self.steps.step("start three agents") as note:
+            for d in self.devices:
+                config = network.write_device(
+                    d,
+                    broker_port=broker.port,
+                    coordinator=str(coordinator.pubkey()),
+                    operator=self.operator,
+                    profile=self.profile,
+                )
+                self.daemons[d.name] = self.sup.spawn(
+                    f"agent-{d.name}",
+                    agent_argv("--log-level", "info", "--log-format", "json", "run", "--config", str(config)),
+                )
+            view = self.wait(
+                "an accepted heartbeat from every device",
+                lambda v: all(d.heartbeats > 0 for d in v.devices),
+                120,
+            )
+            epoch = view.epoch if view.epoch_left_s >= MIN_EPOCH_LEFT_S else view.epoch + 1
+            self.result.epoch = epoch
+            note["detail"] = f"every device heartbeating; epoch {epoch} will be settled"
+
+    def _rollout(self) -> None:
+        layout = self.layout
+        targeted = [d for d in self.devices if network.ROLLOUT_TAG in d.tags]
+        with self.steps.step("fleet serve") as note:
+            card, model = network.write_release(layout, targeted[0].card)
+            serve = self.sup.spawn(
+                "fleet-serve",
+                agent_argv("fleet", "serve", str(layout.release), "--port", "0", "--json"),
+                stdout_pipe=True,
+            )
+            self.release_url = str(self.sup.ready_line(serve, 60)["url"])
+            note["detail"] = self.release_url
+        stages, first = first_stage(targeted, network.CHANNEL, targeted[0].model_id, network.NEW_VERSION)
+        self.result.rollout = {
+            "model": targeted[0].model_id,
+            "version": network.NEW_VERSION,
+            "stages": stages,
+            "stage_devices": [[d.name for d in first], [d.name for d in targeted]],
+            "committed": [],
+        }
+        later = [d for d in targeted if d not in first]
+        for index, reached in enumerate((first, later)):
+            with self.steps.step(f"fleet publish stage {index}") as note:
+                published = self.sup.run(
+                    "fleet-publish",
+                    [
+                        "fleet",
+                        "publish",
+                        "--card",
+                        str(card),
+                        "--file",
+                        str(model),
+                        "--url",
+                        self.release_url,
+                        "--channel",
+                        network.CHANNEL,
+                        "--targets",
+                        f"tag:{network.ROLLOUT_TAG}",
+                        "--stages",
+                        stages,
+                        "--stage",
+                        str(index),
+                        "--expires",
+                        "1h",
+                        "--key",
+                        str(layout.operator_key),
+                        "--state",
+                        str(layout.operator_state),
+                        "--config",
+                        str(targeted[0].config),
+                        "--json",
+                    ],
+                )
+                self.stage = f"{network.NEW_VERSION} stage {index} ({stages.split(',')[index]}%)"
+                version = int(published["manifest"]["version"])
+                names = {d.name for d in reached}
+                view = self.wait(
+                    f"{', '.join(sorted(names))} to commit {network.NEW_VERSION} (manifest version {version})",
+                    lambda v, names=names, version=version: all(
+                        d.committed(version, network.NEW_VERSION) for d in v.devices if d.name in names
+                    ),
+                    120,
+                )
+                committed = [d.name for d in view.devices if d.version == network.NEW_VERSION and not d.trial]
+                self.result.rollout["committed"] = committed
+                self.stage += " committed"
+                note["detail"] = (
+                    f"manifest version {published['manifest']['version']}; committed on {', '.join(committed)}"
+                )
+
+    def _challenges(self) -> None:
+        with self.steps.step("challenge round") as note:
+            view = self.wait(
+                "a passed challenge for every device",
+                lambda v: all(d.challenges.get("passed", 0) for d in v.devices),
+                90,
+            )
+            note["detail"] = ", ".join(f"{d.name}: {dict(d.challenges)}" for d in view.devices)
+
+    def _settle(self) -> None:
+        epoch = self.result.epoch
+        assert epoch is not None
+        with self.steps.step(f"rewards settle --epoch {epoch}") as note:
+            end_ms = (epoch + 1) * network.EPOCH_MS
+            deadline = time.monotonic() + self.max_epoch_wait_s
+            while now_ms() < end_ms:
+                if time.monotonic() > deadline:
+                    raise EdgeproofError(f"epoch {epoch} did not end within {self.max_epoch_wait_s:g} s")
+                self.tick()
+                time.sleep(1.0)
+            last: EdgeproofError | None = None
+            for _ in range(30):
+                try:
+                    self.result.settlement = self.sup.run(
+                        "rewards-settle",
+                        [
+                            "rewards",
+                            "settle",
+                            "--epoch",
+                            str(epoch),
+                            "--config",
+                            str(self.layout.coordinator_config),
+                            "--json",
+                        ],
+                    )
+                    break
+                except EdgeproofError as exc:  # epoch_not_final while the last challenges are scored
+                    last = exc
+                    self.tick()
+                    time.sleep(1.0)
+            else:
+                raise last or EdgeproofError("settle failed")
+            note["detail"] = (
+                f"root {self.result.settlement['root'][:16]}..., {self.result.settlement['total']} allocated"
+            )
+
+    def _claims(self) -> None:
+        if not claim_command_available():
+            self.steps.not_built(
+                "claim (one per device)",
+                "`edgeproof rewards claim` is not in this build yet (the claim flow, issue 10): no tokens moved",
+            )
+            return
+        raise EdgeproofError("`edgeproof rewards claim` exists but the demo does not drive it yet")
+
+    def _audit(self) -> None:
+        epoch = self.result.epoch
+        plot = self.layout.out / "uptime.png"
+        with self.steps.step("audit uptime") as note:
+            self.result.audit = self.sup.run(
+                "audit-uptime",
+                [
+                    "audit",
+                    "uptime",
+                    "--config",
+                    str(self.layout.coordinator_config),
+                    "--epoch",
+                    str(epoch),
+                    "--plot",
+                    str(plot),
+                    "--json",
+                ],
+            )
+            self.result.plot = plot
+            note["detail"] = f"plot {plot}"
+        view = self.tick()
+        self.result.devices = [d.as_json() for d in view.devices]
+        with self.steps.step("write the report") as note:
+            from agent.demo.report import write_report
+
+            self.result.report = write_report(self.result, self.layout)
+            note["detail"] = str(self.result.report)
+
+    def _stop(self) -> None:
+        self.live.finish()
+        self.observer.close()
+
+        def record(child: Child, code: int | None) -> None:
+            self.result.stopped.append({"name": child.name, "pid": child.pid, "exit_code": code})
+
+        self.sup.stop_all(on_stop=record)
+
+
+def first_stage(
+    devices: list[DemoDevice], channel: str, model_id: str, version: str
+) -> tuple[str, list[DemoDevice]]:
+    """Stages (percent) whose first stage reaches exactly the device with the lowest rollout bucket."""
+    from agent.protocol.rollout import rollout_bucket
+
+    buckets = sorted((rollout_bucket(d.dev, channel, model_id, version), d.name) for d in devices)
+    low = buckets[0][0]
+    first_bp = min(low + 1, 9_999)
+    if len(buckets) > 1 and buckets[1][0] < first_bp:
+        raise EdgeproofError("two demo devices share a rollout bucket; no stage can reach just one")
+    reached = [d for d in devices if d.name == buckets[0][1]]
+    return f"{first_bp / 100:g},100", reached
+
+
+def _profile() -> str:
+    from agent.inference.runtime import resolve_profile
+
+    return resolve_profile("auto").id
+
+
+def _listening(log_text: str) -> str:
+    for line in log_text.splitlines():
+        if "http_listening" in line and "url=" in line:
+            return "dashboard " + line.split("url=", 1)[1].strip().strip('"')
+    return ""
