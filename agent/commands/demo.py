@@ -41,6 +41,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=None,
         help="output folder (default: a new edgeproof-demo-* folder in /tmp)",
     )
+    demo.add_argument(
+        "--epoch-s",
+        type=int,
+        default=60,
+        help="epoch length in seconds, 12 slots each (a multiple of 3, 12..600; default: %(default)s)",
+    )
     demo.add_argument("--json", action="store_true", help="print the final figures as one JSON document")
     demo.add_argument("--device-only", action="store_true", help="the one-device demo (models, one daemon)")
     demo.add_argument(
@@ -67,9 +73,11 @@ def run_demo(args: argparse.Namespace) -> int:
     if args.device_only:
         return run_device_only(args)
     from agent.demo.live import LiveTable
+    from agent.demo.network import check_epoch_s
     from agent.demo.report import print_final
     from agent.demo.run import Demo
 
+    timing = check_epoch_s(args.epoch_s)
     if args.out is not None and args.out.exists() and any(args.out.iterdir()):
         raise ConfigError(f"--out {args.out} is not empty", hint="give a new or empty folder")
     out = args.out or Path(tempfile.mkdtemp(prefix="edgeproof-demo-"))
@@ -78,7 +86,7 @@ def run_demo(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _interrupt)  # stop the children as on Ctrl-C
     live = LiveTable(sys.stderr if args.json else sys.stdout)
     live.out.write(f"edgeproof demo: output folder {out}\n")
-    demo = Demo(out, live)
+    demo = Demo(out, live, timing)
     try:
         result = demo.run()
     except EdgeproofError:

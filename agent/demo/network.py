@@ -2,7 +2,8 @@
 
 Keys come from fixed seeds (the same device ids on every run, so the rollout's stages reach
 the same devices); the operator key is made by ``edgeproof fleet keys init``.  Time is
-compressed: 5 s slots, 60 s epochs, 5 s proof windows, 2 s heartbeats, a 10 s trial.
+compressed (:class:`Timing`): 60 s epochs of 12 slots by default, 5 s proof windows, 2 s
+heartbeats, a 10 s trial.
 """
 
 from __future__ import annotations
@@ -16,21 +17,53 @@ from pathlib import Path
 from solders.keypair import Keypair
 
 from agent.config import default_models_dir
+from agent.errors import ConfigError
 from agent.identity import write_keypair
 from agent.inference.cards import load_card
 from agent.protocol.binding import sign_binding
 
-SLOT_MS = 5_000
-EPOCH_MS = 60_000
+SLOTS_PER_EPOCH = 12
 CHALLENGE_DEADLINE_MS = 8_000
 POOL_PER_EPOCH = 1_000_000  # base units (6 decimals: one token per epoch)
 WINDOW_S = 5
-HEARTBEAT_S = 2
 TRIAL_S = 10
 CHANNEL = "demo"
 ROLLOUT_TAG = "classifier"
 #: The version the rollout ships: the same EfficientNet weights under a new card version.
 NEW_VERSION = "1.1.0"
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Compressed time: ``epoch_ms`` split into 12 slots; about one challenge per device per 10 s."""
+
+    epoch_ms: int = 60_000
+
+    @property
+    def slot_ms(self) -> int:
+        return self.epoch_ms // SLOTS_PER_EPOCH
+
+    @property
+    def challenge_probability(self) -> float:
+        return round(min(1.0, self.slot_ms / 10_000), 3)
+
+    @property
+    def heartbeat_s(self) -> int:
+        return 1 if self.slot_ms < 4_000 else 2
+
+    @property
+    def min_epoch_left_s(self) -> float:
+        """The epoch the devices come up in is settled if this much of it is left, else the next."""
+        return 0.6 * self.epoch_ms / 1000
+
+
+def check_epoch_s(epoch_s: int) -> Timing:
+    if not 12 <= epoch_s <= 600 or epoch_s % 3:
+        raise ConfigError(
+            f"--epoch-s {epoch_s}: expected a multiple of 3 between 12 and 600 (12 slots of whole milliseconds, "
+            "at least 1 s each)"
+        )
+    return Timing(epoch_s * 1000)
 
 
 def seeded(name: str) -> Keypair:
@@ -129,14 +162,14 @@ class Layout:
         ]
 
 
-def write_coordinator(layout: Layout, broker_port: int) -> Keypair:
+def write_coordinator(layout: Layout, broker_port: int, timing: Timing) -> Keypair:
     """The coordinator's key (also the reward treasury) and its config; returns the key."""
     layout.coordinator.mkdir(parents=True, exist_ok=True)
     keypair = seeded("coordinator")
     if not layout.coordinator_key.exists():
         write_keypair(layout.coordinator_key, keypair)
     layout.coordinator_config.write_text(
-        f"""# written by `edgeproof demo`: 5 s slots, 60 s epochs, a challenge per active device per slot
+        f"""# written by `edgeproof demo`: 12 slots per epoch, about one challenge per device per 10 s
 [coordinator]
 key = "coordinator-key.json"
 shared_group = "coord"
@@ -149,13 +182,13 @@ sqlite_synchronous = "NORMAL"
 liveness_s = 1.0
 
 [beacons]
-slot_ms = {SLOT_MS}
+slot_ms = {timing.slot_ms}
 
 [epochs]
-epoch_ms = {EPOCH_MS}
+epoch_ms = {timing.epoch_ms}
 
 [challenges]
-probability_per_slot = 0.5
+probability_per_slot = {timing.challenge_probability}
 deadline_ms = {CHALLENGE_DEADLINE_MS}
 active_within_slots = 2
 
@@ -193,7 +226,7 @@ def write_bindings(path: Path, devices: list[DemoDevice], now_ms: int) -> Path:
 
 
 def write_device(
-    device: DemoDevice, *, broker_port: int, coordinator: str, operator: str, profile: str
+    device: DemoDevice, *, broker_port: int, coordinator: str, operator: str, profile: str, timing: Timing
 ) -> Path:
     device.folder.mkdir(parents=True, exist_ok=True)
     tags = json.dumps(list(device.tags))
@@ -213,7 +246,7 @@ threads = 1
 
 [proofs]
 window_s = {WINDOW_S}
-heartbeat_s = {HEARTBEAT_S}
+heartbeat_s = {timing.heartbeat_s}
 
 [mqtt]
 host = "127.0.0.1"

@@ -20,7 +20,7 @@ from agent.chain.client import ChainClient
 from agent.chain.spl import associated_token_address
 from agent.coordinator.config import StorageSection
 from agent.coordinator.read_store import open_read_store
-from agent.demo.network import EPOCH_MS, DemoDevice
+from agent.demo.network import DemoDevice
 from agent.device.status import read_status
 from agent.errors import EdgeproofError
 
@@ -66,16 +66,17 @@ class DeviceView:
 class View:
     now_ms: int
     devices: list[DeviceView]
+    epoch_ms: int
     stage: str = ""
     balances_known: bool = False
 
     @property
     def epoch(self) -> int:
-        return self.now_ms // EPOCH_MS
+        return self.now_ms // self.epoch_ms
 
     @property
     def epoch_left_s(self) -> float:
-        return ((self.epoch + 1) * EPOCH_MS - self.now_ms) / 1000
+        return ((self.epoch + 1) * self.epoch_ms - self.now_ms) / 1000
 
 
 def _deploy_body(raw: Any) -> tuple[str, int] | None:
@@ -90,8 +91,9 @@ def _deploy_body(raw: Any) -> tuple[str, int] | None:
 class Observer:
     """Reads the network; every source may be absent early on (nothing is known yet, not an error)."""
 
-    def __init__(self, devices: list[DemoDevice], database: Path) -> None:
+    def __init__(self, devices: list[DemoDevice], database: Path, epoch_ms: int) -> None:
         self.devices = devices
+        self.epoch_ms = epoch_ms
         self.database = database
         self.chain: ChainClient | None = None
         self.mint: Pubkey | None = None
@@ -125,7 +127,7 @@ class Observer:
                 known = True
             except EdgeproofError:
                 known = False  # the ledger is busy or gone: show the last line without balances
-        return View(now_ms, list(views.values()), stage, known)
+        return View(now_ms, list(views.values()), self.epoch_ms, stage, known)
 
     @staticmethod
     def _read_status(device: DemoDevice, view: DeviceView) -> None:

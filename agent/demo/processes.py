@@ -83,6 +83,7 @@ class Supervisor:
         broker = MosquittoBroker(workdir, name="mosquitto")
         broker.start()
         self.broker = broker
+        self._write_pids()
         return broker
 
     def spawn(self, name: str, argv: list[str], *, stdout_pipe: bool = False) -> Child:
@@ -100,7 +101,15 @@ class Supervisor:
             )
         child = Child(name, process, log_path)
         self.children.append(child)
+        self._write_pids()
         return child
+
+    def _write_pids(self) -> None:
+        """``pids.json`` in the log folder: what was started (for the operator, and the tests)."""
+        pids = {c.name: c.pid for c in self.children}
+        if self.broker is not None and self.broker.process is not None:
+            pids["mosquitto"] = self.broker.process.pid
+        (self.logs / "pids.json").write_text(json.dumps(pids, sort_keys=True) + "\n", encoding="utf-8")
 
     def ready_line(self, child: Child, timeout_s: float) -> dict[str, Any]:
         """The first stdout line of ``child`` as JSON (the ready line of localnet / fleet serve)."""

@@ -19,21 +19,21 @@ from agent.commands.output import print_table
 from agent.coordinator.config import StorageSection
 from agent.coordinator.read_store import open_read_store
 from agent.coordinator.summary import summary
-from agent.demo.network import EPOCH_MS, SLOT_MS, Layout
+from agent.demo.network import Layout, Timing
 
 if TYPE_CHECKING:
     from agent.demo.run import Result
 
 
-def frozen_summary(layout: Layout, epoch: int) -> dict[str, Any]:
+def frozen_summary(layout: Layout, epoch: int, timing: Timing) -> dict[str, Any]:
     store = open_read_store(StorageSection(sqlite_path=str(layout.database)))
     try:
         with store.transaction():
             return summary(
                 store,
-                now_ms=(epoch + 1) * EPOCH_MS - 1,
-                slot_ms=SLOT_MS,
-                epoch_ms=EPOCH_MS,
+                now_ms=(epoch + 1) * timing.epoch_ms - 1,
+                slot_ms=timing.slot_ms,
+                epoch_ms=timing.epoch_ms,
                 online_window_ms=10_000,
             )
     finally:
@@ -128,9 +128,9 @@ reward mint <code>{html.escape(str(result.bootstrap.get("mint", "")))}</code>.</
 """
 
 
-def write_report(result: Result, layout: Layout) -> Path:
+def write_report(result: Result, layout: Layout, timing: Timing) -> Path:
     assert result.epoch is not None
-    doc = frozen_summary(layout, result.epoch)
+    doc = frozen_summary(layout, result.epoch, timing)
     (layout.out / "summary.json").write_text(
         json.dumps(doc, indent=2, sort_keys=True) + "\n", encoding="utf-8"
     )

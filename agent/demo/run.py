@@ -23,9 +23,6 @@ from agent.demo.steps import Steps
 from agent.errors import EdgeproofError
 from agent.localnet.clip import make_clip
 
-#: Seconds the target epoch must still have when the devices are up, or the next epoch is settled.
-MIN_EPOCH_LEFT_S = 35.0
-
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
@@ -79,15 +76,16 @@ class Result:
 
 
 class Demo:
-    def __init__(self, out: Path, live: LiveTable, *, max_epoch_wait_s: float = 150.0) -> None:
+    def __init__(self, out: Path, live: LiveTable, timing: network.Timing) -> None:
         self.layout = Layout(out)
+        self.timing = timing
         self.live = live
         self.steps = Steps(on_change=live.step_changed)
         self.result = Result(out, self.steps)
         self.sup = Supervisor(self.layout.logs, cwd=out)
         self.devices = self.layout.devices()
-        self.observer = Observer(self.devices, self.layout.database)
-        self.max_epoch_wait_s = max_epoch_wait_s
+        self.observer = Observer(self.devices, self.layout.database, timing.epoch_ms)
+        self.max_epoch_wait_s = 2.5 * timing.epoch_ms / 1000
         self.stage = ""
         self.coordinator: Child | None = None
         self.daemons: dict[str, Child] = {}
@@ -148,7 +146,7 @@ class Demo:
             )
             self.rpc = str(self.sup.ready_line(ledger, 60)["rpc"])
             note["detail"] = self.rpc
-        coordinator = network.write_coordinator(layout, broker.port)
+        coordinator = network.write_coordinator(layout, broker.port, self.timing)
         with self.steps.step("chain bootstrap") as note:
             self.result.bootstrap = self.sup.run(
                 "chain-bootstrap",
@@ -219,6 +217,7 @@ class Demo:
                     coordinator=str(coordinator.pubkey()),
                     operator=self.operator,
                     profile=self.profile,
+                    timing=self.timing,
                 )
                 self.daemons[d.name] = self.sup.spawn(
                     f"agent-{d.name}",
@@ -229,7 +228,7 @@ class Demo:
                 lambda v: all(d.heartbeats > 0 for d in v.devices),
                 120,
             )
-            epoch = view.epoch if view.epoch_left_s >= MIN_EPOCH_LEFT_S else view.epoch + 1
+            epoch = view.epoch if view.epoch_left_s >= self.timing.min_epoch_left_s else view.epoch + 1
             self.result.epoch = epoch
             note["detail"] = f"every device heartbeating; epoch {epoch} will be settled"
 
@@ -316,7 +315,7 @@ class Demo:
         epoch = self.result.epoch
         assert epoch is not None
         with self.steps.step(f"rewards settle --epoch {epoch}") as note:
-            end_ms = (epoch + 1) * network.EPOCH_MS
+            end_ms = (epoch + 1) * self.timing.epoch_ms
             deadline = time.monotonic() + self.max_epoch_wait_s
             while now_ms() < end_ms:
                 if time.monotonic() > deadline:
@@ -383,7 +382,7 @@ class Demo:
         with self.steps.step("write the report") as note:
             from agent.demo.report import write_report
 
-            self.result.report = write_report(self.result, self.layout)
+            self.result.report = write_report(self.result, self.layout, self.timing)
             note["detail"] = str(self.result.report)
 
     def _stop(self) -> None:
