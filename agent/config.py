@@ -149,6 +149,37 @@ class FleetSettings(Strict):
         return self
 
 
+class RewardSettings(Strict):
+    # Solana JSON-RPC endpoint the agent submits claim transactions to (localnet, devnet or
+    # mainnet; the same client code).  Empty: the agent does not claim.
+    rpc_url: str = ""
+    # The reward token's mint and decimals: a voucher naming another mint or other decimals is
+    # refused (wrong_mint, wrong_decimals).  Required when rpc_url is set.
+    mint: str = ""
+    decimals: Annotated[int, Field(ge=0, le=18)] = 6
+    # The memo program the coordinator's vouchers use (SPL Memo v2 by default).
+    memo_program: str = "MemoSq4gqABAXKb96qnH8TysNcWxMyWCqXgDLGmfcHr"
+    # The daemon claims on this schedule (0: only when asked with `edgeproof rewards claim`).
+    claim_every_s: Annotated[float, Field(ge=0, le=30 * 86_400)] = 86_400.0
+    # Below this many base units the scheduled claim waits (an asked-for claim does not).
+    min_claim: Annotated[int, Field(ge=1, le=2**64 - 1)] = 1
+    # Per RPC request; retries with backoff stay within the voucher's blockhash lifetime.
+    rpc_timeout_s: Annotated[float, Field(gt=0, le=120)] = 10.0
+
+    @field_validator("mint", "memo_program")
+    @classmethod
+    def _key(cls, value: str) -> str:
+        if value:
+            _base58_pubkey(value)
+        return value
+
+    @model_validator(mode="after")
+    def _complete(self) -> RewardSettings:
+        if self.rpc_url and not self.mint:
+            raise ValueError("rpc_url is set but mint is empty: no voucher could be checked")
+        return self
+
+
 class MetricsSettings(Strict):
     enabled: bool = False
     host: str = "127.0.0.1"
@@ -166,6 +197,7 @@ class AgentConfig(Strict):
     beacons: BeaconSettings = Field(default_factory=BeaconSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     fleet: FleetSettings = Field(default_factory=FleetSettings)
+    rewards: RewardSettings = Field(default_factory=RewardSettings)
 
 
 def _env_value(raw: str) -> Any:

@@ -34,6 +34,7 @@ from agent.protocol.messages import (
     Manifest,
     Proof,
     Receipt,
+    RewardRoot,
     Status,
     Verdict,
     Voucher,
@@ -41,7 +42,7 @@ from agent.protocol.messages import (
 from agent.validation import Strict
 
 Origin = Literal["device", "coordinator", "operator"]
-Scope = Literal["device", "beacon", "manifest"]
+Scope = Literal["device", "beacon", "manifest", "rewards"]
 Priority = Literal["low", "normal", "high"]
 
 
@@ -53,7 +54,7 @@ class KindSpec:
     chained: bool
     max_bytes: int
     scope: Scope
-    #: Device topic channel (``scope == "device"``); None for beacon and manifest.
+    #: Device topic channel (``scope == "device"``); None for beacon, manifest and rewards.
     channel: str | None
     retained: bool
     priority: Priority
@@ -70,8 +71,9 @@ _TABLE: tuple[KindSpec, ...] = (
     ),
     KindSpec("verdict", Verdict, "coordinator", True, 2048, "device", "verdict", False, "normal"),
     KindSpec("claim", Claim, "device", True, 1024, "device", "claim", False, "high"),
-    KindSpec("voucher", Voucher, "coordinator", True, 4096, "device", "voucher", False, "normal"),
+    KindSpec("voucher", Voucher, "coordinator", True, 6144, "device", "voucher", False, "normal"),
     KindSpec("receipt", Receipt, "device", True, 1024, "device", "receipt", False, "high"),
+    KindSpec("reward_root", RewardRoot, "coordinator", False, 1024, "rewards", None, True, "normal"),
     KindSpec("status", Status, "device", False, 1024, "device", "status", True, "normal"),
     KindSpec("deploy", Deploy, "device", True, 1024, "device", "deploy", False, "normal"),
     KindSpec("manifest", Manifest, "operator", True, 4096, "manifest", None, True, "normal"),

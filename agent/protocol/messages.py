@@ -229,8 +229,23 @@ class Claim(Strict):
     amount: U64 | None = None
 
 
+class ProofStep(Strict):
+    """One step of a reward-leaf inclusion proof (docs/rewards.md): the sibling hash, and whether
+    it is the left operand."""
+
+    sibling: Hex64
+    left: bool
+
+
 class Voucher(Strict):
-    """coordinator -> device: a partially signed claim transaction for the device to check and sign."""
+    """coordinator -> device: a partially signed claim transaction for the device to check and sign.
+
+    ``epoch``, ``epoch_amount`` and ``cumulative`` are the device's leaf in that epoch's settlement
+    (the newest settled one), ``proof`` its inclusion proof against the root published in the
+    ``reward_root`` of that epoch; ``paid`` is what the coordinator has recorded as paid to this
+    device before this voucher.  ``amount`` is ``cumulative - paid`` (or the claim's smaller
+    ``amount``): the agent checks it against its own record before it signs.
+    """
 
     device: PubkeyB58
     claim_id: Hex32
@@ -241,6 +256,31 @@ class Voucher(Strict):
     transaction: TxBase64
     blockhash: HashB58
     last_valid_block_height: U64
+    epoch: U64
+    epoch_amount: U64
+    cumulative: U64
+    paid: U64
+    #: At most 24 steps: a tree of up to 2**24 leaves (devices).
+    proof: Annotated[list[ProofStep], Field(max_length=24)]
+
+
+class RewardRoot(Strict):
+    """coordinator (retained, sideband): an epoch's settlement, committed as a Merkle root.
+
+    One retained slot holds the newest settled epoch; a device keeps the newest it has seen
+    (``epoch`` only goes up; the same epoch with another root is refused).  Not chained: it is
+    signed by the coordinator key but may come from ``edgeproof rewards settle``, a process other
+    than the coordinator service that writes the coordinator chain.
+    """
+
+    epoch: U64
+    root: Hex64
+    #: Number of leaves (devices with an allocation row in the epoch).
+    devices: U32
+    pool: U64
+    total: U64
+    policy_hash: Hex64
+    settled_ms: Ms
 
 
 class Receipt(Strict):
@@ -395,6 +435,7 @@ Body = (
     | Verdict
     | Claim
     | Voucher
+    | RewardRoot
     | Receipt
     | Status
     | Deploy

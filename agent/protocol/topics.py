@@ -58,7 +58,7 @@ _CHANNEL = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
 @dataclass(frozen=True)
 class TopicInfo:
-    """A parsed topic: ``scope`` is ``beacon``, ``device`` or ``manifest``."""
+    """A parsed topic: ``scope`` is ``beacon``, ``device``, ``manifest`` or ``rewards``."""
 
     scope: str
     dev: str | None = None
@@ -71,6 +71,8 @@ class TopicInfo:
             return "beacon"
         if self.scope == "manifest":
             return "manifest"
+        if self.scope == "rewards":
+            return "reward_root"
         if self.scope == "device" and self.channel is not None:
             return CHANNEL_KIND[self.channel]
         return None
@@ -120,9 +122,15 @@ class Topics:
         """The topic an envelope of ``kind`` about device ``dev`` is published on."""
         if kind == "beacon":
             return self.beacon()
+        if kind == "reward_root":
+            return self.reward_root()
         if kind not in KIND_CHANNEL:
             raise ProtocolError(f"unknown kind {kind!r}", reason="unknown_kind")
         return self.device(dev, KIND_CHANNEL[kind])
+
+    def reward_root(self) -> str:
+        """The retained slot of the newest epoch settlement root: ``{prefix}/rewards/root``."""
+        return f"{self.prefix}/rewards/root"
 
     def manifest(self, channel: str) -> str:
         if not _CHANNEL.match(channel):
@@ -182,6 +190,8 @@ class Topics:
         rest = topic[len(self.prefix) + 1 :].split("/")
         if rest == ["beacon"]:
             return TopicInfo("beacon")
+        if rest == ["rewards", "root"]:
+            return TopicInfo("rewards")
         if len(rest) == 3 and rest[0] == "dev" and _B58.match(rest[1]) and rest[2] in CHANNEL_KIND:
             return TopicInfo("device", dev=rest[1], channel=rest[2])
         if len(rest) == 3 and rest[:2] == ["fleet", "manifest"] and _CHANNEL.match(rest[2]):
