@@ -226,7 +226,15 @@ def write_bindings(path: Path, devices: list[DemoDevice], now_ms: int) -> Path:
 
 
 def write_device(
-    device: DemoDevice, *, broker_port: int, coordinator: str, operator: str, profile: str, timing: Timing
+    device: DemoDevice,
+    *,
+    broker_port: int,
+    coordinator: str,
+    operator: str,
+    profile: str,
+    timing: Timing,
+    rpc: str,
+    mint: str,
 ) -> Path:
     device.folder.mkdir(parents=True, exist_ok=True)
     tags = json.dumps(list(device.tags))
@@ -262,6 +270,11 @@ channels = ["{CHANNEL}"]
 operator_keys = ["{operator}"]
 tags = {tags}
 trial_s = {TRIAL_S}
+
+[rewards]
+rpc_url = "{rpc}"
+mint = "{mint}"
+claim_every_s = 0
 """,
         encoding="utf-8",
     )

@@ -57,6 +57,7 @@ class Result:
     report: Path | None = None
     plot: Path | None = None
     stopped: list[dict[str, Any]] = field(default_factory=list)
+    claims: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -72,6 +73,7 @@ class Result:
             "report": str(self.report) if self.report else None,
             "plot": str(self.plot) if self.plot else None,
             "stopped": self.stopped,
+            "claims": self.claims,
         }
 
 
@@ -218,6 +220,8 @@ class Demo:
                     operator=self.operator,
                     profile=self.profile,
                     timing=self.timing,
+                    rpc=self.rpc,
+                    mint=str(self.result.bootstrap["mint"]),
                 )
                 self.daemons[d.name] = self.sup.spawn(
                     f"agent-{d.name}",
@@ -349,13 +353,25 @@ class Demo:
             )
 
     def _claims(self) -> None:
+        """One claim per device (``edgeproof rewards claim`` asks its daemon), then the balances."""
         if not claim_command_available():
             self.steps.not_built(
                 "claim (one per device)",
                 "`edgeproof rewards claim` is not in this build yet (the claim flow, issue 10): no tokens moved",
             )
             return
-        raise EdgeproofError("`edgeproof rewards claim` exists but the demo does not drive it yet")
+        settled = {str(d["dev"]): int(d["amount"]) for d in (self.result.settlement or {}).get("devices", [])}
+        with self.steps.step("claim (one per device)") as note:
+            for d in self.devices:
+                self.result.claims[d.name] = self.sup.run(
+                    f"rewards-claim-{d.name}", ["rewards", "claim", "--config", str(d.config), "--json"]
+                )
+            self.wait(
+                "each owner's ledger balance to equal its settled amount",
+                lambda v: all(d.balance == settled.get(d.dev, 0) for d in v.devices),
+                90,
+            )
+            note["detail"] = ", ".join(f"{d.name}: {settled.get(d.dev, 0)}" for d in self.devices)
 
     def _audit(self) -> None:
         epoch = self.result.epoch
