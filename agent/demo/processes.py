@@ -109,7 +109,9 @@ class Supervisor:
         pids = {c.name: c.pid for c in self.children}
         if self.broker is not None and self.broker.process is not None:
             pids["mosquitto"] = self.broker.process.pid
-        (self.logs / "pids.json").write_text(json.dumps(pids, sort_keys=True) + "\n", encoding="utf-8")
+        tmp = self.logs / ".pids.json.tmp"
+        tmp.write_text(json.dumps(pids, sort_keys=True) + "\n", encoding="utf-8")
+        os.replace(tmp, self.logs / "pids.json")
 
     def ready_line(self, child: Child, timeout_s: float) -> dict[str, Any]:
         """The first stdout line of ``child`` as JSON (the ready line of localnet / fleet serve)."""

@@ -185,6 +185,20 @@ def test_report_loads_in_chromium_with_the_settled_figures(demo_run: Any, tmp_pa
         assert row.cells["balance"].text == str(paid)
 
 
+def wait_for_pids(proc: subprocess.Popen[str], out: Path, name: str) -> dict[str, int]:
+    """The demo's pids.json once it lists ``name``."""
+    pids_file = out / "logs" / "pids.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if pids_file.exists():
+            pids: dict[str, int] = json.loads(pids_file.read_text() or "{}")
+            if name in pids:
+                return pids
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    raise AssertionError(f"the demo did not start {name} within 120 s")
+
+
 def test_sigterm_stops_every_child(tmp_path: Path) -> None:
     out = tmp_path / "out"
     proc = subprocess.Popen(
@@ -196,16 +210,7 @@ def test_sigterm_stops_every_child(tmp_path: Path) -> None:
         text=True,
     )
     try:
-        pids_file = out / "logs" / "pids.json"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if pids_file.exists() and "agent-cam-3" in pids_file.read_text():
-                break
-            assert proc.poll() is None, proc.communicate()
-            time.sleep(0.2)
-        else:
-            raise AssertionError("the demo did not start its agents within 120 s")
-        pids = json.loads(pids_file.read_text())
+        pids = wait_for_pids(proc, out, "agent-cam-3")
         proc.send_signal(signal.SIGTERM)
         stdout, stderr = proc.communicate(timeout=60)
     finally:
@@ -216,4 +221,36 @@ def test_sigterm_stops_every_child(tmp_path: Path) -> None:
     assert "edgeproof: interrupted" in stderr
     # The step it was in is named as interrupted (which one depends on how fast the machine is).
     assert re.search(r"^failed +[a-z0-9 ()-]+ \([0-9.]+ s\): interrupted$", stdout, re.MULTILINE), stdout
+    assert all(gone(pid) for pid in pids.values()), pids
+
+
+def test_a_dying_coordinator_fails_the_step_by_name_and_stops_the_rest(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent", "demo", "--out", str(out), "--epoch-s", "24"],
+        cwd=ROOT,
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        pids = wait_for_pids(proc, out, "agent-cam-1")
+        os.kill(pids["coordinator"], signal.SIGKILL)  # a child of the demo this test started
+        stdout, stderr = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 1, stderr
+    error = [line for line in stderr.splitlines() if line.startswith("edgeproof: error:")]
+    assert len(error) == 1, stderr
+    assert re.fullmatch(
+        rf"edgeproof: error: demo step '[a-z0-9 ()-]+' failed: coordinator \(pid {pids['coordinator']}\) "
+        r"exited with -9: .*",
+        error[0],
+    ), error
+    assert "fix: see " in stderr and "coordinator.log" in stderr
+    assert re.search(r"^│ failed +│", stdout, re.MULTILINE), stdout  # the steps table, failed step last
+    pids = json.loads((out / "logs" / "pids.json").read_text())
     assert all(gone(pid) for pid in pids.values()), pids
