@@ -123,6 +123,7 @@ def test_settlement_matches_the_coordinator_database_and_the_ledger(demo_run: An
     for d in audit.values():
         assert d["counted_slots"] > 0 and d["up_slots"] * 2 >= d["counted_slots"], d
         assert d["challenges"].get("passed", 0) >= 1, d
+        assert "window_overlap" not in d["rejections"], d  # consecutive windows touch, never overlap
 
 
 def test_rollout_stage_committed_on_the_devices_it_reached(demo_run: Any) -> None:
