@@ -125,9 +125,16 @@ class Supervisor:
                 if selector.select(timeout=0.2):
                     line = stream.readline()
                     if line:
-                        data = json.loads(line)
+                        try:
+                            data = json.loads(line)
+                        except ValueError:
+                            data = None
                         if not isinstance(data, dict):
-                            break
+                            raise EdgeproofError(
+                                f"{child.name} printed {line[:200].decode(errors='replace').strip()!r} "
+                                "instead of a JSON ready line",
+                                hint=f"see {child.log_path}",
+                            )
                         return data
                 if not child.alive():
                     break

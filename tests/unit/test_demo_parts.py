@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import json
+import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +14,7 @@ from agent.cli import main
 from agent.demo.live import LiveTable
 from agent.demo.network import Layout, Timing, check_epoch_s
 from agent.demo.observe import DeviceView, View
+from agent.demo.processes import Supervisor
 from agent.demo.run import first_stage
 from agent.demo.steps import DemoStepError, Steps
 from agent.errors import ConfigError, EdgeproofError
@@ -125,3 +129,66 @@ def test_first_stage_reaches_exactly_the_lowest_bucket(tmp_path: Path) -> None:
         d.name for d in devices if rollout_bucket(d.dev, "demo", d.model_id, "1.1.0") < round(percent * 100)
     ]
     assert inside == [d.name for d in reached] and len(reached) == 1
+
+
+def _python(code: str) -> list[str]:
+    return [sys.executable, "-c", code]
+
+
+def test_supervisor_refuses_a_ready_line_that_is_not_json(tmp_path: Path) -> None:
+    sup = Supervisor(tmp_path / "logs", cwd=tmp_path)
+    child = sup.spawn(
+        "liar", _python("print('ready!', flush=True); import time; time.sleep(30)"), stdout_pipe=True
+    )
+    try:
+        with pytest.raises(EdgeproofError) as err:
+            sup.ready_line(child, 10)
+        assert err.value.message == "liar printed 'ready!' instead of a JSON ready line"
+        assert err.value.hint == f"see {tmp_path / 'logs' / 'liar.log'}"
+    finally:
+        sup.stop_all(grace_s=5)
+    assert child.process.returncode == -signal.SIGTERM
+
+
+def test_supervisor_names_a_child_that_exits_before_its_ready_line(tmp_path: Path) -> None:
+    sup = Supervisor(tmp_path / "logs", cwd=tmp_path)
+    child = sup.spawn("quitter", _python("import sys; sys.exit(3)"), stdout_pipe=True)
+    try:
+        with pytest.raises(EdgeproofError) as err:
+            sup.ready_line(child, 10)
+        assert err.value.message == "quitter printed no ready line within 10 s (exit code 3)"
+    finally:
+        sup.stop_all(grace_s=5)
+
+
+def test_supervisor_kills_a_child_that_ignores_sigterm(tmp_path: Path) -> None:
+    sup = Supervisor(tmp_path / "logs", cwd=tmp_path)
+    stubborn = sup.spawn(
+        "stubborn",
+        _python(
+            "import signal, sys, time\n"
+            "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+            "print('ignoring', file=sys.stderr, flush=True)\n"
+            "time.sleep(60)"
+        ),
+    )
+    sup.wait_for_log(stubborn, "ignoring", 10)
+    stopped: list[tuple[str, int | None]] = []
+    sup.stop_all(grace_s=0.5, on_stop=lambda child, code: stopped.append((child.name, code)))
+    assert stopped == [("stubborn", -signal.SIGKILL)]
+    assert json.loads((tmp_path / "logs" / "pids.json").read_text()) == {"stubborn": stubborn.pid}
+
+
+def test_supervisor_names_a_failed_command_and_its_error_line(tmp_path: Path) -> None:
+    sup = Supervisor(tmp_path / "logs", cwd=tmp_path)
+    with pytest.raises(EdgeproofError) as err:
+        sup.run(
+            "settle",
+            ["rewards", "settle", "--epoch", "3", "--config", str(tmp_path / "missing.toml"), "--json"],
+        )
+    assert err.value.message.startswith("`edgeproof rewards settle` exited with 2: edgeproof: error: ")
+    assert "missing.toml" in err.value.message
+    log = (tmp_path / "logs" / "settle.log").read_text()
+    assert log.startswith(
+        f"$ edgeproof rewards settle --epoch 3 --config {tmp_path / 'missing.toml'} --json\n"
+    )
