@@ -67,6 +67,14 @@ def _coordinator_line(data: dict[str, Any], configured: str) -> str:
     return f"pinned {pubkey}"
 
 
+def _release_line(model: dict[str, Any]) -> str:
+    """The fleet release the daemon runs and whether it is on trial (or the configured model)."""
+    release = model.get("release")
+    if not release:
+        return "none (the configured [inference] model)"
+    return f"{release} ({'on trial' if model.get('trial') else 'committed'})"
+
+
 def run_status(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     state_dir = Path(config.device.state_dir)
@@ -92,6 +100,7 @@ def run_status(args: argparse.Namespace) -> int:
         {
             "running": data["running"],
             "model": f"{data['model']['id']} ({data['model']['sha256'][:12]}...)",
+            "release": _release_line(data.get("model", {})),
             "provider": data.get("inference", {}).get("provider"),
             "chain seq / last acked": f"{chain.get('seq')} / {chain.get('last_acked_seq')}",
             "outbox depth / bytes": f"{outbox_stats.get('depth')} / {outbox_stats.get('bytes')}",

@@ -37,6 +37,7 @@ from agent.device.control_protocol import socket_path
 from agent.device.coordinator_pin import UNPINNED_NOTICE
 from agent.device.health import HealthProbe
 from agent.device.inbound_handlers import InboundHandlers
+from agent.device.manifest_refusals import RefusalReports
 from agent.device.manifests import DeviceFacts
 from agent.device.metrics import MetricsServer, Snapshot
 from agent.device.model_store import ModelStore
@@ -148,10 +149,10 @@ class Daemon(InboundHandlers):
         self.notifier = Notifier()
         self.stop_event = threading.Event()
         self._challenges: queue.Queue[Challenge] = queue.Queue(maxsize=16)
+        self.fleet = DeviceFacts(self.dev, self.profile.id, frozenset(config.fleet.tags))
         self._init_guards(config)
         self.beacon: tuple[int, str] = (0, NO_BEACON)
         self.verdicts: deque[dict[str, Any]] = deque(maxlen=20)
-        self.fleet = DeviceFacts(self.dev, self.profile.id, frozenset(config.fleet.tags))
         #: channel -> the latest accepted manifest (see agent/device/manifests.py).
         self.manifests: dict[str, dict[str, Any]] = {}
         self.rejected_inbound: Counter[str] = Counter()
@@ -192,6 +193,9 @@ class Daemon(InboundHandlers):
         )
         self._last_beacon: Beacon | None = None
         self.rejection_log = RejectionLog(interval_s=REJECTION_LOG_S, now_s=time.monotonic())
+        self.refusal_reports = RefusalReports(
+            self.state, self._report_deploy, self.fleet, now_s=time.monotonic()
+        )
 
     def _open_pipeline(self, card: Path) -> Pipeline:
         # The configured backend override applies to the configured model only; a fleet release's
@@ -204,7 +208,7 @@ class Daemon(InboundHandlers):
     def _report_deploy(self, body: Deploy) -> None:
         env = self.emit("deploy", body)
         log.log(
-            logging.WARNING if body.state in ("failed", "rolled_back") else logging.INFO,
+            logging.WARNING if body.state in ("failed", "rolled_back", "rejected") else logging.INFO,
             "deploy state",
             extra={
                 "state": body.state,

@@ -7,6 +7,8 @@ device-specific checks: beacon plausibility (:mod:`agent.device.beacon_guard`), 
 admission (:mod:`agent.device.challenge_guard`; admitted challenges are queued for the main
 loop), manifest eligibility (:mod:`agent.device.manifests`).  Every refusal is counted by reason
 in ``rejected_inbound`` and logged, thinned under a flood (:mod:`agent.device.rejection_log`).
+A refused manifest that targets this device is also reported to its operator as a ``deploy``
+message with state ``rejected``, a bounded number of times (:mod:`agent.device.manifest_refusals`).
 
 :class:`InboundHandlers` is mixed into :class:`agent.device.daemon.Daemon`, which owns the
 state it reads and writes (declared below).
@@ -27,6 +29,7 @@ from typing import Any
 from agent.config import AgentConfig
 from agent.device.beacon_guard import BeaconTolerance, check_beacon
 from agent.device.challenge_guard import ChallengeGuard
+from agent.device.manifest_refusals import RefusalReports
 from agent.device.manifests import DeviceFacts, check_manifest, stored_manifest
 from agent.device.rejection_log import RejectionLog
 from agent.device.state_store import StateStore
@@ -55,6 +58,7 @@ class InboundHandlers:
     fleet: DeviceFacts
     challenge_guard: ChallengeGuard
     rejection_log: RejectionLog
+    refusal_reports: RefusalReports
     beacon_tolerance: BeaconTolerance
     beacon: tuple[int, str]
     _last_beacon: Beacon | None
@@ -91,17 +95,25 @@ class InboundHandlers:
                 extra={"reason": reason, "count": count, "interval_s": self.rejection_log.interval_s},
             )
 
+    def _refused_manifest(self, topic: str, payload: bytes, exc: ProtocolError) -> None:
+        """Count and log the refusal; report it as ``rejected`` if it targets this device (bounded)."""
+        self._refused(topic, payload, exc)
+        outcome = self.refusal_reports.consider(payload, exc.reason, time.monotonic())
+        if outcome in ("sent", "repeated", "rate_limited"):
+            self.counters[f"refusal_reports_{outcome}"] += 1
+
     def _verify_inbound(self, topic: str, payload: bytes, kind: str) -> Envelope | None:
         """The shared inbound check (agent/protocol/inbound.py): size, JSON, kind on its topic,
         the pin (or operator trust), signature, schema, addressee.  The device-specific checks
         (beacon plausibility, challenge admission, manifest eligibility) follow in the handlers."""
+        refused = self._refused_manifest if kind == "manifest" else self._refused
         result = check_inbound(topic, payload, self.trust, topics=self.topics)
         if isinstance(result, Rejection):
-            self._refused(topic, payload, result.error())
+            refused(topic, payload, result.error())
             return None
         env = result.envelope
         if env.kind != kind:  # the subscription routes by topic, and the topic names the kind
-            self._refused(topic, payload, ProtocolError(f"expected a {kind} on {topic}", reason="wrong_kind"))
+            refused(topic, payload, ProtocolError(f"expected a {kind} on {topic}", reason="wrong_kind"))
             return None
         return env
 
@@ -177,7 +189,7 @@ class InboundHandlers:
                 free_bytes=shutil.disk_usage(self.state_dir).free,
             )
         except ProtocolError as exc:
-            self._refused(topic, payload, exc)
+            self._refused_manifest(topic, payload, exc)
             return
         summary = decision.summary(self.clock_ms())
         with self._count_lock:

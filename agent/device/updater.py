@@ -24,6 +24,14 @@ Stages, each reported to the operator as a ``deploy`` message on ``dev/{dev}/dep
   :meth:`ModelUpdater.clean_staging` deletes only what no offered release needs.
 * An expired manifest never starts or resumes a download or an install: the expiry is checked
   when the release is offered, when its preparation starts and again before it is installed.
+* A committed release's manifest version is remembered per channel too (a state store record,
+  written once ``committed`` is reported): the broker re-delivering, or a restart re-judging, a
+  manifest at or below it never installs anything again, so a stored older release can never
+  replace a newer active one (issue 9, defect 2).  A daemon that lost power after the pointer
+  said committed but before ``committed`` was reported reports it at its next start.
+* The card in the release must name the manifest's model: its ``id``, ``version``, ``file`` and
+  ``sha256`` equal the manifest's ``model_id``, ``model_version``, ``model`` and model artifact's
+  sha256, else ``card_mismatch``.
 """
 
 from __future__ import annotations
@@ -36,13 +44,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.device.download import DEFAULT_DEADLINE_FLOOR_S, DEFAULT_MIN_RATE_BPS, fetch_artifact
+from agent.device.holds import hold
 from agent.device.manifests import expiry_problem
 from agent.device.model_store import Active, ModelStore, Release
 from agent.device.smoke import SmokeResult, smoke_test
 from agent.device.state_store import StateStore
 from agent.errors import DeployError, EdgeproofError, StorageError
 from agent.inference.backends.base import BackendSettings
-from agent.inference.cards import load_card
+from agent.inference.cards import ModelCard, load_card
 from agent.inference.pipeline import Pipeline
 from agent.profiles import Profile
 from agent.protocol.messages import Deploy, DeployState, Manifest
@@ -58,6 +67,11 @@ Report = Callable[[Deploy], None]
 def failed_key(channel: str) -> str:
     """The state store record naming the last failed manifest version of ``channel``."""
     return f"deploy.{channel}.failed_version"
+
+
+def committed_version_key(channel: str) -> str:
+    """The state store record naming the manifest version of ``channel`` last reported committed."""
+    return f"deploy.{channel}.committed_version"
 
 
 @dataclass(frozen=True)
@@ -149,10 +163,13 @@ class ModelUpdater:
             card = self.store.card_path(active.current)
             try:
                 load_card(card).verify_model()
-                return card, active.current
             except EdgeproofError as exc:
                 log.error("active model unusable", extra={"card": str(card), "error": exc.message})
                 active = self._roll_back(active, "unusable")
+                continue
+            if active.state == "committed":
+                self._report_committed_once(active.current)
+            return card, active.current
         return self.fallback_card, None
 
     # ------------------------------------------------------------------ offers (transport thread)
@@ -168,6 +185,10 @@ class ModelUpdater:
             log.info("expired manifest not prepared", extra={"release": release.key, "error": expired})
             return
         if self.state.record(failed_key(manifest.channel)) == manifest.version:
+            return
+        committed = self.state.record(committed_version_key(manifest.channel))
+        if isinstance(committed, int) and manifest.version <= committed:
+            # Already committed at or after this version on the channel (defect 2: no silent downgrade).
             return
         if self._active_key() == release.key:
             return
@@ -295,17 +316,14 @@ class ModelUpdater:
                     deadline_floor_s=self.download_limits[1],
                 )
                 done += artifact.length
+                if done < total:
+                    hold("download")
             self._check_expiry(manifest)
             self.store.install(release)
         self.report(deploy_body(release, "staged"))
+        hold("verify")
         card_path = self.store.card_path(release)
-        loaded = load_card(card_path)
-        if loaded.card.file != manifest.model or loaded.card.sha256 != manifest.model_sha256:
-            raise DeployError(
-                f"card {manifest.card} names {loaded.card.file} (sha256 {loaded.card.sha256[:12]}...), not the "
-                f"manifest's model {manifest.model} (sha256 {manifest.model_sha256[:12]}...)",
-                reason="card_mismatch",
-            )
+        _check_card(manifest, load_card(card_path).card)
         self.report(deploy_body(release, "smoke_test"))
         pipeline, smoke = smoke_test(card_path, self.profile, self.settings)
         log.info("model release ready", extra={"release": release.key, **smoke.to_dict()})
@@ -347,12 +365,14 @@ class ModelUpdater:
         if self._trial_until is not None and self.clock() >= self._trial_until:
             self._trial_until = None
             active = self.store.commit()
-            self.report(deploy_body(active.current, "committed"))
+            hold("commit")
+            self._report_committed_once(active.current)
         with self._lock:
             ready, self._ready = self._ready, None
         if ready is None:
             return None
         self.store.activate(ready.release)
+        hold("activate")
         self._trial_until = self.clock() + self.trial_s
         self.report(deploy_body(ready.release, "activated"))
         return Swap(ready.pipeline, ready.release)
@@ -370,6 +390,22 @@ class ModelUpdater:
         pipeline = self.open_pipeline(card)
         return Swap(pipeline, restored.current if restored is not None else None)
 
+    def _report_committed_once(self, release: Release) -> None:
+        """Report ``committed`` unless the record says it was (at commit, or at the start after a crash)."""
+        key = committed_version_key(release.channel)
+        try:
+            done = self.state.record(key)
+        except EdgeproofError as exc:  # reported again rather than not at all
+            log.warning("committed release version unreadable", extra={"error": exc.message})
+            done = None
+        if isinstance(done, int) and done >= release.manifest_version:
+            return
+        self.report(deploy_body(release, "committed"))
+        try:
+            self.state.set_record(key, release.manifest_version)
+        except EdgeproofError as exc:
+            log.warning("committed release version not stored", extra={"error": exc.message})
+
     def _roll_back(self, active: Active, reason: str) -> Active | None:
         failed = active.current
         restored = self.store.rollback()
@@ -379,3 +415,20 @@ class ModelUpdater:
             log.warning("failed release version not stored", extra={"error": exc.message})
         self.report(deploy_body(failed, "rolled_back", reason=reason))
         return restored
+
+
+def _check_card(manifest: Manifest, card: ModelCard) -> None:
+    """The card must name the manifest's model: id, version, file and sha256 (``card_mismatch``)."""
+    pairs = (
+        ("id", card.id, "model_id", manifest.model_id),
+        ("version", card.version, "model_version", manifest.model_version),
+        ("file", card.file, "model", manifest.model),
+        ("sha256", card.sha256, "model artifact sha256", manifest.model_sha256),
+    )
+    wrong = [f"card {a} {x!r} != manifest {b} {y!r}" for a, x, b, y in pairs if x != y]
+    if wrong:
+        raise DeployError(
+            f"card {manifest.card} does not describe the manifest's model: {'; '.join(wrong)}",
+            reason="card_mismatch",
+            hint="publish the card that describes the model artifact (fleet publish builds it from the card)",
+        )

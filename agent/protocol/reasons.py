@@ -73,7 +73,7 @@ _TABLE: tuple[Reason, ...] = (
     # --- fleet manifests ---------------------------------------------------------------------
     Reason("untrusted_operator", "message", "a manifest signed by a key the device does not trust"),
     Reason("wrong_channel", "message", "a manifest for another channel than the topic it arrived on"),
-    Reason("stale_version", "message", "a manifest version at or below the accepted one"),
+    Reason("stale_version", "message", "a manifest version below the one accepted on its channel"),
     Reason("no_space", "deploy", "not enough free disk for the release"),
     # --- a release: download, verify, smoke test, trial -------------------------------------
     Reason("bad_url", "deploy", "an artifact URL or redirect that is not allowed"),
@@ -83,7 +83,12 @@ _TABLE: tuple[Reason, ...] = (
     Reason("hash_mismatch", "deploy", "the downloaded bytes do not hash to the manifest's sha256"),
     Reason("io_error", "deploy", "the release could not be written to disk"),
     Reason("install_failed", "deploy", "the release folder could not be installed"),
-    Reason("card_mismatch", "deploy", "the card in the release does not match its artifact"),
+    Reason(
+        "card_mismatch",
+        "deploy",
+        "the card's id, version, file or sha256 is not the manifest's model_id, model_version, model "
+        "or model artifact sha256",
+    ),
     Reason("bad_release", "deploy", "the release folder is incomplete or inconsistent"),
     Reason("load_failed", "deploy", "the release's card or model cannot be loaded"),
     Reason("output_shape", "deploy", "the model's outputs do not have the shapes its card lists"),

@@ -10,11 +10,9 @@ re-delivery; a daemon killed while a new model is on trial rolls it back when it
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,144 +22,23 @@ from agent.device.model_store import ModelStore
 from agent.device.state_store import StateStore
 from agent.device.updater import ModelUpdater, failed_key
 from agent.inference.runtime import backend_settings, resolve_profile
-from agent.protocol.capture import verify_capture
-from agent.protocol.messages import Deploy, Manifest
+from agent.protocol.messages import Deploy
 from tests.support.artifact_server import ArtifactServer
-from tests.support.daemon_rig import (
-    OPERATOR,
-    PREFIX,
-    DaemonProcess,
-    Publisher,
-    capture_of,
-    collector_for,
-    now_ms,
-    wait_until,
-    write_config,
+from tests.support.daemon_rig import capture_of, now_ms, wait_until
+from tests.support.update_rig import (
+    deploy_reports,
+    deploy_states,
+    own_status,
+    partial_bytes,
+    proof_models,
+    rejected,
+    release_files,
+    rig,
+    staging_of,
+    tiny_manifest,
 )
-from tests.support.envelopes import coordinator_envelope
-from tests.support.mosquitto import Collector, MosquittoBroker
-from tests.support.onnx_models import tiny_classifier, write_model_and_card
 
 pytestmark = pytest.mark.integration
-
-MANIFEST_TOPIC = f"{PREFIX}/fleet/manifest/stable"
-
-
-def release_files(folder: Path, seed: int = 0) -> dict[str, bytes]:
-    folder.mkdir(parents=True, exist_ok=True)
-    write_model_and_card(folder, tiny_classifier(seed=seed), name="tiny", input_shape="[1, 3, 32, 32]")
-    return {name: (folder / name).read_bytes() for name in ("tiny.onnx", "tiny.toml")}
-
-
-def tiny_manifest(
-    server: ArtifactServer,
-    files: dict[str, bytes],
-    version: int,
-    *,
-    expires_ms: int | None = None,
-    missing: frozenset[str] = frozenset(),  # artifacts whose URL the server answers with 404
-    **sha: str,
-) -> Manifest:
-    return Manifest.model_validate(
-        {
-            "channel": "stable",
-            "version": version,
-            "model_id": "tiny",
-            "model_version": "1.0.0",
-            "model": "tiny.onnx",
-            "card": "tiny.toml",
-            "artifacts": [
-                {
-                    "name": name,
-                    "url": server.url(f"gone/{name}" if name in missing else name),
-                    "sha256": sha.get(name.replace(".", "_"), hashlib.sha256(data).hexdigest()),
-                    "length": len(data),
-                }
-                for name, data in files.items()
-            ],
-            "expires_ms": now_ms() + 3_600_000 if expires_ms is None else expires_ms,
-            "stages": [10_000],
-            "stage": 0,
-        }
-    )
-
-
-def deploy_states(collector: Collector) -> list[tuple[str, Any, int]]:
-    return [
-        (e.raw["body"]["state"], e.raw["body"].get("reason"), e.raw["body"]["manifest_version"])
-        for e in capture_of(collector).of_kind("deploy")
-    ]
-
-
-def deploy_shas(collector: Collector) -> set[str]:
-    return {e.raw["body"]["model_sha256"] for e in capture_of(collector).of_kind("deploy")}
-
-
-def staging_of(tmp_path: Path) -> Path:
-    return tmp_path / "device" / "state" / "models" / ".staging"
-
-
-def partial_bytes(staging: Path) -> int:
-    """Bytes the daemon has written to .part files so far."""
-    return sum(p.stat().st_size for p in staging.glob("*/*.part")) if staging.is_dir() else 0
-
-
-def rejected(daemon: DaemonProcess, reason: str) -> int:
-    return int(own_status(daemon).get("rejected_inbound", {}).get(reason, 0))
-
-
-def proof_models(collector: Collector) -> list[str]:
-    return [e.raw["body"]["model_id"] for e in capture_of(collector).of_kind("proof")]
-
-
-def own_status(daemon: DaemonProcess) -> dict[str, Any]:
-    """The status file once this process wrote it (the previous process's file is stale)."""
-    status = daemon.status()
-    return status if status.get("pid") == daemon.pid else {}
-
-
-@dataclass
-class Rig:
-    broker: MosquittoBroker
-    collector: Collector
-    publisher: Publisher
-    tmp_path: Path
-    daemons: list[DaemonProcess] = field(default_factory=list)
-
-    def daemon(self, trial_s: float) -> DaemonProcess:
-        """Start a daemon (the same device and state every time) following channel "stable"."""
-        config = write_config(
-            self.tmp_path / "device", self.broker, max_fps=2.0, manifest_channel="stable", trial_s=trial_s
-        )
-        daemon = DaemonProcess(config, self.tmp_path / f"daemon{len(self.daemons)}.log")
-        self.daemons.append(daemon)
-        daemon.start()
-        return daemon
-
-    def push(self, manifest: Manifest) -> None:
-        envelope = coordinator_envelope("manifest", manifest, OPERATOR)
-        self.publisher.publish(MANIFEST_TOPIC, envelope.wire, retain=True)
-
-
-@contextlib.contextmanager
-def rig(tmp_path: Path, name: str) -> Iterator[Rig]:
-    """Broker, device-topic subscriber and publisher; afterwards the whole capture must verify."""
-    broker = MosquittoBroker(tmp_path / "broker")
-    broker.start()
-    collector = collector_for(broker, name)
-    publisher = Publisher(broker)
-    setup = Rig(broker, collector, publisher, tmp_path)
-    try:
-        yield setup
-    finally:
-        publisher.close()
-        for daemon in setup.daemons:
-            daemon.ensure_dead()
-        cap = capture_of(collector)
-        collector.close()
-        broker.kill()
-    report = verify_capture(cap.lines, prefix=PREFIX)
-    assert report.ok, [p.to_dict() for p in report.problems]
 
 
 def test_a_pushed_model_is_downloaded_smoke_tested_swapped_and_committed(tmp_path: Path) -> None:
@@ -335,9 +212,15 @@ def test_a_committed_release_outlives_its_manifest_and_a_reused_version_is_refus
         # v1 again with another model: refused by name, never downloaded.
         r.push(tiny_manifest(server_b, files_b, version=1))
         wait_until(lambda: rejected(daemon, "version_reused") >= 1, 30, "the refusal of the reused version")
+        # ... and reported to the operator, naming the refused content.
+        wait_until(
+            lambda: ("rejected", "version_reused", 1) in deploy_states(collector), 30, "the rejected report"
+        )
         time.sleep(1.0)
         assert server_b.paths == []
-        assert sha_b not in deploy_shas(collector)
+        assert [
+            (b["state"], b["reason"]) for b in deploy_reports(collector) if b["model_sha256"] == sha_b
+        ] == [("rejected", "version_reused")]
         assert own_status(daemon)["model"]["sha256"] == sha_a
         assert daemon.terminate() == 0, daemon.tail()
 
@@ -440,3 +323,42 @@ def test_a_newer_release_supersedes_a_download_and_a_stop_keeps_the_partial(tmp_
             assert list(staging2.iterdir()) == []
         finally:
             third.updater.stop()
+
+
+def test_a_committed_version_is_never_installed_again_over_a_newer_release(tmp_path: Path) -> None:
+    """Issue 9 defect 2: the stored first manifest, re-delivered or judged again after a restart,
+    never replaces the newer release the device runs."""
+    files_a = release_files(tmp_path / "release-a")
+    files_b = release_files(tmp_path / "release-b", seed=1)
+    sha_b = hashlib.sha256(files_b["tiny.onnx"]).hexdigest()
+
+    def commit(u: Updater, version: int) -> None:
+        u.wait_ready(f"v{version} to be ready")
+        wait_until(
+            lambda: u.updater.poll() is None and ("committed", None, version) in u.states(), 30, "the commit"
+        )
+
+    with ArtifactServer(files_a) as server_a, ArtifactServer(files_b) as server_b:
+        v1 = tiny_manifest(server_a, files_a, version=1)
+        first = in_process_updater(tmp_path / "models")
+        try:
+            first.updater.offer(v1)
+            commit(first, 1)
+            first.updater.offer(tiny_manifest(server_b, files_b, version=2))
+            commit(first, 2)
+            served, reported = len(server_a.paths), len(first.reports)
+            first.updater.offer(v1)  # the broker re-delivers the first version
+            time.sleep(1.0)
+            assert len(first.reports) == reported and first.updater.poll() is None
+        finally:
+            first.updater.stop()
+        second = in_process_updater(tmp_path / "models")  # a restart on the same store and state
+        try:
+            second.updater.offer(v1)  # the stored first manifest, judged again
+            time.sleep(1.0)
+            assert second.reports == [] and second.updater.poll() is None
+            assert len(server_a.paths) == served
+            active = second.updater.store.active()
+            assert active is not None and (active.current.model_sha256, active.state) == (sha_b, "committed")
+        finally:
+            second.updater.stop()

@@ -83,3 +83,34 @@ shape = {output_shape}
         encoding="utf-8",
     )
     return card
+
+
+def fails_on_bright_frames(seed: int = 0, threshold: float = 0.9) -> onnx.ModelProto:
+    """:func:`tiny_classifier` whose last Gather fails at run time on a bright frame.
+
+    The logits are gathered at indices 0..9 + 100 * k, k = 1 when the mean of the normalised
+    input is above ``threshold`` (a white frame is 1.0; the smoke test's synthetic frames are
+    near 0), so the model passes its smoke test and onnxruntime raises (index out of bounds)
+    on a white camera.  Static shapes are unchanged: the card check passes.
+    """
+    model = tiny_classifier(seed=seed)
+    graph = model.graph
+    graph.node[-1].output[0] = "pre"  # the Gemm's logits feed the Gather now
+    consts = [
+        numpy_helper.from_array(np.array(threshold, dtype=np.float32), "threshold"),
+        numpy_helper.from_array(np.arange(10, dtype=np.int64), "indices"),
+        numpy_helper.from_array(np.array(100, dtype=np.int64), "hundred"),
+    ]
+    graph.initializer.extend(consts)
+    graph.node.extend(
+        [
+            helper.make_node("ReduceMean", ["input"], ["mean"], keepdims=0),
+            helper.make_node("Greater", ["mean", "threshold"], ["bright"]),
+            helper.make_node("Cast", ["bright"], ["k"], to=TensorProto.INT64),
+            helper.make_node("Mul", ["k", "hundred"], ["offset"]),
+            helper.make_node("Add", ["indices", "offset"], ["picked"]),
+            helper.make_node("Gather", ["pre", "picked"], ["logits"], axis=1),
+        ]
+    )
+    onnx.checker.check_model(model)
+    return model
