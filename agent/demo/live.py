@@ -40,11 +40,12 @@ def row(view: DeviceView) -> tuple[str, ...]:
     )
 
 
-def table_lines(view: View, step: str) -> list[str]:
+def table_lines(view: View, step: str, note: str = "") -> list[str]:
     rows = [COLUMNS, *(row(d) for d in view.devices)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
     lines = [
         f"epoch {view.epoch} ({view.epoch_left_s:4.1f} s left)  rollout: {view.stage or '-'}  step: {step or '-'}"
+        + (f"  ({note})" if note else "")
     ]
     for r in rows:
         lines.append("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
@@ -63,6 +64,8 @@ class LiveTable:
         self._last_plain = 0.0
         self._lock = threading.Lock()
         self.step = ""
+        #: Shown after the step in the table's header (e.g. which epoch will be settled).
+        self.note = ""
 
     def _write(self, text: str) -> None:
         self.out.write(text)
@@ -90,7 +93,7 @@ class LiveTable:
         with self._lock:
             if self.tty:
                 self._erase()
-                lines = table_lines(view, self.step)
+                lines = table_lines(view, self.step, self.note)
                 self._write("\n".join(lines) + "\n")
                 self._drawn = len(lines)
                 return

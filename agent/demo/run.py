@@ -234,6 +234,7 @@ class Demo:
             )
             epoch = view.epoch if view.epoch_left_s >= self.timing.min_epoch_left_s else view.epoch + 1
             self.result.epoch = epoch
+            self.live.note = f"settles epoch {epoch}"
             note["detail"] = f"every device heartbeating; epoch {epoch} will be settled"
 
     def _rollout(self) -> None:
