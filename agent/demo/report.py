@@ -59,7 +59,7 @@ def render(result: Result, doc: dict[str, Any]) -> str:
     settled = amounts(result)
     names = {d["dev"]: d for d in result.devices}
     rows = []
-    for d in doc["devices"]:
+    for d in sorted(doc["devices"], key=lambda d: str(names.get(d["dev"], {}).get("name", d["dev"]))):
         mine = names.get(d["dev"], {})
         rows.append(
             f'<tr data-dev="{html.escape(d["dev"])}">'
@@ -96,7 +96,7 @@ def render(result: Result, doc: dict[str, Any]) -> str:
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>edgeproof demo: epoch {epoch["epoch"]}</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;margin:1em 0}}
-td,th{{border:1px solid #ccc;padding:.2em .6em;text-align:left}}</style></head>
+td,th{{border:1px solid #ccc;padding:.2em .6em;text-align:left;font-size:small}}</style></head>
 <body data-epoch="{epoch["epoch"]}" data-ok="{str(ok).lower()}">
 <h1>edgeproof demo: the whole network on one machine</h1>
 <p>The coordinator dashboard's numbers for epoch <span id="epoch" data-value="{epoch["epoch"]}">{epoch["epoch"]}</span>
