@@ -148,7 +148,7 @@ class Demo:
             )
             self.rpc = str(self.sup.ready_line(ledger, 60)["rpc"])
             note["detail"] = self.rpc
-        coordinator = network.write_coordinator(layout, broker.port, self.timing)
+        coordinator = network.write_coordinator(layout, broker.port, self.timing, self.rpc)
         with self.steps.step("chain bootstrap") as note:
             self.result.bootstrap = self.sup.run(
                 "chain-bootstrap",
@@ -355,7 +355,7 @@ class Demo:
 
     def _claims(self) -> None:
         """One claim per device (``edgeproof rewards claim`` asks its daemon), then the balances."""
-        if not claim_command_available():
+        if not (claim_command_available() and network.payout_supported()):
             self.steps.not_built(
                 "claim (one per device)",
                 "`edgeproof rewards claim` is not in this build yet (the claim flow, issue 10): no tokens moved",
@@ -365,7 +365,9 @@ class Demo:
         with self.steps.step("claim (one per device)") as note:
             for d in self.devices:
                 self.result.claims[d.name] = self.sup.run(
-                    f"rewards-claim-{d.name}", ["rewards", "claim", "--config", str(d.config), "--json"]
+                    f"rewards-claim-{d.name}",
+                    ["rewards", "claim", "--config", str(d.config), "--wait", "60", "--json"],
+                    timeout_s=90,
                 )
             self.wait(
                 "each owner's ledger balance to equal its settled amount",
