@@ -41,9 +41,10 @@ class DeviceView:
     deploys: list[tuple[str, int]] = field(default_factory=list)  # (state, manifest version) in order
     balance: int | None = None
 
-    def committed(self, manifest_version: int, version: str) -> bool:
-        """The device reported ``committed`` for that manifest and runs ``version``, off trial."""
-        return ("committed", manifest_version) in self.deploys and self.version == version and not self.trial
+    def committed(self, min_manifest: int, version: str) -> bool:
+        """The device reported ``committed`` for a manifest >= ``min_manifest`` and runs ``version``, off trial."""
+        reported = any(state == "committed" and mv >= min_manifest for state, mv in self.deploys)
+        return reported and self.version == version and not self.trial
 
     def as_json(self) -> dict[str, Any]:
         return {

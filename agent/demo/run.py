@@ -91,6 +91,7 @@ class Demo:
         self.stage = ""
         self.coordinator: Child | None = None
         self.daemons: dict[str, Child] = {}
+        self.release_url = ""
 
     # ------------------------------------------------------------------ helpers
 
@@ -238,74 +239,9 @@ class Demo:
             note["detail"] = f"every device heartbeating; epoch {epoch} will be settled"
 
     def _rollout(self) -> None:
-        layout = self.layout
-        targeted = [d for d in self.devices if network.ROLLOUT_TAG in d.tags]
-        with self.steps.step("fleet serve") as note:
-            card, model = network.write_release(layout, targeted[0].card)
-            serve = self.sup.spawn(
-                "fleet-serve",
-                agent_argv("fleet", "serve", str(layout.release), "--port", "0", "--json"),
-                stdout_pipe=True,
-            )
-            self.release_url = str(self.sup.ready_line(serve, 60)["url"])
-            note["detail"] = self.release_url
-        stages, first = first_stage(targeted, network.CHANNEL, targeted[0].model_id, network.NEW_VERSION)
-        self.result.rollout = {
-            "model": targeted[0].model_id,
-            "version": network.NEW_VERSION,
-            "stages": stages,
-            "stage_devices": [[d.name for d in first], [d.name for d in targeted]],
-            "committed": [],
-        }
-        later = [d for d in targeted if d not in first]
-        for index, reached in enumerate((first, later)):
-            with self.steps.step(f"fleet publish stage {index}") as note:
-                published = self.sup.run(
-                    "fleet-publish",
-                    [
-                        "fleet",
-                        "publish",
-                        "--card",
-                        str(card),
-                        "--file",
-                        str(model),
-                        "--url",
-                        self.release_url,
-                        "--channel",
-                        network.CHANNEL,
-                        "--targets",
-                        f"tag:{network.ROLLOUT_TAG}",
-                        "--stages",
-                        stages,
-                        "--stage",
-                        str(index),
-                        "--expires",
-                        "1h",
-                        "--key",
-                        str(layout.operator_key),
-                        "--state",
-                        str(layout.operator_state),
-                        "--config",
-                        str(targeted[0].config),
-                        "--json",
-                    ],
-                )
-                self.stage = f"{network.NEW_VERSION} stage {index} ({stages.split(',')[index]}%)"
-                version = int(published["manifest"]["version"])
-                names = {d.name for d in reached}
-                view = self.wait(
-                    f"{', '.join(sorted(names))} to commit {network.NEW_VERSION} (manifest version {version})",
-                    lambda v, names=names, version=version: all(
-                        d.committed(version, network.NEW_VERSION) for d in v.devices if d.name in names
-                    ),
-                    120,
-                )
-                committed = [d.name for d in view.devices if d.version == network.NEW_VERSION and not d.trial]
-                self.result.rollout["committed"] = committed
-                self.stage += " committed"
-                note["detail"] = (
-                    f"manifest version {published['manifest']['version']}; committed on {', '.join(committed)}"
-                )
+        from agent.demo.rollout import run_rollout
+
+        run_rollout(self)
 
     def _challenges(self) -> None:
         with self.steps.step("challenge round") as note:
@@ -412,21 +348,6 @@ class Demo:
             self.result.stopped.append({"name": child.name, "pid": child.pid, "exit_code": code})
 
         self.sup.stop_all(on_stop=record)
-
-
-def first_stage(
-    devices: list[DemoDevice], channel: str, model_id: str, version: str
-) -> tuple[str, list[DemoDevice]]:
-    """Stages (percent) whose first stage reaches exactly the device with the lowest rollout bucket."""
-    from agent.protocol.rollout import rollout_bucket
-
-    buckets = sorted((rollout_bucket(d.dev, channel, model_id, version), d.name) for d in devices)
-    low = buckets[0][0]
-    first_bp = min(low + 1, 9_999)
-    if len(buckets) > 1 and buckets[1][0] < first_bp:
-        raise EdgeproofError("two demo devices share a rollout bucket; no stage can reach just one")
-    reached = [d for d in devices if d.name == buckets[0][1]]
-    return f"{first_bp / 100:g},100", reached
 
 
 def _profile() -> str:

@@ -15,7 +15,7 @@ from agent.demo.live import LiveTable
 from agent.demo.network import Layout, Timing, check_epoch_s
 from agent.demo.observe import DeviceView, View
 from agent.demo.processes import Supervisor
-from agent.demo.run import first_stage
+from agent.demo.rollout import first_stage
 from agent.demo.steps import DemoStepError, Steps
 from agent.errors import ConfigError, EdgeproofError
 from agent.protocol.rollout import rollout_bucket
