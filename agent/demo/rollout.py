@@ -113,16 +113,10 @@ def run_rollout(demo: Demo) -> None:
         "controller": controller,
     }
     percents = stages.split(",")
-    with demo.steps.step("fleet publish stage 0") as note:
-        version = _publish(demo, str(card), str(model), stages, 0, str(targeted[0].config))
-        demo.stage = f"{network.NEW_VERSION} stage 0 ({percents[0]}%)"
-        committed = _wait_committed(demo, first, version)
-        demo.result.rollout["committed"] = committed
-        demo.stage += " committed"
-        note["detail"] = f"manifest version {version}; committed on {', '.join(committed)}"
     if controller:
-        with demo.steps.step("fleet rollout run: stage 1") as note:
-            demo.sup.spawn(
+        # Before stage 0: deploy reports are not retained, the controller must see them live.
+        with demo.steps.step("start the rollout controller") as note:
+            child = demo.sup.spawn(
                 "fleet-rollout",
                 agent_argv(
                     "--log-level",
@@ -143,7 +137,18 @@ def run_rollout(demo: Demo) -> None:
                     "--exit-when-settled",
                     "--json",
                 ),
+                stdout_pipe=True,
             )
+            note["detail"] = str(demo.sup.ready_line(child, 60))
+    with demo.steps.step("fleet publish stage 0") as note:
+        version = _publish(demo, str(card), str(model), stages, 0, str(targeted[0].config))
+        demo.stage = f"{network.NEW_VERSION} stage 0 ({percents[0]}%)"
+        committed = _wait_committed(demo, first, version)
+        demo.result.rollout["committed"] = committed
+        demo.stage += " committed"
+        note["detail"] = f"manifest version {version}; committed on {', '.join(committed)}"
+    if controller:
+        with demo.steps.step("fleet rollout run: stage 1") as note:
             demo.stage = f"{network.NEW_VERSION} stage 1 ({percents[1]}%, controller)"
             committed = _wait_committed(demo, later, version + 1)
             status = demo.sup.run(

@@ -82,6 +82,7 @@ def test_every_step_passes_and_the_claim_step_is_named(demo_run: Any) -> None:
         "fleet keys init",
         "start three agents",
         "fleet serve",
+        *(["start the rollout controller"] if controller_available() else []),
         "fleet publish stage 0",
         # The rollout controller publishes stage 1 when this build has it, else the operator does.
         "fleet rollout run: stage 1" if controller_available() else "fleet publish stage 1",
@@ -142,6 +143,9 @@ def test_rollout_stage_committed_on_the_devices_it_reached(demo_run: Any) -> Non
         "cam-3": ("blazeface-short-range", "0.6.0", False),
     }
     assert rollout["controller"] is controller_available()
+    if rollout["controller"]:  # what `fleet status` said: each stage's one new device committed
+        stages = rollout["status"]["rollouts"][0]["stages"]
+        assert [(s["devices"], s["committed"], s["failed"]) for s in stages] == [(1, 1, 0), (1, 1, 0)]
     for d in data["devices"]:
         committed = [version for state, version in d["deploys"] if state == "committed"]
         if d["name"] in first:
@@ -164,6 +168,7 @@ def test_everything_started_was_stopped_and_no_chatter_reached_the_output(demo_r
         "agent-cam-2",
         "agent-cam-3",
         "fleet-serve",
+        *(["fleet-rollout"] if controller_available() else []),
     }
     assert all(gone(pid) for pid in pids.values()), pids
     assert {s["name"]: s["exit_code"] for s in data["stopped"]} == dict.fromkeys(set(pids) - {"mosquitto"}, 0)
