@@ -35,7 +35,7 @@ NEW_VERSION = "1.1.0"
 
 @dataclass(frozen=True)
 class Timing:
-    """Compressed time: ``epoch_ms`` split into 12 slots; about one challenge per device per 10 s."""
+    """Compressed time: ``epoch_ms`` split into 12 slots; about six challenges per device per epoch."""
 
     epoch_ms: int = 60_000
 
@@ -45,7 +45,13 @@ class Timing:
 
     @property
     def challenge_probability(self) -> float:
-        return round(min(1.0, self.slot_ms / 10_000), 3)
+        """Half the slots of an active device: a settled epoch without a challenge is ~0.1% likely."""
+        return 0.5
+
+    @property
+    def active_within_slots(self) -> int:
+        """A device is active for the coordinator while its last proof (every WINDOW_S) is this recent."""
+        return -(-WINDOW_S * 1000 // self.slot_ms) + 1
 
     @property
     def heartbeat_s(self) -> int:
@@ -180,7 +186,7 @@ def write_coordinator(layout: Layout, broker_port: int, timing: Timing, rpc: str
     if not layout.coordinator_key.exists():
         write_keypair(layout.coordinator_key, keypair)
     layout.coordinator_config.write_text(
-        f"""# written by `edgeproof demo`: 12 slots per epoch, about one challenge per device per 10 s
+        f"""# written by `edgeproof demo`: 12 slots per epoch, about six challenges per device per epoch
 [coordinator]
 key = "coordinator-key.json"
 shared_group = "coord"
@@ -201,7 +207,7 @@ epoch_ms = {timing.epoch_ms}
 [challenges]
 probability_per_slot = {timing.challenge_probability}
 deadline_ms = {CHALLENGE_DEADLINE_MS}
-active_within_slots = 2
+active_within_slots = {timing.active_within_slots}
 
 [mqtt]
 host = "127.0.0.1"

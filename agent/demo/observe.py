@@ -38,6 +38,8 @@ class DeviceView:
     accepted: int = 0
     rejected: int = 0
     challenges: Counter[str] = field(default_factory=Counter)
+    #: Outcomes of the challenges issued in the epoch the demo settles (``Observer.epoch``).
+    epoch_challenges: Counter[str] = field(default_factory=Counter)
     deploys: list[tuple[str, int]] = field(default_factory=list)  # (state, manifest version) in order
     balance: int | None = None
 
@@ -58,6 +60,7 @@ class DeviceView:
             "accepted": self.accepted,
             "rejected": self.rejected,
             "challenges": dict(sorted(self.challenges.items())),
+            "epoch_challenges": dict(sorted(self.epoch_challenges.items())),
             "deploys": [list(d) for d in self.deploys],
             "balance": self.balance,
         }
@@ -98,6 +101,8 @@ class Observer:
         self.database = database
         self.chain: ChainClient | None = None
         self.mint: Pubkey | None = None
+        #: The epoch the demo settles, once chosen.
+        self.epoch: int | None = None
 
     def attach_ledger(self, rpc: str, mint: str) -> None:
         self.chain = ChainClient(rpc, timeout_s=5.0, retries=1)
@@ -155,6 +160,12 @@ class Observer:
                 challenge_rows = store.rows(
                     "SELECT dev, outcome, COUNT(*) FROM challenges GROUP BY dev, outcome"
                 )
+                start = (self.epoch or 0) * self.epoch_ms
+                epoch_rows = store.rows(
+                    "SELECT dev, outcome, COUNT(*) FROM challenges WHERE issued_ms >= ? AND issued_ms < ? "
+                    "GROUP BY dev, outcome",
+                    (start, start + self.epoch_ms),
+                )
                 deploy_rows = store.rows(
                     "SELECT dev, raw FROM messages WHERE kind = 'deploy' AND accepted = 1 ORDER BY id"
                 )
@@ -173,6 +184,9 @@ class Observer:
         for dev, outcome, count in challenge_rows:
             if str(dev) in views:
                 views[str(dev)].challenges[str(outcome or "open")] += int(count)
+        for dev, outcome, count in epoch_rows if self.epoch is not None else []:
+            if str(dev) in views:
+                views[str(dev)].epoch_challenges[str(outcome or "open")] += int(count)
         for dev, raw in deploy_rows:
             body = _deploy_body(raw)
             if body is not None and str(dev) in views:

@@ -235,6 +235,7 @@ class Demo:
             )
             epoch = view.epoch if view.epoch_left_s >= self.timing.min_epoch_left_s else view.epoch + 1
             self.result.epoch = epoch
+            self.observer.epoch = epoch
             self.live.note = f"settles epoch {epoch}"
             note["detail"] = f"every device heartbeating; epoch {epoch} will be settled"
 
@@ -244,13 +245,18 @@ class Demo:
         run_rollout(self)
 
     def _challenges(self) -> None:
+        epoch = self.result.epoch
+        assert epoch is not None
         with self.steps.step("challenge round") as note:
+            left_s = ((epoch + 1) * self.timing.epoch_ms - now_ms()) / 1000
             view = self.wait(
-                "a passed challenge for every device",
-                lambda v: all(d.challenges.get("passed", 0) for d in v.devices),
-                90,
+                f"a passed challenge issued in epoch {epoch} for every device",
+                lambda v: all(d.epoch_challenges.get("passed", 0) for d in v.devices),
+                max(left_s, 0.0) + 30,
             )
-            note["detail"] = ", ".join(f"{d.name}: {dict(d.challenges)}" for d in view.devices)
+            note["detail"] = f"epoch {epoch}: " + ", ".join(
+                f"{d.name} {dict(d.epoch_challenges)}" for d in view.devices
+            )
 
     def _settle(self) -> None:
         epoch = self.result.epoch

@@ -32,9 +32,25 @@ def test_epoch_length_outside_whole_slots_is_refused(epoch_s: int) -> None:
 
 
 def test_timing_scales_slots_challenges_and_heartbeats() -> None:
-    assert (Timing().slot_ms, Timing().challenge_probability, Timing().heartbeat_s) == (5_000, 0.5, 2)
+    default = Timing()
+    assert (
+        default.slot_ms,
+        default.challenge_probability,
+        default.heartbeat_s,
+        default.active_within_slots,
+    ) == (
+        5_000,
+        0.5,
+        2,
+        2,
+    )
     short = check_epoch_s(24)
-    assert (short.slot_ms, short.challenge_probability, short.heartbeat_s) == (2_000, 0.2, 1)
+    assert (short.slot_ms, short.challenge_probability, short.heartbeat_s, short.active_within_slots) == (
+        2_000,
+        0.5,
+        1,
+        4,
+    )
     assert short.min_epoch_left_s == pytest.approx(14.4)
 
 
