@@ -36,6 +36,7 @@ COMMAND_MODULES = (
     "agent.commands.chain",
     "agent.commands.fleet",
     "agent.commands.simulate",
+    "agent.commands.broker",
 )
 
 _STD_ATTRS = set(vars(logging.makeLogRecord({})))

@@ -67,6 +67,9 @@ class InferenceSettings(Strict):
     onnx_providers: list[str] = Field(default_factory=list)  # empty: from the profile
     litert_delegates: list[str] = Field(default_factory=list)
     max_fps: Annotated[float, Field(ge=0)] = 5.0  # 0: as fast as the hardware allows
+    # Folder for the TensorRT execution provider's engine and timing caches (Jetson,
+    # deploy/jetson/README.md).  Empty: no cache, TensorRT builds its engine at every start.
+    tensorrt_cache: str = ""
 
 
 class ProofSettings(Strict):
@@ -268,6 +271,7 @@ def _resolve_paths(config: AgentConfig, base: Path) -> AgentConfig:
         update={
             "model": _resolve(base, config.inference.model),
             "source": _resolve(base, config.inference.source),
+            "tensorrt_cache": _resolve(base, config.inference.tensorrt_cache),
         }
     )
     outbox_path = config.outbox.path

@@ -171,3 +171,41 @@ class FleetError(EdgeproofError):
 
     def __str__(self) -> str:
         return f"refused ({self.reason}): {super().__str__()}"
+
+
+class BrokerCredentialsError(EdgeproofError):
+    """``edgeproof broker credentials`` refused: ``reason`` is a catalogued name.
+
+    E.g. ``bad_device_id`` (not a base58 ed25519 public key), ``acl_not_covered`` (the ACL does not
+    grant the device its own topics), ``acl_too_broad`` (it grants more), ``passwd_malformed``.
+    """
+
+    exit_code = 19
+
+    def __init__(self, message: str, *, reason: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"refused ({self.reason}): {super().__str__()}"
+
+
+class ClaimError(EdgeproofError):
+    """A reward claim cannot be made or was refused (``edgeproof rewards claim``, the daemon's claimer).
+
+    ``reason`` is a catalogued name: ``claims_disabled`` (no ``[rewards]`` rpc_url/mint or no
+    ``device.owner_wallet``), ``claim_not_found``, or a voucher refusal (:class:`VoucherRefused`).
+    """
+
+    exit_code = 21
+
+    def __init__(self, message: str, *, reason: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"refused ({self.reason}): {super().__str__()}"
+
+
+class VoucherRefused(ClaimError):
+    """The agent will not sign a voucher: one of its checks failed (``reason`` names which)."""

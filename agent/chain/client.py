@@ -26,6 +26,7 @@ from solana.rpc.commitment import Commitment, Confirmed
 from solana.rpc.core import RPCException
 from solana.rpc.models import TxOpts
 from solders.account import Account
+from solders.errors import SerdeJSONError
 from solders.hash import Hash
 from solders.instruction import Instruction
 from solders.keypair import Keypair
@@ -45,12 +46,36 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 #: HTTP statuses worth retrying (rate limit, gateway trouble).
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
+#: The largest answer read from a node (a full getTransaction is a few KiB; a block is not asked).
+MAX_ANSWER_BYTES = 4 * 1024 * 1024
 #: Fieldless transaction errors (by their RPC name) with a reason of their own.
 _FIELDLESS_REASONS = {
     "BlockhashNotFound": "blockhash_not_found",
     "AlreadyProcessed": "already_processed",
     "SignatureFailure": "signature_failure",
 }
+
+
+class AnswerTooLarge(httpx2.HTTPError):
+    """The node's answer is over :data:`MAX_ANSWER_BYTES` (raised while it is read, so never held)."""
+
+
+async def _read_bounded(response: httpx2.Response) -> None:
+    """A response hook: read the body, at most ``MAX_ANSWER_BYTES`` of it (declared or streamed)."""
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_ANSWER_BYTES:
+        await response.aclose()
+        raise AnswerTooLarge(f"the answer declares {declared} bytes")
+    parts: list[bytes] = []
+    size = 0
+    async for part in response.aiter_bytes():
+        size += len(part)
+        if size > MAX_ANSWER_BYTES:
+            await response.aclose()
+            raise AnswerTooLarge(f"the answer is over {MAX_ANSWER_BYTES} bytes")
+        parts.append(part)
+    # httpx's own read (Response.aread) then finds the body already there.
+    response._content = b"".join(parts)
 
 
 @dataclass(frozen=True)
@@ -106,6 +131,7 @@ class ChainClient:
         self._loop = asyncio.new_event_loop()
         # Retries are ours (with backoff, counted); solana-py's own immediate retry is off.
         self._rpc = AsyncClient(url, commitment=commitment, timeout=timeout_s, max_transport_retries=0)
+        self._rpc._provider.session.event_hooks = {"request": [], "response": [_read_bounded]}
         self.retried = 0
         self._last_call_retried = False
 
@@ -134,6 +160,11 @@ class ChainClient:
                     raise translate_rpc_error(exc.args[0] if exc.args else exc, what) from None
                 except SolanaRpcException as exc:
                     cause = exc.__cause__
+                    if isinstance(cause, AnswerTooLarge):
+                        raise ChainError(
+                            f"{what}: {self.url} answered over {MAX_ANSWER_BYTES} bytes; not read further",
+                            reason="rpc_oversized",
+                        ) from None
                     if _retryable(cause) and attempt < self.retries:
                         delay = self.backoff_s * 2**attempt
                         log.info(
@@ -159,7 +190,7 @@ class ChainClient:
                         reason="rpc_unreachable",
                         hint="check the RPC URL and that the node (or `edgeproof chain localnet`) is running",
                     ) from None
-                except ValueError as exc:  # solders could not parse the answer
+                except (ValueError, SerdeJSONError) as exc:  # solders could not parse the answer
                     raise ChainError(
                         f"{what}: malformed answer from {self.url}: {exc}", reason="rpc_error"
                     ) from None

@@ -13,11 +13,16 @@ EXIT_PROBLEMS = 1
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     doctor = sub.add_parser(
         "doctor",
-        help="check this device end to end: config, key, model, source, disk, broker, sensors",
+        help="check this device end to end: config, key, wallet, model, source, disk, broker, beacon, clock, RPC",
         description="Run one check per part with the real thing: validate the config, read the key, hash "
         "the model against its card and run it once on the backend the daemon would use, read a frame "
         "from the source, write to the state folder, connect to the broker with the configured TLS and "
-        "credentials (own client id: a running daemon is not disturbed), read the temperature sensor. "
+        "credentials and read the coordinator's retained beacon in that connection (its signer against "
+        "coordinator.pubkey, its slot time against this clock: the fix for an offset is NTP), read the "
+        "temperature sensor, check the reward wallet and, with [rewards] rpc_url, getHealth and the reward "
+        "mint on that RPC endpoint, and what the platform needs (Jetson: GPU providers and TensorRT cache; "
+        "Termux: wake lock, runit service, storage). While the daemon runs, the broker is asked through "
+        "the daemon's control socket instead and the beacon checks are skipped. "
         "Each check is ok, warn, fail or skip (skipped when an earlier failure makes it meaningless). "
         f"Exit status 0 when nothing failed, {EXIT_PROBLEMS} otherwise.",
     )

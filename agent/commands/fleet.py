@@ -1,4 +1,4 @@
-"""`edgeproof fleet keys|publish|serve`: the fleet operator's side of model updates (docs/fleet.md)."""
+"""`edgeproof fleet keys|publish|serve` (rollout, status, halt, resume: fleet_rollout.py); docs/fleet.md."""
 
 from __future__ import annotations
 
@@ -21,16 +21,20 @@ log = logging.getLogger(__name__)
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     group = sub.add_parser(
         "fleet",
-        help="operator tooling: keys, publish signed model manifests, serve artifacts",
+        help="operator tooling: keys, publish signed model manifests, serve artifacts, staged rollouts",
         description="The fleet operator's side of model updates: an operator key, `publish` (build, "
-        "sign on the operator's chain and publish a retained manifest) and `serve` (HTTP artifacts "
-        "with Range and ETag). See docs/fleet.md.",
+        "sign on the operator's chain and publish a retained manifest), `serve` (HTTP artifacts "
+        "with Range and ETag), `rollout run` (advance stages, halt on failures), `status`, `halt` "
+        "and `resume`. See docs/fleet.md.",
     )
     group.set_defaults(group_parser=group)
     commands = group.add_subparsers(dest="fleet_command", metavar="SUBCOMMAND")
     _register_keys(commands)
     _register_publish(commands)
     _register_serve(commands)
+    from agent.commands import fleet_rollout
+
+    fleet_rollout.register(commands)
 
 
 def _register_keys(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

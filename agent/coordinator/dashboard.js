@@ -104,6 +104,7 @@ function renderRollouts(rollouts) {
   }
   for (const item of items) {
     const tr = document.createElement("tr");
+    tr.dataset.rollout = item.channel;
     for (const key of keys) {
       cell(tr, key, item[key]);
     }

@@ -178,6 +178,51 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX challenges_issued ON challenges (issued_ms)",
         ),
     ),
+    # 5 is the claims migration (another branch); the numbers stay as assigned.
+    Migration(
+        6,
+        "fleet rollouts: one row per release, each device's newest deploy report, refusal counts",
+        (
+            # A release's rollout as the controller (edgeproof fleet rollout run) records it: the
+            # newest manifest it published for it (``manifest`` is its body JSON), ``state``
+            # running | halted | done, the abort rate, the stage timeout and each stage's start.
+            """CREATE TABLE rollouts (
+                id {id},
+                channel TEXT NOT NULL,
+                model_id TEXT NOT NULL,
+                model_version TEXT NOT NULL,
+                model_sha256 TEXT NOT NULL,
+                manifest_version BIGINT NOT NULL,
+                stage INTEGER NOT NULL,
+                state TEXT NOT NULL,
+                halt_reason TEXT,
+                abort_failure_rate DOUBLE PRECISION NOT NULL,
+                stage_timeout_ms BIGINT NOT NULL,
+                stage_started TEXT NOT NULL,
+                started_ms BIGINT NOT NULL,
+                resumed_ms BIGINT NOT NULL,
+                updated_ms BIGINT NOT NULL,
+                manifest TEXT NOT NULL
+            )""",
+            "CREATE UNIQUE INDEX rollouts_release ON rollouts (channel, model_id, model_version, model_sha256)",
+            # The newest deploy report of each device about a rollout's release (``seq`` is the
+            # device chain's seq of that report: a replay is at or below the highest one).
+            """CREATE TABLE rollout_reports (
+                rollout_id BIGINT NOT NULL REFERENCES rollouts(id),
+                dev TEXT NOT NULL,
+                state TEXT NOT NULL,
+                reason TEXT,
+                seq BIGINT NOT NULL,
+                at_ms BIGINT NOT NULL,
+                PRIMARY KEY (rollout_id, dev)
+            )""",
+            # Reports the controller refused, by reason (docs/fleet.md, "Status").
+            """CREATE TABLE rollout_refusals (
+                reason TEXT PRIMARY KEY,
+                count BIGINT NOT NULL
+            )""",
+        ),
+    ),
 )
 
 #: The schema version this code writes and reads.

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from agent.coordinator import rollout_rows
 from agent.coordinator.audit import epoch_of, epoch_report
 from agent.coordinator.challenge_rows import SCORED_OUTCOMES
 from agent.coordinator.store import Store
 
-#: Shown until fleet push (issue 9) records rollouts in the coordinator's database.
-NO_ROLLOUTS = "no rollouts yet: fleet push is issue 9"
+#: Shown until `edgeproof fleet rollout run` records a rollout in the coordinator's database.
+NO_ROLLOUTS = "no rollouts recorded: edgeproof fleet rollout run records them (docs/fleet.md)"
 
 
 def online_devices(store: Store, now_ms: int, window_ms: int) -> dict[str, int]:
@@ -54,12 +55,12 @@ def message_totals(store: Store) -> dict[str, int]:
 
 
 def rollouts(store: Store) -> list[dict[str, Any]]:
-    """Rollouts to show: none until fleet push (issue 9) stores them; the page renders any rows.
+    """The newest rollout of each channel (agent/coordinator/rollout_rows.py, migration 6).
 
-    Each item is a flat object (e.g. ``release``, ``channel``, ``stage``, ``state``,
-    ``devices``); the page shows one table row per item with its keys as columns.
+    Each item is a flat object (``channel``, ``release``, ``stage``, ``state``, report counts);
+    the page shows one table row per item with its keys as columns.
     """
-    return []
+    return rollout_rows.dashboard_items(store)
 
 
 def _rate(passed: int, scored: int) -> float | None:

@@ -31,6 +31,8 @@ from agent.config import SOURCE_NONE, AgentConfig
 from agent.device.beacon_guard import BeaconTolerance
 from agent.device.challenge_guard import ChallengeGuard, ChallengeLimits
 from agent.device.challenges import ChallengeResponder
+from agent.device.claim_book import ClaimBook
+from agent.device.claimer import Claimer, claim_ops
 from agent.device.commitments import CommitmentHasher
 from agent.device.control import ControlServer, daemon_ops
 from agent.device.control_protocol import socket_path
@@ -102,6 +104,7 @@ class Daemon(InboundHandlers):
             onnx_providers=inf.onnx_providers or None,
             litert_delegates=inf.litert_delegates or None,
             spin_wait=inf.max_fps == 0,  # paced frames: idle workers sleep instead of spinning
+            tensorrt_cache=inf.tensorrt_cache,
         )
         # One SQLite file, two owners: the device state store and the message queue.
         self.db = SqliteFile.open(config.outbox.path, synchronous=config.outbox.synchronous)
@@ -157,6 +160,7 @@ class Daemon(InboundHandlers):
         self.manifests: dict[str, dict[str, Any]] = {}
         self.rejected_inbound: Counter[str] = Counter()
         self._count_lock = threading.Lock()
+        self.claimer = Claimer(config, ClaimBook(self.state), keypair, self.emit, clock_ms, self._count_lock)
         self.metrics_server: MetricsServer | None = None
         self.started_ms = clock_ms()
         self._started_mono = time.monotonic()
@@ -367,6 +371,7 @@ class Daemon(InboundHandlers):
             "rejected_inbound": self._rejected_copy(),
             "counters": dict(self.counters),
             "control": self.control.stats() if self.control is not None else None,
+            "rewards": self.claimer.snapshot(),
         }
 
     def _rejected_copy(self) -> dict[str, int]:
@@ -409,6 +414,7 @@ class Daemon(InboundHandlers):
             outbox=self.outbox.stats().as_dict(),
             transport=self.transport.status().as_dict(),
             coordinator_pinned=bool(self.config.coordinator.pubkey),
+            claims=self.claimer.counts(),
         )
 
     def _start_metrics(self) -> None:
@@ -464,7 +470,8 @@ class Daemon(InboundHandlers):
 
     def start(self) -> None:
         # First: a second daemon on this state dir stops here, before it touches the broker.
-        self.control = ControlServer(socket_path(self.state_dir), daemon_ops(self))
+        ops = {**daemon_ops(self), **claim_ops(self.claimer)}
+        self.control = ControlServer(socket_path(self.state_dir), ops)
         self.control.start()
         will = self.signer.sideband("status", self.status_body("offline"), self.clock_ms())
         self.transport.set_will(self.topics.status(self.dev), will.wire, retain=True)
@@ -472,6 +479,7 @@ class Daemon(InboundHandlers):
         self.transport.subscribe(self.topics.device(self.dev, "challenge"), self.on_challenge)
         self.transport.subscribe(self.topics.device(self.dev, "verdict"), self.on_verdict)
         self.transport.subscribe(self.topics.device(self.dev, "voucher"), self.on_voucher)
+        self.transport.subscribe(self.topics.reward_root(), self.on_reward_root)
         for channel in self.config.fleet.channels:
             self.transport.subscribe(self.topics.manifest(channel), self.on_manifest)
         if self.config.fleet.channels:
@@ -480,6 +488,7 @@ class Daemon(InboundHandlers):
         self.transport.start()
         self._start_metrics()
         self.emit("status", self.status_body("online"), retain=True)
+        self.claimer.start()  # its own thread: RPC calls never block this loop
         self._open_source()
 
     def run(self, *, duration_s: float | None = None) -> int:
@@ -601,6 +610,7 @@ class Daemon(InboundHandlers):
         log.info("shutting down: closing the window and flushing")
         self.notifier.stopping()
         try:
+            self.claimer.stop()
             self.close_window()
             self.emit("status", self.status_body("offline"), retain=True)
             flushed = self.transport.flush(timeout=5.0)

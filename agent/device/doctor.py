@@ -3,8 +3,10 @@
 Every check uses the real part: the config is loaded and validated, the key file is read with
 its mode checked, the model is hashed against its card and run once on a synthetic frame by the
 backend the daemon would pick, the source yields a frame, the state folder takes a file, the
-broker answers an MQTT CONNECT with the configured TLS and credentials, the thermal sensor is
-read.  A failed check names what is wrong and how to fix it; later checks that need its result
+broker answers an MQTT CONNECT with the configured TLS and credentials and hands over the
+coordinator's retained beacon (its signer checked against the pin, its slot time against this
+clock), the thermal sensor is read, the reward wallet and the RPC endpoint are checked, and what
+the platform's recipe needs is there (:mod:`agent.device.doctor_checks`).  A failed check names what is wrong and how to fix it; later checks that need its result
 are skipped rather than failing again for the same cause.
 
 Nothing here disturbs a running daemon.  The broker ties every client id to its user name
@@ -22,29 +24,37 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from agent.config import SOURCE_NONE, AgentConfig, load_config
+from agent.device import doctor_checks
 from agent.device.coordinator_pin import PIN_HINT, UNPINNED_NOTICE
+from agent.device.doctor_checks import Status
 from agent.device.health import HealthProbe
 from agent.device.status import pid_alive, read_status
 from agent.errors import EdgeproofError
 from agent.identity import device_id, load_keypair
 from agent.profiles import Profile
+from agent.protocol.envelope import Envelope
+from agent.protocol.topics import Topics
 
-Status = Literal["ok", "warn", "fail", "skip"]
 #: The checks, in the order they run.
 CHECKS = (
     "config",
     "daemon",
     "key",
+    "wallet",
     "profile",
+    "platform",
     "model",
     "thermal",
     "source",
     "storage",
     "broker",
+    "beacon",
+    "clock",
     "coordinator",
+    "rpc",
 )
 
 
@@ -99,6 +109,10 @@ class _Found:
     dev: str | None = None
     profile: Profile | None = None
     daemon_pid: int | None = None
+    probed: bool = False  # the broker check connected itself (and read the retained beacon)
+    beacon_wire: bytes | None = None
+    beacon_at_ms: int = 0
+    beacon: Envelope | None = None
 
 
 def diagnose(config_path: str | None, *, root: Path = Path("/"), broker_timeout_s: float = 5.0) -> Report:
@@ -143,14 +157,7 @@ def diagnose(config_path: str | None, *, root: Path = Path("/"), broker_timeout_
 
     def key() -> tuple[Status, str, str]:
         found.dev = device_id(load_keypair(cfg.device.key))
-        wallet = cfg.device.owner_wallet
-        if not wallet:
-            return (
-                "warn",
-                f"device id {found.dev}; no owner wallet",
-                "set device.owner_wallet to the Solana address that should receive rewards",
-            )
-        return "ok", f"device id {found.dev}; rewards go to {wallet}", ""
+        return "ok", f"device id {found.dev}", ""
 
     def profile() -> tuple[Status, str, str]:
         from agent.inference.runtime import resolve_profile
@@ -172,6 +179,7 @@ def diagnose(config_path: str | None, *, root: Path = Path("/"), broker_timeout_
             onnx_providers=inf.onnx_providers or None,
             litert_delegates=inf.litert_delegates or None,
             spin_wait=inf.max_fps == 0,
+            tensorrt_cache=inf.tensorrt_cache,
         )
         pipeline = Pipeline.open(inf.model, settings, inf.backend or None)
         info = pipeline.describe()
@@ -241,7 +249,10 @@ def diagnose(config_path: str | None, *, root: Path = Path("/"), broker_timeout_
         if found.daemon_pid is not None:
             return _broker_through_daemon(state_dir)
         client_id = f"edgeproof-doctor-{found.dev[:8]}-{os.getpid()}"
-        result = probe_broker(cfg.mqtt, client_id, timeout_s=broker_timeout_s)
+        beacon_topic = Topics(cfg.mqtt.topic_prefix).beacon()
+        result = probe_broker(cfg.mqtt, client_id, timeout_s=broker_timeout_s, retained=beacon_topic)
+        found.probed = True
+        found.beacon_wire, found.beacon_at_ms = result.retained, result.retained_at_ms
         if cfg.mqtt.tls is None and cfg.mqtt.host not in ("127.0.0.1", "localhost", "::1"):
             return (
                 "warn",
@@ -275,22 +286,47 @@ def diagnose(config_path: str | None, *, root: Path = Path("/"), broker_timeout_
             "",
         )
 
+    def beacon() -> tuple[Status, str, str]:
+        topic = Topics(cfg.mqtt.topic_prefix).beacon()
+        outcome, found.beacon = doctor_checks.beacon(found.beacon_wire, cfg.coordinator.pubkey, topic)
+        return outcome
+
     report.attempt("daemon", daemon)
     key_ok = report.attempt("key", key)
+    report.attempt("wallet", lambda: doctor_checks.wallet(cfg, found.dev))
     profile_ok = report.attempt("profile", profile)
     if profile_ok:
+        detected = found.profile
+        assert detected is not None
+        report.attempt("platform", lambda: doctor_checks.platform(detected, cfg, root=root))
         report.attempt("model", model)
         report.attempt("thermal", thermal)
     else:
+        report.skip("platform", "no firmware profile")
         report.skip("model", "no firmware profile")
         report.skip("thermal", "no firmware profile")
     report.attempt("source", source)
     report.attempt("storage", storage)
     if key_ok:
-        report.attempt("broker", broker)
+        broker_ok = report.attempt("broker", broker)
     else:
+        broker_ok = False
         report.skip("broker", "no device key (the broker user is the device id)")
+    if found.probed and broker_ok:
+        report.attempt("beacon", beacon)
+    elif found.daemon_pid is not None:
+        report.skip(
+            "beacon", "the running daemon holds the device's broker session (stop it to read the beacon)"
+        )
+    else:
+        report.skip("beacon", "no broker connection")
+    if found.beacon is not None:
+        env = found.beacon
+        report.attempt("clock", lambda: doctor_checks.clock(env, found.beacon_at_ms, cfg.beacons.tolerance_s))
+    else:
+        report.skip("clock", "no verified beacon to compare with")
     report.attempt("coordinator", coordinator)
+    report.attempt("rpc", lambda: doctor_checks.rpc(cfg.rewards))
     return report
 
 

@@ -29,6 +29,7 @@ from typing import Any
 from agent.config import AgentConfig
 from agent.device.beacon_guard import BeaconTolerance, check_beacon
 from agent.device.challenge_guard import ChallengeGuard
+from agent.device.claimer import Claimer
 from agent.device.manifest_refusals import RefusalReports
 from agent.device.manifests import DeviceFacts, check_manifest, stored_manifest
 from agent.device.rejection_log import RejectionLog
@@ -45,7 +46,7 @@ log = logging.getLogger("agent.device.daemon")
 
 
 class InboundHandlers:
-    """``on_beacon``, ``on_challenge``, ``on_verdict``, ``on_voucher``, ``on_manifest``."""
+    """``on_beacon``, ``on_challenge``, ``on_verdict``, ``on_voucher``, ``on_reward_root``, ``on_manifest``."""
 
     # Owned and set up by the Daemon.
     config: AgentConfig
@@ -57,6 +58,7 @@ class InboundHandlers:
     updater: ModelUpdater
     fleet: DeviceFacts
     challenge_guard: ChallengeGuard
+    claimer: Claimer
     rejection_log: RejectionLog
     refusal_reports: RefusalReports
     beacon_tolerance: BeaconTolerance
@@ -159,6 +161,7 @@ class InboundHandlers:
         verdict = env.body.model_dump(mode="json")
         verdict["received_ms"] = self.clock_ms()
         self.verdicts.append(verdict)
+        self.claimer.on_verdict(env.body)
         level = logging.INFO if env.body.accepted else logging.WARNING
         log.log(
             level, "verdict", extra={k: verdict[k] for k in ("ref_kind", "ref_seq", "accepted", "reason")}
@@ -166,9 +169,27 @@ class InboundHandlers:
 
     def on_voucher(self, topic: str, payload: bytes) -> None:
         env = self._verify_inbound(topic, payload, "voucher")
-        if env is not None:
-            # Claims are handled by `edgeproof claim` (rewards issue); the daemon only records it.
-            self.counters["vouchers_seen"] += 1
+        if env is None:
+            return
+        try:
+            # Replay and flood refusals here; the checks before signing on the claimer's thread.
+            self.claimer.admit(env)
+        except ProtocolError as exc:
+            self._refused(topic, payload, exc)
+        except StorageError as exc:
+            # Not remembered, so not taken: a replay of it could not be recognised.
+            log.error("voucher not taken: the state store failed", extra={"error": str(exc)})
+
+    def on_reward_root(self, topic: str, payload: bytes) -> None:
+        env = self._verify_inbound(topic, payload, "reward_root")
+        if env is None:
+            return
+        try:
+            self.claimer.admit_root(env)
+        except ProtocolError as exc:
+            self._refused(topic, payload, exc)
+        except StorageError as exc:
+            log.error("reward root not stored", extra={"error": str(exc)})
 
     def on_manifest(self, topic: str, payload: bytes) -> None:
         env = self._verify_inbound(topic, payload, "manifest")
@@ -194,7 +215,10 @@ class InboundHandlers:
         summary = decision.summary(self.clock_ms())
         with self._count_lock:
             self.manifests[channel] = summary
-        if decision.eligible:
+        if decision.manifest.halted:
+            # A halted rollout: nothing starts; a release of it being prepared stops.
+            self.updater.halt(decision.manifest)
+        elif decision.eligible:
             # Also for a duplicate (the same content, stored or re-delivered, not expired): an
             # unfinished download resumes; a running or failed release is not started again.
             self.updater.offer(decision.manifest)

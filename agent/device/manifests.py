@@ -162,7 +162,7 @@ def check_manifest(
         return ManifestDecision(manifest, env.dev, duplicate=True, targeted=targeted, bucket=bucket)
     decision = ManifestDecision(manifest, env.dev, duplicate=False, targeted=targeted, bucket=bucket)
     needed = manifest.total_bytes + HEADROOM_BYTES
-    if decision.eligible and free_bytes < needed:
+    if decision.eligible and not manifest.halted and free_bytes < needed:
         raise ProtocolError(
             f"manifest version {manifest.version} needs {manifest.total_bytes / 1e6:.1f} MB of downloads "
             f"plus {HEADROOM_BYTES / 1e6:.1f} MB headroom; {free_bytes / 1e6:.1f} MB free",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
@@ -44,6 +44,9 @@ class Snapshot:
     transport: Mapping[str, Any]
     #: False when no coordinator key is pinned: every coordinator message is then refused.
     coordinator_pinned: bool = True
+    #: The claimer's counts (agent/device/claimer.py): ``counters``, ``refused`` and
+    #: ``chain_errors``, each name -> count.
+    claims: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
 
 
 class DaemonCollector(Collector):
@@ -133,6 +136,7 @@ def _families(snap: Snapshot) -> Iterable[Metric]:
     for reason, count in sorted(snap.rejected_inbound.items()):
         rejected.add_metric([reason], count)
     yield rejected
+    yield from _claim_families(snap.claims)
     yield GaugeMetricFamily(
         "edgeproof_coordinator_pinned",
         "1 when a coordinator key is pinned; 0: every coordinator message is refused (unpinned_coordinator)",
@@ -181,3 +185,26 @@ class MetricsServer:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+
+
+def _claim_families(claims: Mapping[str, Mapping[str, int]]) -> Iterable[Metric]:
+    counts = claims.get("counters", {})
+    for name, doc in (
+        ("claims_sent", "Reward claims sent (chained)"),
+        ("vouchers_signed", "Vouchers that passed every check and were signed"),
+        ("claims_confirmed", "Claims confirmed on chain"),
+        ("claims_expired", "Claims whose transaction expired unlanded (a new claim followed)"),
+    ):
+        yield _counter(f"edgeproof_{name}", doc, counts.get(name, 0))
+    refused = CounterMetricFamily(
+        "edgeproof_vouchers_refused", "Vouchers refused before signing, by reason", labels=["reason"]
+    )
+    for reason, count in sorted(claims.get("refused", {}).items()):
+        refused.add_metric([reason], count)
+    yield refused
+    errors = CounterMetricFamily(
+        "edgeproof_claim_rpc_errors", "RPC failures met by the claimer, by reason", labels=["reason"]
+    )
+    for reason, count in sorted(claims.get("chain_errors", {}).items()):
+        errors.add_metric([reason], count)
+    yield errors

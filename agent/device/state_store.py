@@ -342,6 +342,20 @@ class StateStore:
 
         self._write("writing a record", work)
 
+    def set_records(self, values: dict[str, RecordValue]) -> None:
+        """Write several records in one transaction (None deletes): all or none of them."""
+
+        def work(db: sqlite3.Connection) -> None:
+            for key, value in values.items():
+                if value is None:
+                    db.execute("DELETE FROM records WHERE key = ?", (key,))
+                else:
+                    db.execute(
+                        "INSERT OR REPLACE INTO records (key, value) VALUES (?, ?)", (key, json.dumps(value))
+                    )
+
+        self._write("writing records", work)
+
     def records(self) -> dict[str, RecordValue]:
         rows = self._read(
             "reading records", lambda db: db.execute("SELECT key, value FROM records").fetchall()

@@ -32,6 +32,11 @@ Stages, each reported to the operator as a ``deploy`` message on ``dev/{dev}/dep
 * The card in the release must name the manifest's model: its ``id``, ``version``, ``file`` and
   ``sha256`` equal the manifest's ``model_id``, ``model_version``, ``model`` and model artifact's
   sha256, else ``card_mismatch``.
+* A halted manifest (``halted: true``, the rollout controller's stop, docs/fleet.md) is never
+  offered: :meth:`ModelUpdater.halt` drops its release if it is waiting, stops it if it is
+  downloading or being smoke-tested, and drops it if it is smoke-tested but not yet activated
+  (``failed``, reason ``halted``; its files are deleted).  An active release (on trial or
+  committed) stays: a halt stops a rollout, only a rollback manifest takes a model back.
 """
 
 from __future__ import annotations
@@ -140,6 +145,7 @@ class ModelUpdater:
         self._busy: Manifest | None = None  # the manifest being prepared
         self._job_stop = threading.Event()  # stops the release being prepared (stop, supersede)
         self._superseded = False
+        self._halted = False
         self._ready: _Ready | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -257,7 +263,7 @@ class ModelUpdater:
                     return
                 channel = next(iter(self._pending))
                 manifest = self._pending.pop(channel)
-                self._busy, self._superseded = manifest, False
+                self._busy, self._superseded, self._halted = manifest, False, False
                 self._job_stop = threading.Event()
             error: tuple[str, str] | None = None
             try:
@@ -273,10 +279,14 @@ class ModelUpdater:
                 self._busy = None
                 if error is None:
                     self._ready = ready
-                superseded = self._superseded
+                superseded, halted = self._superseded, self._halted
             if error is None:
+                if halted:  # the halt came as the smoke test finished
+                    self._drop_ready(Release.from_manifest(manifest).key)
                 continue
-            if error[0] != "cancelled":
+            if halted:
+                self._halted_release(manifest)
+            elif error[0] != "cancelled":
                 self._failed(manifest, *error)
             elif superseded:
                 self._superseded_release(manifest)
@@ -340,6 +350,40 @@ class ModelUpdater:
             log.warning("failed release version not stored", extra={"error": exc.message})
         self._discard(release)
         self.report(deploy_body(release, "failed", reason=reason))
+
+    def halt(self, manifest: Manifest) -> bool:
+        """The rollout of ``manifest``'s release is halted: stop it unless it is already active.
+
+        Returns True when something was stopped or dropped (waiting, downloading, smoke-tested).
+        """
+        key = Release.from_manifest(manifest).key
+        with self._wake:
+            pending = self._pending.get(manifest.channel)
+            dropped = pending if pending is not None and Release.from_manifest(pending).key == key else None
+            if dropped is not None:
+                del self._pending[manifest.channel]
+            busy = self._busy is not None and self._busy_key() == key
+            if busy:
+                self._halted = True
+                self._job_stop.set()
+        if dropped is not None:
+            self._halted_release(dropped)
+        return self._drop_ready(key) or busy or dropped is not None
+
+    def _drop_ready(self, key: str) -> bool:
+        with self._lock:
+            ready = self._ready if self._ready is not None and self._ready.release.key == key else None
+            if ready is not None:
+                self._ready = None
+        if ready is not None:
+            self._halted_release(ready.manifest)
+        return ready is not None
+
+    def _halted_release(self, manifest: Manifest) -> None:
+        release = Release.from_manifest(manifest)
+        log.info("model release halted", extra={"release": release.key})
+        self._discard(release)
+        self.report(deploy_body(release, "failed", reason="halted"))
 
     def _superseded_release(self, manifest: Manifest) -> None:
         """A newer release on the channel replaced this one before it was ready."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import secrets
 import ssl
 import threading
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -38,6 +39,7 @@ class BrokerSession:
         self._connect: ReasonCode | None = None
         self._subacks: set[int] = set()
         self._messages: dict[str, bytes] = {}
+        self._sink: Callable[[str, bytes], None] | None = None
         client = paho.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=f"edgeproof-fleet-{secrets.token_hex(6)}",
@@ -67,6 +69,9 @@ class BrokerSession:
             self._cond.notify_all()
 
     def _on_message(self, c: paho.Client, u: Any, message: paho.MQTTMessage) -> None:
+        sink = self._sink
+        if sink is not None:
+            sink(message.topic, bytes(message.payload))
         if message.retain:
             with self._cond:
                 self._messages[message.topic] = bytes(message.payload)
@@ -124,6 +129,22 @@ class BrokerSession:
             payload = self._messages.get(topic)
         self._client.unsubscribe(topic)
         return payload
+
+    def follow(self, filters: Sequence[str], sink: Callable[[str, bytes], None]) -> None:
+        """Hand every message on ``filters`` (QoS 1) to ``sink`` (on paho's network thread)."""
+        self._sink = sink
+        for topic_filter in filters:
+            self._subscribe(topic_filter)
+
+    def _subscribe(self, topic_filter: str) -> None:
+        result, mid = self._client.subscribe(topic_filter, qos=1)
+        if result != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
+            raise TransportError(f"cannot subscribe to {topic_filter} on {self.where}: {result}")
+        with self._cond:
+            if not self._cond.wait_for(lambda: mid in self._subacks, self.timeout):
+                raise TransportError(
+                    f"broker {self.where} did not acknowledge the subscription to {topic_filter}"
+                )
 
     def publish_retained(self, topic: str, payload: bytes) -> None:
         """Publish ``payload`` retained with QoS 1 and wait for the broker's PUBACK."""

@@ -45,6 +45,9 @@ class ArtifactHTTPServer(ThreadingHTTPServer):
     def __init__(self, root: Path, address: tuple[str, int]) -> None:
         self.root = root.resolve()
         self.refusals: Counter[str] = Counter()
+        #: GET requests answered with a body, per file name, and the body bytes sent.
+        self.downloads: Counter[str] = Counter()
+        self.bytes_sent = 0
         self._etags: dict[tuple[str, int, int], str] = {}
         self._lock = threading.Lock()
         super().__init__(address, _Handler)
@@ -64,6 +67,11 @@ class ArtifactHTTPServer(ThreadingHTTPServer):
             with self._lock:
                 self._etags[key] = cached
         return cached
+
+    def served(self, name: str, count: int) -> None:
+        with self._lock:
+            self.downloads[name] += 1
+            self.bytes_sent += count
 
     def refuse(self, reason: str) -> None:
         with self._lock:
@@ -136,9 +144,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(max(0, last - first + 1)))
         self.end_headers()
         if body and length:
-            self._copy(path, first, last - first + 1)
+            self.server.served(path.name, self._copy(path, first, last - first + 1))
 
-    def _copy(self, path: Path, offset: int, count: int) -> None:
+    def _copy(self, path: Path, offset: int, count: int) -> int:
+        sent = 0
         with path.open("rb") as handle:
             handle.seek(offset)
             while count > 0:
@@ -147,6 +156,8 @@ class _Handler(BaseHTTPRequestHandler):
                     break
                 self.wfile.write(chunk)
                 count -= len(chunk)
+                sent += len(chunk)
+        return sent
 
 
 def make_server(root: Path, host: str = "127.0.0.1", port: int = 0) -> ArtifactHTTPServer:

@@ -22,6 +22,7 @@ def backend_settings(
     onnx_providers: list[str] | None = None,
     litert_delegates: list[str] | None = None,
     spin_wait: bool = True,
+    tensorrt_cache: str = "",
 ) -> BackendSettings:
     defaults = profile.inference
     return BackendSettings(
@@ -29,4 +30,5 @@ def backend_settings(
         onnx_providers=tuple(onnx_providers or defaults.onnx_providers),
         litert_delegates=tuple(litert_delegates or defaults.litert_delegates),
         spin_wait=spin_wait,
+        tensorrt_cache=tensorrt_cache,
     )

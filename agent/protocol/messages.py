@@ -392,6 +392,10 @@ class Manifest(Strict):
         list[Annotated[int, Field(ge=1, le=10_000)]], Field(min_length=1, max_length=MAX_STAGES)
     ]
     stage: Annotated[int, Field(ge=0, le=MAX_STAGES - 1)]
+    #: The rollout of this release is halted: a device that has not started it does not start,
+    #: one that is downloading or preparing it stops (``failed``, reason ``halted``), one that
+    #: runs it committed keeps it.  Absent (never ``false``) otherwise, so older bodies are unchanged.
+    halted: Literal[True] | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:

@@ -21,7 +21,7 @@ class Reason:
     name: str
     #: ``message`` (one inbound envelope), ``challenge``, ``deploy`` (a release), ``local`` (state, config),
     #: ``chain`` (a Solana RPC call or transaction), ``rewards`` (an epoch's settlement),
-    #: ``http`` (a request to the coordinator's dashboard)
+    #: ``http`` (a request to the coordinator's dashboard), ``claim`` (a reward claim or voucher)
     scope: str
     meaning: str
 
@@ -205,6 +205,7 @@ _TABLE: tuple[Reason, ...] = (
     # --- Solana RPC and transactions (agent/chain) -------------------------------------------
     Reason("rpc_unreachable", "chain", "the RPC endpoint could not be reached, timed out or kept failing"),
     Reason("rpc_error", "chain", "the RPC node answered with an error that is not about a transaction"),
+    Reason("rpc_oversized", "chain", "the RPC node's answer is over 4 MiB: not read further, not parsed"),
     Reason("simulation_failed", "chain", "preflight simulation refused the transaction (err and logs kept)"),
     Reason("blockhash_not_found", "chain", "the transaction's blockhash is unknown to the node or expired"),
     Reason("already_processed", "chain", "this exact transaction (its signature) was already processed"),
@@ -246,6 +247,54 @@ _TABLE: tuple[Reason, ...] = (
     ),
     Reason("not_settled", "rewards", "the epoch has no settlement record"),
     Reason("not_in_settlement", "rewards", "the device has no leaf in the epoch's settlement"),
+    # --- reward claims at the device: the voucher checks before signing (agent/device/voucher_check.py;
+    # --- also malformed, blockhash_expired, replay, duplicate, busy) -----------------------------
+    Reason(
+        "wrong_program", "claim", "a voucher instruction runs a program other than ATA, SPL Token, the memo"
+    ),
+    Reason(
+        "extra_instruction",
+        "claim",
+        "a voucher is not exactly CreateIdempotent, TransferChecked, memo (in order, those opcodes)",
+    ),
+    Reason("wrong_mint", "claim", "a voucher names another mint than the device's [rewards] mint"),
+    Reason("wrong_decimals", "claim", "a voucher's decimals are not the device's [rewards] decimals"),
+    Reason(
+        "wrong_destination", "claim", "the tokens would not go to the ATA of the device's own owner_wallet"
+    ),
+    Reason(
+        "amount_too_high",
+        "claim",
+        "the transfer is not the voucher's amount, or exceeds cumulative - paid, the claim or the own record",
+    ),
+    Reason("extra_writable", "claim", "a writable account other than the fee payer, the vault and the ATA"),
+    Reason("fee_payer_is_device", "claim", "the voucher's transaction would make the device pay the fees"),
+    Reason(
+        "bad_memo", "claim", "the memo is not edgeproof:claim:<id> signed by this device, or other signers"
+    ),
+    Reason("bad_proof", "claim", "the voucher's leaf and proof do not give its epoch's reward_root"),
+    Reason("unknown_epoch", "claim", "the voucher's epoch is not the newest verified reward_root's"),
+    Reason("unknown_claim", "claim", "the voucher answers no outstanding claim of this device"),
+    Reason(
+        "voucher_conflict",
+        "claim",
+        "another transaction was already signed for this claim id (never two per claim)",
+    ),
+    Reason(
+        "voucher_mismatch",
+        "claim",
+        "the voucher's fields disagree with its transaction (blockhash, fee payer signature, authority)",
+    ),
+    Reason("stale_root", "message", "a reward_root older than the newest epoch the device keeps"),
+    Reason("root_conflict", "message", "a reward_root for the kept epoch with another root"),
+    Reason(
+        "claims_disabled",
+        "claim",
+        "the device does not claim: [rewards] rpc_url or device.owner_wallet unset",
+    ),
+    Reason("claim_not_found", "claim", "no claim with that id on this device"),
+    Reason("claim_pending", "claim", "the claim was not final when rewards claim --wait gave up"),
+    Reason("not_stored", "claim", "the claim could not be stored in the outbox; nothing was sent"),
     # --- the fleet operator's own commands (edgeproof fleet ...; also card_mismatch,
     # --- stale_version and version_reused, judged on the operator's state file) ------------
     Reason("key_exists", "local", "an operator key file already exists; it is never overwritten"),
@@ -254,6 +303,48 @@ _TABLE: tuple[Reason, ...] = (
         "local",
         "the operator's state file belongs to another key or is not one fleet publish wrote",
     ),
+    # --- edgeproof broker credentials (a device's broker login) ------------------------------
+    Reason("bad_device_id", "local", "a broker user name that is not a base58 ed25519 public key"),
+    Reason(
+        "bad_password", "local", "a broker password that is empty, over 256 bytes or has control characters"
+    ),
+    Reason("acl_malformed", "local", "an acl_file line that is not a user, topic or pattern line"),
+    Reason("acl_not_covered", "local", "the ACL does not grant a device one of its own topics"),
+    Reason(
+        "acl_too_broad",
+        "local",
+        "the ACL lets a device write its inbound channels, the beacon or manifests, or touch another device",
+    ),
+    Reason("passwd_malformed", "local", "a password file line that is not user:hash"),
+    Reason(
+        "ca_unusable",
+        "local",
+        "the CA folder is incomplete, its key is readable by others, or openssl failed",
+    ),
+    Reason("not_writable", "local", "the password, secret or certificate file cannot be written"),
+    # --- the rollout controller (edgeproof fleet rollout run|status|halt|resume) -----------
+    Reason(
+        "halted",
+        "deploy",
+        "the rollout controller halted the release's rollout before this device had it active",
+    ),
+    Reason(
+        "timed_out",
+        "deploy",
+        "a device of a rollout stage neither committed nor failed within the stage timeout (a failure)",
+    ),
+    Reason(
+        "not_in_stage",
+        "message",
+        "a deploy report from a device the rollout's stages so far do not include (not targeted, bucket above)",
+    ),
+    Reason("unknown_rollout", "message", "a deploy report about a release no rollout on the channel tracks"),
+    Reason(
+        "flooded", "message", "more reports from one device than the rollout controller's per-device rate"
+    ),
+    Reason("no_rollout", "local", "no rollout is recorded for the channel (fleet status, halt, resume)"),
+    Reason("not_halted", "local", "fleet resume on a rollout that is not halted"),
+    Reason("already_halted", "local", "fleet halt on a rollout that is halted or finished already"),
     # --- fleet serve (artifact HTTP server; also unknown_path, method_not_allowed) -----------
     Reason("path_traversal", "http", "a request path that leaves the served folder (.., symlink, absolute)"),
     Reason("bad_range", "http", "a Range header that is malformed or outside the file (answered 416)"),

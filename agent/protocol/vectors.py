@@ -114,6 +114,36 @@ def challenge_vectors() -> dict[str, Any]:
     }
 
 
+def halted_manifest_body() -> dict[str, Any]:
+    """A halt: the same release under a higher version, with ``halted: true`` (docs/fleet.md)."""
+    return {
+        "channel": "stable",
+        "version": 4,
+        "model_id": "tiny",
+        "model_version": "1.0.0",
+        "model": "tiny.onnx",
+        "card": "tiny.toml",
+        "artifacts": [
+            {
+                "name": "tiny.onnx",
+                "url": "http://127.0.0.1:8080/tiny.onnx",
+                "sha256": "ab" * 32,
+                "length": 4096,
+            },
+            {
+                "name": "tiny.toml",
+                "url": "http://127.0.0.1:8080/tiny.toml",
+                "sha256": "cd" * 32,
+                "length": 512,
+            },
+        ],
+        "expires_ms": TS + 86_400_000,
+        "stages": [1000, 5000, 10_000],
+        "stage": 0,
+        "halted": True,
+    }
+
+
 def generate() -> dict[str, Any]:
     """All test vectors (deterministic: ed25519 signatures are deterministic)."""
     kp = vector_keypair()
@@ -142,6 +172,12 @@ def generate() -> dict[str, Any]:
         "merkle": merkle_vectors(),
         "leaf_items": leaf_vectors(),
         "challenge": challenge_vectors(),
+        "halted_manifest": {
+            "canonical_body": canonical(halted_manifest_body()).decode("utf-8"),
+            "envelope_hash": build_envelope(
+                kp, "manifest", halted_manifest_body(), seq=1, prev=GENESIS_PREV, ts=TS
+            ).hash,
+        },
     }
 
 

@@ -31,7 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent.challenge_run import expected_sketch
 from agent.cli import main
-from agent.coordinator import challenge_rows
+from agent.coordinator import challenge_rows, rollout_rows
 from agent.coordinator.audit import epoch_report
 from agent.coordinator.challenge_rows import FINAL_OUTCOMES
 from agent.coordinator.config import load_coordinator_config
@@ -520,3 +520,69 @@ def test_the_dashboard_command_has_help(capsys: pytest.CaptureFixture[str]) -> N
         main(["coordinator", "dashboard", "--help"])
     out = capsys.readouterr().out
     assert exited.value.code == 0 and "read-only" in out and "--listen HOST:PORT" in out
+
+
+def test_the_rendered_dashboard_shows_the_newest_rollout_of_each_channel(
+    database_url: str, tmp_path: Path
+) -> None:
+    folder = tmp_path / "coord"
+    config = config_with_http(folder, 1, database_url)  # the read-only dashboard needs no broker
+    store = Store.open(database_url=database_url, sqlite_path=folder / "coordinator.sqlite3")
+    body = {
+        "channel": "stable",
+        "version": 7,
+        "model_id": "tiny",
+        "model_version": "1.2.0",
+        "model": "tiny.onnx",
+        "card": "tiny.toml",
+        "artifacts": [
+            {"name": "tiny.onnx", "url": "http://127.0.0.1:1/tiny.onnx", "sha256": "ab" * 32, "length": 10},
+            {"name": "tiny.toml", "url": "http://127.0.0.1:1/tiny.toml", "sha256": "cd" * 32, "length": 10},
+        ],
+        "expires_ms": now_ms() + 3_600_000,
+        "stages": [1000, 5000, 10_000],
+        "stage": 1,
+    }
+
+    def row(version: int, model_version: str, state: str, halt: str | None) -> rollout_rows.RolloutRow:
+        manifest = {**body, "version": version, "model_version": model_version}
+        return rollout_rows.RolloutRow(
+            None, "stable", "tiny", model_version, "ab" * 32, version, 1, state, halt, 0.05, 60_000,
+            (1, 2), version, 0, version, json.dumps(manifest),
+        )  # fmt: skip
+
+    try:
+        rollout_rows.save_rollout(store, row(3, "1.1.0", "done", None))  # older: not shown
+        rid = rollout_rows.save_rollout(store, row(7, "1.2.0", "halted", "2 of 20 devices failed (10.0%)"))
+        reports = [rollout_rows.ReportRow(f"d{i}", "committed", None, 5, 1) for i in range(4)]
+        reports += [
+            rollout_rows.ReportRow("f1", "failed", "inference_failed", 5, 1),
+            rollout_rows.ReportRow("f2", "rolled_back", "trial_failed", 5, 1),
+            rollout_rows.ReportRow("f3", "failed", "halted", 5, 1),
+            rollout_rows.ReportRow("w1", "downloading", None, 5, 1),
+        ]
+        rollout_rows.put_reports(store, rid, reports)
+        dashboard = ReadOnlyDashboard(config, tmp_path / "dashboard.log")
+        try:
+            dport = dashboard.port()
+            dom = DomReader(dump_dom(f"http://127.0.0.1:{dport}/", tmp_path / "chromium"))
+            assert dashboard.stop() == 0
+        finally:
+            dashboard.kill()
+    finally:
+        store.close()
+    assert "hidden" not in dom.by_id["rollouts"].attrs and "hidden" in dom.by_id["rollouts-note"].attrs
+    assert list(dom.rows["rollout"]) == ["stable"]
+    cells = {k: v.text for k, v in dom.rows["rollout"]["stable"].cells.items()}
+    assert cells == {
+        "channel": "stable",
+        "release": "tiny 1.2.0",
+        "manifest_version": "7",
+        "stage": "2 of 3 (50%)",
+        "state": "halted",
+        "committed": "4",
+        "failed": "3",
+        "reasons": "halted 1, inference_failed 1, trial_failed 1",
+        "in_flight": "1",
+        "halt_reason": "2 of 20 devices failed (10.0%)",
+    }

@@ -106,3 +106,15 @@ def test_coordinator_mqtt_tiny_run_accounts_for_every_message_and_reports_both_r
         assert scale["ratio_wall"] == pytest.approx(
             two["wall_per_s"]["median"] / one["wall_per_s"]["median"], rel=1e-3
         )
+
+
+def test_fleet_rollout_tiny_run_commits_every_device_and_serves_each_file_once_per_device() -> None:
+    report = _run(
+        "fleet_rollout.py", "--devices", "20", "--model-mb", "0.2", "--runs", "1", "--stages", "50,100"
+    )
+    assert report["committed"] == 20 and report["every_run_served_each_file_once_per_device"] is True
+    assert report["bytes_served"] == report["bytes_expected"] == 20 * report["release_bytes"]
+    assert [d.split(" after ")[0] for d in report["controller_decisions"]] == ["advance", "done"]
+    seconds = report["seconds_publish_to_all_committed"]
+    assert seconds["median"] == statistics.median(seconds["samples"]) and len(seconds["samples"]) == 1
+    assert report["bound"]

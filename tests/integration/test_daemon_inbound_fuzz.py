@@ -84,6 +84,7 @@ def _handlers(d: Daemon) -> list[tuple[str, Callable[[str, bytes], None]]]:
         (t.device(DEV, "challenge"), d.on_challenge),
         (t.device(DEV, "verdict"), d.on_verdict),
         (t.device(DEV, "voucher"), d.on_voucher),
+        (t.reward_root(), d.on_reward_root),
         (t.manifest("stable"), d.on_manifest),
     ]
 

@@ -22,7 +22,7 @@ from agent.device.model_store import ModelStore
 from agent.device.state_store import StateStore
 from agent.device.updater import ModelUpdater, failed_key
 from agent.inference.runtime import backend_settings, resolve_profile
-from agent.protocol.messages import Deploy
+from agent.protocol.messages import Deploy, Manifest
 from tests.support.artifact_server import ArtifactServer
 from tests.support.daemon_rig import capture_of, now_ms, wait_until
 from tests.support.update_rig import (
@@ -362,3 +362,64 @@ def test_a_committed_version_is_never_installed_again_over_a_newer_release(tmp_p
             assert active is not None and (active.current.model_sha256, active.state) == (sha_b, "committed")
         finally:
             second.updater.stop()
+
+
+def halted(manifest: Manifest, version: int, *, halt: bool = True) -> Manifest:
+    body = manifest.model_dump(exclude_none=True) | {"version": version}
+    if halt:
+        body["halted"] = True
+    return Manifest.model_validate(body)
+
+
+def test_a_halt_stops_a_download_and_drops_its_files(tmp_path: Path) -> None:
+    files = release_files(tmp_path / "release")
+    staging = tmp_path / "models" / ".staging"
+    with ArtifactServer(files) as server:
+        server.trickle_s = 0.4
+        device = in_process_updater(tmp_path / "models")
+        try:
+            v1 = tiny_manifest(server, files, version=1)
+            assert device.updater.halt(halted(v1, 2)) is False  # nothing of it is under way
+            assert device.states() == []
+            device.updater.offer(v1)
+            wait_until(lambda: partial_bytes(staging) >= 1, 30, "v1's download to be under way")
+            assert device.updater.halt(halted(v1, 2)) is True
+            wait_until(lambda: ("failed", "halted", 1) in device.states(), 30, "the halted report")
+            assert device.updater.poll() is None  # nothing was made ready
+            assert [s for s, _, _ in device.states() if s != "downloading"] == ["received", "failed"]
+            assert device.state.record(failed_key("stable")) is None  # a halt is not a failure
+            wait_until(lambda: list(staging.iterdir()) == [], 10, "the partial download to be deleted")
+        finally:
+            device.updater.stop()
+
+
+def test_a_daemon_never_starts_a_halted_release_and_keeps_a_committed_one(tmp_path: Path) -> None:
+    files = release_files(tmp_path / "release")
+    tiny_sha = hashlib.sha256(files["tiny.onnx"]).hexdigest()
+    with rig(tmp_path, "halt") as r, ArtifactServer(files) as server:
+        collector = r.collector
+        daemon = r.daemon(trial_s=2.0)
+        wait_until(lambda: proof_models(collector), 90, "a first proof with the configured model")
+        v1 = tiny_manifest(server, files, version=1)
+        r.push(halted(v1, 1))  # a device that had not started it: accepted, never started
+        wait_until(
+            lambda: own_status(daemon).get("manifests", {}).get("stable", {}).get("version") == 1,
+            30,
+            "the halted manifest to be accepted",
+        )
+        time.sleep(2.0)
+        assert deploy_states(collector) == [] and server.requests == []
+        r.push(halted(v1, 2, halt=False))  # resumed: the release installs
+        wait_until(lambda: ("committed", None, 2) in deploy_states(collector), 90, "the resumed release")
+        served = len(server.requests)
+        r.push(halted(v1, 3))  # a halt after commit: the device keeps the release
+        wait_until(
+            lambda: own_status(daemon).get("manifests", {}).get("stable", {}).get("version") == 3,
+            30,
+            "the second halt to be accepted",
+        )
+        time.sleep(2.0)
+        assert own_status(daemon)["model"]["sha256"] == tiny_sha
+        assert [s for s, _, _ in deploy_states(collector)][-1] == "committed"
+        assert len(server.requests) == served
+        assert daemon.terminate() == 0, daemon.tail()

@@ -78,7 +78,7 @@ class DomReader(HTMLParser):
         super().__init__(convert_charrefs=True)
         self.by_id: dict[str, Element] = {}
         self.body: dict[str, str] = {}
-        self.rows: dict[str, dict[str, Row]] = {"dev": {}, "reason": {}}
+        self.rows: dict[str, dict[str, Row]] = {"dev": {}, "reason": {}, "rollout": {}}
         self._open: list[Element] = []
         self._row: Row | None = None
         self._cell: Element | None = None
@@ -93,7 +93,7 @@ class DomReader(HTMLParser):
         if "id" in values:
             self.by_id[values["id"]] = element
         if tag == "tr":
-            for key in ("dev", "reason"):
+            for key in ("dev", "reason", "rollout"):
                 if f"data-{key}" in values:
                     self._row = Row(values[f"data-{key}"])
                     self.rows[key][self._row.key] = self._row

@@ -99,6 +99,7 @@ def write_config(
     metrics_port: int | None = None,
     manifest_channel: str | None = None,
     trial_s: float = 60.0,
+    owner_wallet: str = "",
     extra: str = "",
 ) -> Path:
     workdir.mkdir(parents=True, exist_ok=True)
@@ -129,6 +130,7 @@ def write_config(
             f'key = "{key}"',
             f'state_dir = "{workdir / "state"}"',
             'profile = "generic-x86_64"',
+            f'owner_wallet = "{owner_wallet}"',
             "[inference]",
             f'model = "{MODEL}"',
             f'source = "{source}"',

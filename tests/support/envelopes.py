@@ -45,6 +45,11 @@ def bodies(dev: str, model_sha: str) -> dict[str, Any]:
             transaction=base64.b64encode(b"\x01" * 64).decode(),
             blockhash=str(ROGUE.pubkey()),
             last_valid_block_height=1,
+            epoch=1,
+            epoch_amount=1,
+            cumulative=1,
+            paid=0,
+            proof=[],
         ),
     }
 

@@ -116,3 +116,21 @@ def start_secure_broker(etc: Path, workdir: Path, deploy_dir: Path = DEPLOY) -> 
     broker = MosquittoBroker(workdir, port=port, conf_text=conf)
     broker.start()
     return SecureBroker(broker, etc)
+
+
+def start_broker_with_ca(
+    etc: Path, workdir: Path, *, require_certificate: bool = False, deploy_dir: Path = DEPLOY
+) -> SecureBroker:
+    """The shipped conf and acl, with the CA and password file already in ``etc`` (``ca.crt``,
+    ``ca.key``, ``passwd``, e.g. written by ``edgeproof broker credentials --ca etc``): only the
+    server certificate is made here.  ``require_certificate`` flips that one line of the conf,
+    to show that a client certificate is what lets a client in."""
+    make_cert(etc, "server", "ca", "127.0.0.1", "subjectAltName=IP:127.0.0.1")
+    port = free_port()
+    conf = render_production_conf(etc, workdir, port, deploy_dir)
+    if require_certificate:
+        conf, n = re.subn(r"(?m)^require_certificate false$", "require_certificate true", conf)
+        assert n == 1, "the production conf must have exactly one `require_certificate false` line"
+    broker = MosquittoBroker(workdir, port=port, conf_text=conf)
+    broker.start()
+    return SecureBroker(broker, etc)

@@ -30,6 +30,7 @@ REPORTING = {
     ("status",),
     ("doctor",),
     ("demo",),
+    ("broker", "credentials"),
 }
 
 

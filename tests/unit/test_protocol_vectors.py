@@ -69,6 +69,8 @@ def test_doc_quotes_the_vectors() -> None:
         v["challenge"]["uint8_sha256"],
         v["challenge"]["float32_sha256"],
         json.dumps(v["challenge"]["sketch"], separators=(",", ":")),
+        v["halted_manifest"]["canonical_body"],
+        v["halted_manifest"]["envelope_hash"],
     ]
     missing = [value for value in quoted if value not in doc]
     assert missing == []

@@ -124,3 +124,12 @@ def test_the_check_names_every_way_of_reaching_a_test_module() -> None:
         (10, "test_daemon_reliability"),
         (13, "tests.coordinator.test_coordinator_cli"),
     ]
+
+
+def test_test_module_names_are_unique_across_folders() -> None:
+    """The test folders are not packages (rootdir-relative imports), so two test modules with one
+    basename would collide at collection ("import file mismatch")."""
+    seen: dict[str, list[str]] = {}
+    for path in sorted(TESTS.rglob("test_*.py")):
+        seen.setdefault(path.name, []).append(str(path.relative_to(ROOT)))
+    assert {name: paths for name, paths in seen.items() if len(paths) > 1} == {}

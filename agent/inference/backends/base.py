@@ -31,6 +31,8 @@ class BackendSettings:
     # throughput when inferences run back to back, and burns ~5x the CPU of the inference itself
     # when the daemon paces frames (max_fps > 0), so the daemon turns it off there.
     spin_wait: bool = True
+    # TensorRT engine/timing cache folder; empty: TensorRT rebuilds its engine in every session.
+    tensorrt_cache: str = ""
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,23 @@ def choose_providers(
     return use, skipped
 
 
+TENSORRT = "TensorrtExecutionProvider"
+
+
+def provider_entries(providers: list[str], tensorrt_cache: str) -> list[str | tuple[str, dict[str, str]]]:
+    """The providers for InferenceSession; TensorRT with its engine and timing caches when a folder
+    is given (the engine is then built once per model, TensorRT version and GPU, not every start)."""
+    if not tensorrt_cache:
+        return list(providers)
+    options = {
+        "trt_engine_cache_enable": "True",
+        "trt_engine_cache_path": tensorrt_cache,
+        "trt_timing_cache_enable": "True",
+        "trt_timing_cache_path": tensorrt_cache,
+    }
+    return [(p, options) if p == TENSORRT else p for p in providers]
+
+
 class OnnxBackend(Backend):
     key = "onnx"
 
@@ -85,7 +102,11 @@ class OnnxBackend(Backend):
             "session.intra_op.allow_spinning", "1" if settings.spin_wait else "0"
         )
         try:
-            self._session = ort.InferenceSession(str(model_path), sess_options=options, providers=providers)
+            self._session = ort.InferenceSession(
+                str(model_path),
+                sess_options=options,
+                providers=provider_entries(providers, settings.tensorrt_cache),
+            )
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf types
             raise ModelError(
                 f"onnxruntime cannot load {loaded.model_path}: {str(exc).strip()[:300]}",

@@ -1,0 +1,1 @@
+"""Broker credentials for a device: its Mosquitto password entry, the ACL check, a client certificate."""

@@ -1,0 +1,103 @@
+"""Sign and publish a rollout's next manifest with the operator key, as ``fleet publish`` does.
+
+The manifest is the next link of the operator key's chain (seq and prev from the state file),
+the state file is written before the publish (a failed publish costs a version and a seq,
+never two manifests under one), and the version is above both the operator's record for the
+channel and the manifest it replaces.  The controller and ``fleet halt``/``fleet resume`` may
+run at once: an exclusive lock on ``STATE.lock`` keeps them from signing the same seq.
+
+This is the 1-of-1 path (one operator key).  A team whose devices require k > 1 operator
+signatures runs the controller with ``--propose DIR``: the next manifest is written there for
+the co-signers (``edgeproof fleet sign``) instead of being published (docs/fleet.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from solders.keypair import Keypair
+
+from agent.errors import FleetError
+from agent.fleet.mqtt_publish import BrokerSession
+from agent.fleet.rollout import next_manifest
+from agent.fleet.state import load_state, save_state
+from agent.protocol.envelope import Envelope, build_envelope
+from agent.protocol.messages import Manifest, body_to_dict
+from agent.protocol.topics import Topics
+
+
+@contextlib.contextmanager
+def state_lock(state_path: Path) -> Iterator[None]:
+    lock_path = state_path.with_name(state_path.name + ".lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def next_version(state_path: Path, keypair: Keypair, current: Manifest) -> int:
+    """Above the operator's record for the channel and above ``current``."""
+    state = load_state(state_path, str(keypair.pubkey()))
+    return max(state.highest(current.channel), current.version) + 1
+
+
+def sign_manifest(
+    state_path: Path, keypair: Keypair, manifest: Manifest, *, now_ms: int, abort_failure_rate: float
+) -> Envelope:
+    """The manifest as the operator chain's next link; the state file is written first."""
+    operator = str(keypair.pubkey())
+    state = load_state(state_path, operator)
+    if manifest.version <= state.highest(manifest.channel):
+        raise FleetError(
+            f"version {manifest.version} on channel {manifest.channel!r} is not above this operator's "
+            f"highest {state.highest(manifest.channel)}",
+            reason="stale_version",
+        )
+    env = build_envelope(
+        keypair, "manifest", manifest, seq=state.seq + 1, prev=state.head, ts=now_ms, dev=operator
+    )
+    save_state(state_path, state.after(env, manifest.channel, manifest.version, abort_failure_rate))
+    return env
+
+
+def publish_next(
+    broker: BrokerSession,
+    topics: Topics,
+    state_path: Path,
+    keypair: Keypair,
+    current: Manifest,
+    *,
+    stage: int | None = None,
+    halted: bool = False,
+    now_ms: int,
+    abort_failure_rate: float,
+    propose: Path | None = None,
+) -> Manifest:
+    """Under the state lock: the next manifest of ``current`` (``stage``, ``halted``), signed and published.
+
+    With ``propose`` the unsigned body is written to ``DIR/CHANNEL-vVERSION.json`` instead, for a
+    team whose devices need k > 1 signatures (co-signed and published by them); nothing is signed.
+    """
+    with state_lock(state_path):
+        manifest = next_manifest(
+            current, version=next_version(state_path, keypair, current), stage=stage, halted=halted
+        )
+        if propose is not None:
+            propose.mkdir(parents=True, exist_ok=True)
+            out = propose / f"{manifest.channel}-v{manifest.version}.json"
+            out.write_text(
+                json.dumps(body_to_dict(manifest), indent=2, sort_keys=True) + "\n", encoding="utf-8"
+            )
+            return manifest
+        env = sign_manifest(
+            state_path, keypair, manifest, now_ms=now_ms, abort_failure_rate=abort_failure_rate
+        )
+        broker.publish_retained(topics.manifest(manifest.channel), env.wire)
+    return manifest
