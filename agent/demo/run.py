@@ -29,7 +29,7 @@ def now_ms() -> int:
 
 
 def claim_command_available() -> bool:
-    """Whether this build has ``edgeproof rewards claim`` (the claim flow)."""
+    """Whether this build has ``edgeproof rewards claim`` (the claim flow, device side)."""
     import argparse
 
     from agent.cli import build_parser
@@ -42,6 +42,15 @@ def claim_command_available() -> bool:
                 if isinstance(sub, argparse._SubParsersAction):
                     return "claim" in sub.choices
     return False
+
+
+def claims_missing() -> str:
+    """Why the demo cannot claim in this build ("" when it can): both sides must be there."""
+    if not claim_command_available():
+        return "`edgeproof rewards claim` (the device side of claims) is not in this build"
+    if not network.payout_supported():
+        return "the coordinator's payout desk ([payout], vouchers) is not in this build"
+    return ""
 
 
 @dataclass
@@ -297,11 +306,9 @@ class Demo:
 
     def _claims(self) -> None:
         """One claim per device (``edgeproof rewards claim`` asks its daemon), then the balances."""
-        if not (claim_command_available() and network.payout_supported()):
-            self.steps.not_built(
-                "claim (one per device)",
-                "`edgeproof rewards claim` is not in this build yet (the claim flow, issue 10): no tokens moved",
-            )
+        missing = claims_missing()
+        if missing:
+            self.steps.not_built("claim (one per device)", f"{missing}: no voucher, no tokens moved")
             return
         settled = {str(d["dev"]): int(d["amount"]) for d in (self.result.settlement or {}).get("devices", [])}
         with self.steps.step("claim (one per device)") as note:

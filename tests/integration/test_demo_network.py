@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from agent.demo.rollout import controller_available
-from agent.demo.run import claim_command_available
+from agent.demo.run import claims_missing
 from tests.support.chromium import DomReader, dump_dom
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("cpu")]
@@ -98,7 +98,7 @@ def test_every_step_passes_and_the_claim_step_is_named(demo_run: Any) -> None:
     }
     # Until `edgeproof rewards claim` exists (the claim flow, issue 10) the step says so and
     # moves no tokens; once it does, the step must pass.
-    assert steps["claim (one per device)"] == ("passed" if claim_command_available() else "not_built")
+    assert steps["claim (one per device)"] == ("passed" if not claims_missing() else "not_built")
     assert data["ok"] is True
 
 
@@ -120,7 +120,7 @@ def test_settlement_matches_the_coordinator_database_and_the_ledger(demo_run: An
     assert stored == amounts and root == settlement["root"]
     # Each owner's balance on the ledger is its settled amount once claimed (0 without claims).
     balances = {d["dev"]: d["balance"] for d in data["devices"]}
-    assert balances == (amounts if claim_command_available() else dict.fromkeys(amounts, 0))
+    assert balances == (amounts if not claims_missing() else dict.fromkeys(amounts, 0))
     audit = {d["dev"]: d for d in data["audit"]["devices"]}
     assert set(audit) == set(amounts)
     for d in audit.values():
@@ -195,7 +195,7 @@ def test_report_loads_in_chromium_with_the_settled_figures(demo_run: Any, tmp_pa
     audit = {d["dev"]: d for d in data["audit"]["devices"]}
     for dev, row in rows.items():
         assert row.cells["uptime"].text.startswith(f"{audit[dev]['up_slots']}/{audit[dev]['counted_slots']} ")
-        paid = amounts[dev] if claim_command_available() else 0
+        paid = amounts[dev] if not claims_missing() else 0
         assert row.cells["balance"].text == str(paid)
 
 
