@@ -23,6 +23,9 @@ from agent.demo.steps import Steps
 from agent.errors import EdgeproofError
 from agent.localnet.clip import make_clip
 
+#: What `rewards settle` says while an epoch is not final (epoch_not_final): worth a retry.
+NOT_FINAL = ("cannot be settled yet", "have no final outcome yet")
+
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
@@ -294,8 +297,10 @@ class Demo:
                         ],
                     )
                     break
-                except EdgeproofError as exc:  # epoch_not_final while the last challenges are scored
-                    last = exc
+                except EdgeproofError as exc:
+                    if not any(text in exc.message for text in NOT_FINAL):
+                        raise
+                    last = exc  # epoch_not_final while the last challenges are scored
                     self.tick()
                     time.sleep(1.0)
             else:
