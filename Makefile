@@ -24,10 +24,11 @@ $(STAMP): setup.cfg pyproject.toml
 venv: $(STAMP)
 
 # Tests start their own Mosquitto and PostgreSQL, render the coordinator dashboard in headless
-# Chromium, and check deploy/ with shellcheck and systemd-analyze; install what is missing
+# Chromium, and check deploy/ with shellcheck and systemd-analyze (the daemons also run under
+# their units' seccomp filters, through libseccomp, and strace); install what is missing
 # (Debian package names; needs root, otherwise say what to run).  Debian keeps initdb/pg_ctl
 # in /usr/lib/postgresql/<version>/bin.
-SYSTEM_TOOLS := mosquitto:mosquitto mosquitto_sub:mosquitto-clients shellcheck:shellcheck systemd-analyze:systemd initdb:postgresql pg_ctl:postgresql chromium:chromium
+SYSTEM_TOOLS := mosquitto:mosquitto mosquitto_sub:mosquitto-clients shellcheck:shellcheck systemd-analyze:systemd strace:strace useradd:passwd initdb:postgresql pg_ctl:postgresql chromium:chromium
 broker:
 	@$(MAKE) --no-print-directory system-tools TOOLS="$(SYSTEM_TOOLS)" AGAIN="make test"
 

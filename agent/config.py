@@ -131,6 +131,8 @@ class FleetSettings(Strict):
     channels: Annotated[list[str], Field(max_length=8)] = Field(default_factory=list)
     # base58 public keys of the fleet operators whose signed manifests are accepted.
     operator_keys: Annotated[list[str], Field(max_length=8)] = Field(default_factory=list)
+    # k of k-of-n: how many distinct operator_keys must have signed a manifest (ADR 0025).
+    operator_threshold: Annotated[int, Field(ge=1, le=8)] = 1
     # This device's tags, matched against a manifest's targets.tags.
     tags: Annotated[list[str], Field(max_length=16)] = Field(default_factory=list)
     # A new model runs on trial this long; an inference error meanwhile rolls it back.
@@ -149,6 +151,13 @@ class FleetSettings(Strict):
     def _trusted(self) -> FleetSettings:
         if self.channels and not self.operator_keys:
             raise ValueError("channels are set but operator_keys is empty: no manifest could be trusted")
+        if len(set(self.operator_keys)) != len(self.operator_keys):
+            raise ValueError("operator_keys lists a key twice")
+        if self.operator_keys and self.operator_threshold > len(self.operator_keys):
+            raise ValueError(
+                f"operator_threshold {self.operator_threshold} is above the {len(self.operator_keys)} "
+                "operator_keys: no manifest could ever be trusted"
+            )
         return self
 
 

@@ -1,31 +1,50 @@
 #!/usr/bin/env bash
-# Install or upgrade the edgeproof device agent on Debian / Raspberry Pi OS as a systemd service.
-# Idempotent: run it again from a newer checkout to upgrade; the config and the device key are
-# never overwritten (only the [coordinator] pubkey line, when --coordinator-key is given). It never
-# follows a symbolic link where it expects a file or folder of its own, and the device key is
-# created by the agent's user, so nothing the agent can plant in its state folder makes root
-# write or chown another file. `deploy/install.sh --help` explains the options.
+# Install or upgrade one edgeproof role on Debian / Raspberry Pi OS as a systemd service: the
+# device agent (default), the coordinator or the localnet ledger (--role). Idempotent: run it
+# again from a newer checkout to upgrade; configs and keys are never overwritten (only the lines
+# an option names: the agent's [coordinator] pubkey, the coordinator's [storage] database_url),
+# and a file that is already as it should be is not touched. It never follows a symbolic link
+# where it expects a file or folder of its own, and on a live system a role's key is created by
+# the role's user, so nothing a daemon can plant in its state folder makes root write or chown
+# another file. The role specifics are in deploy/roles/*.sh. `deploy/install.sh --help`.
+# shellcheck source-path=SCRIPTDIR
 set -euo pipefail
 
 usage() {
 	cat <<'EOF'
-Usage: sudo deploy/install.sh [OPTIONS]
+Usage: sudo deploy/install.sh [--role agent|coordinator|localnet] [OPTIONS]
 
-Install (or upgrade) the edgeproof device agent from the checkout this script is in:
+Install (or upgrade) one role from the checkout this script is in:
 
   1. check Python >= 3.11 and python3-venv
-  2. create the system user "edgeproof" (supplementary group "video", for cameras and GPUs)
-  3. create /opt/edgeproof/venv and pip-install the agent into it, with the extras that fit
-     the board: "litert" on 64-bit ARM boards; on Jetson a hint for NVIDIA's onnxruntime-gpu
-  4. copy models/ and firmware_profiles/ to /usr/share/edgeproof/
-  5. write /etc/edgeproof/agent.toml from deploy/agent.example.toml, only if it does not exist;
-     with --coordinator-key, pin that key in its [coordinator] pubkey (also in an existing one)
-  6. create the device key /var/lib/edgeproof/device-key.json (mode 0600) as the user
-     "edgeproof", only if it does not exist
-  7. install /etc/systemd/system/edgeproof.service, then, when systemd is PID 1,
-     systemctl daemon-reload and enable --now (restart when it is already running)
+  2. create the role's system user: "edgeproof" (supplementary group "video", for cameras and
+     GPUs), "edgeproof-coordinator" or "edgeproof-localnet"
+  3. create /opt/edgeproof/venv and pip-install the package into it, with the extras that fit
+     the role and the board: agent: "litert" on 64-bit ARM boards (on Jetson a hint for NVIDIA's
+     onnxruntime-gpu); coordinator: "coordinator,litert"; localnet: none
+  4. copy models/ and firmware_profiles/ to /usr/share/edgeproof/ (agent, coordinator)
+  5. the role's config and key, each only if it does not exist:
+     agent:       /etc/edgeproof/agent.toml from deploy/agent.example.toml; with
+                  --coordinator-key, that key pinned in its [coordinator] pubkey (also in an
+                  existing one); the device key /var/lib/edgeproof/device-key.json (mode 0600)
+     coordinator: /etc/edgeproof-coordinator/coordinator.toml from deploy/coordinator.example.toml;
+                  with --database-url, that URL in its [storage] database_url (also in an existing
+                  one); the coordinator key /var/lib/edgeproof-coordinator/coordinator-key.json
+                  (mode 0600); then its database is created or migrated with
+                  `edgeproof coordinator migrate`: SQLite in /var/lib/edgeproof-coordinator
+                  unless a URL is set
+     localnet:    the ledger's folder /var/lib/edgeproof-localnet (the snapshot ledger.json)
+  6. install /etc/systemd/system/<unit> (edgeproof.service, edgeproof-coordinator.service,
+     edgeproof-localnet.service), then, when systemd is PID 1, systemctl daemon-reload and
+     enable --now (restart when it is already running)
 
 Options:
+  --role ROLE    agent (default), coordinator or localnet
+  --root DIR     install into the root file system at DIR (an SD-card image, a chroot, a test)
+                 as if it were /: users are added to DIR/etc/passwd and DIR/etc/group (useradd
+                 --prefix), owners and modes are set as on a live system, the unit is enabled
+                 with systemctl --root; nothing outside DIR changes. Needs root. A key made
+                 there is that image's: do not flash one image onto several devices.
   --prefix DIR   stage everything under DIR (DIR/etc/edgeproof, DIR/var/lib/edgeproof, ...)
                  for tests and packaging; never runs useradd, chown or systemctl, and the
                  config keeps the real paths. A venv made under DIR hard-codes DIR in its
@@ -34,12 +53,17 @@ Options:
   --no-venv      do not create the venv or run pip (no network needed); edgeproof commands run
                  with $EDGEPROOF_BIN, else `edgeproof` on PATH, else the checkout's .venv
   --no-start     install and enable the unit but do not start or restart it
-  --extras LIST  pip extras instead of the detected ones, e.g. --extras litert or --extras ""
+  --extras LIST  pip extras instead of the role's, e.g. --extras litert or --extras ""
   --coordinator-key BASE58
-                 pin the coordinator's public key (base58, 32 bytes) in [coordinator] pubkey;
-                 re-run with another key to change the pin. Without it an existing pin is
-                 kept; with no pin at all the agent refuses every coordinator-signed message
+                 (agent) pin the coordinator's public key (base58, 32 bytes) in [coordinator]
+                 pubkey; re-run with another key to change the pin. Without it an existing pin
+                 is kept; with no pin at all the agent refuses every coordinator-signed message
                  (beacons, challenges, verdicts, vouchers) until one is set
+  --database-url URL
+                 (coordinator) use PostgreSQL: postgresql://USER[:PASSWORD]@HOST[:PORT]/DB, set in
+                 [storage] database_url; the database and the user must exist (createdb); the
+                 schema is created or migrated. Without it an existing URL is kept; with none,
+                 SQLite
   --dry-run      print what would be done; change nothing
   -h, --help     show this help
 
@@ -49,10 +73,13 @@ COORDINATOR_KEY is --coordinator-key (the option wins).
 A symbolic link where install.sh expects its own file or folder (the config, the state
 folder, the device key, ...) is refused, never followed: remove it and run install.sh again.
 
-After installing: edit /etc/edgeproof/agent.toml ([mqtt] host, username, password_file,
-[inference] source; [coordinator] pubkey unless --coordinator-key set it), check it with
+After installing the agent: edit /etc/edgeproof/agent.toml ([mqtt] host, username,
+password_file, [inference] source; [coordinator] pubkey unless --coordinator-key set it),
+check it with
   /opt/edgeproof/venv/bin/edgeproof config check /etc/edgeproof/agent.toml
-then `sudo systemctl restart edgeproof` and `journalctl -u edgeproof -f`. See docs/operations.md.
+then `sudo systemctl restart edgeproof` and `journalctl -u edgeproof -f`. The coordinator:
+edit /etc/edgeproof-coordinator/coordinator.toml ([mqtt]), then
+`sudo systemctl restart edgeproof-coordinator`. See docs/operations.md.
 EOF
 }
 
@@ -83,13 +110,19 @@ ORIG_ARGS="$*"
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 SRC=$(cd "$SCRIPT_DIR/.." && pwd)
 
+ROLE=agent
 DEST=""
+ROOT_MODE=0
+STAGE_MODE=0
 NO_VENV=0
 NO_START=0
 DRY_RUN=0
 EXTRAS=auto
 PYTHON=${PYTHON:-python3}
 COORD_KEY=${COORDINATOR_KEY:-}
+COORD_KEY_OPTION=0
+DB_URL=""
+DB_URL_OPTION=0
 
 while [ $# -gt 0 ]; do
 	case "$1" in
@@ -97,13 +130,29 @@ while [ $# -gt 0 ]; do
 		usage
 		exit 0
 		;;
-	--prefix)
-		[ $# -ge 2 ] || die "--prefix needs a directory" "deploy/install.sh --prefix /tmp/stage --no-venv"
+	--role)
+		[ $# -ge 2 ] || die "--role needs agent, coordinator or localnet" "deploy/install.sh --role coordinator"
+		ROLE=$2
+		shift 2
+		;;
+	--role=*)
+		ROLE=${1#--role=}
+		shift
+		;;
+	--prefix | --root)
+		[ $# -ge 2 ] || die "$1 needs a directory" "deploy/install.sh $1 /tmp/stage --no-venv"
+		if [ "$1" = --root ]; then ROOT_MODE=1; else STAGE_MODE=1; fi
 		DEST=$2
 		shift 2
 		;;
 	--prefix=*)
+		STAGE_MODE=1
 		DEST=${1#--prefix=}
+		shift
+		;;
+	--root=*)
+		ROOT_MODE=1
+		DEST=${1#--root=}
 		shift
 		;;
 	--extras)
@@ -119,10 +168,24 @@ while [ $# -gt 0 ]; do
 		[ $# -ge 2 ] || die "--coordinator-key needs the coordinator's base58 public key" \
 			"deploy/install.sh --coordinator-key <base58 key your coordinator publishes>"
 		COORD_KEY=$2
+		COORD_KEY_OPTION=1
 		shift 2
 		;;
 	--coordinator-key=*)
 		COORD_KEY=${1#--coordinator-key=}
+		COORD_KEY_OPTION=1
+		shift
+		;;
+	--database-url)
+		[ $# -ge 2 ] || die "--database-url needs a postgresql:// URL" \
+			"deploy/install.sh --role coordinator --database-url postgresql://edgeproof@db.example:5432/edgeproof"
+		DB_URL=$2
+		DB_URL_OPTION=1
+		shift 2
+		;;
+	--database-url=*)
+		DB_URL=${1#--database-url=}
+		DB_URL_OPTION=1
 		shift
 		;;
 	--no-venv)
@@ -143,41 +206,68 @@ while [ $# -gt 0 ]; do
 	esac
 done
 
+case "$ROLE" in
+agent | coordinator | localnet) ;;
+*) die "unknown role '$ROLE' (roles: agent, coordinator, localnet)" "deploy/install.sh --role coordinator" ;;
+esac
+if [ "$COORD_KEY_OPTION" = 1 ] && [ "$ROLE" != agent ]; then
+	die "--coordinator-key is for --role agent (it pins the coordinator's key on a device)" \
+		"drop --coordinator-key; the coordinator's own key is made by --role coordinator"
+fi
+if [ "$ROLE" != agent ]; then
+	COORD_KEY=""
+fi
+if [ "$DB_URL_OPTION" = 1 ] && [ "$ROLE" != coordinator ]; then
+	die "--database-url is for --role coordinator" "deploy/install.sh --role coordinator --database-url URL"
+fi
+if [ "$ROOT_MODE" = 1 ] && [ "$STAGE_MODE" = 1 ]; then
+	die "--root and --prefix do not go together" "--root DIR for an image with owners, --prefix DIR to stage files"
+fi
+
 if [ -n "$DEST" ]; then
 	case "$DEST" in
-	/) die "--prefix / is a real install" "run deploy/install.sh without --prefix" ;;
+	/) die "$([ "$ROOT_MODE" = 1 ] && echo --root || echo --prefix) / is a real install" \
+		"run deploy/install.sh without --root or --prefix" ;;
 	/*) ;;
 	*) DEST="$(pwd)/$DEST" ;;
 	esac
 	DEST=${DEST%/}
 fi
 
-# Target paths (as the running system sees them; staged under $DEST with --prefix).
-# They must match deploy/systemd/edgeproof.service and deploy/agent.example.toml.
+# Target paths shared by the roles (as the running system sees them; under $DEST with --root or
+# --prefix). They must match deploy/systemd/*.service and the example configs.
 VENV_DIR=/opt/edgeproof/venv
-CONF_DIR=/etc/edgeproof
-CONF=$CONF_DIR/agent.toml
-STATE_DIR=/var/lib/edgeproof
-KEY=$STATE_DIR/device-key.json
 SHARE_DIR=/usr/share/edgeproof
 DOC_DIR=/usr/share/doc/edgeproof
 UNIT_DIR=/etc/systemd/system
-UNIT_NAME=edgeproof.service
-USER_NAME=edgeproof
 
+# The role: its paths (UNIT_NAME, USER_NAME, CONF_DIR, CONF, STATE_DIR, KEY, ...) and its steps.
+case "$ROLE" in
+agent)
+	# shellcheck source=roles/agent.sh
+	. "$SCRIPT_DIR/roles/agent.sh"
+	;;
+coordinator)
+	# shellcheck source=roles/coordinator.sh
+	. "$SCRIPT_DIR/roles/coordinator.sh"
+	;;
+localnet)
+	# shellcheck source=roles/localnet.sh
+	. "$SCRIPT_DIR/roles/localnet.sh"
+	;;
+esac
 UNIT_SRC=$SRC/deploy/systemd/$UNIT_NAME
-EXAMPLE_SRC=$SRC/deploy/agent.example.toml
 
 # ------------------------------------------------------------------ checks
 
-step "checking the checkout in $SRC"
-for required in "$SRC/setup.cfg" "$SRC/agent/__init__.py" "$UNIT_SRC" "$EXAMPLE_SRC" \
+step "checking the checkout in $SRC (role $ROLE)"
+for required in "$SRC/setup.cfg" "$SRC/agent/__init__.py" "$UNIT_SRC" ${EXAMPLE_SRC:+"$EXAMPLE_SRC"} \
 	"$SRC/models" "$SRC/firmware_profiles"; do
 	[ -e "$required" ] || die "$required is missing: run install.sh from a complete edgeproof checkout" \
 		"git clone the repository again, then: sudo deploy/install.sh"
 done
-grep -q "^ExecStart=$VENV_DIR/bin/edgeproof .*--config $CONF\$" "$UNIT_SRC" ||
-	die "$UNIT_SRC does not run $VENV_DIR/bin/edgeproof with --config $CONF" \
+grep -q "$EXEC_START_RE" "$UNIT_SRC" ||
+	die "$UNIT_SRC does not run $VENV_DIR/bin/edgeproof with $EXEC_START_WHAT" \
 		"restore the unit from git: git checkout -- deploy/systemd/$UNIT_NAME"
 
 if [ -n "${TERMUX_VERSION:-}" ]; then
@@ -186,6 +276,14 @@ fi
 
 if [ -z "$DEST" ] && [ "$DRY_RUN" = 0 ] && [ "$(id -u)" != 0 ]; then
 	die "a system install needs root (user, /opt, /etc, systemd)" "sudo $0 $ORIG_ARGS"
+fi
+if [ "$ROOT_MODE" = 1 ]; then
+	[ "$(id -u)" = 0 ] || [ "$DRY_RUN" = 1 ] ||
+		die "--root sets owners, which needs root" "sudo $0 $ORIG_ARGS, or --prefix DIR to stage without owners"
+	{ [ -f "$DEST/etc/passwd" ] && [ -f "$DEST/etc/group" ]; } ||
+		die "$DEST is not a root file system (no $DEST/etc/passwd and $DEST/etc/group)" \
+			"give --root the folder that holds the image's /etc, or use --prefix DIR to stage files"
+	command -v useradd >/dev/null 2>&1 || die "useradd not found" "sudo apt-get install passwd"
 fi
 
 command -v "$PYTHON" >/dev/null 2>&1 ||
@@ -207,36 +305,7 @@ if [ "$NO_VENV" = 0 ]; then
 		die "python3-venv is missing (the venv module cannot bootstrap pip)" "sudo apt-get install python3-venv"
 fi
 
-# base58_bytes KEY: how many bytes KEY decodes to in base58 (Bitcoin/Solana alphabet), or
-# "invalid" when it holds a character outside the alphabet. Python's stdlib only: the agent's
-# venv may not exist yet.
-base58_bytes() {
-	"$PYTHON" - "$1" <<'PY'
-import sys
-
-ALPHABET = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
-text = sys.argv[1]
-if not text or any(c not in ALPHABET for c in text):
-    print("invalid")
-    sys.exit(0)
-number = 0
-for c in text:
-    number = number * 58 + ALPHABET.index(c)
-zeros = len(text) - len(text.lstrip("1"))
-print(zeros + (number.bit_length() + 7) // 8)
-PY
-}
-
-if [ -n "$COORD_KEY" ]; then
-	COORD_BYTES=$(base58_bytes "$COORD_KEY") || die "$PYTHON cannot check the coordinator key"
-	if [ "$COORD_BYTES" = invalid ]; then
-		die "--coordinator-key '$COORD_KEY' is not base58 (allowed: 1-9 A-H J-N P-Z a-k m-z; no 0 O I l)" \
-			"copy the coordinator's public key exactly as your coordinator publishes it"
-	elif [ "$COORD_BYTES" != 32 ]; then
-		die "--coordinator-key '$COORD_KEY' decodes to $COORD_BYTES bytes, not the 32 of an ed25519 public key" \
-			"copy the coordinator's public key exactly as your coordinator publishes it"
-	fi
-fi
+role_checks
 
 # The board decides the pip extras. The agent itself detects its firmware profile at run time
 # (edgeproof profile detect); this only needs to know ARM / Jetson / 32-bit.
@@ -257,10 +326,7 @@ fi
 note "board: ${DT_MODEL:-unknown model} ($ARCH, ${BITS}-bit Python) -> $BOARD"
 
 if [ "$EXTRAS" = auto ]; then
-	case "$BOARD" in
-	arm64) EXTRAS=litert ;;
-	*) EXTRAS="" ;;
-	esac
+	EXTRAS=$(role_extras "$BOARD")
 fi
 if [ "$BOARD" = arm32 ] && [ "$NO_VENV" = 0 ]; then
 	die "32-bit ARM userland: onnxruntime and ai-edge-litert publish no 32-bit ARM wheels" \
@@ -283,20 +349,24 @@ else
 	EDGEPROOF=$DEST$VENV_DIR/bin/edgeproof
 fi
 
-if [ -n "$DEST" ]; then
+if [ "$STAGE_MODE" = 1 ]; then
 	step "staging under $DEST (no useradd, chown or systemctl)"
+elif [ "$ROOT_MODE" = 1 ]; then
+	step "installing into the root file system at $DEST (users in $DEST/etc, no systemctl start)"
 fi
 if [ "$DRY_RUN" = 1 ]; then
 	step "dry run: nothing is changed"
 fi
+note "role:   $ROLE ($DEST$UNIT_DIR/$UNIT_NAME, user $USER_NAME)"
 note "agent:  $DEST$VENV_DIR/bin/edgeproof"
-note "config: $DEST$CONF"
-note "key:    $DEST$KEY"
-note "data:   $DEST$SHARE_DIR"
+if [ -n "$CONF" ]; then note "config: $DEST$CONF"; fi
+if [ -n "$KEY" ]; then note "key:    $DEST$KEY"; fi
+note "state:  $DEST$STATE_DIR"
+if [ "$WITH_DATA" = 1 ]; then note "data:   $DEST$SHARE_DIR"; fi
 note "unit:   $DEST$UNIT_DIR/$UNIT_NAME"
 
 # no_link PATH...: refuse (before anything is changed) a symbolic link where install.sh expects a
-# file or folder of its own. Following one would let whoever planted it (the agent owns its state
+# file or folder of its own. Following one would let whoever planted it (a daemon owns its state
 # folder) make this root script chmod, chown or write another file, e.g. /etc/shadow.
 no_link() {
 	local path
@@ -307,19 +377,93 @@ no_link() {
 		fi
 	done
 }
-no_link "$DEST/opt/edgeproof" "$DEST$VENV_DIR" "$DEST$CONF_DIR" "$DEST$CONF" "$DEST$STATE_DIR" \
-	"$DEST$KEY" "$DEST$SHARE_DIR" "$DEST$SHARE_DIR/models" "$DEST$SHARE_DIR/firmware_profiles" \
-	"$DEST$DOC_DIR"
-for existing in "$DEST$CONF" "$DEST$KEY"; do
+no_link "$DEST/opt/edgeproof" "$DEST$VENV_DIR" "$DEST$SHARE_DIR" "$DEST$SHARE_DIR/models" \
+	"$DEST$SHARE_DIR/firmware_profiles" "$DEST$DOC_DIR" "$DEST$UNIT_DIR/$UNIT_NAME" "$DEST$STATE_DIR"
+if [ -n "$CONF" ]; then
+	no_link "$DEST$CONF_DIR" "$DEST$CONF"
+fi
+if [ -n "$KEY" ]; then
+	no_link "$DEST$KEY"
+fi
+for existing in ${CONF:+"$DEST$CONF"} ${KEY:+"$DEST$KEY"}; do
 	if [ -e "$existing" ] && [ ! -f "$existing" ]; then
 		die "$existing exists but is not a regular file" "move it away and run install.sh again"
 	fi
 done
 
-# as_agent CMD...: run CMD as the agent's user (from /, which it can read), so that what it
-# creates in the agent-owned state folder is the agent's from the start: no chown needed.
-# With --prefix (no user is made) it runs as the caller.
-as_agent() {
+# ------------------------------------------------------------------ users and owners
+
+# passwd_field FILE NAME FIELD: field FIELD (1-based) of NAME's line in a passwd/group FILE.
+passwd_field() {
+	awk -F: -v name="$2" -v field="$3" '$1 == name { print $field; found = 1; exit } END { exit !found }' "$1"
+}
+# The databases users are looked up in: the image's with --root, the system's otherwise.
+user_exists() {
+	if [ "$ROOT_MODE" = 1 ]; then passwd_field "$DEST/etc/passwd" "$1" 1 >/dev/null; else getent passwd "$1" >/dev/null; fi
+}
+group_exists() {
+	if [ "$ROOT_MODE" = 1 ]; then passwd_field "$DEST/etc/group" "$1" 1 >/dev/null; else getent group "$1" >/dev/null; fi
+}
+# in_group USER GROUP: USER is a supplementary member of GROUP.
+in_group() {
+	if [ "$ROOT_MODE" = 1 ]; then
+		passwd_field "$DEST/etc/group" "$2" 4 | tr ',' '\n' | grep -qx "$1"
+	else
+		id -nG "$1" | tr ' ' '\n' | grep -qx "$2"
+	fi
+}
+# uid_of NAME / gid_of NAME: what install -o/-g and chown get: the name on a live system, the
+# number from the image's files with --root (the host may not have that user, or another id).
+uid_of() {
+	if [ "$ROOT_MODE" = 0 ]; then
+		printf '%s\n' "$1"
+	elif ! passwd_field "$DEST/etc/passwd" "$1" 3; then
+		[ "$DRY_RUN" = 1 ] || die "no user $1 in $DEST/etc/passwd"
+		printf '%s\n' "$1" # dry run: the user would have been added by now
+	fi
+}
+gid_of() {
+	if [ "$ROOT_MODE" = 0 ]; then
+		printf '%s\n' "$1"
+	elif ! passwd_field "$DEST/etc/group" "$1" 3; then
+		[ "$DRY_RUN" = 1 ] || die "no group $1 in $DEST/etc/group"
+		printf '%s\n' "$1"
+	fi
+}
+
+# ensure_user NAME COMMENT [GROUP]: a system user NAME with its own group (and GROUP).
+ensure_user() {
+	local name=$1 comment=$2 extra=${3:-} where=()
+	if [ "$ROOT_MODE" = 1 ]; then
+		where=(--prefix "$DEST")
+	else
+		command -v useradd >/dev/null 2>&1 || die "useradd not found" "sudo apt-get install passwd"
+	fi
+	if [ -n "$extra" ] && ! group_exists "$extra"; then
+		run groupadd "${where[@]}" --system "$extra"
+	fi
+	if ! user_exists "$name"; then
+		run useradd "${where[@]}" --system --user-group --home-dir "$STATE_DIR" --no-create-home \
+			--shell /usr/sbin/nologin --comment "$comment" ${extra:+--groups "$extra"} "$name"
+	elif [ -n "$extra" ] && ! in_group "$name" "$extra"; then
+		run usermod "${where[@]}" --append --groups "$extra" "$name"
+	else
+		note "exists${extra:+, in group $extra}"
+	fi
+}
+
+# set_owner OWNER GROUP PATH: chown PATH (never through a link) on a live system or with --root.
+set_owner() {
+	if [ "$STAGE_MODE" = 0 ]; then
+		run chown -h "$(uid_of "$1"):$(gid_of "$2")" "$3"
+	fi
+}
+
+# as_user CMD...: run CMD as the role's user (from /, which it can read), so that what it creates
+# in the user-owned state folder is the user's from the start: no chown needed. With --prefix and
+# --root (no such user on this host) it runs as the caller; with --root the role's steps chown
+# what it made, in an image no daemon of the role is running in.
+as_user() {
 	if [ -n "$DEST" ]; then
 		run "$@"
 	else
@@ -327,52 +471,91 @@ as_agent() {
 	fi
 }
 
-# mkd MODE OWNER GROUP DIR: a directory with that mode (owner/group only on a real install).
-mkd() {
-	if [ -n "$DEST" ]; then
-		run install -d -m "$1" "$DEST$4"
-	else
-		run install -d -m "$1" -o "$2" -g "$3" "$4"
+# key_id FILE: the base58 public key of a Solana keypair file (its last 32 bytes), read as the
+# role's user like as_user; Python's stdlib only (an edgeproof command costs a second or more).
+key_id() {
+	as_user "$PYTHON" -c '
+import json
+import sys
+
+ALPHABET = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+with open(sys.argv[1], encoding="utf-8") as handle:
+    raw = bytes(json.load(handle)[32:64])
+number, text = int.from_bytes(raw, "big"), ""
+while number:
+    number, digit = divmod(number, 58)
+    text = ALPHABET[digit] + text
+print("1" * (len(raw) - len(raw.lstrip(b"\0"))) + text)' "$1"
+}
+
+# key_mode_check FILE: warn when the key is readable by others (the daemon refuses it then).
+key_mode_check() {
+	local mode
+	mode=$(stat -c %a -- "$1")
+	if [ "$mode" != 600 ]; then
+		warn "$1 has mode $mode: the daemon refuses a key others can read; fix: chmod 600 $1"
 	fi
 }
 
-# put MODE OWNER GROUP SRC DST: copy one file (owner/group only on a real install).
-put() {
-	if [ -n "$DEST" ]; then
-		run install -m "$1" "$4" "$DEST$5"
+# mkd MODE OWNER GROUP DIR: a directory with that mode (and owner/group, but with --prefix).
+mkd() {
+	if [ "$STAGE_MODE" = 1 ]; then
+		run install -d -m "$1" "$DEST$4"
 	else
-		run install -m "$1" -o "$2" -g "$3" "$4" "$5"
+		run install -d -m "$1" -o "$(uid_of "$2")" -g "$(gid_of "$3")" "$DEST$4"
 	fi
 }
+
+# same_file MODE OWNER GROUP SRC TARGET: TARGET already holds SRC's bytes with that mode and owner.
+same_file() {
+	local want
+	[ -f "$5" ] && [ ! -L "$5" ] && cmp -s -- "$4" "$5" || return 1
+	if [ "$STAGE_MODE" = 1 ]; then
+		[ "$(stat -c %a -- "$5")" = "${1#0}" ]
+	elif [ "$ROOT_MODE" = 1 ]; then
+		[ "$(stat -c '%a %u %g' -- "$5")" = "${1#0} $(uid_of "$2") $(gid_of "$3")" ]
+	else
+		want="${1#0} $(id -u "$2") $(getent group "$3" | cut -d: -f3)"
+		[ "$(stat -c '%a %u %g' -- "$5")" = "$want" ]
+	fi
+}
+
+# put MODE OWNER GROUP SRC DST: copy one file (owner/group but with --prefix), unless it is
+# already there as it should be: a re-run leaves it, and its time stamps, alone.
+put() {
+	if same_file "$1" "$2" "$3" "$4" "$DEST$5"; then
+		UNCHANGED=$((UNCHANGED + 1))
+	elif [ "$STAGE_MODE" = 1 ]; then
+		run install -m "$1" "$4" "$DEST$5"
+	else
+		run install -m "$1" -o "$(uid_of "$2")" -g "$(gid_of "$3")" "$4" "$DEST$5"
+	fi
+}
+UNCHANGED=0
 
 # ------------------------------------------------------------------ user
 
-if [ -z "$DEST" ]; then
+if [ "$STAGE_MODE" = 0 ]; then
 	step "system user $USER_NAME"
-	command -v useradd >/dev/null 2>&1 || die "useradd not found" "sudo apt-get install passwd"
-	command -v runuser >/dev/null 2>&1 || die "runuser not found" "sudo apt-get install util-linux"
-	if ! getent group video >/dev/null; then
-		run groupadd --system video
+	if [ "$ROOT_MODE" = 0 ]; then
+		command -v runuser >/dev/null 2>&1 || die "runuser not found" "sudo apt-get install util-linux"
 	fi
-	if ! getent passwd "$USER_NAME" >/dev/null; then
-		run useradd --system --user-group --home-dir "$STATE_DIR" --no-create-home \
-			--shell /usr/sbin/nologin --comment "edgeproof device agent" --groups video "$USER_NAME"
-	elif ! id -nG "$USER_NAME" | tr ' ' '\n' | grep -qx video; then
-		run usermod --append --groups video "$USER_NAME"
-	else
-		note "exists, in group video"
-	fi
+	ensure_user "$USER_NAME" "$USER_COMMENT" "$USER_GROUP"
 fi
 
 # ------------------------------------------------------------------ directories
 
 step "directories"
 mkd 0755 root root /opt/edgeproof
-mkd 0750 root "$USER_NAME" "$CONF_DIR"
+if [ -n "$CONF" ]; then
+	mkd 0750 root "$USER_NAME" "$CONF_DIR"
+fi
 mkd 0750 "$USER_NAME" "$USER_NAME" "$STATE_DIR"
-mkd 0755 root root "$SHARE_DIR"
-mkd 0755 root root "$SHARE_DIR/models"
-mkd 0755 root root "$SHARE_DIR/firmware_profiles"
+if [ "$WITH_DATA" = 1 ]; then
+	mkd 0755 root root "$SHARE_DIR"
+	mkd 0755 root root "$SHARE_DIR/models"
+	mkd 0755 root root "$SHARE_DIR/firmware_profiles"
+fi
 mkd 0755 root root "$DOC_DIR"
 if [ -n "$DEST" ]; then
 	run mkdir -p "$DEST$UNIT_DIR"
@@ -400,139 +583,101 @@ else
 	note "extras: ${EXTRAS:-none}"
 	run "$DEST$VENV_DIR/bin/python" -m pip install --disable-pip-version-check --upgrade "$SPEC"
 fi
-if [ "$BOARD" = jetson ]; then
+if [ "$BOARD" = jetson ] && [ "$ROLE" = agent ]; then
 	note "Jetson: the venv has the CPU onnxruntime from PyPI. For TensorRT/CUDA install NVIDIA's"
 	note "onnxruntime-gpu wheel for your JetPack and Python: see deploy/jetson/README.md"
 fi
 
 # ------------------------------------------------------------------ data files
 
-step "models, firmware profiles, docs -> $DEST$SHARE_DIR"
-shopt -s nullglob
-for file in "$SRC"/models/*.toml "$SRC"/models/*.onnx "$SRC"/models/*.tflite "$SRC"/models/*.txt; do
-	put 0644 root root "$file" "$SHARE_DIR/models/$(basename "$file")"
-done
-for file in "$SRC"/firmware_profiles/*.toml; do
-	put 0644 root root "$file" "$SHARE_DIR/firmware_profiles/$(basename "$file")"
-done
-shopt -u nullglob
-put 0644 root root "$EXAMPLE_SRC" "$SHARE_DIR/agent.example.toml"
+if [ "$WITH_DATA" = 1 ]; then
+	step "models, firmware profiles, docs -> $DEST$SHARE_DIR"
+	shopt -s nullglob
+	for file in "$SRC"/models/*.toml "$SRC"/models/*.onnx "$SRC"/models/*.tflite "$SRC"/models/*.txt; do
+		put 0644 root root "$file" "$SHARE_DIR/models/$(basename "$file")"
+	done
+	for file in "$SRC"/firmware_profiles/*.toml; do
+		put 0644 root root "$file" "$SHARE_DIR/firmware_profiles/$(basename "$file")"
+	done
+	shopt -u nullglob
+	put 0644 root root "$EXAMPLE_SRC" "$SHARE_DIR/$(basename "$EXAMPLE_SRC")"
+else
+	step "docs -> $DEST$DOC_DIR"
+fi
 if [ -e "$SRC/docs/operations.md" ]; then
 	put 0644 root root "$SRC/docs/operations.md" "$DOC_DIR/operations.md"
 fi
 
-# ------------------------------------------------------------------ config
-
-step "config $DEST$CONF"
-if [ -e "$DEST$CONF" ]; then
-	note "exists: kept (never overwritten); compare with $SHARE_DIR/agent.example.toml after upgrades"
-else
-	put 0640 root "$USER_NAME" "$EXAMPLE_SRC" "$CONF"
-	note "written from deploy/agent.example.toml: edit [mqtt] before relying on it"
-fi
-
-# coordinator_pin FILE: the [coordinator] pubkey of a TOML config ("" when unset).
-coordinator_pin() {
-	"$PYTHON" - "$1" <<'PY'
-import sys
-import tomllib
-
-with open(sys.argv[1], "rb") as handle:
-    data = tomllib.load(handle)
-section = data.get("coordinator", {})
-print(section.get("pubkey", "") if isinstance(section, dict) else "")
-PY
-}
-
-# set_coordinator_pin FILE KEY: rewrite FILE with [coordinator] pubkey = KEY (the line replaced,
-# or added to the section, or the section added), same owner and mode, by an atomic rename.
-set_coordinator_pin() {
-	local file=$1 key=$2 tmp
-	tmp=$(mktemp "$(dirname "$file")/.agent.toml.XXXXXX")
-	if ! awk -v key="$key" '
-		function pin() { print "pubkey = \"" key "\""; done = 1 }
+# set_toml_string FILE SECTION KEY VALUE: rewrite FILE with [SECTION] KEY = "VALUE" (the line
+# replaced, or added to the section, or the section added), mode 0640 root:<role user>, by an
+# atomic rename. VALUE must not hold a double quote or a backslash (the callers check).
+set_toml_string() {
+	local file=$1 section=$2 key=$3 value=$4 tmp
+	tmp=$(mktemp "$(dirname "$file")/.$(basename "$file").XXXXXX")
+	if ! awk -v section="$section" -v key="$key" -v value="$value" '
+		function put() { print key " = \"" value "\""; done = 1 }
 		/^[ \t]*\[/ {
-			if (in_section && !done) pin()
-			in_section = ($0 ~ /^[ \t]*\[coordinator\][ \t]*(#.*)?$/)
+			if (in_section && !done) put()
+			header = $0
+			sub(/^[ \t]*\[/, "", header)
+			sub(/\][ \t]*(#.*)?$/, "", header)
+			in_section = (header == section)
 		}
-		in_section && /^[ \t]*pubkey[ \t]*=/ { if (!done) pin(); next }
+		in_section && $0 ~ ("^[ \t]*" key "[ \t]*=") { if (!done) put(); next }
 		{ print }
 		END {
-			if (in_section && !done) pin()
-			if (!done) { print ""; print "[coordinator]"; pin() }
+			if (in_section && !done) put()
+			if (!done) { print ""; print "[" section "]"; put() }
 		}' "$file" >"$tmp"; then
 		rm -f -- "$tmp"
 		die "cannot rewrite $file"
 	fi
 	chmod 0640 "$tmp"
-	if [ -z "$DEST" ]; then
-		chown "root:$USER_NAME" "$tmp"
+	if [ "$STAGE_MODE" = 0 ]; then
+		chown "$(uid_of root):$(gid_of "$USER_NAME")" "$tmp"
 	fi
 	mv -f -- "$tmp" "$file"
 }
 
-if [ -e "$DEST$CONF" ]; then
-	PIN_SOURCE=$DEST$CONF
-else
-	PIN_SOURCE=$EXAMPLE_SRC # --dry-run of a first install: the file it would write
-fi
-PINNED=$(coordinator_pin "$PIN_SOURCE") ||
-	die "$PIN_SOURCE is not valid TOML" "edgeproof config check $PIN_SOURCE names the line"
-if [ -n "$COORD_KEY" ] && [ "$COORD_KEY" = "$PINNED" ]; then
-	note "coordinator key pinned: $COORD_KEY (unchanged)"
-elif [ -n "$COORD_KEY" ]; then
-	if [ -n "$PINNED" ]; then
-		note "coordinator key changes from $PINNED"
-	fi
-	if [ "$DRY_RUN" = 1 ]; then
-		note "would set [coordinator] pubkey = \"$COORD_KEY\" in $DEST$CONF"
-	else
-		set_coordinator_pin "$DEST$CONF" "$COORD_KEY"
-		[ "$(coordinator_pin "$DEST$CONF")" = "$COORD_KEY" ] ||
-			die "the coordinator key did not land in $DEST$CONF" "set [coordinator] pubkey by hand"
-		note "coordinator key pinned: $COORD_KEY"
-	fi
-elif [ -n "$PINNED" ]; then
-	note "coordinator key pinned: $PINNED (kept; --coordinator-key changes it)"
-else
-	warn "no coordinator key is pinned ([coordinator] pubkey is empty in $DEST$CONF):"
-	warn "the agent refuses EVERY coordinator-signed message (beacons, challenges, verdicts,"
-	warn "vouchers; reason unpinned_coordinator) until one is. It still proves and heartbeats."
-	warn "Pin it: deploy/install.sh --coordinator-key <base58 key>, or set [coordinator] pubkey"
-	warn "in $CONF and restart the service."
-fi
-run "$EDGEPROOF" config check "$DEST$CONF"
+# toml_string FILE SECTION KEY: the string [SECTION] KEY of a TOML file ("" when unset).
+toml_string() {
+	"$PYTHON" - "$1" "$2" "$3" <<'PY'
+import sys
+import tomllib
 
-# ------------------------------------------------------------------ device key
+with open(sys.argv[1], "rb") as handle:
+    data = tomllib.load(handle)
+section = data.get(sys.argv[2], {})
+value = section.get(sys.argv[3], "") if isinstance(section, dict) else ""
+print(value if isinstance(value, str) else "")
+PY
+}
 
-step "device key $DEST$KEY"
-# Made and read by the agent's user: root never writes, reads or chowns a path in the folder the
-# agent owns. Checked again here: the agent may have planted a link since the first check.
-no_link "$DEST$STATE_DIR" "$DEST$KEY"
-if [ -z "$DEST" ] && [ "$DRY_RUN" = 0 ] && ! runuser -u "$USER_NAME" -- test -x "$EDGEPROOF"; then
-	die "the $USER_NAME user cannot run $EDGEPROOF" \
-		"drop --no-venv, or point EDGEPROOF_BIN at an edgeproof outside /root that $USER_NAME can run"
-fi
-if [ -e "$DEST$KEY" ]; then
-	[ -f "$DEST$KEY" ] || die "$DEST$KEY exists but is not a regular file" "move it away and run install.sh again"
-	note "exists: kept (never overwritten)"
-	if [ "$DRY_RUN" = 0 ]; then
-		note "device id: $(as_agent "$EDGEPROOF" keys show --key "$DEST$KEY")"
-	fi
-else
-	as_agent "$EDGEPROOF" keys init --key "$DEST$KEY"
-fi
+# ------------------------------------------------------------------ the role's config and key
+
+role_install
 
 # ------------------------------------------------------------------ systemd
 
 step "systemd unit $DEST$UNIT_DIR/$UNIT_NAME"
 put 0644 root root "$UNIT_SRC" "$UNIT_DIR/$UNIT_NAME"
-if [ -n "$DEST" ]; then
+if [ "$STAGE_MODE" = 1 ]; then
 	note "--prefix: systemctl not run"
+elif [ "$ROOT_MODE" = 1 ]; then
+	WANTS=$DEST$UNIT_DIR/multi-user.target.wants/$UNIT_NAME
+	if [ -L "$WANTS" ] && [ "$(readlink -- "$WANTS")" = "$UNIT_DIR/$UNIT_NAME" ]; then
+		note "enabled in $DEST (multi-user.target.wants)"
+	elif command -v systemctl >/dev/null 2>&1; then
+		run systemctl --root="$DEST" enable "$UNIT_NAME"
+	else
+		run mkdir -p "$DEST$UNIT_DIR/multi-user.target.wants"
+		run ln -sfn "$UNIT_DIR/$UNIT_NAME" "$WANTS"
+	fi
+	note "--root: it starts when $DEST boots"
 elif [ ! -d /run/systemd/system ] || [ "$(cat /proc/1/comm 2>/dev/null)" != systemd ]; then
 	note "systemd is not PID 1 here: the unit is installed but not enabled or started."
-	note "Run the agent by hand as the edgeproof user, e.g.:"
-	note "  runuser -u $USER_NAME -- $VENV_DIR/bin/edgeproof run --config $CONF"
+	note "Run it by hand as the $USER_NAME user, e.g.:"
+	note "  runuser -u $USER_NAME -- $(sed -n "s|^ExecStart=||p" "$UNIT_SRC")"
 else
 	run systemctl daemon-reload
 	if [ "$NO_START" = 1 ]; then
@@ -547,8 +692,9 @@ else
 fi
 
 step "done"
+if [ "$UNCHANGED" -gt 0 ]; then
+	note "$UNCHANGED file(s) already up to date: left alone"
+fi
 if [ -z "$DEST" ]; then
-	note "check:  sudo -u $USER_NAME $VENV_DIR/bin/edgeproof doctor --config $CONF"
-	note "status: systemctl status $UNIT_NAME; $VENV_DIR/bin/edgeproof status --config $CONF"
-	note "logs:   journalctl -u $UNIT_NAME -f"
+	role_done
 fi

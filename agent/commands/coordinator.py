@@ -1,4 +1,4 @@
-"""`edgeproof coordinator run|dashboard|enroll|devices`: the coordinator service, its dashboard and registry."""
+"""`edgeproof coordinator run|dashboard|enroll|migrate|devices`: the coordinator service, its dashboard and registry."""
 
 from __future__ import annotations
 
@@ -74,6 +74,25 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     dashboard.set_defaults(func=run_dashboard)
 
+    migrate = commands.add_parser(
+        "migrate",
+        help="create the database, or bring its schema up to date (install.sh runs it)",
+        description="Open the database of the config ([storage] database_url, else the SQLite file "
+        "sqlite_path, created when missing) and apply every schema migration it lacks, in one "
+        "transaction; several processes may run it at once on PostgreSQL. Running it again changes "
+        "nothing. `coordinator run` does the same at start; this is for installers and upgrades.",
+    )
+    migrate.add_argument("--config", required=True, help="coordinator config file (TOML)")
+    migrate.add_argument(
+        "--sqlite-path",
+        default=None,
+        metavar="FILE",
+        help="this SQLite file instead of [storage] sqlite_path (install.sh --root/--prefix, whose "
+        "config names the installed system's path)",
+    )
+    migrate.add_argument("--json", action="store_true", help="print the database and versions as JSON")
+    migrate.set_defaults(func=run_migrate)
+
     devices = commands.add_parser(
         "devices",
         help="list the registered devices",
@@ -93,8 +112,14 @@ def run_service(args: argparse.Namespace) -> int:
     config = load_coordinator_config(args.config)
     keypair = load_keypair(config.coordinator.key)
     policy = load_policy(config)
+    payouts = None
+    if config.payout.rpc_url:  # the payout desk is rewards code: composed here, not imported there
+        from agent.protocol.topics import Topics
+        from agent.rewards.desk import open_desk
+
+        payouts = open_desk(config.payout, config.coordinator.key, Topics(config.mqtt.topic_prefix))
     store = open_store(config)
-    return CoordinatorService(config, keypair, store, policy).run()
+    return CoordinatorService(config, keypair, store, policy, payouts=payouts).run()
 
 
 def run_dashboard(args: argparse.Namespace) -> int:
@@ -203,6 +228,35 @@ def run_enroll_many(args: argparse.Namespace) -> int:
         print_json({"enrolled": len(records), "devices": [r.as_json() for r in records]})
     else:
         print(f"enrolled {len(records)} devices from {args.from_file} (profile {args.profile})")
+    return 0
+
+
+def run_migrate(args: argparse.Namespace) -> int:
+    from agent.coordinator.config import load_coordinator_config
+    from agent.coordinator.store import Store
+
+    config = load_coordinator_config(args.config)
+    storage = config.storage
+    if args.sqlite_path is not None:
+        storage = storage.model_copy(update={"sqlite_path": str(Path(args.sqlite_path).resolve())})
+    store = Store.open(
+        database_url=storage.database_url,
+        sqlite_path=storage.sqlite_path,
+        synchronous=storage.sqlite_synchronous,
+        migrate=False,
+    )
+    try:
+        before = store.schema_version()
+        after = store.migrate()
+    finally:
+        store.close()
+    report = {"database": store.where, "dialect": store.dialect.name, "from": before, "to": after}
+    if args.json:
+        print_json(report)
+    elif before == after:
+        print(f"database {store.where} is at schema version {after} (unchanged)")
+    else:
+        print(f"database {store.where} migrated from schema version {before} to {after}")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""`edgeproof fleet keys|publish|serve` (rollout, status, halt, resume: fleet_rollout.py); docs/fleet.md."""
+"""`edgeproof fleet keys|publish|sign|serve` (rollout, status, halt, resume: fleet_rollout.py); docs/fleet.md."""
 
 from __future__ import annotations
 
@@ -21,16 +21,18 @@ log = logging.getLogger(__name__)
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     group = sub.add_parser(
         "fleet",
-        help="operator tooling: keys, publish signed model manifests, serve artifacts, staged rollouts",
+        help="operator tooling: keys, publish and co-sign model manifests, serve artifacts, staged rollouts",
         description="The fleet operator's side of model updates: an operator key, `publish` (build, "
-        "sign on the operator's chain and publish a retained manifest), `serve` (HTTP artifacts "
-        "with Range and ETag), `rollout run` (advance stages, halt on failures), `status`, `halt` "
-        "and `resume`. See docs/fleet.md.",
+        "sign on the operator's chain and publish a retained manifest), `sign` (add one operator's "
+        "co-signature to a manifest signing file, k-of-n), `serve` (HTTP artifacts with Range and "
+        "ETag), `rollout run` (advance stages, halt on failures), `status`, `halt` and `resume`. "
+        "See docs/fleet.md.",
     )
     group.set_defaults(group_parser=group)
     commands = group.add_subparsers(dest="fleet_command", metavar="SUBCOMMAND")
     _register_keys(commands)
     _register_publish(commands)
+    _register_sign(commands)
     _register_serve(commands)
     from agent.commands import fleet_rollout
 
@@ -76,12 +78,17 @@ def _register_publish(commands: argparse._SubParsersAction[argparse.ArgumentPars
         "the config's [mqtt] settings. A version at or below the highest this operator published on "
         "the channel, or at or below the channel's retained manifest, is refused (version_reused, "
         "stale_version). --dry-run signs and publishes "
-        "nothing: it prints the manifest and, with --devices, which devices each stage reaches.",
+        "nothing: it prints the manifest and, with --devices, which devices each stage reaches. "
+        "k-of-n: --out FILE --threshold K writes the signed manifest to a signing file instead (the state "
+        "file is written as for a publish); other operators add theirs with `fleet sign FILE`; "
+        "--from FILE publishes it once it carries K signatures.",
     )
-    publish.add_argument("--card", required=True, help="the model card (TOML)")
-    publish.add_argument("--file", required=True, help="the model file the card names")
-    publish.add_argument("--url", required=True, help="base URL the artifacts are served under (BASE/NAME)")
-    publish.add_argument("--channel", required=True, help="manifest channel (e.g. stable)")
+    publish.add_argument("--card", help="the model card (TOML); required unless --from")
+    publish.add_argument("--file", help="the model file the card names; required unless --from")
+    publish.add_argument(
+        "--url", help="base URL the artifacts are served under (BASE/NAME); required unless --from"
+    )
+    publish.add_argument("--channel", help="manifest channel (e.g. stable); required unless --from")
     publish.add_argument(
         "--targets",
         default="",
@@ -104,8 +111,45 @@ def _register_publish(commands: argparse._SubParsersAction[argparse.ArgumentPars
     publish.add_argument(
         "--dry-run", action="store_true", help="print what would be published; change nothing"
     )
+    publish.add_argument(
+        "--out",
+        default=None,
+        metavar="FILE",
+        help="write the signed manifest to this new signing file for co-signing instead of publishing it",
+    )
+    publish.add_argument(
+        "--threshold",
+        type=int,
+        default=1,
+        help="with --out: distinct operator signatures the manifest needs, the devices' operator_threshold "
+        "(default: %(default)s)",
+    )
+    publish.add_argument(
+        "--from",
+        dest="from_file",
+        default=None,
+        metavar="FILE",
+        help="publish a signing file that carries its threshold of signatures (with --key, --state, --config)",
+    )
     publish.add_argument("--json", action="store_true", help="print the result as JSON")
     publish.set_defaults(func=run_publish)
+
+
+def _register_sign(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    sign = commands.add_parser(
+        "sign",
+        help="add one operator's signature to a manifest signing file (k-of-n)",
+        description="Add KEY's co-signature to the manifest in FILE (written by `fleet publish --out`): "
+        "an ed25519 signature over the same signed bytes as the publishing operator's, so every signer "
+        "signs the same manifest, seq and expiry. Every signature already in the file is verified first; "
+        "a key that already signed is refused (duplicate_signer), as is an eighth co-signature "
+        "(too_many_signatures). It prints the signers so far and the threshold K; `fleet publish --from "
+        "FILE` publishes it once it has K.",
+    )
+    sign.add_argument("manifest_file", metavar="MANIFEST_FILE", help="signing file from fleet publish --out")
+    sign.add_argument("--key", required=True, help="this operator's key file")
+    sign.add_argument("--json", action="store_true", help="print {signers, threshold, ready, ...} as JSON")
+    sign.set_defaults(func=run_sign)
 
 
 def _register_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -146,8 +190,34 @@ def run_keys_show(args: argparse.Namespace) -> int:
 
 
 def run_publish(args: argparse.Namespace) -> int:
-    from agent.fleet.publish import PublishRequest, publish_manifest
+    from agent.fleet.publish import PublishFromRequest, PublishRequest, publish_from_file, publish_manifest
 
+    if args.from_file is not None:
+        given = [
+            f"--{name.replace('_', '-')}" for name in _BUILD_ONLY if getattr(args, name) != _DEFAULTS[name]
+        ]
+        if given:
+            raise ConfigError(
+                f"--from publishes a signing file as it is; {', '.join(given)} cannot change it",
+                hint="build a new manifest with fleet publish --out instead",
+            )
+        result = publish_from_file(
+            PublishFromRequest(
+                signing_file=Path(args.from_file),
+                key=Path(args.key),
+                state=Path(args.state),
+                config=args.config,
+            ),
+            now_ms=time.time_ns() // 1_000_000,
+        )
+        if args.json:
+            print_json(result)
+        else:
+            _print_publish(result)
+        return 0
+    missing = [f"--{name}" for name in ("card", "file", "url", "channel") if getattr(args, name) is None]
+    if missing:
+        raise ConfigError(f"fleet publish needs {', '.join(missing)} (or --from FILE)")
     request = PublishRequest(
         card=Path(args.card),
         model=Path(args.file),
@@ -164,6 +234,8 @@ def run_publish(args: argparse.Namespace) -> int:
         config=args.config,
         devices=Path(args.devices) if args.devices else None,
         dry_run=args.dry_run,
+        out=Path(args.out) if args.out else None,
+        threshold=args.threshold,
     )
     result = publish_manifest(request, now_ms=time.time_ns() // 1_000_000)
     if args.json:
@@ -173,8 +245,71 @@ def run_publish(args: argparse.Namespace) -> int:
     return 0
 
 
+#: ``fleet publish`` options that build a manifest (so --from, which publishes one as it is, refuses them).
+_BUILD_ONLY = (
+    "card",
+    "file",
+    "url",
+    "channel",
+    "targets",
+    "stages",
+    "stage",
+    "expires",
+    "version",
+    "devices",
+    "dry_run",
+    "out",
+    "threshold",
+)
+_DEFAULTS: dict[str, Any] = {
+    "card": None,
+    "file": None,
+    "url": None,
+    "channel": None,
+    "targets": "",
+    "stages": "100",
+    "stage": 0,
+    "expires": "7d",
+    "version": None,
+    "devices": None,
+    "dry_run": False,
+    "out": None,
+    "threshold": 1,
+}
+
+
+def run_sign(args: argparse.Namespace) -> int:
+    from agent.fleet.keys import load_operator_key
+    from agent.fleet.signing import cosign_file
+
+    path = Path(args.manifest_file)
+    keypair = load_operator_key(args.key)
+    summary = cosign_file(path, keypair, now_ms=time.time_ns() // 1_000_000).summary(path)
+    summary["signed_by"] = str(keypair.pubkey())
+    if args.json:
+        print_json(summary)
+        return 0
+    print(
+        f"signed {summary['model_id']} {summary['model_version']} version {summary['version']} on "
+        f"{summary['channel']!r} as {summary['signed_by']}: {len(summary['signers'])} of {summary['threshold']} "
+        "signatures"
+    )
+    for signer in summary["signers"]:
+        print(f"  {signer}")
+    if summary["ready"]:
+        print(f"ready: edgeproof fleet publish --from {path} --key KEY --state STATE --config CONFIG")
+    return 0
+
+
 def _print_publish(result: dict[str, Any]) -> None:
     manifest = result["manifest"]
+    if "out" in result:
+        print(
+            f"wrote {manifest['model_id']} {manifest['model_version']} version {manifest['version']} on "
+            f"{result['topic']} to {result['out']} for signing, operator {result['operator']} seq {result['seq']}: "
+            f"{len(result['signers'])} of {result['threshold']} signatures"
+        )
+        return
     verb = "would publish" if result["dry_run"] else "published"
     print(
         f"{verb} {manifest['model_id']} {manifest['model_version']} as version {manifest['version']} on "

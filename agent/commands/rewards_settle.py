@@ -19,10 +19,22 @@ def add_settlement_commands(commands: argparse._SubParsersAction[argparse.Argume
         "in one transaction. Settling an epoch again changes nothing: the stored root is reported "
         "(exit 0); a different result for a settled epoch is refused (settlement_conflict, exit 16). "
         "Epochs are settled in order; an epoch that has not ended or has unscored challenges is "
-        "refused (epoch_not_final).",
+        "refused (epoch_not_final). The epoch's signed reward_root is then published retained on the "
+        "broker (the same bytes on every run; never over a newer epoch) and, with --memo, in a memo "
+        "on chain.",
     )
     settle.add_argument("--epoch", required=True, help="epoch number or 'previous'")
     settle.add_argument("--config", required=True, help="coordinator config file (TOML) with [rewards]")
+    settle.add_argument(
+        "--no-publish",
+        action="store_true",
+        help="do not publish the signed reward_root (retained, {prefix}/rewards/root) on the broker",
+    )
+    settle.add_argument(
+        "--memo",
+        action="store_true",
+        help="also put the root in a memo on chain ([payout] rpc_url, signed by the treasury), once",
+    )
     settle.add_argument("--json", action="store_true", help="print JSON (every device's allocation)")
     settle.set_defaults(func=run_settle)
 
@@ -55,6 +67,18 @@ def add_settlement_commands(commands: argparse._SubParsersAction[argparse.Argume
     proof.add_argument("--config", required=True, help="coordinator config file (TOML)")
     proof.add_argument("--json", action="store_true", help="print JSON")
     proof.set_defaults(func=run_proof)
+
+    payouts = commands.add_parser(
+        "payouts",
+        help="the coordinator's payout desk: per device earned, paid, outstanding; the breaker",
+        description="Reads the coordinator's database (read-only): for each device its cumulative "
+        "earned total in the newest settled epoch, what was paid (vouchers confirmed on chain), what "
+        "is outstanding (a voucher whose transaction may still land), what is claimable, its last "
+        "receipts, and whether the payout breaker is open. See docs/rewards.md, 'Claims'.",
+    )
+    payouts.add_argument("--config", required=True, help="coordinator config file (TOML)")
+    payouts.add_argument("--json", action="store_true", help="print JSON")
+    payouts.set_defaults(func=run_payouts)
 
 
 def _now_ms() -> int:
@@ -98,6 +122,7 @@ def _print_settlement(data: dict[str, Any], title: str) -> None:
 
 
 def run_settle(args: argparse.Namespace) -> int:
+    from agent.commands.rewards_root import publish_root
     from agent.coordinator.config import load_coordinator_config
     from agent.coordinator.registry import open_store
     from agent.rewards.settle import settle_epoch
@@ -114,16 +139,24 @@ def run_settle(args: argparse.Namespace) -> int:
             epoch_ms=config.epochs.epoch_ms,
             now_ms=_now_ms(),
         )
+        published = publish_root(
+            config, store, outcome.stored, mqtt=not args.no_publish, memo=args.memo, now_ms=_now_ms()
+        )
     finally:
         store.close()
     data = outcome.settlement.as_json()
     data["created"] = outcome.created
     data["settled_ms"] = outcome.stored.settled_ms
+    data["published"] = published
     if args.json:
         print_json(data)
     else:
         state = "settled" if outcome.created else f"already settled at {outcome.stored.settled_ms} ms"
         _print_settlement(data, f"epoch {epoch}: {state}")
+        print(
+            f"reward_root: mqtt {published['mqtt']}, memo {published['memo']}"
+            + (f" ({published['memo_signature']})" if published["memo_signature"] else "")
+        )
     return 0
 
 
@@ -199,4 +232,44 @@ def run_proof(args: argparse.Namespace) -> int:
             rows[f"step {i} ({'left' if step.left else 'right'})"] = step.sibling.hex()
         rows["root"] = stored.root
         print_kv(f"inclusion proof of {leaf.dev} in epoch {epoch}", rows)
+    return 0
+
+
+def run_payouts(args: argparse.Namespace) -> int:
+    from agent.coordinator.config import load_coordinator_config
+    from agent.coordinator.payout_summary import payout_summary
+    from agent.coordinator.read_store import open_read_store
+
+    config = load_coordinator_config(args.config)
+    store = open_read_store(config.storage)
+    try:
+        with store.transaction():
+            doc = payout_summary(store, now_ms=_now_ms())
+    finally:
+        store.close()
+    if args.json:
+        print_json(doc)
+        return 0
+    breaker = doc["breaker"]
+    print(
+        f"payout breaker OPEN until {breaker['until_ms']} ms: {breaker['detail']}"
+        if breaker["open"]
+        else "payout breaker closed"
+    )
+    print_table(
+        f"{len(doc['devices'])} device(s) with rewards",
+        ["device", "epoch", "earned", "paid", "outstanding", "claimable", "last receipt"],
+        [
+            (
+                d["dev"],
+                d["epoch"],
+                d["earned"],
+                d["paid"],
+                d["outstanding"],
+                d["claimable"],
+                d["receipts"][0]["status"] if d["receipts"] else "",
+            )
+            for d in doc["devices"]
+        ],
+    )
     return 0

@@ -173,6 +173,38 @@ class RewardsSection(Strict):
         return self
 
 
+#: SPL Memo v2 (it checks its signers); LiteSVM in solders 0.29 ships v1 and v2.
+MEMO_V2 = "MemoSq4gqABAXKb96qnH8TysNcWxMyWCqXgDLGmfcHr"
+
+
+class PayoutSection(Strict):
+    """Claims and vouchers (docs/rewards.md, "Claims"): empty ``rpc_url`` = no payout desk."""
+
+    # Solana JSON-RPC URL (localnet, devnet, mainnet); empty: claims are recorded, not answered.
+    rpc_url: str = ""
+    # The treasury keypair (fee payer, vault authority); empty: the [coordinator] key.
+    treasury_key: str = ""
+    # `edgeproof chain bootstrap` state file (or its saved --json output): treasury, mint, vault
+    # and decimals are read from it; mint, vault and decimals below override it.
+    bootstrap: str = ""
+    mint: str = ""
+    # The vault token account; empty: the treasury's associated token account for the mint.
+    vault: str = ""
+    decimals: Annotated[int, Field(ge=0, le=9)] | None = None
+    memo_program: str = MEMO_V2
+    # RPC robustness: per-call timeout, retries with exponential backoff from backoff_s.
+    rpc_timeout_s: Annotated[float, Field(gt=0, le=120)] = 10.0
+    rpc_retries: Annotated[int, Field(ge=0, le=10)] = 3
+    rpc_backoff_s: Annotated[float, Field(gt=0, le=30)] = 0.25
+    # The payout circuit breaker: at most breaker_cap base units in vouchers issued (not
+    # released) per breaker_window_s; a claim over it trips the breaker, which refuses every
+    # claim (payout_paused) for one window.  Omitted cap: no breaker.
+    breaker_cap: Annotated[int, Field(ge=1, le=10**18)] | None = None
+    breaker_window_s: Annotated[int, Field(ge=1, le=31_622_400)] = 3_600
+    # How often outstanding vouchers are looked up on chain (also at every start).
+    reconcile_s: Annotated[float, Field(gt=0, le=3_600)] = 5.0
+
+
 def _default_mqtt() -> MqttSettings:
     return MqttSettings(client_id="edgeproof-coordinator")
 
@@ -188,6 +220,7 @@ class CoordinatorConfig(Strict):
     mqtt: MqttSettings = Field(default_factory=_default_mqtt)
     http: HttpSection = Field(default_factory=HttpSection)
     rewards: RewardsSection = Field(default_factory=RewardsSection)
+    payout: PayoutSection = Field(default_factory=PayoutSection)
 
     @model_validator(mode="after")
     def _epoch_is_whole_slots(self) -> CoordinatorConfig:
@@ -234,5 +267,11 @@ def load_coordinator_config(path: Path | str) -> CoordinatorConfig:
                 }
             ),
             "mqtt": mqtt,
+            "payout": config.payout.model_copy(
+                update={
+                    "treasury_key": _resolve(base, config.payout.treasury_key),
+                    "bootstrap": _resolve(base, config.payout.bootstrap),
+                }
+            ),
         }
     )

@@ -112,6 +112,34 @@ function renderRollouts(rollouts) {
   }
 }
 
+function renderPayouts(payouts) {
+  const breaker = byId("breaker");
+  const b = payouts.breaker;
+  breaker.dataset.open = b.open ? "1" : "0";
+  breaker.className = b.open ? "no" : "yes";
+  breaker.textContent = b.open
+    ? "payout breaker OPEN until " + isoTime(b.until_ms) + ": claims are refused (payout_paused). " + b.detail
+    : "payout breaker closed: claims are answered";
+  const body = document.querySelector("#rewards tbody");
+  body.replaceChildren();
+  for (const d of payouts.devices) {
+    const tr = document.createElement("tr");
+    tr.dataset.payee = d.dev;
+    cell(tr, "dev", d.dev, d.dev, "dev");
+    cell(tr, "epoch", d.epoch);
+    cell(tr, "earned", d.earned);
+    cell(tr, "paid", d.paid);
+    cell(tr, "outstanding", d.outstanding);
+    cell(tr, "claimable", d.claimable);
+    const text = d.receipts
+      .map((r) => r.status + (r.reason ? " (" + r.reason + ")" : "") + " " + r.amount + " @ " + isoTime(r.ms))
+      .join("; ");
+    cell(tr, "receipts", d.receipts.length, text || "–");
+    body.appendChild(tr);
+  }
+  byId("rewards-empty").hidden = payouts.devices.length > 0;
+}
+
 function render(s) {
   byId("mode").textContent = s.mode === "read-only" ? "read-only view" : "live coordinator";
   setNumber("epoch", s.epoch.epoch);
@@ -130,6 +158,7 @@ function render(s) {
   renderDevices(s.devices);
   renderRejections(s.rejections);
   renderRollouts(s.rollouts);
+  renderPayouts(s.payouts);
 }
 
 async function refresh() {

@@ -19,6 +19,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from agent.coordinator.batch import BatchResult, SignedVerdict
+from agent.coordinator.payouts import ReconcileResult
 from agent.coordinator.slots import TickResult
 from agent.protocol.kinds import SPECS
 from agent.protocol.reasons import is_reason
@@ -104,7 +105,23 @@ class CoordinatorMetrics:
             "Times the database could not take a transaction (each retry counts)",
             registry=r,
         )
+        self.vouchers_sent = Counter(
+            f"{PREFIX}_vouchers_sent", "Voucher envelopes published (new or re-sent)", registry=r
+        )
+        self.vouchers_closed = Counter(
+            f"{PREFIX}_vouchers_closed",
+            "Outstanding vouchers closed from chain state, by outcome (paid, released, failed)",
+            ["outcome"],
+            registry=r,
+        )
+        self.payout_breaker_open = Gauge(
+            f"{PREFIX}_payout_breaker_open",
+            "1 while the payout circuit breaker refuses claims (payout_paused), else 0",
+            registry=r,
+        )
         self.info = Info(f"{PREFIX}_build", "This coordinator process", registry=r)
+        for closed in ("paid", "released", "failed"):
+            self.vouchers_closed.labels(outcome=closed)
         for outcome in CHALLENGE_OUTCOMES:
             self.challenges.labels(outcome=outcome)
 
@@ -129,6 +146,13 @@ class CoordinatorMetrics:
                 self.rejections.labels(reason=reason_label(row.reason)).inc()
             if outcome.challenge is not None and outcome.challenge[1] != "pending":
                 self.challenges.labels(outcome=outcome.challenge[1]).inc()
+        self.vouchers_sent.inc(len(result.vouchers))
+
+    def observe_reconcile(self, result: ReconcileResult) -> None:
+        self.payout_breaker_open.set(1 if result.breaker_open else 0)
+        self.vouchers_closed.labels(outcome="paid").inc(result.paid)
+        self.vouchers_closed.labels(outcome="released").inc(result.released)
+        self.vouchers_closed.labels(outcome="failed").inc(result.failed)
 
     def observe_tick(self, result: TickResult) -> None:
         if result.beacon is not None:

@@ -178,7 +178,56 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX challenges_issued ON challenges (issued_ms)",
         ),
     ),
-    # 5 is the claims migration (another branch); the numbers stay as assigned.
+    Migration(
+        5,
+        "claim vouchers, the payout breaker, published settlement roots",
+        (
+            # One row per claim answered with a voucher (docs/rewards.md, "Claims").  ``state`` is
+            # ``outstanding`` until the signature is seen on chain (``paid``, or ``failed`` when it
+            # landed with an error) or its blockhash expired with the signature absent
+            # (``released``).  ``raw`` is the signed voucher envelope as published: a repeated claim
+            # gets these same bytes.  ``signature`` is the treasury's (the transaction id).
+            """CREATE TABLE vouchers (
+                claim_id TEXT PRIMARY KEY,
+                dev TEXT NOT NULL,
+                owner TEXT NOT NULL,
+                message_id BIGINT NOT NULL,
+                epoch BIGINT NOT NULL,
+                amount BIGINT NOT NULL,
+                signature TEXT NOT NULL UNIQUE,
+                blockhash TEXT NOT NULL,
+                last_valid_block_height BIGINT NOT NULL,
+                state TEXT NOT NULL,
+                topic TEXT NOT NULL,
+                raw {blob} NOT NULL,
+                issued_ms BIGINT NOT NULL,
+                closed_ms BIGINT,
+                slot BIGINT,
+                receipt_status TEXT,
+                receipt_reason TEXT,
+                receipt_ms BIGINT
+            )""",
+            # At most one outstanding voucher per device, whatever the number of processes.
+            "CREATE UNIQUE INDEX vouchers_outstanding ON vouchers (dev) WHERE state = 'outstanding'",
+            "CREATE INDEX vouchers_dev ON vouchers (dev, state)",
+            "CREATE INDEX vouchers_issued ON vouchers (issued_ms)",
+            # The payout circuit breaker: one row while tripped (cleared when it closes again).
+            """CREATE TABLE payout_breaker (
+                id INTEGER PRIMARY KEY,
+                tripped_ms BIGINT NOT NULL,
+                until_ms BIGINT NOT NULL,
+                detail TEXT NOT NULL
+            )""",
+            # The signed reward_root envelope of each settled epoch as published (retained), and
+            # the on-chain memo's signature when one was sent: a second settle re-sends the same.
+            """CREATE TABLE settlement_roots (
+                epoch BIGINT PRIMARY KEY REFERENCES settlements(epoch),
+                raw {blob} NOT NULL,
+                memo_signature TEXT,
+                published_ms BIGINT NOT NULL
+            )""",
+        ),
+    ),
     Migration(
         6,
         "fleet rollouts: one row per release, each device's newest deploy report, refusal counts",

@@ -49,6 +49,7 @@ from agent.coordinator.batch import BatchResult, Inbound, SignedVerdict, commit_
 from agent.coordinator.config import CoordinatorConfig
 from agent.coordinator.ingest import Policy
 from agent.coordinator.metrics import CoordinatorMetrics
+from agent.coordinator.payouts import PayoutHook
 from agent.coordinator.reference import ModelStore, ReferenceJob, ReferenceResult, ReferenceRunner
 from agent.coordinator.registry import models_folder
 from agent.coordinator.store import StorageUnavailableError, Store, now_ms
@@ -71,8 +72,11 @@ class CoordinatorService:
         store: Store,
         policy: Policy,
         models: ModelStore | None = None,
+        payouts: PayoutHook | None = None,
     ) -> None:
         self.config = config
+        self.payouts = payouts
+        self._last_reconcile = 0.0
         self.keypair = keypair
         self.signer = str(keypair.pubkey())
         self.store = store
@@ -194,6 +198,7 @@ class CoordinatorService:
         self._republish()
         self._reference = ReferenceRunner(self.models, self.config.challenges.reference_threads)
         self._with_retry(self._resume_pending)
+        self._reconcile()  # vouchers an earlier run issued: paid, failed or released from chain state
         log.info(
             "coordinator_started",
             extra={"signer": self.signer, "storage": self.store.dialect.name, "run_id": self.run_id},
@@ -212,6 +217,8 @@ class CoordinatorService:
                 self._tick()
                 last_tick = time.monotonic()
             self._score_finished()
+            if time.monotonic() - self._last_reconcile >= self.config.payout.reconcile_s:
+                self._reconcile()
             self._take_published()  # counts verdicts the broker acknowledged, also when idle
         self._drain()
         return 0
@@ -239,6 +246,24 @@ class CoordinatorService:
             server.stop()
             dashboard.close()
             self._http = None
+
+    # --- payouts ----------------------------------------------------------------------------------
+
+    def _reconcile(self) -> None:
+        """Outstanding vouchers against the chain (at start, then every ``reconcile_s``)."""
+        self._last_reconcile = time.monotonic()
+        payouts = self.payouts
+        if payouts is not None:
+            self._with_retry(
+                lambda: self.metrics.observe_reconcile(payouts.reconcile(self.store, now_ms=now_ms()))
+            )
+
+    def _publish_vouchers(self, result: BatchResult) -> None:
+        for topic, wire in result.vouchers:
+            self._client.publish(topic, wire, qos=1)
+            self.counts["vouchers_sent"] += 1
+        if result.breaker_tripped:
+            self.metrics.payout_breaker_open.set(1)
 
     # --- beacons, challenges, reference runs ------------------------------------------------------
 
@@ -353,6 +378,7 @@ class CoordinatorService:
                 now_ms=now_ms(),
                 published=published,
                 run_id=self.run_id,
+                payouts=self.payouts,
             )
             commit_s = time.monotonic() - tried
             del self._published[: len(published)]
@@ -361,6 +387,7 @@ class CoordinatorService:
             return  # stopped while the database was down: nothing acknowledged, the broker keeps it
         self.metrics.observe_batch(result, commit_s)
         self._publish_verdicts(result.verdicts)
+        self._publish_vouchers(result)
         if self._reference is not None:
             for challenge_id, sha, nonce in result.references:
                 self._reference.submit(ReferenceJob(challenge_id, sha, nonce))
@@ -457,6 +484,8 @@ class CoordinatorService:
         self._client.loop_stop()
         self.store.close()
         self._stop_http()
+        if self.payouts is not None:
+            self.payouts.close()
         log.info(
             "coordinator_stopped",
             extra={"run_id": self.run_id, "liveness_closed": closed, **dict(self.counts)},

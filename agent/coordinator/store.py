@@ -282,7 +282,7 @@ class Store:
         return int(row[0]) if row is not None and row[0] is not None else 0
 
     def migrate(self) -> int:
-        """Apply every migration above the stored version; returns the version reached."""
+        """Apply every migration not recorded in ``schema_version``; returns the version reached."""
         with self.transaction():
             if self.dialect.name == "postgresql":
                 # Several coordinator processes may start at once: one migrates, the others wait.
@@ -298,8 +298,11 @@ class Store:
                     f"understands ({LATEST})",
                     hint="run a coordinator at least as new as the one that last wrote this database",
                 )
+            # Every migration not recorded yet, in order: also one numbered below the newest that
+            # another branch's release applied first (migration 6 shipped before 5).
+            applied = {int(v) for (v,) in self.rows("SELECT version FROM schema_version")}
             for migration in MIGRATIONS:
-                if migration.version <= current:
+                if migration.version in applied:
                     continue
                 for statement in migration.statements:
                     self.execute(self.dialect.ddl(statement))

@@ -15,6 +15,7 @@ from typing import Any
 from agent.coordinator import rollout_rows
 from agent.coordinator.audit import epoch_of, epoch_report
 from agent.coordinator.challenge_rows import SCORED_OUTCOMES
+from agent.coordinator.payout_summary import payout_summary
 from agent.coordinator.store import Store
 
 #: Shown until `edgeproof fleet rollout run` records a rollout in the coordinator's database.
@@ -136,4 +137,5 @@ def summary(
             "outcomes": dict(sorted(outcomes.items())),
         },
         "rollouts": {"items": items, "note": None if items else NO_ROLLOUTS},
+        "payouts": payout_summary(store, now_ms=now_ms),
     }

@@ -122,6 +122,7 @@ class Daemon(InboundHandlers):
         self.trust = Trust(
             coordinators=frozenset({pin}) if pin else frozenset(),
             operators=frozenset(config.fleet.operator_keys),
+            operator_threshold=config.fleet.operator_threshold,
             kinds=DEVICE_INBOUND,
             audience=self.dev,
         )

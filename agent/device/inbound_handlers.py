@@ -31,7 +31,7 @@ from agent.device.beacon_guard import BeaconTolerance, check_beacon
 from agent.device.challenge_guard import ChallengeGuard
 from agent.device.claimer import Claimer
 from agent.device.manifest_refusals import RefusalReports
-from agent.device.manifests import DeviceFacts, check_manifest, stored_manifest
+from agent.device.manifests import DeviceFacts, check_manifest, manifest_seq_key, stored_manifest
 from agent.device.rejection_log import RejectionLog
 from agent.device.state_store import StateStore
 from agent.device.updater import ModelUpdater
@@ -208,6 +208,8 @@ class InboundHandlers:
                 accepted_manifest=stored_manifest(self.state.manifest_envelope(channel)),
                 committed_release=self.updater.committed_key(),
                 free_bytes=shutil.disk_usage(self.state_dir).free,
+                threshold=self.config.fleet.operator_threshold,
+                operator_seq=self.state.signer_seq(manifest_seq_key(env.dev, channel)),
             )
         except ProtocolError as exc:
             self._refused_manifest(topic, payload, exc)
@@ -227,7 +229,12 @@ class InboundHandlers:
         try:
             # The envelope itself is kept: the broker does not re-send a retained message to a
             # persistent session it already delivered it to, and a restart must resume the work.
-            self.state.accept_manifest(channel, decision.manifest.version, payload.decode())
+            self.state.accept_manifest(
+                channel,
+                decision.manifest.version,
+                payload.decode(),
+                signer_seq=(manifest_seq_key(env.dev, channel), env.seq),
+            )
         except StorageError as exc:
             log.error("manifest version not stored", extra={"channel": channel, "error": str(exc)})
         self.counters["manifests_accepted"] += 1

@@ -5,8 +5,16 @@ decides what a validly signed manifest means for *this* device, as a pure functi
 caller passes the clock, the highest manifest version accepted so far on the channel and that
 manifest, the release the device runs committed, and the free bytes of the state volume.
 Refusals raise :class:`ProtocolError` with a named reason (``untrusted_operator``,
-``wrong_channel``, ``stale_version``, ``version_reused``, ``expired``, ``no_space``), the
-daemon counts and logs them like any other rejected inbound message.
+``untrusted_signer``, ``below_threshold``, ``wrong_channel``, ``stale_version``,
+``version_reused``, ``replay``, ``expired``, ``no_space``), the daemon counts and logs them like
+any other rejected inbound message.
+
+Trust is k-of-n (ADR 0025): the envelope's signer and every co-signer must be trusted operator
+keys, and at least ``threshold`` distinct ones.  The operator chain is followed per operator key
+and channel (defect 5 of issue 9): a new manifest whose ``seq`` is at or below the highest seq
+accepted from its signer on that channel is a ``replay`` (a lost operator state file restarting
+at seq 1, or an old envelope).  Per channel, because retained manifests of different channels
+arrive in subscription order, not signing order; the floor is kept in the device state store.
 
 The accepted version again is a *duplicate* (the broker re-delivers the retained manifest on
 every reconnect; the daemon re-judges its stored one at start) only when its content is the
@@ -26,6 +34,7 @@ from dataclasses import dataclass
 
 from agent.device.model_store import release_key
 from agent.errors import ProtocolError
+from agent.protocol.cosign import check_signers
 from agent.protocol.envelope import Envelope, verify_envelope
 from agent.protocol.messages import Manifest
 from agent.protocol.rollout import matches_targets
@@ -80,6 +89,11 @@ class ManifestDecision:
         }
 
 
+def manifest_seq_key(operator: str, channel: str) -> str:
+    """The state store's signer-seq key of ``operator``'s manifests on ``channel``."""
+    return f"{operator}/manifest/{channel}"
+
+
 def targets_device(manifest: Manifest, facts: DeviceFacts) -> bool:
     return matches_targets(manifest.targets, dev=facts.dev, profile=facts.profile, tags=facts.tags)
 
@@ -116,21 +130,21 @@ def check_manifest(
     accepted_manifest: Manifest | None,
     committed_release: str | None,
     free_bytes: int,
+    threshold: int = 1,
+    operator_seq: int = 0,
 ) -> ManifestDecision:
     """Decide on one verified manifest envelope; ProtocolError names why it is refused.
 
     ``accepted_manifest`` is the manifest accepted at ``accepted_version`` (None if unknown: a
     manifest at that version is then refused, its content cannot be confirmed);
-    ``committed_release`` the key of the release the device runs committed, if any.
+    ``committed_release`` the key of the release the device runs committed, if any;
+    ``threshold`` the k of k-of-n; ``operator_seq`` the highest seq accepted from ``env.dev`` on
+    this channel (:func:`manifest_seq_key`, 0 if none).
     """
     manifest = env.body
     if not isinstance(manifest, Manifest):
         raise ProtocolError(f"expected a manifest, got {env.kind}", reason="wrong_kind")
-    if env.dev not in operators:
-        raise ProtocolError(
-            f"manifest signed by {env.dev}, which is not one of the {len(operators)} trusted operator keys",
-            reason="untrusted_operator",
-        )
+    check_signers("manifest", env.signers, operators, threshold)
     if manifest.channel != topic_channel:
         raise ProtocolError(
             f"manifest for channel {manifest.channel!r} arrived on channel {topic_channel!r}",
@@ -158,6 +172,13 @@ def check_manifest(
     )
     if expired is not None and not (duplicate and runs_committed):
         raise ProtocolError(expired, reason="expired")
+    if not duplicate and env.seq <= operator_seq:
+        raise ProtocolError(
+            f"manifest version {manifest.version} on {topic_channel!r} is seq {env.seq} of operator "
+            f"{env.dev}, at or below the seq {operator_seq} already accepted from it on this channel",
+            reason="replay",
+            hint="the operator's chain restarted or went back: restore its --state file from the backup",
+        )
     if duplicate:
         return ManifestDecision(manifest, env.dev, duplicate=True, targeted=targeted, bucket=bucket)
     decision = ManifestDecision(manifest, env.dev, duplicate=False, targeted=targeted, bucket=bucket)

@@ -304,8 +304,14 @@ class StateStore:
         )
         return None if got is None or got[0] is None else str(got[0])
 
-    def accept_manifest(self, channel: str, version: int, envelope: str | None) -> None:
-        """Record an accepted manifest; a version below the stored one is ignored (never rolls back)."""
+    def accept_manifest(
+        self, channel: str, version: int, envelope: str | None, *, signer_seq: tuple[str, int] | None = None
+    ) -> None:
+        """Record an accepted manifest; a version below the stored one is ignored (never rolls back).
+
+        ``signer_seq`` ``(key, seq)`` raises that signer seq in the same transaction (the operator
+        chain's floor on the channel, agent/device/manifests.py).
+        """
         with self._lock:
             if version < self._copy.manifests.get(channel, 0):
                 log.warning("state store: refusing to lower a manifest version", extra={"channel": channel})
@@ -314,8 +320,16 @@ class StateStore:
             def work(db: sqlite3.Connection) -> None:
                 data = self._next_copy()
                 data.manifests[channel] = version
+                if signer_seq is not None and signer_seq[1] > data.signers.get(signer_seq[0], 0):
+                    data.signers[signer_seq[0]] = signer_seq[1]
                 self._save_copy(data)
                 _upsert_manifest(db, channel, version, envelope)
+                if signer_seq is not None:
+                    db.execute(
+                        "INSERT INTO signer_seqs (signer, seq) VALUES (?, ?) "
+                        "ON CONFLICT (signer) DO UPDATE SET seq = MAX(seq, excluded.seq)",
+                        signer_seq,
+                    )
 
             self._write("writing a manifest version", work)
 

@@ -150,6 +150,7 @@ def _claimed_dev(payload: str) -> str | None:
 #: Rejection reason -> the per-signer counter it is counted in.
 _REASON_COUNTER = {
     "bad_signature": "bad_signature",
+    "bad_cosignature": "bad_signature",
     "oversized": "oversized",
     "topic": "topic",
     "wrong_kind": "topic",

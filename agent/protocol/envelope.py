@@ -15,6 +15,10 @@ Wire form (canonical JSON, see :mod:`agent.protocol.canonical`)::
   advance it (``seq`` 0 / zero ``prev`` before the first chained envelope).
 * the whole canonical wire encoding (with ``sig``) must fit its kind's bound
   (:data:`agent.protocol.kinds.MAX_BYTES`).
+* a co-signed kind (``manifest``) may also carry ``cosigs``: 1..:data:`MAX_COSIGS`
+  ``{"key", "sig"}`` objects, each an ed25519 signature by another key over the *same* signed
+  bytes; like ``sig`` they are outside the signed bytes and the hash (ADR 0025,
+  :mod:`agent.protocol.cosign`).
 """
 
 from __future__ import annotations
@@ -30,13 +34,18 @@ from solders.signature import Signature
 
 from agent.errors import ProtocolError
 from agent.protocol.canonical import DOMAIN, canonical, check_value, encode_checked, parse_json
-from agent.protocol.kinds import BODIES, MAX_BYTES, ORIGIN, SIDEBAND_KINDS
+from agent.protocol.kinds import BODIES, COSIGNED_KINDS, MAX_BYTES, ORIGIN, SIDEBAND_KINDS
 from agent.protocol.messages import body_to_dict
 from agent.validation import Strict
 
 VERSION = 1
 GENESIS_PREV = "0" * 64
 ENVELOPE_KEYS = frozenset({"v", "kind", "dev", "seq", "ts", "prev", "body", "sig"})
+#: The optional key of a co-signed kind, outside the signed bytes like ``sig``.
+COSIGS_KEY = "cosigs"
+#: At most this many co-signatures (with the envelope's own: 8 signers, the most a device trusts).
+MAX_COSIGS = 7
+COSIG_KEYS = frozenset({"key", "sig"})
 SEQ_MAX = 2**63 - 1
 TS_MAX = 2**53 - 1
 
@@ -44,6 +53,17 @@ TS_MAX = 2**53 - 1
 MAX_WIRE_BYTES = max(MAX_BYTES.values())
 
 _HEX = frozenset("0123456789abcdef")
+
+
+@dataclass(frozen=True)
+class Cosig:
+    """One co-signature: ``sig`` by ``key`` over the envelope's signed bytes."""
+
+    key: str
+    sig: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"key": self.key, "sig": self.sig}
 
 
 @dataclass(frozen=True)
@@ -62,6 +82,13 @@ class Envelope:
     #: SHA-256 hex of the signed bytes (the next chained envelope's ``prev``).
     hash: str
     v: int = VERSION
+    #: Co-signatures over the same signed bytes (co-signed kinds only; also in ``raw``).
+    cosigs: tuple[Cosig, ...] = ()
+
+    @property
+    def signers(self) -> tuple[str, ...]:
+        """Every key that signed: ``dev`` first, then the co-signers."""
+        return (self.dev, *(c.key for c in self.cosigs))
 
     @property
     def wire(self) -> bytes:
@@ -82,11 +109,11 @@ class Envelope:
 
 
 def _unsigned(env: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in env.items() if k != "sig"}
+    return {k: v for k, v in env.items() if k != "sig" and k != COSIGS_KEY}
 
 
 def signed_bytes(env: dict[str, Any]) -> bytes:
-    """``DOMAIN + canonical(env without "sig")``: the bytes that are signed and hashed."""
+    """``DOMAIN + canonical(env without "sig" and "cosigs")``: the bytes that are signed and hashed."""
     return DOMAIN + canonical(_unsigned(env))
 
 
@@ -224,6 +251,19 @@ class Parsed:
     raw: dict[str, Any]
     pubkey: Pubkey
     signature: Signature
+    cosigs: tuple[ParsedCosig, ...] = ()
+
+    @property
+    def signers(self) -> tuple[str, ...]:
+        """``dev`` first, then the co-signers (not verified yet)."""
+        return (self.dev, *(c.cosig.key for c in self.cosigs))
+
+
+@dataclass(frozen=True)
+class ParsedCosig:
+    cosig: Cosig
+    pubkey: Pubkey
+    signature: Signature
 
 
 def parse_envelope(data: bytes | str | dict[str, Any]) -> Parsed:
@@ -248,7 +288,7 @@ def parse_envelope(data: bytes | str | dict[str, Any]) -> Parsed:
     missing = sorted(ENVELOPE_KEYS - env.keys())
     if missing:
         raise ProtocolError(f"envelope is missing {', '.join(missing)}", reason="malformed")
-    extra = sorted(env.keys() - ENVELOPE_KEYS)
+    extra = sorted(env.keys() - ENVELOPE_KEYS - {COSIGS_KEY})
     if extra:
         raise ProtocolError(f"envelope has unknown keys {', '.join(extra)}", reason="malformed")
     if _field(env, "v", int) != VERSION:
@@ -258,6 +298,10 @@ def parse_envelope(data: bytes | str | dict[str, Any]) -> Parsed:
     kind = _field(env, "kind", str)
     if kind not in BODIES:
         raise ProtocolError(f"unknown kind {kind[:40]!r}", reason="unknown_kind")
+    if COSIGS_KEY in env and kind not in COSIGNED_KINDS:
+        raise ProtocolError(
+            f"envelope has unknown keys {COSIGS_KEY} (a {kind} is not co-signed)", reason="malformed"
+        )
     dev = _field(env, "dev", str)
     seq = _field(env, "seq", int)
     ts = _field(env, "ts", int)
@@ -288,17 +332,70 @@ def parse_envelope(data: bytes | str | dict[str, Any]) -> Parsed:
             raise ValueError("not canonical base58")
     except ValueError as exc:
         raise ProtocolError(f"sig is not a base58 signature: {exc}", reason="malformed") from exc
-    return Parsed(kind, dev, seq, ts, prev, sig_text, env, pubkey, sig)
+    cosigs = _parse_cosigs(env) if COSIGS_KEY in env else ()
+    return Parsed(kind, dev, seq, ts, prev, sig_text, env, pubkey, sig, cosigs)
+
+
+def _parse_cosigs(env: dict[str, Any]) -> tuple[ParsedCosig, ...]:
+    """The bound (``too_many_signatures``) and the structure (``malformed``); distinct keys are
+    :func:`check_distinct`'s (a refused manifest must still parse, to be reported by name)."""
+    raw = env[COSIGS_KEY]
+    if type(raw) is not list or not raw:
+        raise ProtocolError(f"{COSIGS_KEY}: expected a non-empty list", reason="malformed")
+    if len(raw) > MAX_COSIGS:
+        raise ProtocolError(
+            f"{COSIGS_KEY}: {len(raw)} co-signatures, over the bound of {MAX_COSIGS}",
+            reason="too_many_signatures",
+        )
+    out: list[ParsedCosig] = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict) or item.keys() != COSIG_KEYS:
+            raise ProtocolError(
+                f"{COSIGS_KEY}[{i}]: expected exactly the keys key and sig", reason="malformed"
+            )
+        key, sig = item["key"], item["sig"]
+        if type(key) is not str or type(sig) is not str:
+            raise ProtocolError(f"{COSIGS_KEY}[{i}]: key and sig must be strings", reason="malformed")
+        try:
+            pubkey = Pubkey.from_string(key)
+            signature = Signature.from_string(sig)
+            if str(pubkey) != key or str(signature) != sig:
+                raise ValueError("not canonical base58")
+        except ValueError as exc:
+            raise ProtocolError(
+                f"{COSIGS_KEY}[{i}]: key is not a base58 public key or sig not a base58 signature: {exc}",
+                reason="malformed",
+            ) from exc
+        out.append(ParsedCosig(Cosig(key, sig), pubkey, signature))
+    return tuple(out)
+
+
+def check_distinct(kind: str, signers: tuple[str, ...]) -> None:
+    """No key signs twice: ``signers[0]`` is ``dev``, the rest the co-signers (``duplicate_signer``)."""
+    for i, key in enumerate(signers[1:]):
+        if key in signers[: i + 1]:
+            who = "the envelope's own signer" if key == signers[0] else "an earlier co-signer"
+            raise ProtocolError(
+                f"{kind} {COSIGS_KEY}[{i}]: {key} is {who}: a key signs once", reason="duplicate_signer"
+            )
 
 
 def verify_parsed(parsed: Parsed) -> Envelope:
-    """The signature, the body schema and the seq/prev genesis rule of a parsed envelope."""
+    """Distinct signers, the signature(s), the body schema and the seq/prev genesis rule."""
+    check_distinct(parsed.kind, parsed.signers)
     to_sign = DOMAIN + encode_checked(_unsigned(parsed.raw))  # signed_bytes; raw checked when parsed
     if not parsed.signature.verify(parsed.pubkey, to_sign):
         raise ProtocolError(
             f"{parsed.kind} seq {parsed.seq}: signature does not verify for {parsed.dev}",
             reason="bad_signature",
         )
+    for i, co in enumerate(parsed.cosigs):
+        if not co.signature.verify(co.pubkey, to_sign):
+            raise ProtocolError(
+                f"{parsed.kind} seq {parsed.seq}: co-signature {i} does not verify for {co.cosig.key} "
+                "over this envelope's signed bytes",
+                reason="bad_cosignature",
+            )
     model = validate_body(parsed.kind, parsed.raw["body"])
     _check_chain_fields(parsed.kind, parsed.seq, parsed.prev)
     return Envelope(
@@ -311,6 +408,7 @@ def verify_parsed(parsed: Parsed) -> Envelope:
         sig=parsed.sig,
         raw=parsed.raw,
         hash=hashlib.sha256(to_sign).hexdigest(),
+        cosigs=tuple(c.cosig for c in parsed.cosigs),
     )
 
 
@@ -321,7 +419,9 @@ def verify_envelope(data: bytes | str | dict[str, Any], *, expected_signer: str 
     canonical size bound of the kind, the signer (if ``expected_signer``), the
     signature, the body schema and the seq/prev genesis rule.  Raises
     :class:`ProtocolError` with ``reason`` one of ``oversized``, ``malformed``,
-    ``unknown_kind``, ``unknown_device``, ``bad_signature``, ``schema``.
+    ``unknown_kind``, ``unknown_device``, ``bad_signature``, ``schema``; for a co-signed
+    envelope also ``too_many_signatures``, ``duplicate_signer``, ``bad_cosignature`` (whether
+    its signers are trusted, and enough of them, is :func:`agent.protocol.cosign.check_signers`).
     Chain continuity is not checked here (see :mod:`agent.protocol.chain`), nor
     who may send what where (see :mod:`agent.protocol.inbound`).
     """

@@ -16,7 +16,8 @@ signature verification:
 3. the signer may send it: a device kind from a registered device
    (``unknown_device``), a coordinator kind from the pinned coordinator
    (``unpinned_coordinator`` when nothing is pinned, ``untrusted_coordinator``),
-   a manifest from a trusted operator (``untrusted_operator``);
+   a manifest from a trusted operator (``untrusted_operator``), every co-signer trusted
+   (``untrusted_signer``) and at least the threshold of them (``below_threshold``);
 4. the signature (``bad_signature``), the body schema (``schema``), the addressee
    of a coordinator message (``wrong_device``);
 5. the signer's chain, when the caller follows it (``replay``, ``fork``;
@@ -32,6 +33,7 @@ from typing import Protocol
 
 from agent.errors import ProtocolError
 from agent.protocol.chain import Link, LinkResult
+from agent.protocol.cosign import check_signers
 from agent.protocol.envelope import Envelope, parse_envelope, verify_parsed
 from agent.protocol.kinds import SPECS
 from agent.protocol.topics import Topics
@@ -76,6 +78,8 @@ class Trust:
     coordinators: frozenset[str] | None = None
     #: Trusted fleet operator keys; None accepts any; empty refuses all (``untrusted_operator``).
     operators: frozenset[str] | None = None
+    #: k of k-of-n: distinct trusted keys that must sign a manifest (ignored when ``operators`` is None).
+    operator_threshold: int = 1
     #: Kinds this receiver takes (e.g. a device takes only coordinator and operator kinds).
     kinds: frozenset[str] | None = None
     #: The receiving device: a coordinator message addressed to another device is ``wrong_device``.
@@ -117,7 +121,8 @@ def _about(env_kind: str, env_dev: str, body_device: str | None) -> str | None:
     return env_dev if SPECS[env_kind].origin == "device" else body_device
 
 
-def _check_signer(kind: str, dev: str, trust: Trust) -> None:
+def _check_signer(kind: str, signers: tuple[str, ...], trust: Trust) -> None:
+    dev = signers[0]
     origin = SPECS[kind].origin
     if origin == "device":
         if trust.devices is not None and dev not in trust.devices:
@@ -134,10 +139,8 @@ def _check_signer(kind: str, dev: str, trust: Trust) -> None:
             raise ProtocolError(
                 f"{kind} signed by {dev}, not the pinned coordinator {pinned}", reason="untrusted_coordinator"
             )
-    elif trust.operators is not None and dev not in trust.operators:
-        raise ProtocolError(
-            f"{kind} signed by {dev}, not a trusted fleet operator", reason="untrusted_operator"
-        )
+    elif trust.operators is not None:
+        check_signers(kind, signers, trust.operators, trust.operator_threshold)
 
 
 def _check_topic(topics: Topics, topic: str, kind: str, dev: str, raw_body: object) -> None:
@@ -185,7 +188,7 @@ def check_inbound(
             raise ProtocolError(f"this receiver does not take {kind} messages", reason="wrong_kind")
         if topic is not None:
             _check_topic(topics or Topics(), topic, kind, dev, parsed.raw.get("body"))
-        _check_signer(kind, dev, trust)
+        _check_signer(kind, parsed.signers, trust)
         env = verify_parsed(parsed)
     except ProtocolError as exc:
         return Rejection(exc.reason, exc.message, dev=dev, kind=kind, hint=exc.hint)

@@ -17,6 +17,8 @@ Columns:
   ``{prefix}/fleet/manifest/{channel}`` (the channel is the manifest's own).
 * ``retained``: published with the MQTT retain flag.
 * ``priority``: the device outbox's drop order when it is full (``low`` goes first).
+* ``cosigned``: the envelope may carry co-signatures of other keys over its signed bytes
+  (``cosigs``, k-of-n operator trust, ADR 0025); every other kind refuses the key.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ class KindSpec:
     channel: str | None
     retained: bool
     priority: Priority
+    cosigned: bool = False
 
 
 _TABLE: tuple[KindSpec, ...] = (
@@ -76,7 +79,7 @@ _TABLE: tuple[KindSpec, ...] = (
     KindSpec("reward_root", RewardRoot, "coordinator", False, 1024, "rewards", None, True, "normal"),
     KindSpec("status", Status, "device", False, 1024, "device", "status", True, "normal"),
     KindSpec("deploy", Deploy, "device", True, 1024, "device", "deploy", False, "normal"),
-    KindSpec("manifest", Manifest, "operator", True, 4096, "manifest", None, True, "normal"),
+    KindSpec("manifest", Manifest, "operator", True, 6144, "manifest", None, True, "normal", cosigned=True),
 )
 
 #: kind -> its row.
@@ -88,6 +91,8 @@ KINDS: tuple[str, ...] = tuple(SPECS)
 BODIES: dict[str, type[Strict]] = {s.kind: s.body for s in _TABLE}
 ORIGIN: dict[str, Origin] = {s.kind: s.origin for s in _TABLE}
 SIDEBAND_KINDS: frozenset[str] = frozenset(s.kind for s in _TABLE if not s.chained)
+#: Kinds whose envelope may carry co-signatures (``cosigs``).
+COSIGNED_KINDS: frozenset[str] = frozenset(s.kind for s in _TABLE if s.cosigned)
 #: Maximum size in bytes of the canonical wire encoding (envelope with ``sig``) per kind.
 MAX_BYTES: dict[str, int] = {s.kind: s.max_bytes for s in _TABLE}
 #: device topic channel -> kind, and back.

@@ -72,6 +72,23 @@ _TABLE: tuple[Reason, ...] = (
     Reason("wrong_model", "challenge", "the challenge names a model that is not the active one"),
     # --- fleet manifests ---------------------------------------------------------------------
     Reason("untrusted_operator", "message", "a manifest signed by a key the device does not trust"),
+    Reason("untrusted_signer", "message", "a manifest co-signed by a key the device does not trust (k-of-n)"),
+    Reason(
+        "duplicate_signer",
+        "message",
+        "a key signs a manifest twice (as its signer and a co-signer, or in two co-signatures)",
+    ),
+    Reason(
+        "bad_cosignature",
+        "message",
+        "a co-signature does not verify over the manifest envelope's signed bytes",
+    ),
+    Reason(
+        "below_threshold",
+        "message",
+        "a manifest carries fewer distinct trusted signatures than the device's threshold k",
+    ),
+    Reason("too_many_signatures", "message", "a manifest carries more co-signatures than the bound (7)"),
     Reason("wrong_channel", "message", "a manifest for another channel than the topic it arrived on"),
     Reason("stale_version", "message", "a manifest version below the one accepted on its channel"),
     Reason("no_space", "deploy", "not enough free disk for the release"),
@@ -295,6 +312,31 @@ _TABLE: tuple[Reason, ...] = (
     Reason("claim_not_found", "claim", "no claim with that id on this device"),
     Reason("claim_pending", "claim", "the claim was not final when rewards claim --wait gave up"),
     Reason("not_stored", "claim", "the claim could not be stored in the outbox; nothing was sent"),
+    # --- claims and vouchers, coordinator side (agent/rewards/desk.py) ---------------------
+    Reason(
+        "owner_mismatch",
+        "claim",
+        "the claim's owner is not the device's registered owner (its leaf's owner)",
+    ),
+    Reason(
+        "nothing_claimable",
+        "claim",
+        "the device's cumulative earned total minus what was paid is zero (or it has no settled leaf)",
+    ),
+    Reason(
+        "payout_paused",
+        "claim",
+        "the payout circuit breaker is open: no voucher is issued until its window has passed",
+    ),
+    Reason(
+        "voucher_outstanding", "claim", "the device already has a voucher whose transaction may still land"
+    ),
+    Reason(
+        "payout_unavailable", "claim", "the payout desk could not read the chain (RPC) to answer the claim"
+    ),
+    Reason("claim_id_reused", "claim", "a claim id that another device already used"),
+    Reason("unknown_voucher", "claim", "a receipt for a claim id that has no voucher for this device"),
+    Reason("receipt_mismatch", "claim", "a receipt naming another transaction signature than its voucher's"),
     # --- the fleet operator's own commands (edgeproof fleet ...; also card_mismatch,
     # --- stale_version and version_reused, judged on the operator's state file) ------------
     Reason("key_exists", "local", "an operator key file already exists; it is never overwritten"),
@@ -302,6 +344,12 @@ _TABLE: tuple[Reason, ...] = (
         "operator_state",
         "local",
         "the operator's state file belongs to another key or is not one fleet publish wrote",
+    ),
+    Reason(
+        "signing_file",
+        "local",
+        "a manifest signing file (fleet publish --out, fleet sign) that is not one fleet publish wrote, "
+        "or that cannot be read or written",
     ),
     # --- edgeproof broker credentials (a device's broker login) ------------------------------
     Reason("bad_device_id", "local", "a broker user name that is not a base58 ed25519 public key"),

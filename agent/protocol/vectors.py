@@ -19,6 +19,7 @@ from solders.keypair import Keypair
 from agent.protocol.canonical import DOMAIN, canonical
 from agent.protocol.chain import ChainSigner
 from agent.protocol.challenge import output_sketch, synthetic_input
+from agent.protocol.cosign import add_cosignature, cosignature
 from agent.protocol.envelope import GENESIS_PREV, build_envelope, signed_bytes
 from agent.protocol.merkle import EMPTY_ROOT, leaf_hash, merkle_root, node_hash
 from agent.protocol.topics import Topics
@@ -28,6 +29,8 @@ SEED_HEX = "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60"
 #: A second device and a coordinator for the sample capture.
 SEED2_HEX = "4ccd089b28ff96da9db6c346ec114e0f5b8a319f35aba624da8cf6ed4fb8a6fb"
 COORD_SEED_HEX = "c5aa8df43f9f837bedb7442f31dcb7b166d38535076f094b85ce3a2e0b4458f7"
+#: Three fleet operator keys for the k-of-n co-signature vector (seeds of 32 bytes 0x11, 0x22, 0x33).
+OPERATOR_SEEDS_HEX = ("11" * 32, "22" * 32, "33" * 32)
 TS = 1_700_000_000_000
 
 
@@ -144,6 +147,58 @@ def halted_manifest_body() -> dict[str, Any]:
     }
 
 
+def manifest_body(version: int = 7) -> dict[str, Any]:
+    """A small manifest (two artifacts, every device on the channel, one stage)."""
+    return {
+        "channel": "stable",
+        "version": version,
+        "model_id": "tiny",
+        "model_version": "1.0.0",
+        "model": "tiny.onnx",
+        "card": "tiny.toml",
+        "artifacts": [
+            {
+                "name": "tiny.onnx",
+                "url": "https://models.example/tiny.onnx",
+                "sha256": hashlib.sha256(b"tiny model").hexdigest(),
+                "length": 10,
+            },
+            {
+                "name": "tiny.toml",
+                "url": "https://models.example/tiny.toml",
+                "sha256": hashlib.sha256(b"tiny card").hexdigest(),
+                "length": 9,
+            },
+        ],
+        "expires_ms": TS + 7 * 86_400_000,
+        "stages": [10_000],
+        "stage": 0,
+    }
+
+
+def cosign_vectors() -> dict[str, Any]:
+    """A 2-of-3 manifest: signed by operator A (seq 1) and co-signed by operator C."""
+    a, b, c = (vector_keypair(seed) for seed in OPERATOR_SEEDS_HEX)
+    env = build_envelope(a, "manifest", manifest_body(), seq=1, prev=GENESIS_PREV, ts=TS)
+    cosigned = add_cosignature(env, c)
+    return {
+        "operators": [
+            {"seed_hex": seed, "pubkey_b58": str(kp.pubkey())}
+            for seed, kp in zip(OPERATOR_SEEDS_HEX, (a, b, c), strict=True)
+        ],
+        "threshold": 2,
+        "signed_bytes_sha256": hashlib.sha256(signed_bytes(env.raw)).hexdigest(),
+        "envelope_hash": env.hash,
+        "sig_b58": env.sig,
+        "cosig_b58": cosigned.cosigs[0].sig,
+        "wire_signed_once": env.wire.decode("utf-8"),
+        "wire": cosigned.wire.decode("utf-8"),
+        "other_bytes_cosig_b58": cosignature(
+            build_envelope(a, "manifest", manifest_body(8), seq=1, prev=GENESIS_PREV, ts=TS), b
+        ).sig,
+    }
+
+
 def generate() -> dict[str, Any]:
     """All test vectors (deterministic: ed25519 signatures are deterministic)."""
     kp = vector_keypair()
@@ -178,6 +233,7 @@ def generate() -> dict[str, Any]:
                 kp, "manifest", halted_manifest_body(), seq=1, prev=GENESIS_PREV, ts=TS
             ).hash,
         },
+        "cosign": cosign_vectors(),
     }
 
 

@@ -57,14 +57,37 @@ def test_migrations_are_recorded_and_idempotent_and_a_newer_schema_is_refused(
     database_url: str, tmp_path: Path
 ) -> None:
     store = Store.open(database_url=database_url, sqlite_path=tmp_path / "c.sqlite3")
-    assert store.schema_version() == LATEST == 6  # 5 is the claims migration of another branch
+    assert store.schema_version() == LATEST == 6
     assert store.migrate() == LATEST  # a second start changes nothing
-    assert store.rows("SELECT version FROM schema_version ORDER BY version") == [(1,), (2,), (3,), (4,), (6,)]
+    assert store.rows("SELECT version FROM schema_version ORDER BY version") == [
+        (1,),
+        (2,),
+        (3,),
+        (4,),
+        (5,),
+        (6,),
+    ]
     with store.transaction():
         store.execute("INSERT INTO schema_version (version, name, applied_ms) VALUES (99, 'future', 0)")
     with pytest.raises(StorageError) as info:
         store.migrate()
     assert "has schema version 99, newer than this coordinator understands (6)" in info.value.message
+    store.close()
+
+
+def test_a_migration_numbered_below_one_already_applied_is_still_applied(
+    database_url: str, tmp_path: Path
+) -> None:
+    """A database that ran migration 6 before 5 existed (two branches, 6 released first)."""
+    store = Store.open(database_url=database_url, sqlite_path=tmp_path / "c.sqlite3")
+    with store.transaction():
+        for table in ("settlement_roots", "payout_breaker", "vouchers"):
+            store.execute(f"DROP TABLE {table}")
+        store.execute("DELETE FROM schema_version WHERE version = 5")
+    assert store.schema_version() == 6
+    assert store.migrate() == LATEST
+    assert store.rows("SELECT version FROM schema_version ORDER BY version") == [(v,) for v in range(1, 7)]
+    assert store.one("SELECT COUNT(*) FROM vouchers") == (0,)
     store.close()
 
 

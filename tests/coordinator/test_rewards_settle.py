@@ -158,7 +158,9 @@ def test_settle_is_idempotent_replayable_and_every_proof_checks(
 
     # The CLI on the same database (the config names it); the store fixture migrated it already.
     config = write_config(tmp_path, database_url)
-    code, out, _ = cli(capsys, "rewards", "settle", "--epoch", str(EPOCH), "--config", str(config), "--json")
+    code, out, _ = cli(
+        capsys, "rewards", "settle", "--no-publish", "--epoch", str(EPOCH), "--config", str(config), "--json"
+    )
     assert code == 0
     first = json.loads(out)
     assert first["created"] is True
@@ -176,12 +178,16 @@ def test_settle_is_idempotent_replayable_and_every_proof_checks(
     assert root_of([{**d, "epoch": EPOCH} for d in first["devices"]]).hex() == first["root"]
 
     # Settling again changes nothing: the stored root and time are reported, exit 0.
-    code, out, _ = cli(capsys, "rewards", "settle", "--epoch", str(EPOCH), "--config", str(config), "--json")
+    code, out, _ = cli(
+        capsys, "rewards", "settle", "--no-publish", "--epoch", str(EPOCH), "--config", str(config), "--json"
+    )
     again = json.loads(out)
     assert code == 0 and again["created"] is False
     assert (again["root"], again["settled_ms"]) == (first["root"], first["settled_ms"])
     assert store.one("SELECT COUNT(*) FROM allocations")[0] == 3  # type: ignore[index]
-    code, out, _ = cli(capsys, "rewards", "settle", "--epoch", str(EPOCH), "--config", str(config))
+    code, out, _ = cli(
+        capsys, "rewards", "settle", "--no-publish", "--epoch", str(EPOCH), "--config", str(config)
+    )
     assert code == 0 and f"epoch {EPOCH}: already settled at {first['settled_ms']} ms" in out
     assert "below_min_uptime" in out and "677777" in out
     code, out, _ = cli(capsys, "rewards", "proof", a.id, "--epoch", str(EPOCH), "--config", str(config))
@@ -194,7 +200,9 @@ def test_settle_is_idempotent_replayable_and_every_proof_checks(
         config.read_text(encoding="utf-8").replace("device_cap = 700000", "device_cap = 500000"),
         encoding="utf-8",
     )
-    code, out, err = cli(capsys, "rewards", "settle", "--epoch", str(EPOCH), "--config", str(other_config))
+    code, out, err = cli(
+        capsys, "rewards", "settle", "--no-publish", "--epoch", str(EPOCH), "--config", str(other_config)
+    )
     assert (code, out) == (16, "")
     assert (
         f"edgeproof: error: epoch {EPOCH} is settled with root {first['root']}; recomputing it gives" in err

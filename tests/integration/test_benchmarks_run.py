@@ -108,6 +108,18 @@ def test_coordinator_mqtt_tiny_run_accounts_for_every_message_and_reports_both_r
         )
 
 
+def test_rewards_claims_tiny_run_pays_every_device_its_allocation() -> None:
+    report = _run("rewards_claims.py", "--devices", "12", timeout=300)
+    settled, claims = report["settlement"], report["claims"]
+    assert report["devices"] == 12 and settled["leaves"] == 12
+    assert claims["paid"] == 12 and claims["tokens_arrived"] == settled["allocated"] > 0
+    assert set(claims["rates_per_s"]) == {"issue", "verify_sign", "send", "confirm", "receipts"}
+    for phase, seconds in claims["phase_s"].items():
+        assert claims["rates_per_s"][phase] == pytest.approx(12 / seconds, rel=0.1), phase
+    slowest = max(claims["phase_s"], key=lambda k: claims["phase_s"][k])
+    assert claims["bound"].startswith(f"{slowest}: ")
+
+
 def test_fleet_rollout_tiny_run_commits_every_device_and_serves_each_file_once_per_device() -> None:
     report = _run(
         "fleet_rollout.py", "--devices", "20", "--model-mb", "0.2", "--runs", "1", "--stages", "50,100"

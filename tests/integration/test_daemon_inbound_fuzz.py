@@ -33,6 +33,7 @@ MODEL = ROOT / "models" / "efficientnet-lite0-int8.toml"
 DEVICE = Keypair.from_seed(bytes([51]) * 32)
 COORD = Keypair.from_seed(bytes([52]) * 32)
 OPERATOR = Keypair.from_seed(bytes([53]) * 32)
+COSIGNER = Keypair.from_seed(bytes([54]) * 32)
 #: Payloads; each goes to all five handlers (5 x 2,500 handler calls).
 EXAMPLES = 2_500
 
@@ -58,7 +59,8 @@ threads = 1
 pubkey = "{COORD.pubkey()}"
 [fleet]
 channels = ["stable"]
-operator_keys = ["{OPERATOR.pubkey()}"]
+operator_keys = ["{OPERATOR.pubkey()}", "{COSIGNER.pubkey()}"]
+operator_threshold = 2
 [mqtt]
 host = "127.0.0.1"
 port = {free_port()}
@@ -73,7 +75,7 @@ port = {free_port()}
         d.outbox.close()
 
 
-SEEDS = envelope_seeds(DEVICE, COORD, OPERATOR, model_sha256="cd" * 32)
+SEEDS = envelope_seeds(DEVICE, COORD, OPERATOR, model_sha256="cd" * 32, cosigner=COSIGNER)
 DEV = str(DEVICE.pubkey())
 
 

@@ -72,13 +72,14 @@ class Row:
 
 
 class DomReader(HTMLParser):
-    """Elements with an id, the body's attributes, and keyed table rows (by ``data-dev`` / ``data-reason``)."""
+    """Elements with an id, the body's attributes, and keyed table rows (``data-dev``, ``data-reason``,
+    ``data-payee``)."""
 
     def __init__(self, html: str) -> None:
         super().__init__(convert_charrefs=True)
         self.by_id: dict[str, Element] = {}
         self.body: dict[str, str] = {}
-        self.rows: dict[str, dict[str, Row]] = {"dev": {}, "reason": {}, "rollout": {}}
+        self.rows: dict[str, dict[str, Row]] = {"dev": {}, "reason": {}, "rollout": {}, "payee": {}}
         self._open: list[Element] = []
         self._row: Row | None = None
         self._cell: Element | None = None
@@ -93,7 +94,7 @@ class DomReader(HTMLParser):
         if "id" in values:
             self.by_id[values["id"]] = element
         if tag == "tr":
-            for key in ("dev", "reason", "rollout"):
+            for key in ("dev", "reason", "rollout", "payee"):
                 if f"data-{key}" in values:
                     self._row = Row(values[f"data-{key}"])
                     self.rows[key][self._row.key] = self._row

@@ -217,15 +217,19 @@ def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]
 class CoordinatorProcess:
     """``python -m agent coordinator run`` as a child process, stopped or killed by its pid."""
 
-    def __init__(self, config: Path, log: Path) -> None:
+    def __init__(self, config: Path, log: Path, command_prefix: tuple[str, ...] = ()) -> None:
         self.config = config
         self.log_path = log
+        self.command_prefix = command_prefix  # e.g. unit_sandbox.command(): under a unit's filters
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60) -> None:
         handle = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            agent_cmd("--log-level", "info", "coordinator", "run", "--config", str(self.config)),
+            [
+                *self.command_prefix,
+                *agent_cmd("--log-level", "info", "coordinator", "run", "--config", str(self.config)),
+            ],
             cwd=ROOT,
             stdout=handle,
             stderr=handle,

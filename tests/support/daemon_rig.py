@@ -100,6 +100,8 @@ def write_config(
     manifest_channel: str | None = None,
     trial_s: float = 60.0,
     owner_wallet: str = "",
+    operator_keys: list[str] | None = None,
+    operator_threshold: int = 1,
     extra: str = "",
 ) -> Path:
     workdir.mkdir(parents=True, exist_ok=True)
@@ -118,7 +120,8 @@ def write_config(
         [
             "[fleet]",
             f'channels = ["{manifest_channel}"]',
-            f'operator_keys = ["{OPERATOR.pubkey()}"]',
+            f"operator_keys = {json.dumps(operator_keys or [str(OPERATOR.pubkey())])}",
+            f"operator_threshold = {operator_threshold}",
             f"trial_s = {trial_s}",
         ]
         if manifest_channel is not None
@@ -167,10 +170,18 @@ def clean_env() -> dict[str, str]:
 class DaemonProcess:
     """``python -m agent run`` in a subprocess; only this process is ever signalled, by its pid."""
 
-    def __init__(self, config: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        config: Path,
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        command_prefix: tuple[str, ...] = (),
+    ) -> None:
         self.config = config
         self.log_path = log_path
         self.env = env or {}
+        # e.g. tests/support/unit_sandbox.py's command(): run the daemon under a unit's filters
+        self.command_prefix = command_prefix
         self.state_dir = config.parent / "state"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -178,6 +189,7 @@ class DaemonProcess:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [
+                    *self.command_prefix,
                     sys.executable,
                     "-m",
                     "agent",

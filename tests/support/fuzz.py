@@ -4,7 +4,8 @@
 of the ``seeds`` (valid envelopes on their topics) with bytes flipped, cut, inserted or spliced,
 a value or key replaced, an odd token inserted (a 5,000-digit integer, NaN, deep nesting, a lone
 surrogate) or its topic swapped.  ``envelope_seeds`` signs one valid envelope of each inbound
-kind with the given keys, so mutations start from messages a receiver would accept.
+kind with the given keys, so mutations start from messages a receiver would accept; with a
+``cosigner`` also the manifest co-signed by it (k-of-n, so mutations reach the ``cosigs`` list).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 from solders.keypair import Keypair
 
 from agent.protocol.chain import ChainSigner
+from agent.protocol.cosign import add_cosignature
 from agent.protocol.envelope import build_envelope
 from agent.protocol.topics import Topics
 from agent.protocol.vectors import TS, heartbeat_body, proof_body
@@ -31,6 +33,7 @@ def envelope_seeds(
     *,
     model_sha256: str = "cd" * 32,
     now_ms: int = TS,
+    cosigner: Keypair | None = None,
 ) -> list[tuple[str, bytes]]:
     dev = str(device.pubkey())
     signer = ChainSigner(device)
@@ -54,12 +57,10 @@ def envelope_seeds(
     manifest = manifest_body()
     for artifact in manifest["artifacts"]:  # never a real host, even if a mutation made it eligible
         artifact["url"] = artifact["url"].replace("https://models.example", "https://127.0.0.1:9")
-    out.append(
-        (
-            T.manifest(manifest["channel"]),
-            build_envelope(operator, "manifest", manifest, seq=1, prev="0" * 64, ts=now_ms).wire,
-        )
-    )
+    signed = build_envelope(operator, "manifest", manifest, seq=1, prev="0" * 64, ts=now_ms)
+    out.append((T.manifest(manifest["channel"]), signed.wire))
+    if cosigner is not None:
+        out.append((T.manifest(manifest["channel"]), add_cosignature(signed, cosigner).wire))
     return out
 
 

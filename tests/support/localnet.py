@@ -26,8 +26,10 @@ class Localnet:
         snapshot: Path | None = None,
         snapshot_every: float = 5.0,
         log_path: Path | None = None,
+        command_prefix: tuple[str, ...] = (),
     ) -> None:
         self.args = [
+            *command_prefix,  # e.g. unit_sandbox.command(): under a unit's filters
             sys.executable,
             "-m",
             "agent",

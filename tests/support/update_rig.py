@@ -153,6 +153,8 @@ class Rig:
     publisher: Publisher
     tmp_path: Path
     daemons: list[DaemonProcess] = field(default_factory=list)
+    #: The operator chain's last seq: devices refuse a manifest at or below it (``replay``).
+    operator_seq: int = 0
 
     def daemon(
         self,
@@ -178,7 +180,9 @@ class Rig:
         return daemon
 
     def push(self, manifest: Manifest) -> None:
-        self.push_wire(coordinator_envelope("manifest", manifest, OPERATOR).wire)
+        """Sign ``manifest`` as the operator chain's next link and publish it retained."""
+        self.operator_seq += 1
+        self.push_wire(coordinator_envelope("manifest", manifest, OPERATOR, seq=self.operator_seq).wire)
 
     def push_wire(self, wire: bytes, *, retain: bool = True) -> None:
         self.publisher.publish(MANIFEST_TOPIC, wire, retain=retain)

@@ -181,11 +181,21 @@ def test_unit_has_the_required_settings():
     assert 1 <= seconds(setting("Service", "RestartSec") or "") <= 120
     assert seconds(setting("Service", "TimeoutStopSec") or "") > SHUTDOWN_BUDGET_S
     # Settings that would hide the camera (/dev/video*) or the video group from the agent.
-    for forbidden in ("PrivateDevices", "DevicePolicy", "DeviceAllow", "ProtectClock", "PrivateUsers"):
+    for forbidden in ("PrivateDevices", "PrivateUsers"):
         assert setting("Service", forbidden, "no") in ("no", "false", "0"), forbidden
-    # Every setting appears once (a repeated one would silently override the first).
+    # The device allow-list (ADR 0028) lets cameras and GPU nodes through.
+    assert setting("Service", "DevicePolicy") == "closed"
+    allowed = unit["Service"]["DeviceAllow"]
+    for device in ("char-video4linux rw", "char-drm rw", "char-nvhost* rw", "/dev/nvmap rw"):
+        assert device in allowed, device
+    # Every setting appears once (a repeated one would silently override the first), except the
+    # ones systemd adds up.
     for section in unit.values():
-        repeated = [k for k, v in section.items() if len(v) > 1 and k != "Environment"]
+        repeated = [
+            k
+            for k, v in section.items()
+            if len(v) > 1 and k not in ("Environment", "DeviceAllow", "SystemCallFilter")
+        ]
         assert not repeated, repeated
 
 

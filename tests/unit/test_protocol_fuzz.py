@@ -31,6 +31,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("cpu")]
 DEV = Keypair.from_seed(bytes([41]) * 32)
 COORD = Keypair.from_seed(bytes([42]) * 32)
 OPERATOR = Keypair.from_seed(bytes([43]) * 32)
+COSIGNER = Keypair.from_seed(bytes([44]) * 32)
 T = Topics()
 D = str(DEV.pubkey())
 #: Generated and mutated inputs, each fed to every reader: 1,000 examples of 10 payloads
@@ -39,7 +40,7 @@ EXAMPLES = 1_000
 PER_EXAMPLE = 10
 
 
-SEEDS = envelope_seeds(DEV, COORD, OPERATOR)
+SEEDS = envelope_seeds(DEV, COORD, OPERATOR, cosigner=COSIGNER)
 PAYLOADS = payloads(SEEDS)
 
 
@@ -52,7 +53,8 @@ FUZZ = settings(
 )
 DEVICE_TRUST = Trust(
     coordinators=frozenset({str(COORD.pubkey())}),
-    operators=frozenset({str(OPERATOR.pubkey())}),
+    operators=frozenset({str(OPERATOR.pubkey()), str(COSIGNER.pubkey())}),
+    operator_threshold=2,
     kinds=DEVICE_INBOUND,
     audience=D,
 )

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from solders.pubkey import Pubkey
 from solders.signature import Signature
 
+from agent.errors import ProtocolError
 from agent.protocol.canonical import DOMAIN
 from agent.protocol.envelope import verify_envelope
 from agent.protocol.vectors import generate, sample_capture
@@ -71,6 +73,12 @@ def test_doc_quotes_the_vectors() -> None:
         json.dumps(v["challenge"]["sketch"], separators=(",", ":")),
         v["halted_manifest"]["canonical_body"],
         v["halted_manifest"]["envelope_hash"],
+        *(op[k] for op in v["cosign"]["operators"] for k in ("seed_hex", "pubkey_b58")),
+        v["cosign"]["envelope_hash"],
+        v["cosign"]["sig_b58"],
+        v["cosign"]["cosig_b58"],
+        v["cosign"]["wire"],
+        v["cosign"]["other_bytes_cosig_b58"],
     ]
     missing = [value for value in quoted if value not in doc]
     assert missing == []
@@ -96,3 +104,31 @@ def test_doc_states_the_size_bounds() -> None:
     doc = DOC.read_text(encoding="utf-8")
     for kind, bound in MAX_BYTES.items():
         assert f"| `{kind}` | {bound} |" in doc
+
+
+def test_cosign_vector_is_independently_checkable() -> None:
+    """Both signatures verify with raw solders calls over the same bytes; k-1 and other bytes are refused."""
+    from agent.protocol.canonical import canonical, parse_json
+    from agent.protocol.cosign import check_signers
+
+    v = generate()["cosign"]
+    wire = parse_json(v["wire"].encode())
+    unsigned = {k: val for k, val in wire.items() if k not in ("sig", "cosigs")}
+    signed = DOMAIN + canonical(unsigned)
+    a, b, c = (Pubkey.from_string(op["pubkey_b58"]) for op in v["operators"])
+    assert Signature.from_string(v["sig_b58"]).verify(a, signed)
+    assert Signature.from_string(v["cosig_b58"]).verify(c, signed)
+    assert not Signature.from_string(v["other_bytes_cosig_b58"]).verify(b, signed)
+    assert wire["cosigs"] == [{"key": str(c), "sig": v["cosig_b58"]}]
+    env = verify_envelope(v["wire"].encode())
+    assert env.hash == v["envelope_hash"] == verify_envelope(v["wire_signed_once"].encode()).hash
+    trusted = {str(a), str(b), str(c)}
+    check_signers("manifest", env.signers, trusted, v["threshold"])  # 2 of 3: counts
+    alone = verify_envelope(v["wire_signed_once"].encode())
+    with pytest.raises(ProtocolError) as below:
+        check_signers("manifest", alone.signers, trusted, v["threshold"])
+    assert below.value.reason == "below_threshold"
+    forged = {**wire, "cosigs": [{"key": str(b), "sig": v["other_bytes_cosig_b58"]}]}
+    with pytest.raises(ProtocolError) as other:
+        verify_envelope(forged)
+    assert other.value.reason == "bad_cosignature"
