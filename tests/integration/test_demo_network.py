@@ -68,7 +68,7 @@ def result_of(demo_run: tuple[subprocess.CompletedProcess[str], Path]) -> dict[s
     return data
 
 
-def test_every_step_passes_and_the_claim_step_is_named(demo_run: Any) -> None:
+def test_every_step_passes_in_order_claims_included(demo_run: Any) -> None:
     data = result_of(demo_run)
     steps = {s["name"]: s["status"] for s in data["steps"]}
     epoch = data["epoch"]
