@@ -168,18 +168,11 @@ class Layout:
         ]
 
 
-def payout_supported() -> bool:
-    """Whether this build's coordinator config has the payout desk (``[payout]``, the claim flow)."""
-    from agent.coordinator.config import CoordinatorConfig
-
-    return "payout" in CoordinatorConfig.model_fields
-
-
 def write_coordinator(layout: Layout, broker_port: int, timing: Timing, rpc: str) -> Keypair:
     """The coordinator's key (also the reward treasury) and its config; returns the key.
 
-    With the payout desk in this build, ``[payout]`` points it at the local ledger and at the
-    ``chain bootstrap`` state (mint, vault, decimals), so it answers claims with vouchers.
+    ``[payout]`` points it at the local ledger and at the ``chain bootstrap`` state (mint, vault,
+    decimals), so it answers claims with vouchers.
     """
     layout.coordinator.mkdir(parents=True, exist_ok=True)
     keypair = seeded("coordinator")
@@ -223,15 +216,11 @@ refresh_s = 2
 pool_per_epoch = {POOL_PER_EPOCH}
 min_uptime_bp = 5000
 """
-        + (
-            f"""
+        + f"""
 [payout]
 rpc_url = "{rpc}"
 bootstrap = "{layout.bootstrap_state.name}"
-"""
-            if payout_supported()
-            else ""
-        ),
+""",
         encoding="utf-8",
     )
     return keypair

@@ -22,13 +22,6 @@ if TYPE_CHECKING:
 STAGE_WAIT_S = 120.0
 
 
-def controller_available() -> bool:
-    """Whether this build has the rollout controller (``edgeproof fleet rollout run``)."""
-    import importlib.util
-
-    return importlib.util.find_spec("agent.commands.fleet_rollout") is not None
-
-
 def first_stage(
     devices: list[DemoDevice], channel: str, model_id: str, version: str
 ) -> tuple[str, list[DemoDevice]]:
@@ -103,43 +96,42 @@ def run_rollout(demo: Demo) -> None:
         note["detail"] = demo.release_url
     stages, first = first_stage(targeted, network.CHANNEL, targeted[0].model_id, network.NEW_VERSION)
     later = [d for d in targeted if d not in first]
-    controller = controller_available()
     demo.result.rollout = {
         "model": targeted[0].model_id,
         "version": network.NEW_VERSION,
         "stages": stages,
         "stage_devices": [[d.name for d in first], [d.name for d in targeted]],
         "committed": [],
-        "controller": controller,
+        "controller": True,
     }
     percents = stages.split(",")
-    if controller:
-        # Before stage 0: deploy reports are not retained, the controller must see them live.
-        with demo.steps.step("start the rollout controller") as note:
-            child = demo.sup.spawn(
-                "fleet-rollout",
-                agent_argv(
-                    "--log-level",
-                    "info",
-                    "fleet",
-                    "rollout",
-                    "run",
-                    "--coordinator-config",
-                    str(layout.coordinator_config),
-                    "--channel",
-                    network.CHANNEL,
-                    "--key",
-                    str(layout.operator_key),
-                    "--state",
-                    str(layout.operator_state),
-                    "--stage-timeout",
-                    "2m",
-                    "--exit-when-settled",
-                    "--json",
-                ),
-                stdout_pipe=True,
-            )
-            note["detail"] = str(demo.sup.ready_line(child, 60))
+    # Before stage 0: deploy reports are not retained, the controller must see them live.
+    with demo.steps.step("start the rollout controller") as note:
+        child = demo.sup.spawn(
+            "fleet-rollout",
+            agent_argv(
+                "--log-level",
+                "info",
+                "fleet",
+                "rollout",
+                "run",
+                "--coordinator-config",
+                str(layout.coordinator_config),
+                "--channel",
+                network.CHANNEL,
+                "--key",
+                str(layout.operator_key),
+                "--state",
+                str(layout.operator_state),
+                "--stage-timeout",
+                "2m",
+                "--exit-when-settled",
+                "--json",
+            ),
+            stdout_pipe=True,
+        )
+        ready = demo.sup.ready_line(child, 60)
+        note["detail"] = f"{ready.get('controller', '?')} on channel {ready.get('channel', '?')}"
     with demo.steps.step("fleet publish stage 0") as note:
         version = _publish(demo, str(card), str(model), stages, 0, str(targeted[0].config))
         demo.stage = f"{network.NEW_VERSION} stage 0 ({percents[0]}%)"
@@ -147,30 +139,21 @@ def run_rollout(demo: Demo) -> None:
         demo.result.rollout["committed"] = committed
         demo.stage += " committed"
         note["detail"] = f"manifest version {version}; committed on {', '.join(committed)}"
-    if controller:
-        with demo.steps.step("fleet rollout run: stage 1") as note:
-            demo.stage = f"{network.NEW_VERSION} stage 1 ({percents[1]}%, controller)"
-            committed = _wait_committed(demo, later, version + 1)
-            status = demo.sup.run(
-                "fleet-status",
-                [
-                    "fleet",
-                    "status",
-                    "--coordinator-config",
-                    str(layout.coordinator_config),
-                    "--channel",
-                    network.CHANNEL,
-                    "--json",
-                ],
-            )
-            demo.result.rollout.update(committed=committed, status=status)
-            demo.stage += " committed"
-            note["detail"] = f"the controller published stage 1; committed on {', '.join(committed)}"
-        return
-    with demo.steps.step("fleet publish stage 1") as note:
-        version = _publish(demo, str(card), str(model), stages, 1, str(targeted[0].config))
-        demo.stage = f"{network.NEW_VERSION} stage 1 ({percents[1]}%)"
-        committed = _wait_committed(demo, later, version)
-        demo.result.rollout["committed"] = committed
+    with demo.steps.step("fleet rollout run: stage 1") as note:
+        demo.stage = f"{network.NEW_VERSION} stage 1 ({percents[1]}%, controller)"
+        committed = _wait_committed(demo, later, version + 1)
+        status = demo.sup.run(
+            "fleet-status",
+            [
+                "fleet",
+                "status",
+                "--coordinator-config",
+                str(layout.coordinator_config),
+                "--channel",
+                network.CHANNEL,
+                "--json",
+            ],
+        )
+        demo.result.rollout.update(committed=committed, status=status)
         demo.stage += " committed"
-        note["detail"] = f"manifest version {version}; committed on {', '.join(committed)}"
+        note["detail"] = f"the controller published stage 1; committed on {', '.join(committed)}"

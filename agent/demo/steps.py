@@ -1,4 +1,4 @@
-"""Named demo steps: each one passes, fails (naming itself) or is reported as not built."""
+"""Named demo steps: each one passes or fails, naming itself."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from agent.errors import EdgeproofError
 
 PASSED = "passed"
 FAILED = "failed"
-NOT_BUILT = "not_built"
 
 
 class DemoStepError(EdgeproofError):
@@ -68,10 +67,6 @@ class Steps:
             self._record(name, FAILED, start, f"{type(exc).__name__}: {exc}")
             raise DemoStepError(name, f"{type(exc).__name__}: {exc}") from exc
         self._record(name, PASSED, start, note["detail"])
-
-    def not_built(self, name: str, detail: str) -> None:
-        self.done.append(Step(name, NOT_BUILT, 0.0, detail))
-        self.on_change(name, self.done[-1])
 
     def _record(self, name: str, status: str, start: float, detail: str) -> None:
         self.done.append(Step(name, status, time.monotonic() - start, detail))

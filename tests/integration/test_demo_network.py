@@ -22,8 +22,6 @@ from typing import Any
 
 import pytest
 
-from agent.demo.rollout import controller_available
-from agent.demo.run import claims_missing
 from tests.support.chromium import DomReader, dump_dom
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("cpu")]
@@ -82,10 +80,10 @@ def test_every_step_passes_in_order_claims_included(demo_run: Any) -> None:
         "fleet keys init",
         "start three agents",
         "fleet serve",
-        *(["start the rollout controller"] if controller_available() else []),
+        "start the rollout controller",
         "fleet publish stage 0",
         # The rollout controller publishes stage 1 when this build has it, else the operator does.
-        "fleet rollout run: stage 1" if controller_available() else "fleet publish stage 1",
+        "fleet rollout run: stage 1",
         "challenge round",
         f"rewards settle --epoch {epoch}",
         "claim (one per device)",
@@ -98,7 +96,7 @@ def test_every_step_passes_in_order_claims_included(demo_run: Any) -> None:
     }
     # Until `edgeproof rewards claim` exists (the claim flow, issue 10) the step says so and
     # moves no tokens; once it does, the step must pass.
-    assert steps["claim (one per device)"] == ("passed" if not claims_missing() else "not_built")
+    assert steps["claim (one per device)"] == "passed"
     assert data["ok"] is True
 
 
@@ -120,7 +118,7 @@ def test_settlement_matches_the_coordinator_database_and_the_ledger(demo_run: An
     assert stored == amounts and root == settlement["root"]
     # Each owner's balance on the ledger is its settled amount once claimed (0 without claims).
     balances = {d["dev"]: d["balance"] for d in data["devices"]}
-    assert balances == (amounts if not claims_missing() else dict.fromkeys(amounts, 0))
+    assert balances == amounts
     audit = {d["dev"]: d for d in data["audit"]["devices"]}
     assert set(audit) == set(amounts)
     for d in audit.values():
@@ -142,7 +140,7 @@ def test_rollout_stage_committed_on_the_devices_it_reached(demo_run: Any) -> Non
         "cam-2": ("efficientnet-lite0-int8", "1.1.0", False),
         "cam-3": ("blazeface-short-range", "0.6.0", False),
     }
-    assert rollout["controller"] is controller_available()
+    assert rollout["controller"] is True
     if rollout["controller"]:  # what `fleet status` said: each stage's one new device committed
         stages = rollout["status"]["rollouts"][0]["stages"]
         assert [(s["devices"], s["committed"], s["failed"]) for s in stages] == [(1, 1, 0), (1, 1, 0)]
@@ -168,7 +166,7 @@ def test_everything_started_was_stopped_and_no_chatter_reached_the_output(demo_r
         "agent-cam-2",
         "agent-cam-3",
         "fleet-serve",
-        *(["fleet-rollout"] if controller_available() else []),
+        "fleet-rollout",
     }
     assert all(gone(pid) for pid in pids.values()), pids
     assert {s["name"]: s["exit_code"] for s in data["stopped"]} == dict.fromkeys(set(pids) - {"mosquitto"}, 0)
@@ -195,7 +193,7 @@ def test_report_loads_in_chromium_with_the_settled_figures(demo_run: Any, tmp_pa
     audit = {d["dev"]: d for d in data["audit"]["devices"]}
     for dev, row in rows.items():
         assert row.cells["uptime"].text.startswith(f"{audit[dev]['up_slots']}/{audit[dev]['counted_slots']} ")
-        paid = amounts[dev] if not claims_missing() else 0
+        paid = amounts[dev]
         assert row.cells["balance"].text == str(paid)
 
 
