@@ -1,4 +1,4 @@
-# edgeproof: `make demo` runs the agent end to end on embedded defaults,
+# edgeproof: `make demo` runs the whole network (agents, coordinator, ledger) on embedded defaults,
 # `make test` installs everything it needs and runs lint, types and the whole suite.
 
 PYTHON ?= python3
@@ -6,10 +6,10 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-arm64 arm64-tools lint bench venv broker clean help
+.PHONY: demo demo-tools system-tools test test-arm64 arm64-tools lint bench venv broker clean help
 
 help:
-	@echo "make demo   run the shipped models end to end on a generated clip"
+	@echo "make demo   the whole network on this machine: agents, coordinator, rollout, settlement (edgeproof demo)"
 	@echo "make test   create .venv, install deps (+ mosquitto), ruff, mypy, pytest (all suites)"
 	@echo "make test-arm64  the cross-architecture checks in a Debian arm64 root under qemu (root)"
 	@echo "make lint   ruff check, ruff format --check, mypy --strict"
@@ -30,7 +30,14 @@ venv: $(STAMP)
 # in /usr/lib/postgresql/<version>/bin.
 SYSTEM_TOOLS := mosquitto:mosquitto mosquitto_sub:mosquitto-clients shellcheck:shellcheck systemd-analyze:systemd strace:strace useradd:passwd initdb:postgresql pg_ctl:postgresql chromium:chromium
 broker:
-	@missing=""; for pair in $(SYSTEM_TOOLS); do tool=$${pair%%:*}; pkg=$${pair#*:}; \
+	@$(MAKE) --no-print-directory system-tools TOOLS="$(SYSTEM_TOOLS)" AGAIN="make test"
+
+# `make demo` needs only the broker (the ledger, coordinator and agents are this package).
+demo-tools:
+	@$(MAKE) --no-print-directory system-tools TOOLS="mosquitto:mosquitto" AGAIN="make demo"
+
+system-tools:
+	@missing=""; for pair in $(TOOLS); do tool=$${pair%%:*}; pkg=$${pair#*:}; \
 		command -v $$tool >/dev/null 2>&1 || test -x /usr/sbin/$$tool || ls /usr/lib/postgresql/*/bin/$$tool >/dev/null 2>&1 \
 		|| case " $$missing " in *" $$pkg "*) ;; *) missing="$$missing $$pkg";; esac; done; \
 	if [ -z "$$missing" ]; then :; \
@@ -38,7 +45,7 @@ broker:
 		echo "installing$$missing (apt-get)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	else \
-		echo "missing:$$missing; run  sudo apt-get install$$missing  then make test again"; exit 1; \
+		echo "missing:$$missing; run  sudo apt-get install$$missing  then $(AGAIN) again"; exit 1; \
 	fi
 
 lint: $(STAMP)
@@ -52,7 +59,7 @@ lint: $(STAMP)
 test: $(STAMP) broker lint
 	$(PY) -m pytest -q -n 3 --dist loadgroup --durations=30
 
-demo: $(STAMP)
+demo: $(STAMP) demo-tools
 	$(PY) -m agent demo
 
 bench: $(STAMP)

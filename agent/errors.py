@@ -155,7 +155,19 @@ class SettlementError(EdgeproofError):
         self.reason = reason
 
 
-class FleetError(EdgeproofError):
+class RefusedError(EdgeproofError):
+    """A command refused a request for a catalogued ``reason`` (agent/protocol/reasons.py); the
+    message reads ``refused (reason): ...``.  Subclasses declare their own exit code."""
+
+    def __init__(self, message: str, *, reason: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"refused ({self.reason}): {super().__str__()}"
+
+
+class FleetError(RefusedError):
     """An operator command (``edgeproof fleet ...``) refused: ``reason`` is a catalogued name.
 
     E.g. ``key_exists`` (an operator key is never overwritten), ``card_mismatch`` (the card's
@@ -165,15 +177,8 @@ class FleetError(EdgeproofError):
 
     exit_code = 17
 
-    def __init__(self, message: str, *, reason: str, hint: str | None = None) -> None:
-        super().__init__(message, hint=hint)
-        self.reason = reason
 
-    def __str__(self) -> str:
-        return f"refused ({self.reason}): {super().__str__()}"
-
-
-class BrokerCredentialsError(EdgeproofError):
+class BrokerCredentialsError(RefusedError):
     """``edgeproof broker credentials`` refused: ``reason`` is a catalogued name.
 
     E.g. ``bad_device_id`` (not a base58 ed25519 public key), ``acl_not_covered`` (the ACL does not
@@ -182,15 +187,8 @@ class BrokerCredentialsError(EdgeproofError):
 
     exit_code = 19
 
-    def __init__(self, message: str, *, reason: str, hint: str | None = None) -> None:
-        super().__init__(message, hint=hint)
-        self.reason = reason
 
-    def __str__(self) -> str:
-        return f"refused ({self.reason}): {super().__str__()}"
-
-
-class ClaimError(EdgeproofError):
+class ClaimError(RefusedError):
     """A reward claim cannot be made or was refused (``edgeproof rewards claim``, the daemon's claimer).
 
     ``reason`` is a catalogued name: ``claims_disabled`` (no ``[rewards]`` rpc_url/mint or no
@@ -198,13 +196,6 @@ class ClaimError(EdgeproofError):
     """
 
     exit_code = 21
-
-    def __init__(self, message: str, *, reason: str, hint: str | None = None) -> None:
-        super().__init__(message, hint=hint)
-        self.reason = reason
-
-    def __str__(self) -> str:
-        return f"refused ({self.reason}): {super().__str__()}"
 
 
 class VoucherRefused(ClaimError):

@@ -22,6 +22,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.atomic_file import write_atomic
 from agent.errors import BrokerCredentialsError
 
 ITERATIONS = 101
@@ -163,15 +164,4 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def write_secret(path: Path, secret: str) -> None:
     """The device's plaintext password, mode 0600 (``[mqtt] password_file`` on the device)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(secret + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, (secret + "\n").encode("utf-8"), mode=0o600)

@@ -3,35 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from agent.atomic_file import write_atomic
 from agent.errors import CorruptStateError, StorageError
 
 
 def save(path: Path, doc: dict[str, Any], *, what: str = "localnet snapshot") -> None:
     """Temp file in the same folder, fsync, rename, fsync the folder: the old or the new file, never half."""
     data = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode("utf-8")
-    folder = path.parent
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        dir_fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_atomic(path, data, mode=0o600)
     except OSError as exc:
         raise StorageError(f"cannot write the {what} {path}: {exc.strerror or exc}") from None
 

@@ -142,7 +142,7 @@ def short_id(dev: str) -> str:
     return dev if len(dev) <= 14 else f"{dev[:8]}...{dev[-4:]}"
 
 
-def _print_report_table(data: dict[str, Any]) -> None:
+def print_report_table(data: dict[str, Any]) -> None:
     slots = data["epoch_ms"] // data["slot_ms"]
     title = (
         f"epoch {data['epoch']} ({data['start_ms']}..{data['end_ms']} ms, {slots} slots of "
@@ -225,7 +225,7 @@ def run_uptime(args: argparse.Namespace) -> int:
     elif fmt == "csv":
         sys.stdout.write(report_csv(data))
     else:
-        _print_report_table(data)
+        print_report_table(data)
     return 0
 
 

@@ -198,7 +198,7 @@ class CoordinatorService:
         self._republish()
         self._reference = ReferenceRunner(self.models, self.config.challenges.reference_threads)
         self._with_retry(self._resume_pending)
-        self._reconcile()  # vouchers an earlier run issued: paid, failed or released from chain state
+        self._reconcile(resend=True)  # an earlier run's vouchers: closed from chain state, or sent again
         log.info(
             "coordinator_started",
             extra={"signer": self.signer, "storage": self.store.dialect.name, "run_id": self.run_id},
@@ -249,14 +249,22 @@ class CoordinatorService:
 
     # --- payouts ----------------------------------------------------------------------------------
 
-    def _reconcile(self) -> None:
-        """Outstanding vouchers against the chain (at start, then every ``reconcile_s``)."""
+    def _reconcile(self, *, resend: bool = False) -> None:
+        """Outstanding vouchers against the chain (at start, then every ``reconcile_s``); at start the
+        ones still outstanding are sent again (a run killed between commit and publish sent none)."""
         self._last_reconcile = time.monotonic()
-        payouts = self.payouts
-        if payouts is not None:
-            self._with_retry(
-                lambda: self.metrics.observe_reconcile(payouts.reconcile(self.store, now_ms=now_ms()))
-            )
+        payouts, found = self.payouts, list[tuple[str, bytes]]()
+        if payouts is None:
+            return
+        self._with_retry(
+            lambda: self.metrics.observe_reconcile(payouts.reconcile(self.store, now_ms=now_ms()))
+        )
+        if resend and self._with_retry(lambda: found.extend(payouts.outstanding(self.store))) and found:
+            for topic, wire in found:
+                self._client.publish(topic, wire, qos=1)
+            self.counts["vouchers_sent"] += len(found)
+            self.metrics.vouchers_sent.inc(len(found))
+            log.info("vouchers_resent", extra={"count": len(found)})
 
     def _publish_vouchers(self, result: BatchResult) -> None:
         for topic, wire in result.vouchers:

@@ -237,8 +237,9 @@ class Daemon(InboundHandlers):
 
     # ------------------------------------------------------------------ emitting
 
-    def _new_window(self) -> WorkWindow:
-        return WorkWindow(self.clock_ms(), self.card.id, self.card.sha256, self.hasher, self.leaf_hash)
+    def _new_window(self, start_ms: int | None = None) -> WorkWindow:
+        start = self.clock_ms() if start_ms is None else start_ms
+        return WorkWindow(start, self.card.id, self.card.sha256, self.hasher, self.leaf_hash)
 
     def emit(self, kind: str, body: Any, *, retain: bool = False) -> Envelope | None:
         """Sign, chain and queue one message.  Returns None if nothing could be stored."""
@@ -298,10 +299,14 @@ class Daemon(InboundHandlers):
         )
 
     def close_window(self) -> None:
-        window, self.window = self.window, self._new_window()
+        # One clock reading ends this window and starts the next: two readings let the closed
+        # window end after the next one began, and the coordinator refuses that proof
+        # (window_overlap).  Windows are half-open, so end == next start does not overlap.
+        end_ms = max(self.clock_ms(), self.window.start_ms + 1)
+        window, self.window = self.window, self._new_window(end_ms)
         if window.inferences == 0:
             return
-        proof = window.close(self.clock_ms(), self.health())
+        proof = window.close(end_ms, self.health())
         env = self.emit("proof", proof)
         if env is not None:
             log.info(

@@ -14,15 +14,14 @@ protocol's own reason (``bad_signature``, ``bad_cosignature``, ``duplicate_signe
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from solders.keypair import Keypair
 
+from agent.atomic_file import write_atomic
 from agent.errors import FleetError, ProtocolError
 from agent.protocol.canonical import parse_json
 from agent.protocol.cosign import add_cosignature
@@ -153,16 +152,7 @@ def write_signing_file(path: Path, signing: SigningFile, *, replace: bool) -> No
             hint="choose another --out",
         )
     data = (json.dumps(signing.to_json(), indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        write_atomic(path, data, mode=0o644)
     except OSError as exc:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
         raise FleetError(f"signing file {path} cannot be written: {exc}", reason="signing_file") from exc

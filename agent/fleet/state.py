@@ -14,13 +14,12 @@ failed publish costs a version and a seq (a gap), never a second manifest under 
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from agent.atomic_file import write_atomic
 from agent.errors import FleetError
 from agent.protocol.envelope import GENESIS_PREV, Envelope
 
@@ -142,17 +141,7 @@ def _parse(data: Any) -> OperatorState:
 def save_state(path: Path, state: OperatorState) -> None:
     """Write ``state`` atomically (temporary file, fsync, rename), mode 0600."""
     data = (json.dumps(state.to_json(), indent=2, sort_keys=True) + "\n").encode()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        write_atomic(path, data, mode=0o600)
     except OSError as exc:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
         raise FleetError(f"operator state {path} cannot be written: {exc}", reason="operator_state") from exc

@@ -324,6 +324,10 @@ class PayoutDesk:
                 log.warning("payout_rpc_failed", extra={"dev": dev, "reason": exc.reason})
         return PayoutAnswer()
 
+    def outstanding(self, store: Store) -> list[tuple[str, bytes]]:
+        """The envelopes of the outstanding vouchers, byte for byte as first published."""
+        return [(v.topic, v.raw) for v in vouchers.all_outstanding(store)]
+
     def reconcile(self, store: Store, *, now_ms: int) -> ReconcileResult:
         """Every outstanding voucher against the chain: the RPC calls outside any transaction,
         each close in a short one of its own (ingest is not held up by a slow node)."""
