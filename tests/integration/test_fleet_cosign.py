@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +30,11 @@ from tests.support.daemon_rig import (
     OPERATOR_SEED,
     PREFIX,
     ROGUE,
-    ROOT,
     DaemonProcess,
     Publisher,
     capture_of,
-    clean_env,
     collector_for,
+    edgeproof,
     now_ms,
     wait_until,
     write_config,
@@ -45,6 +42,7 @@ from tests.support.daemon_rig import (
 )
 from tests.support.mosquitto import Collector, MosquittoBroker
 from tests.support.onnx_models import tiny_classifier, write_model_and_card
+from tests.support.update_rig import deploy_states
 
 pytestmark = pytest.mark.integration
 
@@ -52,25 +50,6 @@ MANIFEST_TOPIC = f"{PREFIX}/fleet/manifest/stable"
 B_SEED, C_SEED = bytes([12] * 32), bytes([13] * 32)
 A, B, C = OPERATOR, Keypair.from_seed(B_SEED), Keypair.from_seed(C_SEED)
 SHIPPED = "efficientnet-lite0-int8"
-
-
-def edgeproof(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "agent", *args],
-        cwd=ROOT,
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
-def deploy_states(collector: Collector) -> list[tuple[str, Any, int]]:
-    return [
-        (e.raw["body"]["state"], e.raw["body"].get("reason"), e.raw["body"]["manifest_version"])
-        for e in capture_of(collector).of_kind("deploy")
-    ]
 
 
 def own_status(daemon: DaemonProcess) -> dict[str, Any]:

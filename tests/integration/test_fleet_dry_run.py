@@ -10,8 +10,6 @@ reads it read-only.  The expected reach is computed here from the protocol's buc
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,22 +18,10 @@ from solders.keypair import Keypair
 from agent.coordinator.store import DeviceRecord, Store
 from agent.protocol.binding import sign_binding
 from agent.protocol.rollout import rollout_bucket
-from tests.support.daemon_rig import OPERATOR, OPERATOR_SEED, ROOT, clean_env, write_key
+from tests.support.daemon_rig import OPERATOR, OPERATOR_SEED, edgeproof, write_key
 from tests.support.onnx_models import tiny_classifier, write_model_and_card
 
 pytestmark = pytest.mark.integration
-
-
-def edgeproof(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "agent", *args],
-        cwd=ROOT,
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def enrolled(tmp_path: Path) -> list[tuple[str, str, tuple[str, ...]]]:

@@ -14,7 +14,6 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -30,35 +29,18 @@ from tests.support.daemon_rig import (
     capture_of,
     clean_env,
     collector_for,
+    edgeproof,
     wait_until,
     write_config,
     write_key,
 )
 from tests.support.mosquitto import Collector, MosquittoBroker
 from tests.support.onnx_models import tiny_classifier, write_model_and_card
+from tests.support.update_rig import deploy_states
 
 pytestmark = pytest.mark.integration
 
 MANIFEST_TOPIC = f"{PREFIX}/fleet/manifest/stable"
-
-
-def edgeproof(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "agent", *args],
-        cwd=ROOT,
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
-def deploy_states(collector: Collector) -> list[tuple[str, Any, int]]:
-    return [
-        (e.raw["body"]["state"], e.raw["body"].get("reason"), e.raw["body"]["manifest_version"])
-        for e in capture_of(collector).of_kind("deploy")
-    ]
 
 
 def proof_models(collector: Collector) -> list[str]:

@@ -29,7 +29,15 @@ from agent.fleet.rollout import Member, entry_stage
 from agent.fleet.serve import make_server
 from agent.protocol.binding import sign_binding
 from agent.protocol.messages import Manifest
-from tests.support.daemon_rig import OPERATOR, OPERATOR_SEED, ROOT, clean_env, wait_until, write_key
+from tests.support.daemon_rig import (
+    OPERATOR,
+    OPERATOR_SEED,
+    ROOT,
+    clean_env,
+    edgeproof,
+    wait_until,
+    write_key,
+)
 from tests.support.mosquitto import MosquittoBroker
 from tests.support.onnx_models import tiny_classifier, write_model_and_card
 from tests.support.rollout_fleet import PROFILE, RolloutFleet, device_keys
@@ -38,18 +46,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("cpu")]
 
 B_SEED = bytes([14] * 32)
 B = Keypair.from_seed(B_SEED)
-
-
-def edgeproof(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "agent", *args],
-        cwd=ROOT,
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def ok(*args: str) -> dict[str, object]:

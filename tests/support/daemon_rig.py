@@ -167,6 +167,19 @@ def clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("EDGEPROOF_")}
 
 
+def edgeproof(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``python -m agent ARGS`` from the checkout, in :func:`clean_env`, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "agent", *args],
+        cwd=ROOT,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 class DaemonProcess:
     """``python -m agent run`` in a subprocess; only this process is ever signalled, by its pid."""
 
