@@ -31,16 +31,13 @@ from dataclasses import dataclass, field
 from solders.keypair import Keypair
 
 from agent.coordinator import challenge_rows
-from agent.coordinator.batch import SignedVerdict
+from agent.coordinator.batch import OwnChain, SignedVerdict
 from agent.coordinator.challenge_rows import ChallengeRow
 from agent.coordinator.config import ChallengeSection
 from agent.coordinator.store import Store
-from agent.protocol.chain import ChainSigner
 from agent.protocol.challenge import sketch_distance, sketch_matches
-from agent.protocol.envelope import GENESIS_PREV, Envelope
 from agent.protocol.messages import Beacon, Challenge, Verdict
 from agent.protocol.topics import Topics
-from agent.validation import Strict
 
 
 @dataclass(frozen=True)
@@ -60,33 +57,12 @@ class TickResult:
     verdicts: list[SignedVerdict] = field(default_factory=list)
 
 
-class _Chain:
-    """The coordinator key's chain inside one transaction (head locked on first use)."""
-
-    def __init__(self, store: Store, keypair: Keypair) -> None:
-        self.store = store
-        self.keypair = keypair
-        self.signer_key = str(keypair.pubkey())
-        self._signer: ChainSigner | None = None
-
-    def sign(self, kind: str, body: Strict, ts: int) -> Envelope:
-        if self._signer is None:
-            seq, prev = self.store.coordinator_head(self.signer_key)
-            self._signer = ChainSigner(self.keypair, seq=seq, prev=prev if seq else GENESIS_PREV)
-        return self._signer.next(kind, body, ts=ts)
-
-    def close(self) -> None:
-        if self._signer is not None:
-            seq, digest = self._signer.state()
-            self.store.set_coordinator_head(self.signer_key, seq, digest)
-
-
 def slot_of(now_ms: int, slot_ms: int) -> int:
     return now_ms // slot_ms
 
 
 def _verdict(
-    chain: _Chain,
+    chain: OwnChain,
     topics: Topics,
     dev: str,
     ref: tuple[str, int, str],
@@ -132,7 +108,7 @@ def tick(
     slot = slot_of(now_ms, slot_ms)
     result = TickResult(slot)
     with store.transaction():
-        chain = _Chain(store, keypair)
+        chain = OwnChain(store, keypair, str(keypair.pubkey()))
         beacon_nonce = nonce()
         if challenge_rows.claim_slot(store, slot, beacon_nonce, slot * slot_ms, slot_ms, now_ms):
             body = Beacon(slot=slot, nonce=beacon_nonce, time_ms=slot * slot_ms, slot_ms=slot_ms)
@@ -163,7 +139,7 @@ def tick(
 
 def _challenge_devices(
     store: Store,
-    chain: _Chain,
+    chain: OwnChain,
     topics: Topics,
     slot: int,
     slot_ms: int,
@@ -233,7 +209,7 @@ def score(
             return None
         sketch, seq, digest = _answer(store, row)
         tolerance = tolerance_of(row.model_sha256)
-        chain = _Chain(store, keypair)
+        chain = OwnChain(store, keypair, str(keypair.pubkey()))
         reason: str | None
         if reference is None:
             challenge_rows.set_outcome(store, row.id, "reference_failed", now_ms)
