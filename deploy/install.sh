@@ -497,6 +497,31 @@ key_mode_check() {
 	fi
 }
 
+# role_key: keep the role's key $DEST$KEY (KEY_KEPT=1) or have the role's user make it
+# (KEY_KEPT=0). Root never writes, reads or chowns a path in the folder that user owns, and
+# checks again for a planted link first. A key is never overwritten.
+role_key() {
+	no_link "$DEST$STATE_DIR" "$DEST$KEY"
+	if [ -z "$DEST" ] && [ "$DRY_RUN" = 0 ] && ! runuser -u "$USER_NAME" -- test -x "$EDGEPROOF"; then
+		die "the $USER_NAME user cannot run $EDGEPROOF" \
+			"drop --no-venv, or point EDGEPROOF_BIN at an edgeproof outside /root that $USER_NAME can run"
+	fi
+	if [ -e "$DEST$KEY" ]; then
+		[ -f "$DEST$KEY" ] || die "$DEST$KEY exists but is not a regular file" "move it away and run install.sh again"
+		note "exists: kept (never overwritten)"
+		KEY_KEPT=1
+		if [ "$DRY_RUN" = 0 ]; then
+			key_mode_check "$DEST$KEY"
+		fi
+	else
+		KEY_KEPT=0
+		as_user "$EDGEPROOF" keys init --key "$DEST$KEY"
+		if [ "$ROOT_MODE" = 1 ]; then
+			set_owner "$USER_NAME" "$USER_NAME" "$DEST$KEY"
+		fi
+	fi
+}
+
 # mkd MODE OWNER GROUP DIR: a directory with that mode (and owner/group, but with --prefix).
 mkd() {
 	if [ "$STAGE_MODE" = 1 ]; then

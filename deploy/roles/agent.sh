@@ -103,23 +103,9 @@ role_install() {
 	step "device key $DEST$KEY"
 	# Made and read by the agent's user: root never writes, reads or chowns a path in the folder
 	# the agent owns. Checked again here: the agent may have planted a link since the first check.
-	no_link "$DEST$STATE_DIR" "$DEST$KEY"
-	if [ -z "$DEST" ] && [ "$DRY_RUN" = 0 ] && ! runuser -u "$USER_NAME" -- test -x "$EDGEPROOF"; then
-		die "the $USER_NAME user cannot run $EDGEPROOF" \
-			"drop --no-venv, or point EDGEPROOF_BIN at an edgeproof outside /root that $USER_NAME can run"
-	fi
-	if [ -e "$DEST$KEY" ]; then
-		[ -f "$DEST$KEY" ] || die "$DEST$KEY exists but is not a regular file" "move it away and run install.sh again"
-		note "exists: kept (never overwritten)"
-		if [ "$DRY_RUN" = 0 ]; then
-			key_mode_check "$DEST$KEY"
-			note "device id: $(key_id "$DEST$KEY")"
-		fi
-	else
-		as_user "$EDGEPROOF" keys init --key "$DEST$KEY"
-		if [ "$ROOT_MODE" = 1 ]; then
-			set_owner "$USER_NAME" "$USER_NAME" "$DEST$KEY"
-		fi
+	role_key
+	if [ "$KEY_KEPT" = 1 ] && [ "$DRY_RUN" = 0 ]; then
+		note "device id: $(key_id "$DEST$KEY")"
 	fi
 }
 

@@ -90,23 +90,7 @@ role_install() {
 
 	step "coordinator key $DEST$KEY"
 	# As for the agent: made and read by the coordinator's user, never by root through a link.
-	no_link "$DEST$STATE_DIR" "$DEST$KEY"
-	if [ -z "$DEST" ] && [ "$DRY_RUN" = 0 ] && ! runuser -u "$USER_NAME" -- test -x "$EDGEPROOF"; then
-		die "the $USER_NAME user cannot run $EDGEPROOF" \
-			"drop --no-venv, or point EDGEPROOF_BIN at an edgeproof outside /root that $USER_NAME can run"
-	fi
-	if [ -e "$DEST$KEY" ]; then
-		[ -f "$DEST$KEY" ] || die "$DEST$KEY exists but is not a regular file" "move it away and run install.sh again"
-		note "exists: kept (never overwritten)"
-		if [ "$DRY_RUN" = 0 ]; then
-			key_mode_check "$DEST$KEY"
-		fi
-	else
-		as_user "$EDGEPROOF" keys init --key "$DEST$KEY"
-		if [ "$ROOT_MODE" = 1 ]; then
-			set_owner "$USER_NAME" "$USER_NAME" "$DEST$KEY"
-		fi
-	fi
+	role_key
 	if [ "$DRY_RUN" = 0 ]; then
 		public=$(key_id "$DEST$KEY")
 		note "coordinator public key: $public"
