@@ -189,7 +189,7 @@ def test_device_daemon_and_coordinator_run_the_loop_under_their_units(
         device_config,
         tmp_path / "daemon.log",
         # The unit's venv is read-only (no .pyc writes there), and systemd sets HOME to the user's
-        # home, which install.sh makes the state folder: onnxruntime writes
+        # home, which install.sh makes the state folder: onnxruntime may write
         # ~/.cache/Microsoft/DeveloperTools/.onnxruntime/onnxruntime.db there.
         env={"PYTHONDONTWRITEBYTECODE": "1", "HOME": str(device_config.parent / "state")},
         command_prefix=(
@@ -252,8 +252,9 @@ def test_device_daemon_and_coordinator_run_the_loop_under_their_units(
     writable = (state, str(daemon.state_dir), *WRITABLE_DEVICES)
     outside = sorted({path for path in writes if not (path.startswith(state) or path in writable)})
     assert outside == [], outside
+    # onnxruntime may also write its cache db under $HOME (the state folder) or not, depending on
+    # the machine; "outside" above already refuses it anywhere else.
     assert state + "control.sock" in writes and state + "status.json" in writes
-    assert state + ".cache/Microsoft/DeveloperTools/.onnxruntime/onnxruntime.db" in writes
 
 
 def test_localnet_runs_the_token_program_under_its_unit(tmp_path: Path) -> None:
