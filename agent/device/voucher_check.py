@@ -15,7 +15,8 @@ first (a foreign destination also changes the writable set; it is named ``wrong_
 7. ``amount_too_high``: the transfer's amount is not the voucher's, or the voucher's exceeds its
    own ``cumulative - paid``, the claim's asked amount, or the agent's own record
    (cumulative proven against the newest verified ``reward_root`` minus what it has itself
-   confirmed as paid);
+   confirmed as paid); ``zero_amount``: it moves no tokens (the coordinator answers
+   ``nothing_claimable`` instead, so a zero voucher only spends the device's claim);
 8. ``extra_writable``: a writable account other than the fee payer, the vault and the ATA;
 9. ``bad_memo``: the memo is not ``edgeproof:claim:<claim_id>`` signed by this device alone, or
    the signers are not exactly (fee payer, device);
@@ -239,6 +240,8 @@ def _amount_ok(voucher: Voucher, amount: int, e: Expect) -> None:
         limits["the claim's amount"] = e.asked
     if amount != voucher.amount:
         raise _refuse("amount_too_high", f"the transfer moves {amount}, the voucher says {voucher.amount}")
+    if amount <= 0:
+        raise _refuse("zero_amount", "the voucher moves no tokens: there is nothing to sign")
     for what, limit in limits.items():
         if amount > limit:
             raise _refuse("amount_too_high", f"amount {amount} is over {what} ({limit})")

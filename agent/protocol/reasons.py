@@ -294,6 +294,7 @@ _TABLE: tuple[Reason, ...] = (
         "claim",
         "the transfer is not the voucher's amount, or exceeds cumulative - paid, the claim or the own record",
     ),
+    Reason("zero_amount", "claim", "a voucher that moves no tokens: nothing to sign"),
     Reason("extra_writable", "claim", "a writable account other than the fee payer, the vault and the ATA"),
     Reason("fee_payer_is_device", "claim", "the voucher's transaction would make the device pay the fees"),
     Reason(

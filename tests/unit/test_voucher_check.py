@@ -125,6 +125,17 @@ def test_a_higher_amount_is_refused() -> None:
     assert refused(honest, expect(asked=10)) == "amount_too_high"
 
 
+def test_a_voucher_of_no_tokens_is_refused() -> None:
+    # Everything else is honest: the leaf proves, the memo names the claim, the treasury signed.
+    # The pure builder refuses amount 0, so the transfer's amount is rewritten to 0 (its opcode and
+    # decimals kept) and the voucher body says 0 too.
+    def nothing(ixs: list[Instruction]) -> list[Instruction]:
+        data = bytes(ixs[1].data)
+        return [ixs[0], with_data(ixs[1], data[:1] + (0).to_bytes(8, "little") + data[9:]), ixs[2]]
+
+    assert refused(build(CLAIM, SETTLED, tamper=nothing).model_copy(update={"amount": 0})) == "zero_amount"
+
+
 def test_an_extra_instruction_is_refused() -> None:
     def again(ixs: list[Instruction]) -> list[Instruction]:
         return [*ixs, ixs[1]]
