@@ -189,6 +189,16 @@ class CoordinatorRollouts:
 
         return rollout_rows.highest_seqs(self.store)
 
+    def presence(self) -> dict[str, tuple[bool, int]]:
+        from agent.coordinator import rollout_rows
+
+        return rollout_rows.presence(self.store)
+
+    def put_presence(self, rows: Mapping[str, tuple[bool, int]]) -> None:
+        from agent.coordinator import rollout_rows
+
+        rollout_rows.put_presence(self.store, rows)
+
     def add_refusals(self, counts: Mapping[str, int]) -> None:
         from agent.coordinator import rollout_rows
 
@@ -331,12 +341,13 @@ def status_report(storage: CoordinatorRollouts, channel: str | None, now_ms: int
     from agent.fleet import rollout as plan
 
     members = storage.members()
+    offline = {dev for dev, (online, _) in storage.presence().items() if not online}
     newest: dict[str, Rollout] = {}
     for r in storage.all(channel):
         newest.setdefault(r.channel, r)
     out = []
     for r in sorted(newest.values(), key=lambda x: x.channel):
-        stages = plan.tally(r, members, storage.reports(r), now_ms=now_ms)
+        stages = plan.tally(r, members, storage.reports(r), now_ms=now_ms, offline=offline)
         decision = plan.decide(r, stages)
         m = r.manifest
         out.append(
@@ -394,12 +405,23 @@ def run_status(args: argparse.Namespace) -> int:
                 ", ".join(f"{k} {v}" for k, v in s["failed_reasons"].items()) or "-",
                 s["in_flight"],
                 s["waiting"],
+                s["offline"],
             )
             for s in r["stages"]
         ]
         print_table(
             "stages",
-            ("stage", "up to", "devices", "committed", "failed", "reasons", "in flight", "waiting"),
+            (
+                "stage",
+                "up to",
+                "devices",
+                "committed",
+                "failed",
+                "reasons",
+                "in flight",
+                "waiting",
+                "offline",
+            ),
             rows,
         )
     if report["refusals"]:

@@ -272,6 +272,19 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        7,
+        "fleet rollouts: each device's newest online/offline status as the controller followed it",
+        (
+            # From dev/+/status (retained, the device's last will), newest taken: ``at_ms`` is that
+            # status envelope's ts (the will's is its connect time, so it is not an order).
+            """CREATE TABLE rollout_presence (
+                dev TEXT PRIMARY KEY,
+                online INTEGER NOT NULL,
+                at_ms BIGINT NOT NULL
+            )""",
+        ),
+    ),
 )
 
 #: The schema version this code writes and reads.

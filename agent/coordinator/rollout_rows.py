@@ -4,7 +4,8 @@ The rollout controller (agent/fleet/rollout_run.py, composed by agent/commands/f
 writes them; ``fleet status`` and the dashboard read them.  One row per release in
 ``rollouts``; each device's newest report about it in ``rollout_reports`` (a report replaces
 the stored one only with a higher seq of the device's chain); refusal counts by reason in
-``rollout_refusals``.
+``rollout_refusals``; each device's newest online/offline status in ``rollout_presence``
+(migration 7).
 """
 
 from __future__ import annotations
@@ -117,6 +118,25 @@ def put_reports(store: Store, rollout_id: int, rows: Sequence[ReportRow]) -> Non
 def highest_seqs(store: Store) -> dict[str, int]:
     """Each device's highest deploy seq taken (the controller's replay floor after a restart)."""
     return {str(d): int(s) for d, s in store.rows("SELECT dev, MAX(seq) FROM rollout_reports GROUP BY dev")}
+
+
+def presence(store: Store) -> dict[str, tuple[bool, int]]:
+    """dev -> (online, the ts of that status envelope), as the controller last stored it."""
+    return {
+        str(d): (bool(o), int(t)) for d, o, t in store.rows("SELECT dev, online, at_ms FROM rollout_presence")
+    }
+
+
+def put_presence(store: Store, rows: Mapping[str, tuple[bool, int]]) -> None:
+    """Store each device's newest status, in the order the controller took them (not by ts)."""
+    if not rows:
+        return
+    with store.transaction():
+        store.execute_many(
+            "INSERT INTO rollout_presence (dev, online, at_ms) VALUES (?, ?, ?) "
+            "ON CONFLICT (dev) DO UPDATE SET online = excluded.online, at_ms = excluded.at_ms",
+            [(dev, int(online), at) for dev, (online, at) in sorted(rows.items())],
+        )
 
 
 def add_refusals(store: Store, counts: Mapping[str, int]) -> None:

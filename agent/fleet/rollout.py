@@ -9,7 +9,9 @@ are cumulative.  Each device's newest ``deploy`` report decides where it is:
 * ``failed``, ``rolled_back``, ``rejected``: a failure with the device's reason (except
   ``halted`` and ``superseded``: the device stopped because the operator said so and starts
   again on a resume, so it is waiting);
-* no terminal report within the stage timeout of the stage it entered: a failure, ``timed_out``.
+* no terminal report within the stage timeout of the stage it entered: a failure, ``timed_out``,
+  or ``offline`` when the device's newest ``status`` (its retained last will) says it is offline:
+  still a failure, named so an operator sees that the device was away, not stuck.
 
 :func:`decide` halts as soon as the failures counted since the last resume pass the abort
 failure rate of the devices reached so far, advances when every device reached so far is done
@@ -21,7 +23,7 @@ says so (a higher version, the same artifacts).  Nothing here does I/O: the runn
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -119,6 +121,8 @@ class StageTally:
     waiting: int = 0
     #: Failures counted towards the abort rate (after the last resume).
     counted_failures: int = 0
+    #: In flight or waiting devices whose newest status says offline.
+    offline: int = 0
 
     @property
     def failures(self) -> int:
@@ -138,6 +142,7 @@ class StageTally:
             "failed_reasons": dict(sorted(self.failed.items())),
             "in_flight": self.in_flight,
             "waiting": self.waiting,
+            "offline": self.offline,
         }
 
 
@@ -166,26 +171,43 @@ def stage_members(manifest: Manifest, devices: Sequence[Member]) -> dict[str, in
     return found
 
 
-def _place(report: Report | None, deadline_ms: int, now_ms: int) -> tuple[str, str | None]:
+def _place(report: Report | None, deadline_ms: int, now_ms: int, offline: bool) -> tuple[str, str | None]:
     """``committed``, ``failed`` (with reason), ``in_flight`` or ``waiting`` for one device."""
     if report is not None and report.state == COMMITTED:
         return "committed", None
     if report is not None and report.state in FAILED_STATES and report.reason not in STOPPED_REASONS:
         return "failed", report.reason or report.state
     if now_ms >= deadline_ms:
-        return "failed", "timed_out"
+        return "failed", "offline" if offline else "timed_out"
     if report is None or report.state in FAILED_STATES:
         return "waiting", None
     return "in_flight", None
 
 
 def tally(
-    rollout: Rollout, devices: Sequence[Member], reports: Mapping[str, Report], *, now_ms: int
+    rollout: Rollout,
+    devices: Sequence[Member],
+    reports: Mapping[str, Report],
+    *,
+    now_ms: int,
+    offline: Container[str] = frozenset(),
 ) -> list[StageTally]:
-    """Per stage reached so far: its devices' progress (a timed-out device counts as failed)."""
+    """Per stage reached so far: its devices' progress (a timed-out device counts as failed).
+
+    ``offline``: the devices whose newest status says offline (named ``offline``, not
+    ``timed_out``, when their stage times out, and counted while they are in flight or waiting).
+    """
     manifest = rollout.manifest
     counts: list[dict[str, Any]] = [
-        {"members": 0, "committed": 0, "failed": Counter(), "in_flight": 0, "waiting": 0, "counted": 0}
+        {
+            "members": 0,
+            "committed": 0,
+            "failed": Counter(),
+            "in_flight": 0,
+            "waiting": 0,
+            "counted": 0,
+            "offline": 0,
+        }
         for _ in range(manifest.stage + 1)
     ]
     halted = rollout.state == "halted"
@@ -193,16 +215,18 @@ def tally(
         started = rollout.stage_started_ms[stage] if stage < len(rollout.stage_started_ms) else now_ms
         deadline = started + rollout.stage_timeout_ms
         report = reports.get(dev)
-        place, reason = _place(report, deadline if not halted else 2**62, now_ms)
+        away = dev in offline
+        place, reason = _place(report, deadline if not halted else 2**62, now_ms, away)
         row = counts[stage]
         row["members"] += 1
         if place == "failed":
             row["failed"][reason] += 1
-            at = report.at_ms if report is not None and reason != "timed_out" else deadline
+            at = report.at_ms if report is not None and reason not in ("timed_out", "offline") else deadline
             if at >= rollout.resumed_ms:
                 row["counted"] += 1
         else:
             row[place] += 1
+            row["offline"] += away
     return [
         StageTally(
             stage=index,
@@ -213,6 +237,7 @@ def tally(
             in_flight=row["in_flight"],
             waiting=row["waiting"],
             counted_failures=row["counted"],
+            offline=row["offline"],
         )
         for index, row in enumerate(counts)
     ]
@@ -226,9 +251,13 @@ def decide(rollout: Rollout, stages: Sequence[StageTally]) -> Decision:
     if rollout.state != "running":
         return Decision("wait", f"rollout is {rollout.state}", rate)
     if rate > rollout.abort_failure_rate:
+        reasons: Counter[str] = Counter()
+        for s in stages:
+            reasons.update(s.failed)
+        named = ", ".join(f"{reason} {n}" for reason, n in sorted(reasons.items()))
         return Decision(
             "halt",
-            f"{counted} of {members} devices failed ({rate:.1%}), above the abort failure rate "
+            f"{counted} of {members} devices failed ({rate:.1%}; {named}), above the abort failure rate "
             f"{rollout.abort_failure_rate:.1%}",
             rate,
         )

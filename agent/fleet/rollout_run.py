@@ -56,6 +56,8 @@ class RolloutStorage(Protocol):
     def put_reports(self, rollout: Rollout, reports: Mapping[str, Report]) -> None: ...
     def highest_seqs(self) -> dict[str, int]: ...
     def add_refusals(self, counts: Mapping[str, int]) -> None: ...
+    def presence(self) -> dict[str, tuple[bool, int]]: ...
+    def put_presence(self, rows: Mapping[str, tuple[bool, int]]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,9 @@ class RolloutController:
         self._pending: dict[str, Report] = {}
         self._stored_counts: Counter[str] = Counter()
         self._proposed: set[tuple[int, int, bool]] = set()
-        self.online: dict[str, bool] = {}
+        #: dev -> (online, ts) of its newest status envelope; the changes not stored yet.
+        self.presence: dict[str, tuple[bool, int]] = storage.presence()
+        self._presence_pending: dict[str, tuple[bool, int]] = {}
         #: (ms, decision) for every action taken (not the waits).
         self.decisions: list[tuple[int, plan.Decision]] = []
 
@@ -170,10 +174,18 @@ class RolloutController:
             )
             return
         if isinstance(judged.body, Status):
-            self.online[judged.dev] = judged.body.state == "online"
+            self._status(judged, judged.body)
             return
         if isinstance(judged.body, Deploy):
             self._deploy(judged, judged.body)
+
+    def _status(self, env: Envelope, status: Status) -> None:
+        # Side-band (no seq of its own), taken in the broker's order on the device's topic, not by
+        # ts: the last will is built at connect, so its ts is older than the "online" sent after.
+        self.presence[env.dev] = self._presence_pending[env.dev] = (status.state == "online", env.ts)
+
+    def offline(self) -> frozenset[str]:
+        return frozenset(dev for dev, (online, _) in self.presence.items() if not online)
 
     def _deploy(self, env: Envelope, deploy: Deploy) -> None:
         rollout = self._rollout
@@ -243,11 +255,16 @@ class RolloutController:
         if rollout is not None and self._pending:
             self.storage.put_reports(rollout, self._pending)
         self._pending = {}
+        if self._presence_pending:
+            self.storage.put_presence(self._presence_pending)
+            self._presence_pending = {}
         self._flush_counts()
         if rollout is None or rollout.state != "running":
             return None
         now = self.clock_ms()
-        stages = plan.tally(rollout, self._members, self.storage.reports(rollout), now_ms=now)
+        stages = plan.tally(
+            rollout, self._members, self.storage.reports(rollout), now_ms=now, offline=self.offline()
+        )
         decision = plan.decide(rollout, stages)
         if decision.action != "wait":
             self._act(rollout, decision, now)

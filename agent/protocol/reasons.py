@@ -393,6 +393,11 @@ _TABLE: tuple[Reason, ...] = (
         "a device of a rollout stage neither committed nor failed within the stage timeout (a failure)",
     ),
     Reason(
+        "offline",
+        "deploy",
+        "timed_out, for a device whose newest status (its last will) said offline: still a failure",
+    ),
+    Reason(
         "not_in_stage",
         "message",
         "a deploy report from a device the rollout's stages so far do not include (not targeted, bucket above)",

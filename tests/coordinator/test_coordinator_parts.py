@@ -57,7 +57,7 @@ def test_migrations_are_recorded_and_idempotent_and_a_newer_schema_is_refused(
     database_url: str, tmp_path: Path
 ) -> None:
     store = Store.open(database_url=database_url, sqlite_path=tmp_path / "c.sqlite3")
-    assert store.schema_version() == LATEST == 6
+    assert store.schema_version() == LATEST == 7
     assert store.migrate() == LATEST  # a second start changes nothing
     assert store.rows("SELECT version FROM schema_version ORDER BY version") == [
         (1,),
@@ -66,12 +66,13 @@ def test_migrations_are_recorded_and_idempotent_and_a_newer_schema_is_refused(
         (4,),
         (5,),
         (6,),
+        (7,),
     ]
     with store.transaction():
         store.execute("INSERT INTO schema_version (version, name, applied_ms) VALUES (99, 'future', 0)")
     with pytest.raises(StorageError) as info:
         store.migrate()
-    assert "has schema version 99, newer than this coordinator understands (6)" in info.value.message
+    assert "has schema version 99, newer than this coordinator understands (7)" in info.value.message
     store.close()
 
 
@@ -84,9 +85,9 @@ def test_a_migration_numbered_below_one_already_applied_is_still_applied(
         for table in ("settlement_roots", "payout_breaker", "vouchers"):
             store.execute(f"DROP TABLE {table}")
         store.execute("DELETE FROM schema_version WHERE version = 5")
-    assert store.schema_version() == 6
+    assert store.schema_version() == 7
     assert store.migrate() == LATEST
-    assert store.rows("SELECT version FROM schema_version ORDER BY version") == [(v,) for v in range(1, 7)]
+    assert store.rows("SELECT version FROM schema_version ORDER BY version") == [(v,) for v in range(1, 8)]
     assert store.one("SELECT COUNT(*) FROM vouchers") == (0,)
     store.close()
 

@@ -157,7 +157,14 @@ class Rig:
         assert done.returncode == 0, done.stderr
         return dict(json.loads(done.stdout))
 
-    def start(self, failing: set[str], *, exit_when_settled: bool = True) -> RolloutFleet:
+    def start(
+        self,
+        failing: set[str],
+        *,
+        exit_when_settled: bool = True,
+        stage_timeout: str = "2m",
+        silent: frozenset[str] = frozenset(),
+    ) -> RolloutFleet:
         self.fleet = RolloutFleet(
             self.broker.host,
             self.broker.port,
@@ -165,11 +172,12 @@ class Rig:
             failing,
             operator=str(OPERATOR.pubkey()),
             folder=self.tmp / "devices",
+            silent=silent,
         )
         self.fleet.start()
         log = (self.tmp / "controller.log").open("w")
         args = ["--coordinator-config", str(self.coord_toml), "--channel", "stable", "--key", str(self.key)]
-        args += ["--state", str(self.state), "--stage-timeout", "2m", "--tick", "0.5"]
+        args += ["--state", str(self.state), "--stage-timeout", stage_timeout, "--tick", "0.5"]
         self.controller = subprocess.Popen(
             [
                 sys.executable,
@@ -324,3 +332,61 @@ def test_a_healthy_rollout_advances_stage_by_stage_and_no_device_downloads_twice
             sum(1 for d in fleet.devices if entry_stage(final, Member(d.dev, PROFILE, ("lobby",))) == i)
             for i in (0, 1)
         ]
+
+
+def publish_statuses(broker: MosquittoBroker, states: dict[Keypair, str]) -> None:
+    """Each device's signed, retained status (side-band), as its daemon or its last will sends it."""
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+    client = paho.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id="statuses",
+        protocol=MQTTProtocolVersion.MQTTv5,
+    )
+    client.connect(broker.host, broker.port, 30)
+    client.loop_start()
+    for key, state in states.items():
+        body = {"state": state, "agent_version": "0.1.0", "profile": PROFILE}
+        wire = ChainSigner(key).sideband("status", body, 1_800_000_000_000).wire
+        client.publish(f"edgeproof/v1/dev/{key.pubkey()}/status", wire, qos=1, retain=True).wait_for_publish(
+            5
+        )
+    client.disconnect()
+    client.loop_stop()
+
+
+def test_devices_that_went_offline_are_named_offline_when_their_stage_times_out(tmp_path: Path) -> None:
+    with rollout_rig(tmp_path, 20) as r:
+        # Three devices never act on the manifest: two whose last will said offline, one that
+        # still says online (stuck).  Every other device says online and commits.
+        away, stuck = r.keys[:2], r.keys[2]
+        publish_statuses(r.broker, {k: ("offline" if k in away else "online") for k in r.keys})
+        silent = frozenset(str(k.pubkey()) for k in (*away, stuck))
+        fleet = r.start(set(), stage_timeout="8s", silent=silent)
+        r.publish("100")
+        wait_until(lambda: fleet.counters["committed"] == 17, 60, "every other device to commit")
+
+        def stage0() -> dict[str, Any]:
+            status = edgeproof("fleet", "status", "--coordinator-config", str(r.coord_toml), "--json")
+            assert status.returncode == 0, status.stderr
+            (rollout,) = json.loads(status.stdout)["rollouts"]
+            return dict(rollout["stages"][0])
+
+        # Before the timeout: the three wait, two of them offline (the table says so too).
+        before = stage0()
+        if before["failed"] == 0:  # the 8 s may already be over on a loaded machine
+            assert (before["committed"], before["waiting"], before["offline"]) == (17, 3, 2)
+            table = edgeproof("fleet", "status", "--coordinator-config", str(r.coord_toml))
+            assert "┃ offline ┃" in table.stdout, table.stdout
+        result = r.settled()  # 3 of 20 failed is past the 5% abort rate: it halts by itself
+        assert [d["action"] for d in result["decisions"]] == ["halt"]
+        why = "3 of 20 devices failed (15.0%; offline 2, timed_out 1), above the abort failure rate 5.0%"
+        assert result["decisions"][0]["why"] == why
+        status = edgeproof("fleet", "status", "--coordinator-config", str(r.coord_toml), "--json")
+        assert json.loads(status.stdout)["rollouts"][0]["halt_reason"] == why
+        # Halted, the three wait again (a resume gives them a new stage timeout), two offline.
+        after = stage0()
+        assert (after["committed"], after["waiting"], after["offline"], after["failed"]) == (17, 3, 2, 0)
+        stored = r.store.rows("SELECT online, COUNT(*) FROM rollout_presence GROUP BY online ORDER BY online")
+        assert stored == [(0, 2), (1, 18)]

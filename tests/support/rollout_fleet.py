@@ -87,7 +87,9 @@ class RolloutFleet:
         operators: tuple[str, ...] = (),  # more trusted operator keys (k-of-n), besides ``operator``
         threshold: int = 1,
         smoke_every: int = 0,  # every N-th device runs the real smoke test (0: none)
+        silent: frozenset[str] = frozenset(),  # devices that never act on a manifest (switched off)
     ) -> None:
+        self.silent = silent
         self.topics = Topics(prefix)
         self.channel = channel
         self.operator = operator
@@ -155,6 +157,8 @@ class RolloutFleet:
             return
         now = time.time_ns() // 1_000_000
         for device in group:
+            if device.dev in self.silent:
+                continue
             with device.lock:
                 try:
                     decision = check_manifest(

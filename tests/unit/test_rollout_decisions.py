@@ -91,6 +91,21 @@ def test_timeout_counts_as_failure_and_halted_devices_wait() -> None:
     assert plan.tally(r, DEVICES, stopped, now_ms=NOW + 1)[0].waiting == len(members)
 
 
+def test_an_offline_device_is_counted_and_its_timeout_is_named_offline() -> None:
+    m = manifest()
+    members = sorted(plan.stage_members(m, DEVICES))
+    away, rest = members[:2], members[2:]
+    r = rollout(m, abort_failure_rate=1.0)
+    reports = {d: Report("downloading", None, NOW + 1) for d in rest}
+    before = plan.tally(r, DEVICES, reports, now_ms=NOW + 59_999, offline=set(away))
+    assert (before[0].waiting, before[0].in_flight, before[0].offline) == (2, len(rest), 2)
+    assert before[0].as_json()["offline"] == 2
+    after = plan.tally(r, DEVICES, reports, now_ms=NOW + 60_000, offline=set(away))
+    # Still failures (the stage timed out for them), named by why; the abort rate counts both.
+    assert after[0].failed == {"offline": 2, "timed_out": len(rest)}
+    assert after[0].counted_failures == len(members) and after[0].offline == 0
+
+
 def test_last_stage_done_and_next_manifest_keeps_the_artifacts() -> None:
     last = manifest(version=6, stage=2)
     r = rollout(last)
