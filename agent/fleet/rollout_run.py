@@ -32,7 +32,7 @@ from agent.fleet import rollout as plan
 from agent.fleet.mqtt_publish import BrokerSession
 from agent.fleet.rollout import Member, Report, Rollout
 from agent.fleet.rollout_inbox import DeployInbox, Refused
-from agent.fleet.rollout_sign import publish_next
+from agent.fleet.rollout_sign import proposed_steps, publish_next
 from agent.fleet.state import load_state
 from agent.protocol.envelope import Envelope, verify_envelope
 from agent.protocol.messages import Deploy, Manifest, Status
@@ -280,6 +280,11 @@ class RolloutController:
         halt = decision.action == "halt"
         stage = rollout.stage if halt else rollout.stage + 1
         key = (rollout.manifest.version, stage, halt)
+        if self.settings.propose is not None and key not in self._proposed:
+            # Proposed by this controller before a restart: its signing file is still waiting.
+            self._proposed |= proposed_steps(self.settings.propose, self.settings.key, rollout.manifest)
+            if key in self._proposed:
+                log.info("rollout_proposal_waiting", extra={**extra, "halt": halt, "to_stage": stage})
         if self.settings.propose is not None and key in self._proposed:
             return  # proposed already: waiting for the co-signers (one decision, not one per tick)
         self.decisions.append((now, decision))

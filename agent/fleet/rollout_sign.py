@@ -26,8 +26,8 @@ from solders.keypair import Keypair
 
 from agent.errors import FleetError
 from agent.fleet.mqtt_publish import BrokerSession
-from agent.fleet.rollout import next_manifest
-from agent.fleet.signing import check_threshold, new_signing_file, write_signing_file
+from agent.fleet.rollout import Release, next_manifest
+from agent.fleet.signing import check_threshold, load_signing_file, new_signing_file, write_signing_file
 from agent.fleet.state import load_state, save_state
 from agent.protocol.envelope import Envelope, build_envelope
 from agent.protocol.messages import Manifest
@@ -68,6 +68,26 @@ def sign_manifest(
     )
     save_state(state_path, state.after(env, manifest.channel, manifest.version, abort_failure_rate))
     return env
+
+
+def proposed_steps(propose: Path, keypair: Keypair, current: Manifest) -> set[tuple[int, int, bool]]:
+    """The steps already proposed in ``propose`` for ``current``'s release, as (the version they
+    follow, stage, halted): this key's signing files of the channel above ``current``'s version.
+
+    A controller that restarts while its proposal waits for co-signers finds it here and does not
+    sign the same step again under a new version.  A file that does not load is not a proposal.
+    """
+    found: set[tuple[int, int, bool]] = set()
+    release, signer = Release.of(current), str(keypair.pubkey())
+    for path in sorted(propose.glob(f"{current.channel}-v*.json")) if propose.is_dir() else []:
+        try:
+            signing = load_signing_file(path)
+        except FleetError:
+            continue
+        m = signing.manifest
+        if signing.envelope.dev == signer and Release.of(m) == release and m.version > current.version:
+            found.add((current.version, m.stage, bool(m.halted)))
+    return found
 
 
 def publish_next(

@@ -9,8 +9,9 @@ daemon's real smoke test on the model they downloaded.
 A publishes stage 0 with ``--out --threshold 2``, B signs, A publishes ``--from``.  Once stage 0
 committed, the controller (key A) writes the next-stage manifest as a signing file signed by A
 alone: published as it is it would be refused (``below_threshold``), and no device of stage 1
-starts.  B signs it, A publishes it ``--from``; the controller adopts it, stage 1's devices commit
-and the rollout is done.
+starts.  The controller restarts while the proposal waits: it finds its own signing file and
+does not sign the step again.  B signs it, A publishes it ``--from``; the controller adopts it,
+stage 1's devices commit and the rollout is done.
 """
 
 from __future__ import annotations
@@ -90,20 +91,25 @@ def test_a_two_of_two_rollout_advances_once_the_proposal_is_co_signed(tmp_path: 
     )
     controller: subprocess.Popen[str] | None = None
     proposals = tmp_path / "proposals"
-    try:
-        fleet.start()
-        log = (tmp_path / "controller.log").open("w")
-        controller = subprocess.Popen(
+
+    def start_controller(log: Path) -> subprocess.Popen[str]:
+        started = subprocess.Popen(
             [
-                sys.executable, "-m", "agent", "fleet", "rollout", "run", "--coordinator-config", str(coord_toml),
+                sys.executable, "-m", "agent", "--log-level", "info", "fleet", "rollout", "run",
+                "--coordinator-config", str(coord_toml),
                 "--channel", "stable", "--key", str(key_a), "--state", str(state), "--operator-keys",
                 str(B.pubkey()), "--propose", str(proposals), "--threshold", "2", "--stage-timeout", "2m",
                 "--tick", "0.3", "--exit-when-settled", "--json",
             ],
-            cwd=ROOT, env=clean_env(), stdout=subprocess.PIPE, stderr=log, text=True,
+            cwd=ROOT, env=clean_env(), stdout=subprocess.PIPE, stderr=log.open("w"), text=True,
         )  # fmt: skip
-        assert controller.stdout is not None
-        assert json.loads(controller.stdout.readline())["controller"] == "running"
+        assert started.stdout is not None
+        assert json.loads(started.stdout.readline())["controller"] == "running"
+        return started
+
+    try:
+        fleet.start()
+        controller = start_controller(tmp_path / "controller.log")
 
         first = tmp_path / "stage0.json"
         ok(
@@ -132,6 +138,19 @@ def test_a_two_of_two_rollout_advances_once_the_proposal_is_co_signed(tmp_path: 
         assert early.returncode != 0 and f"{proposal} carries 1 of the 2 signatures it needs" in early.stderr
         assert fleet.counters["committed"] == stage0  # nobody of stage 1 started
 
+        # A restart while the proposal waits: the new controller finds it and signs nothing again.
+        head = json.loads(state.read_text(encoding="utf-8"))
+        controller.terminate()
+        assert controller.wait(30) == 0, (tmp_path / "controller.log").read_text()
+        controller = start_controller(tmp_path / "controller-2.log")
+        wait_until(
+            lambda: "rollout_proposal_waiting" in (tmp_path / "controller-2.log").read_text(),
+            30,
+            "the restarted controller to find its proposal",
+        )
+        assert sorted(p.name for p in proposals.iterdir()) == ["stable-v2.json"]
+        assert json.loads(state.read_text(encoding="utf-8")) == head  # no new seq, no new version
+
         signed = ok("fleet", "sign", str(proposal), "--key", str(key_b))
         assert signed["ready"] is True and signed["signers"] == [str(OPERATOR.pubkey()), str(B.pubkey())]
         ok("fleet", "publish", "--from", str(proposal), "--key", str(key_a), "--state", str(state),
@@ -141,9 +160,10 @@ def test_a_two_of_two_rollout_advances_once_the_proposal_is_co_signed(tmp_path: 
             keys
         )  # each ran the real smoke test of what it downloaded
         out, _ = controller.communicate(timeout=60)
-        assert controller.returncode == 0, (tmp_path / "controller.log").read_text()
+        assert controller.returncode == 0, (tmp_path / "controller-2.log").read_text()
         result = json.loads(out)
-        assert [d["action"] for d in result["decisions"]] == ["advance", "done"]
+        # The restarted controller made one decision; the advance was its predecessor's proposal.
+        assert [d["action"] for d in result["decisions"]] == ["done"]
         assert result["refusals"] == {}
         assert sorted(p.name for p in proposals.iterdir()) == ["stable-v2.json"]  # done needs no manifest
         status = ok("fleet", "status", "--coordinator-config", str(coord_toml))
