@@ -48,6 +48,8 @@ T = TypeVar("T")
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 #: The largest answer read from a node (a full getTransaction is a few KiB; a block is not asked).
 MAX_ANSWER_BYTES = 4 * 1024 * 1024
+#: Signatures per getSignatureStatuses call (a node refuses more).
+STATUSES_PER_CALL = 256
 #: Fieldless transaction errors (by their RPC name) with a reason of their own.
 _FIELDLESS_REASONS = {
     "BlockhashNotFound": "blockhash_not_found",
@@ -261,11 +263,26 @@ class ChainClient:
 
     def status(self, signature: Signature) -> Any | None:
         """The signature's status (solders ``TransactionStatus``) or None when not on chain."""
+        return self.statuses([signature])[0]
+
+    def statuses(self, signatures: Sequence[Signature]) -> list[Any | None]:
+        """Each signature's status (or None), in order: one call per 256, a node's limit."""
+        found: list[Any | None] = []
+        for start in range(0, len(signatures), STATUSES_PER_CALL):
+            found.extend(self._statuses(list(signatures[start : start + STATUSES_PER_CALL])))
+        return found
+
+    def _statuses(self, chunk: list[Signature]) -> list[Any | None]:
         resp = self._call(
             "getSignatureStatuses",
-            lambda: self._rpc.get_signature_statuses([signature], search_transaction_history=True),
+            lambda: self._rpc.get_signature_statuses(chunk, search_transaction_history=True),
         )
-        return resp.value[0]
+        if len(resp.value) != len(chunk):
+            raise ChainError(
+                f"getSignatureStatuses: {self.url} answered {len(resp.value)} statuses for {len(chunk)}",
+                reason="rpc_error",
+            )
+        return list(resp.value)
 
     def transaction(self, signature: Signature) -> EncodedConfirmedTransactionWithStatusMeta | None:
         """The landed transaction (base64, any version) with its meta, or None."""

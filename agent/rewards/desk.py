@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -55,6 +56,7 @@ class ChainReads(Protocol):
     def latest_blockhash(self) -> LatestBlockhash: ...
     def block_height(self) -> int: ...
     def status(self, signature: Signature) -> Any | None: ...
+    def statuses(self, signatures: Sequence[Signature]) -> list[Any | None]: ...
     def close(self) -> None: ...
 
 
@@ -282,22 +284,21 @@ class PayoutDesk:
 
     def _chain_state(self, v: vouchers.VoucherRow) -> tuple[str, int | None] | None:
         """(state, slot) the chain says the voucher ends in; None while it may still land (RPC only)."""
-        signature = Signature.from_string(v.signature)
-        status = self.chain.status(signature)
-        if status is None:
-            if self.chain.block_height() <= v.last_valid_block_height:
-                return None
-            status = self.chain.status(signature)  # a last look: it may have landed in the last slot
-            if status is None:
-                return vouchers.RELEASED, None
-        if status.err is not None:
-            return vouchers.FAILED, int(status.slot)
-        level = (
-            str(status.confirmation_status).rsplit(".", 1)[-1].lower() if status.confirmation_status else ""
-        )
-        if level not in _CONFIRMED:
-            return None
-        return vouchers.PAID, int(status.slot)
+        return self._chain_states([v])[0]
+
+    def _chain_states(self, found: Sequence[vouchers.VoucherRow]) -> list[tuple[str, int | None] | None]:
+        """:meth:`_chain_state` of each voucher, with one status call per 256 and one block height."""
+        signatures = [Signature.from_string(v.signature) for v in found]
+        statuses = self.chain.statuses(signatures) if signatures else []
+        missing = [i for i, s in enumerate(statuses) if s is None]
+        if missing:
+            height = self.chain.block_height()
+            expired = [i for i in missing if height > found[i].last_valid_block_height]
+            # A last look at the expired ones: they may have landed in the last slot.
+            again = self.chain.statuses([signatures[i] for i in expired]) if expired else []
+            for i, status in zip(expired, again, strict=True):
+                statuses[i] = status if status is not None else _RELEASED
+        return [_ending(s) for s in statuses]
 
     def _close(self, store: Store, v: vouchers.VoucherRow, state: str, now_ms: int, slot: int | None) -> str:
         if vouchers.close(store, v.claim_id, state, now_ms, slot):
@@ -329,15 +330,17 @@ class PayoutDesk:
         return [(v.topic, v.raw) for v in vouchers.all_outstanding(store)]
 
     def reconcile(self, store: Store, *, now_ms: int) -> ReconcileResult:
-        """Every outstanding voucher against the chain: the RPC calls outside any transaction,
-        each close in a short one of its own (ingest is not held up by a slow node)."""
+        """Every outstanding voucher against the chain: the RPC calls outside any transaction (one
+        status call per 256 vouchers and one block height, not one call per voucher), each close
+        in a short one of its own (ingest is not held up by a slow node)."""
         counts = {vouchers.PAID: 0, vouchers.RELEASED: 0, vouchers.FAILED: 0}
-        for v in vouchers.all_outstanding(store):
-            try:
-                found = self._chain_state(v)
-            except ChainError as exc:
-                log.warning("payout_rpc_failed", extra={"claim_id": v.claim_id, "reason": exc.reason})
-                break
+        outstanding = vouchers.all_outstanding(store)
+        try:
+            endings = self._chain_states(outstanding)
+        except ChainError as exc:
+            log.warning("payout_rpc_failed", extra={"outstanding": len(outstanding), "reason": exc.reason})
+            endings = []
+        for v, found in zip(outstanding, endings, strict=False):
             if found is not None:
                 with store.transaction():
                     counts[self._close(store, v, found[0], now_ms, found[1])] += 1
@@ -348,6 +351,24 @@ class PayoutDesk:
         return ReconcileResult(
             counts[vouchers.PAID], counts[vouchers.RELEASED], counts[vouchers.FAILED], breaker_open=paused
         )
+
+
+#: Stands for "expired and not on chain" among the statuses.
+_RELEASED = object()
+
+
+def _ending(status: Any | None) -> tuple[str, int | None] | None:
+    """(state, slot) a voucher ends in by its signature's status; None while it may still land."""
+    if status is None:
+        return None
+    if status is _RELEASED:
+        return vouchers.RELEASED, None
+    if status.err is not None:
+        return vouchers.FAILED, int(status.slot)
+    level = str(status.confirmation_status).rsplit(".", 1)[-1].lower() if status.confirmation_status else ""
+    if level not in _CONFIRMED:
+        return None
+    return vouchers.PAID, int(status.slot)
 
 
 def open_desk(section: PayoutSection, coordinator_key: str, topics: Topics) -> PayoutDesk:

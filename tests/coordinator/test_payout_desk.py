@@ -406,3 +406,47 @@ def test_a_failing_rpc_gateway_is_retried_with_backoff_then_refused_by_name_and_
         rig.desk.close()
         gate.stop()
         store.close()
+
+
+def test_reconcile_reads_every_outstanding_voucher_with_one_status_call(
+    tmp_path: Path, chain: tuple[ChainClient, Pubkey]
+) -> None:
+    client, mint = chain
+    store = Store.open(sqlite_path=tmp_path / "c.sqlite3")
+    gate = RpcGate(client.url).start()
+    rig = Rig(store, client, mint)
+    rig.desk.close()
+    rig.desk = PayoutDesk(rig.desk.settings, ChainClient(gate.url, poll_s=0.05), T)
+    devices, root = _setup(store, 200, {i: 1_000 + i for i in range(4)})
+    try:
+        issued = []
+        for d in devices:
+            driver = DeviceDriver(d.keypair, OWNER, mint, DECIMALS, SIGNER)
+            wire = rig.send(_claim(d, new_claim_id()), dev=d.id, channel="claim").vouchers[0][1]
+            issued.append((driver, driver.check(wire, root)))
+        for driver, checked in issued[:3]:
+            driver.pay(client, checked)  # the fourth device never signs its voucher
+        gate.calls.clear()
+        # Three landed, one may still land: one status call for all four, one block height.
+        assert rig.desk.reconcile(store, now_ms=_now()) == ReconcileResult(paid=3)
+        assert gate.calls == {"getSignatureStatuses": 1, "getBlockHeight": 1}
+        last = issued[3][1].voucher.last_valid_block_height
+        deadline = time.monotonic() + 20
+        while client.block_height() <= last:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        gate.calls.clear()
+        # Expired: a last look at its signature, then released.
+        assert rig.desk.reconcile(store, now_ms=_now()) == ReconcileResult(released=1)
+        assert gate.calls == {"getSignatureStatuses": 2, "getBlockHeight": 1}
+        # More than a node answers at once (256) goes in chunks, each answer checked.
+        gate.calls.clear()
+        many = [Signature(bytes([i % 256, i // 256]) + bytes(62)) for i in range(300)]
+        reader = ChainClient(gate.url)
+        assert reader.statuses(many) == [None] * 300
+        reader.close()
+        assert gate.calls == {"getSignatureStatuses": 2}
+    finally:
+        rig.desk.close()
+        gate.stop()
+        store.close()

@@ -20,6 +20,8 @@ class RpcGate:
         self.upstream = upstream
         self.blocked: set[str] = set()
         self.refused: Counter[str] = Counter()
+        #: Calls passed on to the upstream node, by method.
+        self.calls: Counter[str] = Counter()
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -39,6 +41,7 @@ class RpcGate:
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
+                outer.calls[str(method)] += 1
                 request = urllib.request.Request(
                     outer.upstream, data=body, headers={"Content-Type": "application/json"}, method="POST"
                 )
