@@ -118,8 +118,17 @@ def run_service(args: argparse.Namespace) -> int:
         from agent.rewards.desk import open_desk
 
         payouts = open_desk(config.payout, config.coordinator.key, Topics(config.mqtt.topic_prefix))
+    stop_rollout = None
+    if config.rollout.channel:  # the rollout controller is fleet code: composed here too
+        from agent.commands.fleet_rollout_embedded import start_embedded
+
+        stop_rollout = start_embedded(config)
     store = open_store(config)
-    return CoordinatorService(config, keypair, store, policy, payouts=payouts).run()
+    try:
+        return CoordinatorService(config, keypair, store, policy, payouts=payouts).run()
+    finally:
+        if stop_rollout is not None:
+            stop_rollout()
 
 
 def run_dashboard(args: argparse.Namespace) -> int:

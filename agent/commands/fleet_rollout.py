@@ -258,6 +258,7 @@ def run_rollout(args: argparse.Namespace) -> int:
     from agent.fleet.mqtt_publish import BrokerSession
     from agent.fleet.release import parse_duration_ms
     from agent.fleet.rollout_run import ControllerSettings, RolloutController
+    from agent.fleet.rollout_sign import controller_lock
     from agent.fleet.state import load_state
     from agent.protocol.topics import Topics
 
@@ -296,7 +297,7 @@ def run_rollout(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     started = time.process_time()
-    with BrokerSession(config.mqtt) as broker:
+    with controller_lock(settings.state), BrokerSession(config.mqtt) as broker:
         controller = RolloutController(storage, broker, Topics(config.mqtt.topic_prefix), settings)
         if args.exit_when_settled:
             watcher = threading.Thread(target=_watch_settled, args=(config, args.channel, stop), daemon=True)

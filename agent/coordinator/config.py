@@ -205,6 +205,34 @@ class PayoutSection(Strict):
     reconcile_s: Annotated[float, Field(gt=0, le=3_600)] = 5.0
 
 
+class RolloutSection(Strict):
+    """The rollout controller inside ``coordinator run`` (docs/fleet.md, "Rollouts"): empty
+    ``channel`` = none here (``edgeproof fleet rollout run`` runs it as its own process)."""
+
+    # The channel whose rollouts this process controls, as `fleet rollout run --channel`.
+    channel: Annotated[str, Field(pattern=r"^([a-z0-9][a-z0-9._-]{0,63})?$")] = ""
+    # The operator key that signs each next stage and halt, and its state file (`fleet publish`'s
+    # --key and --state: the controller's manifests are the next links of that key's chain).
+    key: str = ""
+    state: str = ""
+    # More operator public keys whose manifests on the channel start or update a rollout.
+    operator_keys: list[str] = Field(default_factory=list)
+    # Halt above this failure rate; unset: what `fleet publish --abort-failure-rate` recorded.
+    abort_failure_rate: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    # A device not done this long after its stage started has failed (timed_out or offline).
+    stage_timeout_s: Annotated[int, Field(ge=1, le=31_622_400)] = 1_800
+    tick_s: Annotated[float, Field(gt=0, le=3_600)] = 1.0
+
+    @model_validator(mode="after")
+    def _key_and_state(self) -> RolloutSection:
+        missing = [name for name in ("key", "state") if self.channel and not getattr(self, name)]
+        if missing:
+            raise ValueError(
+                f"channel {self.channel!r} needs {' and '.join(missing)} (the operator key that signs)"
+            )
+        return self
+
+
 def _default_mqtt() -> MqttSettings:
     return MqttSettings(client_id="edgeproof-coordinator")
 
@@ -221,6 +249,7 @@ class CoordinatorConfig(Strict):
     http: HttpSection = Field(default_factory=HttpSection)
     rewards: RewardsSection = Field(default_factory=RewardsSection)
     payout: PayoutSection = Field(default_factory=PayoutSection)
+    rollout: RolloutSection = Field(default_factory=RolloutSection)
 
     @model_validator(mode="after")
     def _epoch_is_whole_slots(self) -> CoordinatorConfig:
@@ -271,6 +300,12 @@ def load_coordinator_config(path: Path | str) -> CoordinatorConfig:
                 update={
                     "treasury_key": _resolve(base, config.payout.treasury_key),
                     "bootstrap": _resolve(base, config.payout.bootstrap),
+                }
+            ),
+            "rollout": config.rollout.model_copy(
+                update={
+                    "key": _resolve(base, config.rollout.key),
+                    "state": _resolve(base, config.rollout.state),
                 }
             ),
         }

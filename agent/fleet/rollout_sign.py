@@ -45,6 +45,29 @@ def state_lock(state_path: Path) -> Iterator[None]:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def controller_lock(state_path: Path) -> Iterator[None]:
+    """Held for a controller's life: a second controller on the same operator state is refused.
+
+    (``state_lock`` is held only around each signature, so ``fleet halt`` still runs beside it.)
+    """
+    lock_path = state_path.with_name(state_path.name + ".controller.lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FleetError(
+                f"another rollout controller runs with the operator state {state_path}",
+                reason="controller_running",
+                hint="one controller per operator key: stop the other (fleet rollout run, or a "
+                "coordinator with [rollout] channel)",
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
 def next_version(state_path: Path, keypair: Keypair, current: Manifest) -> int:
     """Above the operator's record for the channel and above ``current``."""
     state = load_state(state_path, str(keypair.pubkey()))

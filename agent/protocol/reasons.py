@@ -393,6 +393,11 @@ _TABLE: tuple[Reason, ...] = (
         "a device of a rollout stage neither committed nor failed within the stage timeout (a failure)",
     ),
     Reason(
+        "controller_running",
+        "local",
+        "another rollout controller holds the operator state file (one controller per operator key)",
+    ),
+    Reason(
         "offline",
         "deploy",
         "timed_out, for a device whose newest status (its last will) said offline: still a failure",
