@@ -67,7 +67,14 @@ def chain(
 
 
 class Rig:
-    def __init__(self, store: Store, client: ChainClient, mint: Pubkey, cap: int | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        client: ChainClient,
+        mint: Pubkey,
+        cap: int | None = None,
+        desk_chain: ChainClient | None = None,
+    ) -> None:
         self.store = store
         self.client = client
         self.mint = mint
@@ -80,7 +87,8 @@ class Rig:
             breaker_cap=cap,
             breaker_window_ms=60_000,
         )
-        self.desk = PayoutDesk(settings, ChainClient(client.url, poll_s=0.05), T)
+        # The desk's own client (``desk_chain``: e.g. one through a gate); sends go through ``client``.
+        self.desk = PayoutDesk(settings, desk_chain or ChainClient(client.url, poll_s=0.05), T)
 
     def send(self, *envs: bytes, dev: str, channel: str) -> BatchResult:
         now = time.time_ns() // 1_000_000
@@ -93,6 +101,17 @@ class Rig:
         return (
             self.client.token_amount(spl.associated_token_address(Pubkey.from_string(owner), self.mint)) or 0
         )
+
+
+def _gated(
+    tmp_path: Path, chain: tuple[ChainClient, Pubkey], *, retries: int = 3, backoff_s: float = 0.25
+) -> tuple[Store, RpcGate, Rig]:
+    """A store and a rig whose desk reads the chain through an :class:`RpcGate` (sends go direct)."""
+    client, mint = chain
+    store = Store.open(sqlite_path=tmp_path / "c.sqlite3")
+    gate = RpcGate(client.url).start()
+    desk_chain = ChainClient(gate.url, timeout_s=2, retries=retries, backoff_s=backoff_s, poll_s=0.05)
+    return store, gate, Rig(store, client, mint, desk_chain=desk_chain)
 
 
 def _now() -> int:
@@ -377,12 +396,7 @@ def test_a_failing_rpc_gateway_is_retried_with_backoff_then_refused_by_name_and_
     tmp_path: Path, chain: tuple[ChainClient, Pubkey]
 ) -> None:
     client, mint = chain
-    store = Store.open(sqlite_path=tmp_path / "c.sqlite3")
-    gate = RpcGate(client.url).start()
-    rig = Rig(store, client, mint)
-    rig.desk.close()
-    flaky = ChainClient(gate.url, timeout_s=2, retries=2, backoff_s=0.01, poll_s=0.05)
-    rig.desk = PayoutDesk(rig.desk.settings, flaky, T)
+    store, gate, rig = _gated(tmp_path, chain, retries=2, backoff_s=0.01)
     (dev,), root = _setup(store, 185, {0: 321})
     driver = DeviceDriver(dev.keypair, OWNER, mint, DECIMALS, SIGNER)
     try:
@@ -412,11 +426,7 @@ def test_reconcile_reads_every_outstanding_voucher_with_one_status_call(
     tmp_path: Path, chain: tuple[ChainClient, Pubkey]
 ) -> None:
     client, mint = chain
-    store = Store.open(sqlite_path=tmp_path / "c.sqlite3")
-    gate = RpcGate(client.url).start()
-    rig = Rig(store, client, mint)
-    rig.desk.close()
-    rig.desk = PayoutDesk(rig.desk.settings, ChainClient(gate.url, poll_s=0.05), T)
+    store, gate, rig = _gated(tmp_path, chain)
     devices, root = _setup(store, 200, {i: 1_000 + i for i in range(4)})
     try:
         issued = []

@@ -13,7 +13,6 @@ import contextlib
 import json
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,18 +22,17 @@ from typing import Any
 import pytest
 from solders.keypair import Keypair
 
-from agent.coordinator.store import DeviceRecord, Store
+from agent.coordinator.store import Store
 from agent.fleet.rollout import Member, entry_stage
-from agent.fleet.serve import ArtifactHTTPServer, make_server
-from agent.protocol.binding import sign_binding
+from agent.fleet.serve import ArtifactHTTPServer
 from agent.protocol.chain import ChainSigner
 from agent.protocol.envelope import build_envelope, verify_envelope
 from agent.protocol.messages import Manifest
 from agent.protocol.rollout import rollout_bucket
 from tests.support.daemon_rig import OPERATOR, OPERATOR_SEED, ROOT, clean_env, wait_until, write_key
-from tests.support.mosquitto import Collector, MosquittoBroker
+from tests.support.mosquitto import Collector, MosquittoBroker, publisher
 from tests.support.onnx_models import tiny_classifier, write_model_and_card
-from tests.support.rollout_fleet import PROFILE, RolloutFleet, device_keys
+from tests.support.rollout_fleet import PROFILE, RolloutFleet, device_keys, enroll_fleet, serving
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("cpu")]
 
@@ -54,14 +52,6 @@ def edgeproof(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[st
     )
 
 
-def enroll(store: Store, keys: list[Keypair]) -> None:
-    owner = str(OPERATOR.pubkey())
-    with store.transaction():
-        for key in keys:
-            b = sign_binding(key, owner, 1_800_000_000_000)
-            store.enroll(DeviceRecord(b.device, owner, PROFILE, ("lobby",), b.ts, b.sig, b.ts))
-
-
 def retained(broker: MosquittoBroker) -> Manifest:
     reader = Collector(broker, TOPIC, client_id="rollout-retained-reader")
     try:
@@ -75,16 +65,7 @@ def retained(broker: MosquittoBroker) -> Manifest:
 
 def hostile_reports(broker: MosquittoBroker, outsider: Keypair, member: Keypair, manifest: Manifest) -> None:
     """A forged, a malformed, a replayed report, one from a device outside stage 0, and a flood."""
-    import paho.mqtt.client as paho
-    from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-
-    client = paho.Client(
-        callback_api_version=CallbackAPIVersion.VERSION2,
-        client_id="hostile",
-        protocol=MQTTProtocolVersion.MQTTv5,
-    )
-    client.connect(broker.host, broker.port, 30)
-    client.loop_start()
+    client = publisher(broker, "hostile")
     body = {
         "channel": "stable",
         "manifest_version": manifest.version,
@@ -142,9 +123,8 @@ class Rig:
             f'[storage]\nsqlite_path = "coordinator.sqlite3"\n{mqtt}', encoding="utf-8"
         )
         self.store = Store.open(sqlite_path=self.tmp / "coordinator.sqlite3")
-        enroll(self.store, self.keys)
-        self.server = make_server(self.release)
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True).start()
+        enroll_fleet(self.store, self.keys, str(OPERATOR.pubkey()))
+        self.server = serving(self.release)
         self.url = f"http://127.0.0.1:{self.server.server_port}"
 
     def publish(self, stages: str, *, dry_run: bool = False) -> dict[str, Any]:
@@ -336,16 +316,7 @@ def test_a_healthy_rollout_advances_stage_by_stage_and_no_device_downloads_twice
 
 def publish_statuses(broker: MosquittoBroker, states: dict[Keypair, str]) -> None:
     """Each device's signed, retained status (side-band), as its daemon or its last will sends it."""
-    import paho.mqtt.client as paho
-    from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-
-    client = paho.Client(
-        callback_api_version=CallbackAPIVersion.VERSION2,
-        client_id="statuses",
-        protocol=MQTTProtocolVersion.MQTTv5,
-    )
-    client.connect(broker.host, broker.port, 30)
-    client.loop_start()
+    client = publisher(broker, "statuses")
     for key, state in states.items():
         body = {"state": state, "agent_version": "0.1.0", "profile": PROFILE}
         wire = ChainSigner(key).sideband("status", body, 1_800_000_000_000).wire

@@ -19,16 +19,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 from solders.keypair import Keypair
 
-from agent.coordinator.store import DeviceRecord, Store
+from agent.coordinator.store import Store
 from agent.fleet.rollout import Member, entry_stage
-from agent.fleet.serve import make_server
-from agent.protocol.binding import sign_binding
 from agent.protocol.messages import Manifest
 from tests.support.daemon_rig import (
     OPERATOR,
@@ -41,7 +38,7 @@ from tests.support.daemon_rig import (
 )
 from tests.support.mosquitto import MosquittoBroker
 from tests.support.onnx_models import tiny_classifier, write_model_and_card
-from tests.support.rollout_fleet import PROFILE, RolloutFleet, device_keys
+from tests.support.rollout_fleet import PROFILE, RolloutFleet, device_keys, enroll_fleet, serving
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("cpu")]
 
@@ -70,14 +67,8 @@ def test_a_two_of_two_rollout_advances_once_the_proposal_is_co_signed(tmp_path: 
     agent_toml.write_text(mqtt, encoding="utf-8")
     coord_toml.write_text(f'[storage]\nsqlite_path = "coordinator.sqlite3"\n{mqtt}', encoding="utf-8")
     store = Store.open(sqlite_path=tmp_path / "coordinator.sqlite3")
-    with store.transaction():
-        for k in keys:
-            b = sign_binding(k, str(OPERATOR.pubkey()), 1_800_000_000_000)
-            store.enroll(
-                DeviceRecord(b.device, str(OPERATOR.pubkey()), PROFILE, ("lobby",), b.ts, b.sig, b.ts)
-            )
-    server = make_server(release)
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True).start()
+    enroll_fleet(store, keys, str(OPERATOR.pubkey()))
+    server = serving(release)
     fleet = RolloutFleet(
         broker.host,
         broker.port,

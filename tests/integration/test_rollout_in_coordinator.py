@@ -10,19 +10,16 @@ check.  A second controller on the same operator state is refused ``controller_r
 from __future__ import annotations
 
 import json
-import threading
 from pathlib import Path
 
 import pytest
 
-from agent.coordinator.store import DeviceRecord, Store
-from agent.fleet.serve import make_server
-from agent.protocol.binding import sign_binding
+from agent.coordinator.store import Store
 from tests.support.coordinator import CoordinatorProcess, write_config
 from tests.support.daemon_rig import OPERATOR, OPERATOR_SEED, edgeproof, wait_until, write_key
 from tests.support.mosquitto import MosquittoBroker
 from tests.support.onnx_models import tiny_classifier, write_model_and_card
-from tests.support.rollout_fleet import PROFILE, RolloutFleet, device_keys
+from tests.support.rollout_fleet import PROFILE, RolloutFleet, device_keys, enroll_fleet, serving
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("cpu")]
 
@@ -45,14 +42,8 @@ def test_a_coordinator_with_a_rollout_section_runs_the_rollout_to_done(tmp_path:
     agent_toml = tmp_path / "agent.toml"
     agent_toml.write_text(f'[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\n', encoding="utf-8")
     store = Store.open(sqlite_path=folder / "coordinator.sqlite3")
-    with store.transaction():
-        for k in keys:
-            b = sign_binding(k, str(OPERATOR.pubkey()), 1_800_000_000_000)
-            store.enroll(
-                DeviceRecord(b.device, str(OPERATOR.pubkey()), PROFILE, ("lobby",), b.ts, b.sig, b.ts)
-            )
-    server = make_server(release)
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True).start()
+    enroll_fleet(store, keys, str(OPERATOR.pubkey()))
+    server = serving(release)
     fleet = RolloutFleet(
         broker.host, broker.port, keys, set(), operator=str(OPERATOR.pubkey()), folder=tmp_path / "dev"
     )

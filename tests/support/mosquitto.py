@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
 from agent.localnet.mosquitto import (
     CANDIDATES,
     BrokerError,
@@ -27,7 +30,21 @@ __all__ = [
     "free_port",
     "mosquitto_binary",
     "port_accepts",
+    "publisher",
 ]
+
+
+def publisher(broker: MosquittoBroker, client_id: str) -> paho.Client:
+    """A plain paho MQTT v5 client connected to ``broker``, its loop running (``disconnect()``
+    and ``loop_stop()`` it when done)."""
+    client = paho.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=MQTTProtocolVersion.MQTTv5,
+    )
+    client.connect(broker.host, broker.port, 30)
+    client.loop_start()
+    return client
 
 
 class Collector:

@@ -27,18 +27,37 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from solders.keypair import Keypair
 
+from agent.coordinator.store import DeviceRecord, Store
 from agent.device.download import fetch_artifact
 from agent.device.manifests import DeviceFacts, check_manifest
 from agent.device.model_store import release_key
 from agent.device.smoke import smoke_test
 from agent.errors import DeployError, ProtocolError
+from agent.fleet.serve import ArtifactHTTPServer, make_server
 from agent.inference.runtime import backend_settings, resolve_profile
+from agent.protocol.binding import sign_binding
 from agent.protocol.chain import ChainSigner
 from agent.protocol.envelope import verify_envelope
 from agent.protocol.messages import Deploy, Manifest
 from agent.protocol.topics import Topics
 
 PROFILE = "rpi5"
+
+
+def serving(root: Path) -> ArtifactHTTPServer:
+    """``fleet serve``'s artifact server for ``root`` on a free loopback port, on a thread (its
+    ``downloads`` count what the devices fetched); ``shutdown()`` and ``server_close()`` it."""
+    server = make_server(root)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True).start()
+    return server
+
+
+def enroll_fleet(store: Store, keys: list[Keypair], owner: str) -> None:
+    """Each key enrolled with a signed binding to ``owner``, profile ``PROFILE``, tag ``lobby``."""
+    with store.transaction():
+        for key in keys:
+            b = sign_binding(key, owner, 1_800_000_000_000)
+            store.enroll(DeviceRecord(b.device, owner, PROFILE, ("lobby",), b.ts, b.sig, b.ts))
 
 
 def device_keys(count: int, base: int = 7000) -> list[Keypair]:
