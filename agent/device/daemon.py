@@ -197,6 +197,7 @@ class Daemon(InboundHandlers):
             tolerance_slots=config.beacons.tolerance_slots,
         )
         self._last_beacon: Beacon | None = None
+        self.beacon_seen: tuple[str, int] | None = None
         self.rejection_log = RejectionLog(interval_s=REJECTION_LOG_S, now_s=time.monotonic())
         self.refusal_reports = RefusalReports(
             self.state, self._report_deploy, self.fleet, now_s=time.monotonic()
@@ -366,6 +367,11 @@ class Daemon(InboundHandlers):
             "window": {"start_ms": self.window.start_ms, "inferences": self.window.inferences},
             "thermal": {"level": self.thermal_state.level, "rate_bp": self.thermal_state.rate_bp},
             "beacon_slot": self.beacon[0],
+            "beacon_seen": (
+                None
+                if self.beacon_seen is None
+                else {"payload": self.beacon_seen[0], "received_ms": self.beacon_seen[1]}
+            ),
             "coordinator": self._coordinator_status(),
             "verdicts": list(self.verdicts),
             "manifests": self._manifests_copy(),

@@ -247,7 +247,11 @@ def diagnose(config_path: str | None, *, root: Path = Path("/"), broker_timeout_
 
         assert found.dev is not None
         if found.daemon_pid is not None:
-            return _broker_through_daemon(state_dir)
+            outcome, seen = _broker_through_daemon(state_dir)
+            if seen is not None:  # the beacon as the daemon received it, and when (its clock)
+                found.probed = True
+                found.beacon_wire, found.beacon_at_ms = seen
+            return outcome
         client_id = f"edgeproof-doctor-{found.dev[:8]}-{os.getpid()}"
         beacon_topic = Topics(cfg.mqtt.topic_prefix).beacon()
         result = probe_broker(cfg.mqtt, client_id, timeout_s=broker_timeout_s, retained=beacon_topic)
@@ -315,9 +319,7 @@ def diagnose(config_path: str | None, *, root: Path = Path("/"), broker_timeout_
     if found.probed and broker_ok:
         report.attempt("beacon", beacon)
     elif found.daemon_pid is not None:
-        report.skip(
-            "beacon", "the running daemon holds the device's broker session (stop it to read the beacon)"
-        )
+        report.skip("beacon", "the running daemon has received no beacon yet (asked over its control socket)")
     else:
         report.skip("beacon", "no broker connection")
     if found.beacon is not None:
@@ -330,8 +332,9 @@ def diagnose(config_path: str | None, *, root: Path = Path("/"), broker_timeout_
     return report
 
 
-def _broker_through_daemon(state_dir: Path) -> tuple[Status, str, str]:
-    """The running daemon's own connection, over its control socket (never a second session)."""
+def _broker_through_daemon(state_dir: Path) -> tuple[tuple[Status, str, str], tuple[bytes, int] | None]:
+    """The running daemon's own connection, over its control socket (never a second session),
+    and the newest beacon payload it received with the time it did (None: none yet)."""
     from agent.device.control_client import ControlClient, socket_path
 
     try:
@@ -342,14 +345,26 @@ def _broker_through_daemon(state_dir: Path) -> tuple[Status, str, str]:
             f"the daemon runs but did not answer on its control socket: {exc.message}",
             "a broker probe with the device's credentials would replace its session; "
             "stop the service to probe the broker: systemctl stop edgeproof",
-        )
+        ), None
+    seen = live.get("beacon_seen")
+    beacon = None
+    if (
+        isinstance(seen, dict)
+        and isinstance(seen.get("payload"), str)
+        and isinstance(seen.get("received_ms"), int)
+    ):
+        beacon = (seen["payload"].encode("utf-8"), seen["received_ms"])
     transport = live.get("transport", {})
     where = f"{transport.get('host')}:{transport.get('port')}"
     if transport.get("connected"):
-        return "ok", f"the running daemon is connected to {where} (asked over its control socket)", ""
+        return (
+            "ok",
+            f"the running daemon is connected to {where} (asked over its control socket)",
+            "",
+        ), beacon
     error = transport.get("last_error") or "no error reported"
     return (
         "fail",
         f"the running daemon is not connected to {where}: {error}",
         "check the broker address, credentials and TLS in [mqtt]; journalctl -u edgeproof",
-    )
+    ), beacon

@@ -44,6 +44,9 @@ from agent.protocol.topics import Topics
 # The daemon's own logger: its records read as one service in journald, whichever module logs.
 log = logging.getLogger("agent.device.daemon")
 
+#: A beacon payload kept for ``doctor`` is at most this long (a beacon is far smaller).
+BEACON_SEEN_MAX = 4096
+
 
 class InboundHandlers:
     """``on_beacon``, ``on_challenge``, ``on_verdict``, ``on_voucher``, ``on_reward_root``, ``on_manifest``."""
@@ -64,6 +67,9 @@ class InboundHandlers:
     beacon_tolerance: BeaconTolerance
     beacon: tuple[int, str]
     _last_beacon: Beacon | None
+    #: The newest payload on the beacon topic, as received (refused or not), and when: what
+    #: ``doctor`` checks while this daemon holds the broker session.
+    beacon_seen: tuple[str, int] | None
     _challenges: queue.Queue[Challenge]
     _count_lock: threading.Lock
     counters: Counter[str]
@@ -120,6 +126,8 @@ class InboundHandlers:
         return env
 
     def on_beacon(self, topic: str, payload: bytes) -> None:
+        if len(payload) <= BEACON_SEEN_MAX:
+            self.beacon_seen = (payload.decode("utf-8", "replace"), self.clock_ms())
         env = self._verify_inbound(topic, payload, "beacon")
         if env is None:
             return

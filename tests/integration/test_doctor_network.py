@@ -19,9 +19,11 @@ from solders.pubkey import Pubkey
 
 from agent.chain.bootstrap import bootstrap
 from agent.chain.client import ChainClient
+from agent.device.control_client import ControlClient, socket_path
+from agent.errors import EdgeproofError
 from agent.protocol.envelope import GENESIS_PREV, build_envelope
 from agent.protocol.messages import Beacon, Challenge
-from tests.support.daemon_rig import COORDINATOR, ROGUE, now_ms
+from tests.support.daemon_rig import COORDINATOR, ROGUE, DaemonProcess, now_ms, wait_until
 from tests.support.doctor_rig import details, doctor, fake_root, statuses, write_config
 from tests.support.localnet import Localnet
 from tests.support.mosquitto import MosquittoBroker, free_port
@@ -159,6 +161,50 @@ def test_a_beacon_from_another_signer_or_forged_fails_the_pin(
             "detail": "not checked: no verified beacon to compare with",
             "hint": "",
         }
+
+
+def test_while_the_daemon_runs_the_beacon_and_clock_are_checked_as_it_received_them(
+    mosquitto: MosquittoBroker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The daemon holds the device's broker session, so doctor reads the newest beacon the
+    daemon received (and when, by the device clock) over its control socket, refused or not."""
+    retain(mosquitto, beacon_wire(now_ms(), signer=ROGUE))
+    config = write_config(tmp_path, mosquitto.port, coordinator=PIN)
+    config.write_text(config.read_text().replace("[mqtt]\n", f'[mqtt]\ntopic_prefix = "{PREFIX}"\n'))
+    daemon = DaemonProcess(config, tmp_path / "daemon.log")
+    daemon.start()
+    control = ControlClient(socket_path(tmp_path / "state"))
+
+    def seen(slot: int) -> bool:
+        try:
+            beacon = control.call("status").get("beacon_seen")
+        except EdgeproofError:  # the control socket is not up yet
+            return False
+        return beacon is not None and f'"slot":{slot}' in beacon["payload"]
+
+    try:
+        wait_until(lambda: seen(41), 60, "the daemon to receive the rogue beacon")
+        code, report = doctor(capsys, config, fake_root(tmp_path / "root1"))
+        assert code == 1 and report["failed"] == ["beacon"], report
+        assert check(report, "beacon")["detail"] == (
+            f"beacon slot 41 is signed by {ROGUE.pubkey()}, not by the pinned coordinator {PIN}: "
+            "the daemon refuses it (untrusted_coordinator)"
+        )
+        retain(mosquitto, beacon_wire(now_ms() - 1_000, slot=42))
+        wait_until(lambda: seen(42), 60, "the daemon to receive the pinned beacon")
+        code, report = doctor(capsys, config, fake_root(tmp_path / "root2"))
+        s, d = statuses(report), details(report)
+        assert (s["beacon"], d["beacon"]) == (
+            "ok",
+            f"beacon slot 42 is signed by the pinned coordinator {PIN}",
+        )
+        assert s["clock"] == "ok" and d["clock"].startswith(
+            "within 2 s of the coordinator's clock (beacon slot 42"
+        )
+        assert code == 0, report
+        assert control.call("status")["transport"]["reconnects"] == 0  # doctor never took its session
+    finally:
+        daemon.terminate()
 
 
 @pytest.fixture(scope="module")
