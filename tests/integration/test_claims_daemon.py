@@ -122,6 +122,14 @@ def publish_root(publisher: Publisher, settled: Settlement = SETTLED) -> None:
     publisher.publish(f"{PREFIX}/rewards/root", env.wire, retain=True)
 
 
+def online_with_root(daemon: DaemonProcess, publisher: Publisher) -> None:
+    """Wait for the started daemon's first heartbeat, then publish the settled root and wait
+    until the daemon keeps it."""
+    wait_until(lambda: daemon.status().get("counters", {}).get("heartbeat_emitted"), 90, "the daemon online")
+    publish_root(publisher)
+    wait_until(lambda: (rewards_of(daemon).get("root") or {}).get("epoch") == 3, 30, "the root kept")
+
+
 def new_claim(collector: Collector, old: set[str]) -> Any:
     def fresh() -> Any:
         found = [c for c in device_bodies(collector, "claim") if c.claim_id not in old]
@@ -167,11 +175,7 @@ def test_the_daemon_refuses_a_tampered_voucher_and_pays_an_honest_one(
     daemon = DaemonProcess(config, tmp_path / "daemon.log")
     daemon.start()
     try:
-        wait_until(
-            lambda: daemon.status().get("counters", {}).get("heartbeat_emitted"), 90, "the daemon online"
-        )
-        publish_root(publisher)
-        wait_until(lambda: (rewards_of(daemon).get("root") or {}).get("epoch") == 3, 30, "the root kept")
+        online_with_root(daemon, publisher)
 
         # 1. A tampered voucher: the thief's ATA as destination.
         code, first, err = cli(config, "claim")
@@ -463,11 +467,7 @@ def test_hostile_rpc_and_hostile_mqtt_are_named_counted_and_off_the_heartbeat_pa
     daemon = DaemonProcess(config, tmp_path / "daemon.log")
     daemon.start()
     try:
-        wait_until(
-            lambda: daemon.status().get("counters", {}).get("heartbeat_emitted"), 90, "the daemon online"
-        )
-        publish_root(publisher)
-        wait_until(lambda: (rewards_of(daemon).get("root") or {}).get("epoch") == 3, 30, "the root kept")
+        online_with_root(daemon, publisher)
         # Nobody asks: the schedule claims (a root is there and nothing is proven yet).
         claim = new_claim(collector, set())
         wait_until(

@@ -43,6 +43,7 @@ from tests.support.daemon_rig import (
     capture_of,
     clean_env,
     collector_for,
+    edgeproof,
     outbox_facts,
     wait_until,
     write_config,
@@ -61,16 +62,7 @@ RECOVER_HINT = (
 )
 
 
-def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "agent", *args],
-        cwd=ROOT,
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+cli = edgeproof  # ``python -m agent ARGS`` from the checkout, output captured
 
 
 def no_broker() -> Any:

@@ -211,9 +211,9 @@ def wait_for_pids(proc: subprocess.Popen[str], out: Path, name: str) -> dict[str
     raise AssertionError(f"the demo did not start {name} within 120 s")
 
 
-def test_sigterm_stops_every_child(tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    proc = subprocess.Popen(
+def start_demo(out: Path) -> subprocess.Popen[str]:
+    """``edgeproof demo`` with 24 s epochs as this test's child, its output piped."""
+    return subprocess.Popen(
         [sys.executable, "-m", "agent", "demo", "--out", str(out), "--epoch-s", "24"],
         cwd=ROOT,
         env=env(),
@@ -221,6 +221,11 @@ def test_sigterm_stops_every_child(tmp_path: Path) -> None:
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def test_sigterm_stops_every_child(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = start_demo(out)
     try:
         pids = wait_for_pids(proc, out, "agent-cam-3")
         proc.send_signal(signal.SIGTERM)
@@ -238,14 +243,7 @@ def test_sigterm_stops_every_child(tmp_path: Path) -> None:
 
 def test_a_dying_coordinator_fails_the_step_by_name_and_stops_the_rest(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "agent", "demo", "--out", str(out), "--epoch-s", "24"],
-        cwd=ROOT,
-        env=env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_demo(out)
     try:
         pids = wait_for_pids(proc, out, "agent-cam-1")
         os.kill(pids["coordinator"], signal.SIGKILL)  # a child of the demo this test started

@@ -24,6 +24,7 @@ from solders.keypair import Keypair
 from agent.protocol.capture import verify_capture
 from agent.protocol.cosign import add_cosignature, cosignature
 from agent.protocol.envelope import GENESIS_PREV, Envelope, build_envelope, verify_envelope
+from agent.protocol.messages import body_to_dict
 from tests.support.artifact_server import ArtifactServer
 from tests.support.daemon_rig import (
     OPERATOR,
@@ -42,7 +43,7 @@ from tests.support.daemon_rig import (
 )
 from tests.support.mosquitto import Collector, MosquittoBroker
 from tests.support.onnx_models import tiny_classifier, write_model_and_card
-from tests.support.update_rig import deploy_states
+from tests.support.update_rig import deploy_states, own_status, rejected, tiny_manifest
 
 pytestmark = pytest.mark.integration
 
@@ -52,31 +53,8 @@ A, B, C = OPERATOR, Keypair.from_seed(B_SEED), Keypair.from_seed(C_SEED)
 SHIPPED = "efficientnet-lite0-int8"
 
 
-def own_status(daemon: DaemonProcess) -> dict[str, Any]:
-    status = daemon.status()
-    return status if status.get("pid") == daemon.pid else {}
-
-
-def rejected(daemon: DaemonProcess, reason: str) -> int:
-    return int(own_status(daemon).get("rejected_inbound", {}).get(reason, 0))
-
-
 def manifest_body(server: ArtifactServer, files: dict[str, bytes], version: int) -> dict[str, Any]:
-    return {
-        "channel": "stable",
-        "version": version,
-        "model_id": "tiny",
-        "model_version": "1.0.0",
-        "model": "tiny.onnx",
-        "card": "tiny.toml",
-        "artifacts": [
-            {"name": n, "url": server.url(n), "sha256": hashlib.sha256(d).hexdigest(), "length": len(d)}
-            for n, d in files.items()
-        ],
-        "expires_ms": now_ms() + 3_600_000,
-        "stages": [10_000],
-        "stage": 0,
-    }
+    return body_to_dict(tiny_manifest(server, files, version))
 
 
 def retained(broker: MosquittoBroker) -> bytes:

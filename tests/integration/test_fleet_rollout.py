@@ -29,7 +29,15 @@ from agent.protocol.chain import ChainSigner
 from agent.protocol.envelope import build_envelope, verify_envelope
 from agent.protocol.messages import Manifest
 from agent.protocol.rollout import rollout_bucket
-from tests.support.daemon_rig import OPERATOR, OPERATOR_SEED, ROOT, clean_env, wait_until, write_key
+from tests.support.daemon_rig import (
+    OPERATOR,
+    OPERATOR_SEED,
+    ROOT,
+    clean_env,
+    edgeproof,
+    wait_until,
+    write_key,
+)
 from tests.support.mosquitto import Collector, MosquittoBroker, publisher
 from tests.support.onnx_models import tiny_classifier, write_model_and_card
 from tests.support.rollout_fleet import PROFILE, RolloutFleet, device_keys, enroll_fleet, serving
@@ -38,18 +46,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("cpu")]
 
 DEVICES = 200
 TOPIC = "edgeproof/v1/fleet/manifest/stable"
-
-
-def edgeproof(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "agent", *args],
-        cwd=ROOT,
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 def retained(broker: MosquittoBroker) -> Manifest:

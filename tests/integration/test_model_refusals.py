@@ -33,8 +33,8 @@ from tests.support.envelopes import coordinator_envelope
 from tests.support.onnx_models import fails_on_bright_frames, tiny_classifier
 from tests.support.update_rig import (
     Rig,
+    assert_running,
     deploy_reports,
-    deploy_states,
     own_status,
     rejected,
     release_files,
@@ -96,16 +96,10 @@ def test_every_refusal_is_reported_by_name_and_the_device_keeps_its_model(tmp_pa
         wait_until(lambda: own_status(daemon).get("model"), 90, "the daemon's first status")
 
         def on_a() -> None:
-            model = own_status(daemon)["model"]
-            assert (model["sha256"], model["release"], model["trial"]) == (
-                sha_a,
-                f"tiny-1.0.0-{sha_a[:12]}",
-                False,
-            )
+            assert_running(daemon, sha_a, "1.0.0")
 
         def reported(state: str, reason: str | None, version: int, what: str) -> None:
-            wait_until(lambda: (state, reason, version) in deploy_states(r.collector), 60, what)
-            wait_until(lambda: own_status(daemon).get("model", {}).get("trial") is False, 30, "no trial")
+            r.reported(daemon, state, reason, version, what)
 
         r.push(tiny_manifest(server_a, files_a, version=2))
         reported("committed", None, 2, "release A to be committed")

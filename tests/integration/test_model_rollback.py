@@ -17,6 +17,7 @@ import pytest
 from tests.support.artifact_server import ArtifactServer
 from tests.support.daemon_rig import wait_until
 from tests.support.update_rig import (
+    assert_running,
     deploy_states,
     own_status,
     rejected,
@@ -47,17 +48,10 @@ def test_a_downgrade_is_refused_unless_the_manifest_says_rollback(tmp_path: Path
         wait_until(lambda: own_status(daemon).get("model"), 90, "the daemon's first status")
 
         def runs(files: dict[str, bytes], version: str) -> None:
-            model = own_status(daemon)["model"]
-            digest = sha(files)
-            assert (model["sha256"], model["release"], model["trial"]) == (
-                digest,
-                f"tiny-{version}-{digest[:12]}",
-                False,
-            )
+            assert_running(daemon, sha(files), version)
 
         def reported(state: str, reason: str | None, version: int, what: str) -> None:
-            wait_until(lambda: (state, reason, version) in deploy_states(r.collector), 60, what)
-            wait_until(lambda: own_status(daemon).get("model", {}).get("trial") is False, 30, "no trial")
+            r.reported(daemon, state, reason, version, what)
 
         r.push(tiny_manifest(server_a, files_a, version=1))
         reported("committed", None, 1, "release A to be committed")

@@ -34,6 +34,7 @@ from tests.support.daemon_rig import (
     capture_of,
     collector_for,
     now_ms,
+    wait_until,
     write_config,
 )
 from tests.support.envelopes import coordinator_envelope
@@ -141,6 +142,16 @@ def own_status(daemon: DaemonProcess) -> dict[str, Any]:
     return status if status.get("pid") == daemon.pid else {}
 
 
+def assert_running(daemon: DaemonProcess, digest: str, version: str) -> None:
+    """The daemon runs release ``tiny-VERSION`` of sha256 ``digest``, committed (not on trial)."""
+    model = own_status(daemon)["model"]
+    assert (model["sha256"], model["release"], model["trial"]) == (
+        digest,
+        f"tiny-{version}-{digest[:12]}",
+        False,
+    )
+
+
 def rejected(daemon: DaemonProcess, reason: str) -> int:
     return int(own_status(daemon).get("rejected_inbound", {}).get(reason, 0))
 
@@ -181,6 +192,13 @@ class Rig:
         self.daemons.append(daemon)
         daemon.start()
         return daemon
+
+    def reported(
+        self, daemon: DaemonProcess, state: str, reason: str | None, version: int, what: str
+    ) -> None:
+        """Wait for the deploy report (state, reason, manifest version), then for no trial."""
+        wait_until(lambda: (state, reason, version) in deploy_states(self.collector), 60, what)
+        wait_until(lambda: own_status(daemon).get("model", {}).get("trial") is False, 30, "no trial")
 
     def push(self, manifest: Manifest) -> None:
         """Sign ``manifest`` as the operator chain's next link and publish it retained."""
